@@ -1,0 +1,3 @@
+from dcn_ray.cli import main
+
+main()

@@ -1,0 +1,138 @@
+"""Random training crops with dihedral augmentation, drawn from a stack already on the device.
+
+Transform numbering (``t``), used by training and by test-time augmentation:
+
+    0 identity, 1 rot90, 2 rot180, 3 rot270 (counter-clockwise, as ``torch.rot90``),
+    4 left-right flip, 5 up-down flip, 6 transpose, 7 anti-transpose.
+
+``range(6)`` is the paper's augmentation ("paper6"); ``range(8)`` all eight ("dihedral8").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+#: Names of the transforms, indexed by ``t``.
+DIHEDRAL: tuple[str, ...] = (
+    "identity",
+    "rot90",
+    "rot180",
+    "rot270",
+    "flip_lr",
+    "flip_ud",
+    "transpose",
+    "antitranspose",
+)
+#: How many of the transforms (from t = 0) each augmentation set uses.
+TRANSFORM_SETS: dict[str, int] = {"paper6": 6, "dihedral8": 8}
+#: The transform that undoes ``t``.
+INVERSE: tuple[int, ...] = (0, 3, 2, 1, 4, 5, 6, 7)
+
+
+def apply_transform(x: Tensor, t: int) -> Tensor:
+    """Transform ``t`` (see the module docstring) of the last two dimensions of ``x``."""
+    if t == 0:
+        return x
+    if t in (1, 2, 3):
+        return torch.rot90(x, t, dims=(-2, -1))
+    if t == 4:
+        return torch.flip(x, dims=(-1,))
+    if t == 5:
+        return torch.flip(x, dims=(-2,))
+    if t == 6:
+        return x.transpose(-2, -1)
+    if t == 7:
+        return torch.rot90(x, 2, dims=(-2, -1)).transpose(-2, -1)
+    raise ValueError(f"transform must be in range(8), got {t!r}")
+
+
+def invert_transform(x: Tensor, t: int) -> Tensor:
+    """Undo :func:`apply_transform` ``t``: ``invert_transform(apply_transform(x, t), t) == x``."""
+    if t not in range(8):
+        raise ValueError(f"transform must be in range(8), got {t!r}")
+    return apply_transform(x, INVERSE[t])
+
+
+class CropSampler:
+    """Random square crops of an image stack and its mask, each with one random transform.
+
+    ``images`` (Z, H, W) float and ``masks`` (Z, H, W) bool/int (nonzero = foreground) must
+    already be on the training device; a sample copies at most one small index tensor there.
+
+    Example:
+        >>> sampler = CropSampler(torch.rand(3, 64, 64), torch.rand(3, 64, 64) > 0.5,
+        ...                       crop=32, batch_size=4)
+        >>> x, y = sampler.sample()
+        >>> tuple(x.shape), tuple(y.shape), y.dtype
+        ((4, 1, 32, 32), (4, 32, 32), torch.int64)
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        masks: Tensor,
+        *,
+        crop: int,
+        batch_size: int,
+        transforms: str = "paper6",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if images.ndim != 3 or not images.is_floating_point():
+            raise ValueError(
+                f"images must be a (Z, H, W) float tensor, "
+                f"got {images.dtype} {tuple(images.shape)}"
+            )
+        if masks.shape != images.shape or masks.device != images.device:
+            raise ValueError(
+                f"masks {tuple(masks.shape)} on {masks.device} must match images "
+                f"{tuple(images.shape)} on {images.device}"
+            )
+        if images.shape[0] < 1:
+            raise ValueError("images hold no slices")
+        height, width = images.shape[1:]
+        if crop < 8 or crop % 8:
+            raise ValueError(f"crop must be a positive multiple of 8, got {crop}")
+        if crop > height or crop > width:
+            raise ValueError(f"crop {crop} is larger than the slices ({height}x{width})")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if transforms not in TRANSFORM_SETS:
+            raise ValueError(
+                f"unknown transforms {transforms!r}; choose one of {sorted(TRANSFORM_SETS)}"
+            )
+        self.images = images
+        self.masks = (masks != 0).to(torch.uint8)
+        self.crop = crop
+        self.batch_size = batch_size
+        self.transforms = transforms
+        self.generator = generator
+        # Source (row, column) inside the crop of every output pixel, per transform:
+        # transforming the index grid gives the gather indices of the transformed crop.
+        grid = torch.stack(
+            torch.meshgrid(torch.arange(crop), torch.arange(crop), indexing="ij")
+        )
+        count = TRANSFORM_SETS[transforms]
+        self._sources = torch.stack([apply_transform(grid, t) for t in range(count)]).to(
+            images.device
+        )  # (transforms, 2, crop, crop)
+
+    def sample(self) -> tuple[Tensor, Tensor]:
+        """A batch: x (B, 1, crop, crop) float and y (B, crop, crop) int64 in {0, 1}."""
+        depth, height, width = self.images.shape
+        device = self.generator.device if self.generator is not None else self.images.device
+        highs = (depth, height - self.crop + 1, width - self.crop + 1, len(self._sources))
+        draws = torch.stack(
+            [
+                torch.randint(high, (self.batch_size,), generator=self.generator, device=device)
+                for high in highs
+            ]
+        ).to(self.images.device, non_blocking=True)
+        z, top, left, t = draws
+        source = self._sources[t]  # (B, 2, crop, crop)
+        rows = top[:, None, None] + source[:, 0]
+        cols = left[:, None, None] + source[:, 1]
+        slices = z[:, None, None]
+        x = self.images[slices, rows, cols].unsqueeze(1)
+        y = self.masks[slices, rows, cols].long()
+        return x, y

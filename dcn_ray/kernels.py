@@ -1,0 +1,46 @@
+"""The deconvolution kernel rules of the DCN side branches (no torch: usable anywhere)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+#: Upsampling stride of the side branches F1, F2, F3 (1/2, 1/4, 1/8 resolution).
+STRIDES: tuple[int, int, int] = (2, 4, 8)
+BRANCHES: tuple[str, str, str] = ("F1", "F2", "F3")
+#: The paper's default kernels, the reference of every comparison.
+REFERENCE: tuple[int, int, int] = (4, 8, 16)
+
+Kernels = tuple[int, int, int]
+
+
+def kernel_problem(kernels: Sequence[object]) -> str | None:
+    """Why ``kernels`` is not a valid (k1, k2, k3) triple, or None when it is.
+
+    A branch of stride s needs an integer kernel k >= s, so that the transposed
+    convolution covers every output pixel.
+    """
+    if isinstance(kernels, (str, bytes)) or len(kernels) != 3:
+        return f"kernels must be three integers [k1, k2, k3], got {kernels!r}"
+    for index, (k, stride) in enumerate(zip(kernels, STRIDES)):
+        name = f"k{index + 1}"
+        if isinstance(k, bool) or not isinstance(k, int):
+            return f"{name} of branch {BRANCHES[index]} must be an integer, got {k!r}"
+        if k < stride:
+            return (
+                f"{name}={k} is invalid for branch {BRANCHES[index]}: "
+                f"the kernel must be at least the branch stride {stride}"
+            )
+    return None
+
+
+def check_kernels(kernels: Sequence[object]) -> Kernels:
+    """Return ``kernels`` as a tuple, or raise ValueError naming the bad branch."""
+    problem = kernel_problem(kernels)
+    if problem:
+        raise ValueError(problem)
+    return tuple(kernels)  # type: ignore[return-value]
+
+
+def kernels_text(kernels: Sequence[int]) -> str:
+    """The triple as the paper writes it: ``4-8-16``."""
+    return "-".join(str(k) for k in kernels)

@@ -1,0 +1,197 @@
+"""The Deep Contextual Network (DCN; Chen et al., AAAI 2016) with configurable deconv kernels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dcn_ray.kernels import REFERENCE, STRIDES, check_kernels
+
+#: Input sides must be multiples of this (three 2x2 poolings).
+MULTIPLE = 8
+
+
+class DCNOutput(NamedTuple):
+    """What :class:`DCN` returns: logits, each (N, num_classes, H, W) at the input size."""
+
+    fused: Tensor
+    """The sum of the three branches; softmax of it gives the segmentation."""
+    branches: tuple[Tensor, Tensor, Tensor]
+    """The side-branch logits F1, F2, F3 (from 1/2, 1/4 and 1/8 resolution)."""
+
+
+def _conv_block(
+    in_channels: int, out_channels: int, convs: int, batch_norm: bool
+) -> nn.Sequential:
+    """``convs`` times: 3x3 conv (padding 1) [+ BatchNorm] + ReLU."""
+    layers: list[nn.Module] = []
+    for index in range(convs):
+        source = in_channels if index == 0 else out_channels
+        layers.append(nn.Conv2d(source, out_channels, 3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class SideBranch(nn.Module):
+    """Upsample a feature map by ``stride`` with a ``kernel``-sized deconvolution, then classify.
+
+    The output is exactly ``stride`` times the input size for every ``kernel >= stride``:
+    the deconvolution is as with padding 0 (size ``H*s + k - s``) cropped by ``(k - s) // 2``
+    at the top/left to ``H*s``. It is computed with padding ``(k - s) // 2`` (which drops
+    those rows without computing them) and, for odd ``k - s``, one trailing row/column cut.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        mid_channels: int,
+        num_classes: int,
+        *,
+        kernel: int,
+        stride: int,
+        batch_norm: bool,
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        self.deconv = nn.ConvTranspose2d(
+            in_channels,
+            mid_channels,
+            kernel,
+            stride=stride,
+            padding=(kernel - stride) // 2,
+            bias=not batch_norm,
+        )
+        self.norm: nn.Module = nn.BatchNorm2d(mid_channels) if batch_norm else nn.Identity()
+        self.classify = nn.Conv2d(mid_channels, num_classes, 1)
+
+    def upsample(self, features: Tensor) -> Tensor:
+        """The deconvolution alone, cropped to exactly ``stride`` times the input size."""
+        height, width = features.shape[-2] * self.stride, features.shape[-1] * self.stride
+        up = self.deconv(features)
+        if up.shape[-2] != height or up.shape[-1] != width:  # odd k - s: one extra row/column
+            up = up[..., :height, :width]
+        return up
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.classify(F.relu(self.norm(self.upsample(features))))
+
+
+class DCN(nn.Module):
+    """Deep Contextual Network: a VGG-like trunk with three deconvolution side branches.
+
+    Args:
+        kernels: deconvolution kernel sizes (k1, k2, k3) of the branches F1, F2, F3, whose
+            strides are 2, 4, 8; each k must be at least its stride.
+        width: filters of the first block; blocks 2-4 have 2x, 4x, 8x (the paper: 64).
+        batch_norm: BatchNorm after every convolution and deconvolution (the paper's choice).
+        in_channels: image channels (1 for EM).
+        num_classes: output classes (2: background, foreground).
+
+    ``forward`` takes (N, in_channels, H, W) with H and W multiples of 8 and returns a
+    :class:`DCNOutput`; :func:`pad_forward` accepts any size. ``model.kwargs`` holds the
+    arguments as plain values, so ``DCN(**model.kwargs)`` rebuilds the same architecture.
+
+    Example:
+        >>> model = DCN(kernels=(4, 8, 10), width=8)
+        >>> out = model(torch.zeros(2, 1, 64, 48))
+        >>> tuple(out.fused.shape), [tuple(b.shape) for b in out.branches][2]
+        ((2, 2, 64, 48), (2, 2, 64, 48))
+        >>> DCN(kernels=(4, 8, 6))
+        Traceback (most recent call last):
+        ...
+        ValueError: k3=6 is invalid for branch F3: the kernel must be at least the branch stride 8
+    """
+
+    def __init__(
+        self,
+        *,
+        kernels: Sequence[int] = REFERENCE,
+        width: int = 64,
+        batch_norm: bool = True,
+        in_channels: int = 1,
+        num_classes: int = 2,
+    ) -> None:
+        super().__init__()
+        kernels = check_kernels(kernels)
+        for name, value, least in (
+            ("width", width, 1),
+            ("in_channels", in_channels, 1),
+            ("num_classes", num_classes, 2),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        if not isinstance(batch_norm, bool):
+            raise ValueError(f"batch_norm must be True or False, got {batch_norm!r}")
+        self.kwargs: dict[str, object] = {
+            "kernels": list(kernels),
+            "width": width,
+            "batch_norm": batch_norm,
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+        }
+        self.kernels = kernels
+
+        self.block1 = _conv_block(in_channels, width, 2, batch_norm)
+        self.block2 = _conv_block(width, 2 * width, 2, batch_norm)
+        self.block3 = _conv_block(2 * width, 4 * width, 3, batch_norm)
+        self.block4 = _conv_block(4 * width, 8 * width, 3, batch_norm)
+        self.pool = nn.MaxPool2d(2)
+        mid = max(width // 2, 8)  # few channels at full resolution: keeps the branches cheap
+        self.branches = nn.ModuleList(
+            SideBranch(
+                channels, mid, num_classes, kernel=k, stride=s, batch_norm=batch_norm
+            )
+            for channels, k, s in zip((2 * width, 4 * width, 8 * width), kernels, STRIDES)
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, images: Tensor) -> DCNOutput:
+        if images.ndim != 4 or images.shape[1] != self.kwargs["in_channels"]:
+            raise ValueError(
+                f"DCN expects (N, {self.kwargs['in_channels']}, H, W) input, "
+                f"got shape {tuple(images.shape)}"
+            )
+        height, width = images.shape[-2:]
+        if height % MULTIPLE or width % MULTIPLE:
+            raise ValueError(
+                f"DCN input height and width must be multiples of {MULTIPLE}, got "
+                f"{height}x{width}; use pad_forward for other sizes"
+            )
+        half = self.block2(self.pool(self.block1(images)))
+        quarter = self.block3(self.pool(half))
+        eighth = self.block4(self.pool(quarter))
+        f1, f2, f3 = (
+            branch(features) for branch, features in zip(self.branches, (half, quarter, eighth))
+        )
+        return DCNOutput(fused=f1 + f2 + f3, branches=(f1, f2, f3))
+
+
+def pad_forward(model: DCN, images: Tensor) -> DCNOutput:
+    """Run ``model`` on (N, C, H, W) ``images`` of any size; outputs are cropped back to H x W.
+
+    The bottom and right are padded by reflection up to multiples of 8 (by edge replication
+    where an image is too small to reflect).
+    """
+    if images.ndim != 4:
+        raise ValueError(f"pad_forward expects (N, C, H, W) input, got {tuple(images.shape)}")
+    height, width = images.shape[-2:]
+    pad_h, pad_w = -height % MULTIPLE, -width % MULTIPLE
+    if not pad_h and not pad_w:
+        return model(images)
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    out = model(F.pad(images, (0, pad_w, 0, pad_h), mode=mode))
+    f1, f2, f3 = (branch[..., :height, :width] for branch in out.branches)
+    return DCNOutput(fused=out.fused[..., :height, :width], branches=(f1, f2, f3))

@@ -1,0 +1,140 @@
+"""Tests of the DCN: exact output sizes for every kernel triple, validation, rebuild, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dcn_ray.model import DCN, DCNOutput, pad_forward
+
+TABLE1 = [
+    (4, 8, 16), (4, 8, 10), (4, 8, 12), (4, 8, 14), (2, 8, 16), (6, 8, 16), (4, 6, 16),
+    (4, 10, 16), (4, 8, 18), (4, 8, 20), (2, 4, 10), (2, 4, 20), (2, 8, 20), (4, 10, 18),
+    (2, 6, 16), (2, 8, 18),
+]
+ODD = [(3, 5, 9), (5, 7, 11), (2, 4, 13)]
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("kernels", TABLE1 + ODD)
+def test_output_sizes_are_exact(kernels: tuple[int, int, int]) -> None:
+    model = DCN(kernels=kernels, width=4)
+    for height, width in ((32, 32), (48, 64)):
+        out = model(torch.randn(2, 1, height, width))
+        assert isinstance(out, DCNOutput)
+        assert out.fused.shape == (2, 2, height, width)
+        assert [tuple(b.shape) for b in out.branches] == [(2, 2, height, width)] * 3
+
+
+@pytest.mark.parametrize("kernels", [(4, 8, 16), (4, 8, 10), (3, 5, 9), (2, 4, 13)])
+def test_deconvolution_is_padding_zero_cropped_centrally(kernels: tuple[int, int, int]) -> None:
+    model = DCN(kernels=kernels, width=4, batch_norm=False)
+    for branch, k, s in zip(model.branches, kernels, (2, 4, 8)):
+        features = torch.randn(1, branch.deconv.in_channels, 5, 6)
+        full = F.conv_transpose2d(features, branch.deconv.weight, branch.deconv.bias, stride=s)
+        assert full.shape[-2:] == (5 * s + k - s, 6 * s + k - s)
+        c = (k - s) // 2
+        expected = full[..., c : c + 5 * s, c : c + 6 * s]
+        torch.testing.assert_close(branch.upsample(features), expected)
+
+
+@pytest.mark.parametrize(
+    ("kernels", "branch"), [((1, 8, 16), "F1"), ((4, 3, 16), "F2"), ((4, 8, 6), "F3")]
+)
+def test_kernel_smaller_than_stride_is_refused(kernels: tuple[int, int, int], branch: str) -> None:
+    with pytest.raises(ValueError, match=f"invalid for branch {branch}"):
+        DCN(kernels=kernels, width=4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"width": 0}, "width"),
+        ({"width": 2.5}, "width"),
+        ({"in_channels": 0}, "in_channels"),
+        ({"num_classes": 1}, "num_classes"),
+        ({"kernels": (4, 8)}, "kernels"),
+        ({"kernels": (4, 8.0, 16)}, "k2"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        DCN(**kwargs)
+
+
+def test_sides_not_multiple_of_8_are_refused_in_forward() -> None:
+    model = DCN(width=4)
+    with pytest.raises(ValueError, match="multiples of 8.*30x32"):
+        model(torch.randn(1, 1, 30, 32))
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
+        model(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_kwargs_rebuild_the_same_architecture(batch_norm: bool) -> None:
+    model = DCN(kernels=(2, 6, 18), width=6, batch_norm=batch_norm, in_channels=2, num_classes=3)
+    assert model.kwargs == {
+        "kernels": [2, 6, 18], "width": 6, "batch_norm": batch_norm,
+        "in_channels": 2, "num_classes": 3,
+    }
+    clone = DCN(**model.kwargs)
+    shapes = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    assert shapes == {name: tuple(p.shape) for name, p in clone.state_dict().items()}
+    clone.load_state_dict(model.state_dict())
+    model.eval()
+    clone.eval()
+    x = torch.randn(1, 2, 16, 24)
+    torch.testing.assert_close(clone(x).fused, model(x).fused)
+    assert clone(x).fused.shape == (1, 3, 16, 24)
+
+
+def test_branches_differ_and_have_expected_kernels() -> None:
+    model = DCN(kernels=(6, 10, 12), width=8)
+    assert [b.deconv.kernel_size for b in model.branches] == [(6, 6), (10, 10), (12, 12)]
+    assert [b.deconv.stride for b in model.branches] == [(2, 2), (4, 4), (8, 8)]
+    assert [b.deconv.in_channels for b in model.branches] == [16, 32, 64]
+    plain = DCN(width=4, batch_norm=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+
+
+def test_fused_is_sum_of_branches_and_gradients_reach_every_branch() -> None:
+    model = DCN(kernels=(3, 5, 9), width=4)
+    out = model(torch.randn(2, 1, 32, 40))
+    torch.testing.assert_close(out.fused, sum(out.branches))
+    out.fused.square().mean().backward()
+    for branch in model.branches:
+        assert branch.deconv.weight.grad is not None
+        assert branch.deconv.weight.grad.abs().sum() > 0
+        assert branch.classify.weight.grad.abs().sum() > 0
+    assert model.block1[0].weight.grad.abs().sum() > 0
+
+
+def test_pad_forward_crops_back_to_any_size() -> None:
+    model = DCN(width=4).eval()
+    x = torch.randn(2, 1, 30, 45)
+    out = pad_forward(model, x)
+    assert isinstance(out, DCNOutput)
+    assert out.fused.shape == (2, 2, 30, 45)
+    assert [tuple(b.shape) for b in out.branches] == [(2, 2, 30, 45)] * 3
+    torch.testing.assert_close(out.fused, sum(out.branches))
+    # The visible part equals the model run on the explicitly reflection-padded input.
+    padded = F.pad(x, (0, 3, 0, 2), mode="reflect")
+    torch.testing.assert_close(out.fused, model(padded).fused[..., :30, :45])
+    # Multiples of 8 pass through unchanged; tiny images fall back to edge replication.
+    y = torch.randn(1, 1, 16, 24)
+    torch.testing.assert_close(pad_forward(model, y).fused, model(y).fused)
+    assert pad_forward(model, torch.randn(1, 1, 3, 5)).fused.shape == (1, 2, 3, 5)
+
+
+def test_channels_last_matches_contiguous() -> None:
+    model = DCN(kernels=(3, 8, 13), width=4).eval()
+    x = torch.randn(2, 1, 32, 24)
+    expected = model(x).fused
+    model_cl = model.to(memory_format=torch.channels_last)
+    got = model_cl(x.to(memory_format=torch.channels_last)).fused
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
