@@ -1,0 +1,164 @@
+"""Branch scores, the weak-branch rule and the PNG renderings, on maps with known answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dcn_ray.featuremaps import (
+    CAPTION_HEIGHT,
+    PANEL_GAP,
+    BranchScore,
+    auc,
+    branch_image,
+    render_montage,
+    render_overlay,
+    save_png,
+    score_branches,
+    weak_branch,
+)
+
+
+def logits(margin: np.ndarray) -> np.ndarray:
+    """(N, H, W) foreground margins -> (N, 2, H, W) logits with logit0 = 0."""
+    return np.stack([np.zeros_like(margin), margin], axis=1).astype(np.float32)
+
+
+@pytest.fixture()
+def truth() -> np.ndarray:
+    mask = np.random.default_rng(1).random((2, 16, 16)) < 0.4
+    assert mask.any() and not mask.all()
+    return mask
+
+
+def perfect(truth: np.ndarray) -> np.ndarray:
+    return logits(np.where(truth, 1.0, -1.0))
+
+
+def brute_force_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    pos, neg = scores[labels], scores[~labels]
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def test_auc_matches_pairwise_count_with_ties() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(10):
+        scores = rng.integers(0, 5, size=40).astype(float)  # many ties
+        labels = rng.random(40) < 0.5
+        assert auc(scores, labels) == pytest.approx(brute_force_auc(scores, labels))
+    assert auc(np.arange(4.0), np.array([True] * 4)) == 0.5  # one class only
+
+
+def test_perfect_constant_and_inverted_branches(truth: np.ndarray) -> None:
+    good, flat, bad = score_branches(
+        [perfect(truth), logits(np.zeros(truth.shape)), logits(np.where(truth, -1.0, 1.0))], truth
+    )
+    assert (good.name, flat.name, bad.name) == ("F1", "F2", "F3")
+    assert good.contrast == 1.0 and good.alone_iou == 1.0
+    assert flat.contrast == 0.5 and flat.alone_iou == 0.0  # margin 0 -> argmax picks background
+    assert bad.contrast == 0.0 and bad.alone_iou == 0.0
+
+
+def test_drop_is_zero_when_the_others_are_already_perfect(truth: np.ndarray) -> None:
+    scores = score_branches([perfect(truth), perfect(truth), perfect(truth)], truth)
+    assert [s.drop for s in scores] == [0.0, 0.0, 0.0]
+    # Only F1 informs: without it the fused margin is 0 everywhere -> IoU 0, drop 1.
+    flat = logits(np.zeros(truth.shape))
+    only_f1 = score_branches([perfect(truth), flat, flat], truth)
+    assert only_f1[0].drop == 1.0
+    assert only_f1[1].drop == 0.0 and only_f1[2].drop == 0.0
+
+
+def test_weak_branch_picks_the_constant_branch(truth: np.ndarray) -> None:
+    rng = np.random.default_rng(2)
+    noisy = logits(np.where(truth, 0.5, -0.5) + rng.normal(0.0, 0.6, truth.shape))
+    scores = score_branches([perfect(truth), logits(np.zeros(truth.shape)), noisy], truth)
+    assert 0.5 < scores[2].contrast < 1.0
+    assert weak_branch(scores) == 1
+    # The same branches in another order: the rule follows the branch, not the slot.
+    scores = score_branches([noisy, perfect(truth), logits(np.zeros(truth.shape))], truth)
+    assert weak_branch(scores) == 2
+
+
+def test_weak_branch_tie_breaks() -> None:
+    same = [BranchScore(name, 0.8, 0.5, 0.1) for name in ("F1", "F2", "F3")]
+    assert weak_branch(same) == 2  # full tie -> the coarser branch
+    # Rank sums: A = 1 + 2 + 1 = 4, B = 2 + 1 + 1 = 4, C = 0: the tie goes to the lower contrast, B.
+    tied = [
+        BranchScore("F1", 0.9, 0.1, 0.5),
+        BranchScore("F2", 0.5, 0.9, 0.5),
+        BranchScore("F3", 1.0, 1.0, 1.0),
+    ]
+    assert weak_branch(tied) == 1
+    with pytest.raises(ValueError):
+        weak_branch(tied[:2])
+
+
+def test_as_metrics_keys() -> None:
+    assert BranchScore("F2", 0.75, 0.5, 0.25).as_metrics() == {
+        "contrast_F2": 0.75,
+        "alone_iou_F2": 0.5,
+        "drop_F2": 0.25,
+    }
+
+
+def test_bad_shapes_raise_value_error(truth: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="3 branch"):
+        score_branches([perfect(truth)] * 2, truth)
+    with pytest.raises(ValueError, match="F2"):
+        score_branches([perfect(truth), perfect(truth)[:, :, :8], perfect(truth)], truth)
+
+
+def test_branch_image_is_the_probability_not_normalised() -> None:
+    margin = np.array([[[0.0, 50.0, -50.0]]])
+    image = branch_image(logits(margin)[0])
+    assert image.dtype == np.uint8
+    assert image.tolist() == [[128, 255, 0]]
+    weak = branch_image(logits(np.array([[[-0.1, 0.1]]]))[0])
+    # sigmoid(-+0.1) = 0.475, 0.525 -> 121, 134: a low-contrast map stays low-contrast (no 0-255 stretch)
+    assert weak.tolist() == [[121, 134]]
+
+
+def test_montage_png_has_panels_and_captions(tmp_path: Path, truth: np.ndarray) -> None:
+    height, width = truth.shape[1:]
+    image = np.linspace(0.0, 1.0, height * width).reshape(height, width)
+    maps = [perfect(truth)[0], logits(np.zeros(truth.shape))[0], perfect(truth)[0] * 3]
+    scores = score_branches([perfect(truth), logits(np.zeros(truth.shape)), perfect(truth) * 3], truth)
+    plain = render_montage(image, maps, tmp_path / "maps" / "plain.png")
+    scored = render_montage(image, maps, tmp_path / "scored.png", scores=scores)
+    for path in (plain, scored):
+        with Image.open(path) as picture:
+            assert picture.size == (4 * width + 3 * PANEL_GAP, height + CAPTION_HEIGHT)
+            pixels = np.asarray(picture)
+        f2_left = 2 * (width + PANEL_GAP)
+        assert np.array_equal(pixels[:height, f2_left : f2_left + width], branch_image(maps[1]))
+        assert pixels[height:].min() < 128  # caption text drawn
+    assert not np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(scored)))
+    assert not list(tmp_path.rglob(".*partial"))
+
+
+def test_overlay_colours(tmp_path: Path) -> None:
+    image = np.full((4, 6), 0.5)
+    truth = np.zeros((4, 6), bool)
+    pred = np.zeros((4, 6), bool)
+    truth[0, 0] = pred[0, 0] = True  # true positive
+    pred[1, 1] = True  # false positive
+    truth[2, 2] = True  # false negative
+    path = render_overlay(image, pred, truth, tmp_path / "overlay.png")
+    with Image.open(path) as picture:
+        assert picture.mode == "RGB" and picture.size == (6, 4)
+        rgb = np.asarray(picture).astype(int)
+    assert np.argmax(rgb[0, 0]) == 1  # green
+    assert np.argmax(rgb[1, 1]) == 0  # red
+    assert np.argmax(rgb[2, 2]) == 2  # blue
+    assert rgb[3, 5].tolist() == [128, 128, 128]  # true negative stays grey
+
+
+def test_save_png_rejects_non_uint8(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        save_png(np.zeros((2, 2)), tmp_path / "x.png")
+    assert save_png(np.zeros((2, 3, 3), np.uint8), tmp_path / "x.png").exists()
