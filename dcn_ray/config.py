@@ -1,0 +1,341 @@
+"""Job configuration: frozen dataclasses, YAML job files and ``--set key=value`` overrides.
+
+A job file is YAML whose keys mirror the dataclasses below (``train.steps``,
+``sweep.resources.gpu``...). Everything is validated up front; every error is an
+:class:`~dcn_ray.errors.InputError` whose message names the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from dcn_ray.errors import InputError
+from dcn_ray.kernels import REFERENCE, Kernels, kernel_problem
+
+Split = Union[str, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Slices of the stack used for training, validation and (optionally) testing."""
+
+    train: Split = "0:27"
+    val: Split = "27:30"
+    test: Split | None = None
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Make the data with ``dcn-ray synth`` settings when the files are missing."""
+
+    slices: int = 24
+    size: int = 256
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    images: str = ""
+    labels: str = ""
+    #: Label value of the foreground (ISBI: 255 = cell interior), or "color" for RGB labels.
+    foreground: Union[int, str] = 255
+    #: Region of interest (y0, x0, height, width), or None for the whole slice.
+    roi: tuple[int, ...] | None = None
+    split: SplitConfig = field(default_factory=SplitConfig)
+    synthetic: SynthConfig | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    width: int = 64
+    batch_norm: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 8
+    crop: int = 256
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    eval_every: int = 200
+    #: Auxiliary branch-loss weight, decaying from aux_start to aux_end.
+    aux_start: float = 1.0
+    aux_end: float = 0.01
+    #: "paper6": the paper's 6 transforms; "dihedral8": all 8 dihedral ones.
+    transforms: str = "paper6"
+    seed: int = 0
+    #: torch intra-op threads in a trial (None: torch's default).
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    gpu: float = 1.0
+    cpu: float = 1.0
+
+
+@dataclass(frozen=True)
+class FollowupConfig:
+    enabled: bool = False
+    reference: tuple[int, ...] = REFERENCE
+    steps: int = 3
+    step_size: int = 2
+    controls: int = 2
+    rounds: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    kernels: tuple[tuple[int, ...], ...] = (REFERENCE,)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    max_concurrent: int | None = None
+    max_failures: int = 2
+    followup: FollowupConfig = field(default_factory=FollowupConfig)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    #: MLflow tracking URI; None: sqlite:///mlflow.db in the working directory.
+    uri: str | None = None
+    #: Experiment name; None: the job name.
+    experiment: str | None = None
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    name: str = "sweep"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (lists for tuples), as YAML or MLflow params want it."""
+        return _plain(dataclasses.asdict(self))
+
+    def flat(self) -> dict[str, Any]:
+        """``{"train.steps": 2000, ...}``: every resolved setting under its dotted key."""
+        return dict(_flatten(self.to_dict()))
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
+    """Read a YAML job file, apply ``key=value`` overrides, validate, resolve data paths.
+
+    Data paths written in the job file are relative to the job file; paths given
+    with ``--set`` are relative to the working directory.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"job file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise InputError(f"job file {path} is not readable YAML: {_first_line(error)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError(f"job file {path} must hold a mapping of keys, got {type(raw).__name__}")
+    raw = _resolve_paths(raw, path.parent)
+    for override in overrides:
+        key, value = parse_override(override)
+        if key in ("data.images", "data.labels") and isinstance(value, str):
+            value = str(Path(value).resolve())
+        _set_key(raw, key, value)
+    return job_from_dict(raw)
+
+
+def job_from_dict(raw: Mapping[str, Any]) -> JobConfig:
+    """Build and validate a JobConfig from a nested mapping."""
+    job = _build(JobConfig, raw, "")
+    _validate(job)
+    return job
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.steps=40"`` -> ``("train.steps", 40)``; the value is parsed as YAML."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise InputError(f"--set expects key=value, got {text!r}")
+    try:
+        return key, yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        raise InputError(f"--set {key}: value {value!r} is not valid YAML") from None
+
+
+def _set_key(raw: dict, dotted: str, value: Any) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for index, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise InputError(f"--set {dotted}: {'.'.join(parts[: index + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _resolve_paths(raw: dict, base: Path) -> dict:
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return raw
+    data = dict(data)
+    for key in ("images", "labels"):
+        value = data.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            data[key] = str((base / value).resolve())
+    return {**raw, "data": data}
+
+
+# ----------------------------------------------------------------------------- typed build
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise InputError(f"{prefix or 'job'} must be a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            known = ", ".join(sorted(names))
+            raise InputError(f"unknown job key '{where}' (known keys here: {known})")
+    values = {key: _coerce(hints[key], value, f"{prefix}.{key}" if prefix else key) for key, value in raw.items()}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against the type ``hint``; convert lists to tuples, ints to floats."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(option, value, key)
+            except InputError as error:
+                errors.append(error)
+        raise errors[0] if len(errors) == 1 else InputError(f"{key} has the wrong type: got {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"{key} must be a list, got {value!r}")
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise InputError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _validate(job: JobConfig) -> None:
+    def need(condition: bool, message: str) -> None:
+        if not condition:
+            raise InputError(message)
+
+    need(bool(job.name) and "/" not in job.name, f"name must be a non-empty name without '/', got {job.name!r}")
+    need(bool(job.data.images), "data.images is required (a TIFF stack)")
+    need(bool(job.data.labels), "data.labels is required (a TIFF stack)")
+    foreground = job.data.foreground
+    need(foreground == "color" or isinstance(foreground, int), f"data.foreground must be an integer label value or 'color', got {foreground!r}")
+    need(job.data.roi is None or len(job.data.roi) == 4, f"data.roi must be [y0, x0, height, width], got {job.data.roi!r}")
+    need(job.model.width >= 1, f"model.width must be >= 1, got {job.model.width}")
+    train = job.train
+    need(train.steps >= 1, f"train.steps must be >= 1, got {train.steps}")
+    need(train.batch_size >= 1, f"train.batch_size must be >= 1, got {train.batch_size}")
+    need(train.crop >= 8 and train.crop % 8 == 0, f"train.crop must be a positive multiple of 8, got {train.crop}")
+    need(train.lr > 0, f"train.lr must be > 0, got {train.lr}")
+    need(train.optimizer in ("adam", "sgd"), f"train.optimizer must be 'adam' or 'sgd', got {train.optimizer!r}")
+    need(1 <= train.eval_every, f"train.eval_every must be >= 1, got {train.eval_every}")
+    need(train.transforms in ("paper6", "dihedral8"), f"train.transforms must be 'paper6' or 'dihedral8', got {train.transforms!r}")
+    need(0 < train.aux_end <= train.aux_start, "train.aux_end must be in (0, train.aux_start]")
+    need(train.threads is None or train.threads >= 1, f"train.threads must be >= 1, got {train.threads}")
+    sweep = job.sweep
+    need(len(sweep.kernels) >= 1, "sweep.kernels must list at least one [k1, k2, k3]")
+    for index, kernels in enumerate(sweep.kernels):
+        problem = kernel_problem(kernels)
+        need(problem is None, f"sweep.kernels[{index}]: {problem}")
+    need(len(set(sweep.kernels)) == len(sweep.kernels), "sweep.kernels lists a triple twice")
+    need(sweep.resources.gpu >= 0, f"sweep.resources.gpu must be >= 0, got {sweep.resources.gpu}")
+    need(sweep.resources.gpu <= 1 or sweep.resources.gpu.is_integer(), "sweep.resources.gpu above 1 must be a whole number")
+    need(sweep.resources.cpu > 0, f"sweep.resources.cpu must be > 0, got {sweep.resources.cpu}")
+    need(sweep.max_concurrent is None or sweep.max_concurrent >= 1, "sweep.max_concurrent must be >= 1")
+    need(sweep.max_failures >= 0, f"sweep.max_failures must be >= 0, got {sweep.max_failures}")
+    followup = sweep.followup
+    problem = kernel_problem(followup.reference)
+    need(problem is None, f"sweep.followup.reference: {problem}")
+    need(followup.steps >= 0 and followup.controls >= 0, "sweep.followup.steps and .controls must be >= 0")
+    need(followup.step_size >= 1, "sweep.followup.step_size must be >= 1")
+    need(followup.rounds >= 1, f"sweep.followup.rounds must be >= 1, got {followup.rounds}")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = ""):
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def kernels_of(job: JobConfig) -> list[Kernels]:
+    """The grid of the job as (k1, k2, k3) tuples."""
+    return [tuple(k) for k in job.sweep.kernels]  # type: ignore[misc]
