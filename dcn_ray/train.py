@@ -1,0 +1,221 @@
+"""Train one kernel configuration: the loop every sweep trial runs, free of Ray.
+
+Ray enters only through the ``report`` hook, which receives the metrics of each
+evaluation and a folder holding the checkpoint written for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dcn_ray import checkpoint
+from dcn_ray.config import JobConfig
+from dcn_ray.data import CropSampler
+from dcn_ray.kernels import Kernels
+from dcn_ray.loss import aux_weight, dcn_loss
+from dcn_ray.metrics import segmentation_scores
+from dcn_ray.model import DCN, pad_forward
+from dcn_ray.stacks import Dataset
+
+log = logging.getLogger(__name__)
+
+#: Called after every evaluation with the metrics and a folder holding model.pt and state.pt.
+#: The folder exists only during the call: copy what you keep.
+Reporter = Callable[[dict[str, float], Path], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one trained configuration achieved."""
+
+    best_iou: float
+    best_step: int
+    steps: int
+    best_metrics: dict[str, float]
+    #: The best model's checkpoint payload (see dcn_ray.checkpoint).
+    model: dict[str, Any]
+    history: tuple[dict[str, float], ...]
+
+
+def select_device(name: str | None = None) -> torch.device:
+    """``cuda`` when a GPU is visible (or asked for), else ``cpu``."""
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_model(job: JobConfig, kernels: Kernels) -> DCN:
+    return DCN(kernels=kernels, width=job.model.width, batch_norm=job.model.batch_norm, in_channels=1)
+
+
+def evaluate(model: DCN, images: torch.Tensor, masks: np.ndarray) -> dict[str, float]:
+    """Whole-slice inference over (Z, Y, X) images on the model's device; segmentation metrics."""
+    predictions = np.empty(masks.shape, dtype=bool)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), _autocast(images.device):
+        for index in range(images.shape[0]):
+            output = pad_forward(model, images[index][None, None])
+            predictions[index] = (output.fused[0].argmax(0) == 1).cpu().numpy()
+    model.train(was_training)
+    return segmentation_scores(predictions, masks)
+
+
+def train(
+    job: JobConfig,
+    kernels: Kernels,
+    dataset: Dataset,
+    *,
+    report: Reporter | None = None,
+    state: dict[str, Any] | None = None,
+    device: torch.device | None = None,
+) -> TrainResult:
+    """Train ``kernels`` for ``job.train.steps`` steps, evaluating every ``eval_every`` steps.
+
+    ``state`` is a ``state.pt`` payload to resume from; a finished state returns at once.
+    The best model by validation IoU is kept. Seeds make a run repeatable.
+    """
+    settings = job.train
+    device = device or select_device()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    model = build_model(job, kernels).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(job, model)
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    train_images = torch.from_numpy(dataset.train_images).to(device)
+    sampler = CropSampler(
+        train_images,
+        torch.from_numpy(dataset.train_masks).to(device),
+        crop=settings.crop,
+        batch_size=settings.batch_size,
+        transforms=settings.transforms,
+        generator=generator,
+    )
+    val_images = torch.from_numpy(dataset.val_images).to(device)
+
+    step, history, best = 0, [], None
+    if state is not None:
+        model.load_state_dict(state["weights"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
+        step, history, best = state["step"], list(state["history"]), state["best"]
+        log.info("resuming %s at step %d", kernels, step)
+        if state.get("finished"):
+            return _result(best, step, history)
+
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    losses_since_eval = 0
+    started = time.perf_counter()
+    while step < settings.steps:
+        images, targets = sampler.sample()
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(device):
+            output = model(images)
+        loss, _ = dcn_loss(output, targets, aux_weight(step, settings.steps, start=settings.aux_start, end=settings.aux_end))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach()
+        losses_since_eval += 1
+        step += 1
+        if step % settings.eval_every and step < settings.steps:
+            continue
+        metrics = {f"val_{name}": value for name, value in evaluate(model, val_images, dataset.val_masks).items()}
+        metrics["train_loss"] = float(loss_sum) / losses_since_eval
+        metrics["step"] = step
+        metrics["images_per_s"] = losses_since_eval * settings.batch_size / max(time.perf_counter() - started, 1e-9)
+        loss_sum.zero_()
+        losses_since_eval = 0
+        if best is None or metrics["val_iou"] > best["metrics"]["val_iou"]:
+            best = _model_payload(job, model, kernels, step, metrics)
+        metrics["best_val_iou"] = best["metrics"]["val_iou"]
+        history.append(metrics)
+        log.info("%s step %d: val_iou %.4f (best %.4f)", kernels, step, metrics["val_iou"], metrics["best_val_iou"])
+        if report is not None:
+            finished = step >= settings.steps
+            _report(report, metrics, best, _state_payload(model, optimizer, generator, step, history, best, finished))
+        started = time.perf_counter()
+    return _result(best, step, history)
+
+
+def state_payload_of(result: TrainResult) -> dict[str, Any]:
+    """A finished ``state.pt`` payload for a result (no optimizer: nothing is left to train)."""
+    return {
+        "format": checkpoint.FORMAT,
+        "step": result.steps,
+        "history": list(result.history),
+        "best": result.model,
+        "finished": True,
+    }
+
+
+def _report(report: Reporter, metrics: dict[str, float], best: dict, state: dict) -> None:
+    with tempfile.TemporaryDirectory(prefix="dcn-ckpt-") as folder:
+        checkpoint.save(best, Path(folder) / checkpoint.MODEL_FILE)
+        checkpoint.save(state, Path(folder) / checkpoint.STATE_FILE)
+        report(dict(metrics), Path(folder))
+
+
+def _result(best: dict, step: int, history: list[dict[str, float]]) -> TrainResult:
+    return TrainResult(
+        best_iou=best["metrics"]["val_iou"],
+        best_step=best["step"],
+        steps=step,
+        best_metrics=dict(best["metrics"]),
+        model=best,
+        history=tuple(history),
+    )
+
+
+def _model_payload(job: JobConfig, model: DCN, kernels: Kernels, step: int, metrics: dict[str, float]) -> dict[str, Any]:
+    return {
+        "format": checkpoint.FORMAT,
+        "model_kwargs": dict(model.kwargs),
+        "config": job.to_dict(),
+        "kernels": list(kernels),
+        "weights": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+        "step": step,
+        "metrics": dict(metrics),
+    }
+
+
+def _state_payload(model, optimizer, generator, step, history, best, finished) -> dict[str, Any]:
+    return {
+        "format": checkpoint.FORMAT,
+        "weights": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "step": step,
+        "history": list(history),
+        "best": best,
+        "finished": finished,
+    }
+
+
+def _optimizer(job: JobConfig, model: DCN) -> torch.optim.Optimizer:
+    settings = job.train
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA; nothing on CPU (CPU bf16 is slower than fp32 on most hosts)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()

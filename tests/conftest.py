@@ -1,0 +1,97 @@
+"""Shared fixtures: a synthetic stack, a job on it, a real `mlflow server` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+REPO = Path(__file__).resolve().parent.parent
+ISBI = REPO.parent / "shared" / "datasets" / "isbi2012"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def synthetic_stack(tmp_path_factory) -> tuple[Path, Path]:
+    """A small learnable EM-like stack: 12 slices of 128 x 128."""
+    from dcn_ray.synth import write_synthetic
+
+    return write_synthetic(tmp_path_factory.mktemp("synthetic"), slices=12, size=128, seed=1)
+
+
+def small_job(images: Path, labels: Path, **sections) -> dict:
+    """A job dict for a narrow DCN on small crops; sections override whole sections."""
+    job = {
+        "name": "test",
+        "data": {"images": str(images), "labels": str(labels), "split": {"train": "0:10", "val": "10:12"}},
+        "model": {"width": 4},
+        "train": {"steps": 12, "batch_size": 2, "crop": 32, "lr": 0.003, "eval_every": 6, "threads": 1},
+        "sweep": {"kernels": [[4, 8, 16], [2, 8, 16], [6, 8, 16], [4, 8, 12]], "resources": {"gpu": 1, "cpu": 1}},
+    }
+    for key, value in sections.items():
+        job[key] = {**job.get(key, {}), **value} if isinstance(value, dict) else value
+    return job
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite store and proxied artifacts."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "MlflowServer":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+            "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
+            "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1",
+        ]
+        log = open(self.folder / "server.log", "ab")
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.folder / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("mlflow server did not start within 90 s")
+
+    def stop(self) -> None:
+        """End the server and the workers it started (its own process group, by its pid)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, 15)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, 9)
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server
+    server.stop()
