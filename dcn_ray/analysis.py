@@ -1,0 +1,59 @@
+"""Look at a trained DCN the way the paper did: branch maps F1-F3, their scores, the weak branch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dcn_ray.featuremaps import BranchScore, branch_image, render_montage, render_overlay, save_png, score_branches, weak_branch
+from dcn_ray.kernels import BRANCHES
+from dcn_ray.model import DCN, pad_forward
+
+
+@dataclass(frozen=True)
+class Analysis:
+    scores: tuple[BranchScore, BranchScore, BranchScore]
+    weak: int
+    #: The images written: F1-F3 maps, montage, overlay.
+    images: tuple[Path, ...]
+
+    @property
+    def weak_name(self) -> str:
+        return BRANCHES[self.weak]
+
+    def metrics(self) -> dict[str, float]:
+        merged: dict[str, float] = {"weak_branch": float(self.weak)}
+        for score in self.scores:
+            merged.update(score.as_metrics())
+        return merged
+
+
+def branch_logits(model: DCN, images: np.ndarray, device: torch.device | str = "cpu") -> list[np.ndarray]:
+    """The three branch logit maps of every slice: 3 arrays (Z, 2, Y, X), F1..F3."""
+    model = model.to(device).eval()
+    maps: list[list[np.ndarray]] = [[], [], []]
+    with torch.no_grad():
+        for image in images:
+            output = pad_forward(model, torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device))
+            for index, branch in enumerate(output.branches):
+                maps[index].append(branch[0].float().cpu().numpy())
+    return [np.stack(branch) for branch in maps]
+
+
+def analyse(model: DCN, images: np.ndarray, masks: np.ndarray, out_dir: Path, *, device: torch.device | str = "cpu") -> Analysis:
+    """Score F1-F3 on (Z, Y, X) validation slices and write their images for the first slice."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    branches = branch_logits(model, images, device)
+    scores = score_branches(branches, masks)
+    weak = weak_branch(scores)
+    written = []
+    for name, branch in zip(BRANCHES, branches):
+        written.append(save_png(branch_image(branch[0]), out_dir / f"{name}.png"))
+    written.append(render_montage(images[0], [b[0] for b in branches], out_dir / "F1-F3_montage.png", scores=scores))
+    fused = sum(branches)
+    prediction = fused[0].argmax(0) == 1
+    written.append(render_overlay(images[0], prediction, masks[0], out_dir / "prediction_overlay.png"))
+    return Analysis(scores=scores, weak=weak, images=tuple(Path(p) for p in written))

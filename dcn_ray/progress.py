@@ -1,0 +1,57 @@
+"""A concise live view of a sweep's trials: one line per event, a status line every few seconds."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from ray.tune import Callback
+
+from dcn_ray.kernels import kernels_text
+
+
+class Progress(Callback):
+    """Pending / running / finished / errored counts, the latest IoU per trial, elapsed time."""
+
+    def __init__(self, write: Callable[[str], None], *, interval: float = 15.0):
+        self.write = write
+        self.interval = interval
+        self.started = time.monotonic()
+        self.last_summary = self.started
+        self.latest: dict[str, float] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.write(f"{self._elapsed()}  start    {_label(trial)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "val_iou" in result:
+            self.latest[trial.trial_id] = result["val_iou"]
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        best = (trial.last_result or {}).get("best_val_iou")
+        self.write(f"{self._elapsed()}  finished {_label(trial)}  best val IoU {best:.4f}" if best is not None else f"{self._elapsed()}  finished {_label(trial)}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.write(f"{self._elapsed()}  errored  {_label(trial)} (failures so far: {trial.num_failures})")
+
+    def on_step_end(self, iteration, trials, **info):
+        now = time.monotonic()
+        if now - self.last_summary < self.interval:
+            return
+        self.last_summary = now
+        counts = Counter(trial.status for trial in trials)
+        running = [f"{kernels_text(t.config['kernels'])}: {self.latest[t.trial_id]:.3f}" for t in trials if t.status == "RUNNING" and t.trial_id in self.latest]
+        self.write(
+            f"{self._elapsed()}  pending {counts['PENDING']}  running {counts['RUNNING']}  finished {counts['TERMINATED']}"
+            f"  errored {counts['ERROR']}" + (f"  | IoU {', '.join(running)}" if running else "")
+        )
+
+    def _elapsed(self) -> str:
+        seconds = int(time.monotonic() - self.started)
+        return f"[{seconds // 60:02d}:{seconds % 60:02d}]"
+
+
+def _label(trial) -> str:
+    config = trial.config or {}
+    return f"{config.get('phase', 'grid'):8} {kernels_text(config.get('kernels', ['?'] * 3))}"

@@ -1,0 +1,235 @@
+"""MLflow: the store, one parent run per sweep, one child run per trial (never two).
+
+Everything goes through ``MlflowClient`` with explicit run ids, so a trial that is
+retried or resumed finds its own child run again by the tag holding its Tune trial id
+instead of opening a second one (the trap of MLflowLoggerCallback / setup_mlflow).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from dcn_ray.errors import InputError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TRIAL_TAG = "tune_trial_id"
+SWEEP_TAG = "dcn_ray_sweep"
+PARENT_TAG = "mlflow.parentRunId"
+RETRY_SECONDS = 120.0
+
+
+def default_tracking_uri() -> str:
+    """The embedded store: ``sqlite:///<working dir>/mlflow.db`` (what ``mlflow ui`` opens there)."""
+    return f"sqlite:///{Path('mlflow.db').absolute()}"
+
+
+def resolve_uri(uri: str | None) -> str:
+    """An explicit URI, else the embedded store. Relative sqlite paths are made absolute."""
+    if not uri:
+        return default_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).absolute()}"
+    if "://" not in uri:
+        raise InputError(f"tracking URI {uri!r} is not a URI (e.g. http://host:5000 or sqlite:///mlflow.db)")
+    return uri
+
+
+def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
+    """A clear error before any trial runs when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            if response.status == 200:
+                return
+    except (urllib.error.URLError, OSError, ValueError):
+        pass
+    raise InputError(f"MLflow tracking server {uri} is not reachable (no answer from {uri.rstrip('/')}/health)")
+
+
+def prepare_experiment(uri: str, name: str) -> str:
+    """Create the store and the experiment (driver side, before any trial); return its id."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    location = None
+    if uri.startswith("sqlite:"):
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlruns").absolute().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def start_parent_run(uri: str, experiment_id: str, sweep: str, params: Mapping[str, Any]) -> str:
+    client = MlflowClient(uri)
+    run = client.create_run(experiment_id, run_name=sweep, tags={SWEEP_TAG: sweep, "role": "sweep"})
+    client.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
+    return run.info.run_id
+
+
+class TrialRun:
+    """The child run of one Tune trial: found again after a retry or resume, else created."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, trial_id: str):
+        self.client = MlflowClient(uri)
+        self.parent_run_id = parent_run_id
+        self.trial_id = trial_id
+        self._pending: list[Metric] = []
+        self.run_id = _retry(lambda: self._find(experiment_id))
+        self.resumed = self.run_id is not None
+
+    def open(self, *, name: str, tags: Mapping[str, str], params: Mapping[str, Any], experiment_id: str) -> str:
+        """Create the run the first time; on later attempts mark it RUNNING again."""
+        if self.run_id is None:
+            run_tags = {PARENT_TAG: self.parent_run_id, TRIAL_TAG: self.trial_id, **tags}
+            run = _retry(lambda: self.client.create_run(experiment_id, run_name=name, tags=run_tags))
+            self.run_id = run.info.run_id
+            batch = [Param(k, _param(v)) for k, v in params.items()]
+            for start in range(0, len(batch), 90):
+                _retry(lambda: self.client.log_batch(self.run_id, params=batch[start : start + 90]))
+        else:
+            _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
+            self.set_tags(tags)
+        return self.run_id
+
+    def finished_result(self) -> dict[str, float] | None:
+        """The final result of a run that already FINISHED (a finished trial launched again), else None."""
+        if self.run_id is None:
+            return None
+        run = _retry(lambda: self.client.get_run(self.run_id))
+        if run.info.status != "FINISHED" or "best_val_iou" not in run.data.metrics:
+            return None
+        return {**run.data.metrics, "mlflow_run_id": self.run_id, "finished": 1}
+
+    def is_finished(self) -> bool:
+        return self.run_id is not None and _retry(lambda: self.client.get_run(self.run_id)).info.status == "FINISHED"
+
+    def backfill(self, history: list[dict[str, float]], key: str = "val_iou") -> None:
+        """Log the evaluations of a checkpoint's history that MLflow has not got (killed in between)."""
+        logged = {m.step for m in _retry(lambda: self.client.get_metric_history(self.run_id, key))}
+        for metrics in history:
+            if int(metrics["step"]) not in logged:
+                self.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        _retry(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Buffer and send; if the server is down, keep the buffer and try again next time."""
+        now = int(time.time() * 1000)
+        self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items() if _is_number(v)]
+        try:
+            self.flush(wait=0.0)
+        except Exception as error:  # server down: training goes on, metrics wait in the buffer
+            log.warning("MLflow unreachable, %d metric values buffered: %s", len(self._pending), error)
+
+    def flush(self, *, wait: float = RETRY_SECONDS) -> None:
+        while self._pending:
+            batch = self._pending[:900]
+            _retry(lambda: self.client.log_batch(self.run_id, metrics=batch), seconds=wait)
+            del self._pending[: len(batch)]
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        _retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def end(self, status: str) -> None:
+        _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+
+    def _find(self, experiment_id: str) -> str | None:
+        runs = self.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.{TRIAL_TAG} = '{self.trial_id}' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+            max_results=2,
+        )
+        if len(runs) > 1:
+            log.warning("trial %s has %d child runs; using the first", self.trial_id, len(runs))
+        return runs[0].info.run_id if runs else None
+
+
+def log_parent_file(uri: str, parent_run_id: str, path: Path) -> None:
+    """Attach a file (the job file) to the sweep's parent run."""
+    _retry(lambda: MlflowClient(uri).log_artifact(parent_run_id, str(path)))
+
+
+def reopen_parent(uri: str, parent_run_id: str) -> None:
+    _retry(lambda: MlflowClient(uri).update_run(parent_run_id, status="RUNNING"))
+
+
+def log_results(uri: str, parent_run_id: str, folder: Path, *, finished: bool) -> None:
+    """The results table and chart on the parent run, which ends FINISHED (or KILLED if interrupted)."""
+    client = MlflowClient(uri)
+    for file in sorted(folder.iterdir()):
+        if file.is_file():
+            _retry(lambda: client.log_artifact(parent_run_id, str(file), "results"))
+    _retry(lambda: client.set_terminated(parent_run_id, status="FINISHED" if finished else "KILLED"))
+
+
+def reconcile(uri: str, experiment_id: str, parent_run_id: str, rows: list[dict], *, interrupted: bool) -> None:
+    """Make child-run statuses match Tune's outcome.
+
+    Finished trials: FINISHED; trials out of retries: FAILED; trials still running when
+    the sweep was interrupted (Ctrl-C) or killed: KILLED.
+    """
+    client = MlflowClient(uri)
+    outcome = {row["mlflow_run_id"]: row["status"] for row in rows if row.get("mlflow_run_id")}
+    for run in child_runs(uri, experiment_id, parent_run_id):
+        status = {"finished": "FINISHED", "errored": "FAILED"}.get(outcome.get(run.info.run_id, ""))
+        if status is None and run.info.status == "RUNNING":
+            status = "KILLED" if interrupted else None
+        if status and status != run.info.status:
+            _retry(lambda: client.set_terminated(run.info.run_id, status=status))
+
+
+def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
+    """All child runs of a sweep's parent run."""
+    client = MlflowClient(uri)
+    return client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10000)
+
+
+def trial_tags() -> dict[str, str]:
+    """Where a trial runs: the Ray node id, the host name, the GPUs it was given."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    return {
+        "ray_node_id": node,
+        "host": socket.gethostname(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    }
+
+
+def _retry(call: Callable[[], T], *, seconds: float = RETRY_SECONDS) -> T:
+    """Call, retrying with backoff for up to ``seconds`` (the server may be restarting)."""
+    deadline = time.monotonic() + seconds
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except Exception as error:
+            if time.monotonic() + delay > deadline or "RESOURCE_DOES_NOT_EXIST" in str(error):
+                raise
+            log.debug("MLflow call failed (%s); retrying in %.1fs", error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def _param(value: Any) -> str:
+    return str(value)[:6000]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,96 @@
+"""`dcn-ray sweep` for real: a local Ray with declared logical GPUs, a real MLflow server."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import small_job
+from dcn_ray.config import job_from_dict
+from dcn_ray.sweep import run_sweep
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def local_ray(request):
+    """A real local Ray declaring ``request.param`` logical GPUs (scheduling is real, compute is CPU)."""
+    ray.init(num_cpus=2, num_gpus=request.param, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def sweep_runs(uri: str, experiment: str):
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def overlapping(children):
+    return [(a, b) for a, b in itertools.combinations(children, 2) if a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time]
+
+
+@pytest.mark.parametrize("local_ray", [2], indirect=True)
+def test_sweep_tracks_one_child_run_per_configuration(local_ray, synthetic_stack, mlflow_server, tmp_path):
+    raw = small_job(*synthetic_stack, name="grid4", tracking={"uri": mlflow_server.uri, "experiment": "grid4"})
+    job = job_from_dict(raw)
+    lines: list[str] = []
+    outcome = run_sweep(job, job_text=yaml.safe_dump(raw), storage=str(tmp_path / "runs"), address=None, write=lines.append)
+
+    assert not outcome.interrupted and outcome.errored == 0
+    client, parents, children = sweep_runs(mlflow_server.uri, "grid4")
+    assert len(parents) == 1
+    assert parents[0].info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    expected = {"4-8-16", "2-8-16", "6-8-16", "4-8-12"}
+    assert sorted(r.data.tags["kernels"] for r in children) == sorted(expected)
+    for run in children:
+        k1, k2, k3 = (run.data.params[k] for k in ("k1", "k2", "k3"))
+        assert f"{k1}-{k2}-{k3}" == run.data.tags["kernels"]
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["phase"] == "grid" and run.data.tags["tune_trial_id"]
+        assert run.data.tags["ray_node_id"] and run.data.tags["host"]
+        history = client.get_metric_history(run.info.run_id, "val_iou")
+        assert [m.step for m in history] == [6, 12]
+        for key in ("val_dice", "val_pixel_error", "val_vrand", "val_vinfo", "train_loss", "contrast_F1", "drop_F3"):
+            assert key in run.data.metrics
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
+        images = [Path(a.path).name for a in client.list_artifacts(run.info.run_id, "feature_maps")]
+        assert all(any(branch in name for name in images) for branch in ("F1", "F2", "F3"))
+        assert "prediction_overlay.png" in images
+
+    # trials that ran at the same time held different GPUs
+    pairs = overlapping(children)
+    assert pairs, "with 2 CPU slots some trials must have run at the same time"
+    for a, b in pairs:
+        assert a.data.tags["cuda_visible_devices"] != b.data.tags["cuda_visible_devices"]
+    assert {r.data.tags["cuda_visible_devices"] for r in children} <= {"0", "1"}
+
+    # results: a Table-1-like table, in storage and on the parent run
+    assert (Path(outcome.folder) / "results.parquet").is_file()
+    assert (Path(outcome.folder) / "results.md").read_text().count("| grid |") == 4
+    parent_files = {a.path for a in client.list_artifacts(parents[0].info.run_id, "results")}
+    assert {"results/results.parquet", "results/results.md", "results/iou_by_config.png"} <= parent_files
+    assert any("job.yaml" == a.path for a in client.list_artifacts(parents[0].info.run_id))
+
+
+@pytest.mark.parametrize("local_ray", [1], indirect=True)
+def test_gpu_fractions_pack_two_trials_on_one_gpu(local_ray, synthetic_stack, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default embedded store: ./mlflow.db
+    raw = small_job(*synthetic_stack, name="packed", sweep={"kernels": [[4, 8, 16], [2, 8, 16]], "resources": {"gpu": 0.5, "cpu": 1}}, train={"steps": 30, "eval_every": 15})
+    outcome = run_sweep(job_from_dict(raw), job_text=yaml.safe_dump(raw), storage=None, address=None, write=lambda line: None)
+
+    assert outcome.errored == 0
+    assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "dcn-ray-runs" / "packed").is_dir()
+    _, _, children = sweep_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "packed")
+    assert len(children) == 2
+    assert overlapping(children), "two 0.5-GPU trials fit one GPU at the same time"
+    assert [r.data.tags["cuda_visible_devices"] for r in children] == ["0", "0"]
