@@ -7,10 +7,11 @@ from pathlib import Path
 
 from dcn_ray import checkpoint
 from dcn_ray.analysis import analyse
+from dcn_ray.dataset import parse_split
 from dcn_ray.errors import InputError
 from dcn_ray.followup import plan_followups
 from dcn_ray.kernels import BRANCHES, kernels_text
-from dcn_ray.stacks import parse_split, read_labels, read_stack
+from dcn_ray.stacks import read_labels, read_stack
 
 SCORES_FILE = "branch_scores.json"
 

@@ -21,11 +21,11 @@ import torch
 from dcn_ray import checkpoint
 from dcn_ray.config import JobConfig
 from dcn_ray.data import CropSampler
+from dcn_ray.dataset import Dataset
 from dcn_ray.kernels import Kernels
 from dcn_ray.loss import aux_weight, dcn_loss
 from dcn_ray.metrics import segmentation_scores
 from dcn_ray.model import DCN, pad_forward
-from dcn_ray.stacks import Dataset
 
 log = logging.getLogger(__name__)
 

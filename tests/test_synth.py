@@ -10,6 +10,7 @@ import pytest
 import tifffile
 
 from dcn_ray import stacks
+from dcn_ray.dataset import load_dataset
 from dcn_ray.synth import make_synthetic, write_synthetic
 
 
@@ -89,5 +90,5 @@ def test_write_synthetic(tmp_path: Path) -> None:
     np.testing.assert_array_equal(stacks.read_labels(label_path, 255), labels == 255)
     np.testing.assert_allclose(stacks.read_stack(image_path), images / 255.0, atol=1e-6)
     assert stacks.read_metadata(image_path) == {"synthetic": {"slices": 3, "size": 48, "seed": 2}}
-    data = stacks.load_dataset(image_path, label_path, foreground=255, train="0:2", val="2:")
+    data = load_dataset(image_path, label_path, foreground=255, train="0:2", val="2:")
     assert data.train_masks.shape == (2, 48, 48)
