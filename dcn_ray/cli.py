@@ -50,9 +50,9 @@ def sweep(job_file: Path, name: str | None, storage: str | None, address: str | 
 
     extra = list(overrides) + ([f"name={name}"] if name else []) + ([f"tracking.uri={tracking_uri}"] if tracking_uri else [])
     job = load_job(job_file, extra)
-    if dry_run:
-        _echo(sweeps.check_data(job))
-        _echo(sweeps.check_resources(job, address))
+    if dry_run:  # both checks before any output: a problem is then the only line shown
+        summaries = [sweeps.check_data(job), sweeps.check_resources(job, address)]
+        _echo("\n".join(summaries))
         click.echo("\n".join(sweeps.planned_trials(job)))
         return
     outcome = sweeps.run_sweep(job, job_text=job_file.read_text(), storage=storage, address=address, write=_echo, callbacks=[Progress(_echo)])
