@@ -79,7 +79,7 @@ def ensure_data(job: JobConfig) -> None:
         raise InputError("data.synthetic needs data.images and data.labels to be images.tif and labels.tif in one folder")
     synth = data.synthetic
     write_synthetic(Path(data.images).parent, slices=synth.slices, size=synth.size, seed=synth.seed)
-    log.info("made the synthetic stack %s", Path(data.images).parent)
+    log.debug("made the synthetic stack %s", Path(data.images).parent)
 
 
 def check_data(job: JobConfig) -> str:
@@ -165,6 +165,16 @@ def alive_nodes() -> list[dict[str, float]]:
     return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
 
 
+def trial_name(trial) -> str:
+    """``followup-4-8-14``: how Tune names the trial."""
+    return f"{trial.config.get('phase', 'grid')}-{kernels_text(trial.config['kernels'])}"
+
+
+def trial_dirname(trial) -> str:
+    """``followup_4-8-14_<trial id>``: the trial's folder in the sweep's storage."""
+    return f"{trial.config.get('phase', 'grid')}_{kernels_text(trial.config['kernels'])}_{trial.trial_id}"
+
+
 def _tuner(context: SweepContext, record: SweepRecord, storage: Storage, searcher, callbacks, *, restore: bool):
     from ray import tune
 
@@ -175,7 +185,13 @@ def _tuner(context: SweepContext, record: SweepRecord, storage: Storage, searche
         return tune.Tuner.restore(storage.folder(record.name), trainable=trainable, resume_unfinished=True, resume_errored=True)
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=record.max_concurrent),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=-1,
+            max_concurrent_trials=record.max_concurrent,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_dirname,
+        ),
         run_config=tune.RunConfig(
             name=record.name,
             storage_path=storage.root,
@@ -197,12 +213,15 @@ def run_sweep(job: JobConfig, *, job_text: str, storage: str | None, address: st
         raise InputError(f"sweep '{job.name}' already exists in {store.root}; use `dcn-ray resume {job.name}` (or another --name)")
     uri = tracking.resolve_uri(job.tracking.uri)
     tracking.check_reachable(uri)
-    write(check_data(job))
+    data_summary = check_data(job)
     with ray_session(address):
         nodes = alive_nodes()
         if len(nodes) > 1 and storage is None:
             raise InputError("this Ray cluster has several nodes: give --storage on storage every node sees (a shared path, s3:// or gs://)")
-        gpu, max_concurrent = trial_resources(job, nodes, write)
+        notes: list[str] = []
+        gpu, max_concurrent = trial_resources(job, nodes, notes.append)
+        for line in [data_summary, *notes]:
+            write(line)
         experiment_id = tracking.prepare_experiment(uri, job.experiment)
         parent = tracking.start_parent_run(uri, experiment_id, job.name, {"job." + k: v for k, v in job.flat().items()})
         record = SweepRecord(job.name, job.to_dict(), uri, experiment_id, parent, gpu, max_concurrent)

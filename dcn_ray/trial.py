@@ -18,8 +18,8 @@ from ray import tune
 from dcn_ray import checkpoint, tracking
 from dcn_ray.analysis import analyse
 from dcn_ray.config import JobConfig
+from dcn_ray.dataset import Dataset, load_dataset
 from dcn_ray.kernels import kernels_text
-from dcn_ray.stacks import Dataset, load_dataset
 from dcn_ray.train import TrainResult, select_device, state_payload_of, train
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         return
     run.open(name=kernels_text(kernels), tags=tags, params=params, experiment_id=context.experiment_id)
     if state is not None:
+        run.set_tags({"resumed_from_step": state["step"]})
         run.backfill(state["history"])
     try:
         result = _train_and_analyse(job, kernels, run, state)

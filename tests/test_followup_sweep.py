@@ -1,0 +1,65 @@
+"""Feature-map-guided follow-ups in a real sweep: scheduled from the reference's F1-F3, tagged in MLflow."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import small_job
+from dcn_ray.config import job_from_dict
+from dcn_ray.followup import plan_followups
+from dcn_ray.kernels import BRANCHES
+from dcn_ray.sweep import run_sweep
+
+pytestmark = pytest.mark.integration
+
+
+def test_followups_and_controls_are_derived_from_the_reference(synthetic_stack, mlflow_server, tmp_path):
+    grid = [[4, 8, 16], [2, 8, 16], [6, 8, 16]]
+    raw = small_job(
+        *synthetic_stack, name="guided",
+        train={"steps": 40, "eval_every": 20, "batch_size": 4, "crop": 64},
+        sweep={"kernels": grid, "resources": {"gpu": 0, "cpu": 1}, "followup": {"enabled": True, "steps": 2, "controls": 2, "seed": 3}},
+        tracking={"uri": mlflow_server.uri, "experiment": "guided"},
+    )
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        outcome = run_sweep(job_from_dict(raw), job_text=yaml.safe_dump(raw), storage=str(tmp_path), address=None, write=lambda line: None)
+    finally:
+        ray.shutdown()
+
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("guided").experiment_id
+    children = [r for r in client.search_runs([experiment]) if "mlflow.parentRunId" in r.data.tags]
+    by_kernels = {tuple(int(k) for k in r.data.tags["kernels"].split("-")): r for r in children}
+    reference = by_kernels[(4, 8, 16)]
+    weak = BRANCHES.index(reference.data.tags["weak_branch"])
+
+    # every trial logs its own branch scores
+    for run in children:
+        for name in BRANCHES:
+            for score in ("contrast", "alone_iou", "drop"):
+                assert f"{score}_{name}" in run.data.metrics
+
+    # the follow-ups are exactly what the rule proposes from the reference's weak branch
+    plan = plan_followups((4, 8, 16), weak, steps=2, controls=2, seed=3, exclude=[tuple(k) for k in grid])
+    followups = {k: r for k, r in by_kernels.items() if r.data.tags["phase"] == "followup"}
+    controls = {k: r for k, r in by_kernels.items() if r.data.tags["phase"] == "control"}
+    assert set(followups) == set(plan.guided) and len(plan.guided) >= 1
+    assert set(controls) == set(plan.controls) and len(plan.controls) == 2
+    assert not set(followups) & set(controls)
+    assert len(children) == len(grid) + len(plan.guided) + len(plan.controls)
+    for run in [*followups.values(), *controls.values()]:
+        assert run.data.tags["derived_from"] == reference.info.run_id
+        assert run.data.tags["weak_branch_of_reference"] == BRANCHES[weak]
+        assert f"contrast_{BRANCHES[weak]}=" in run.data.tags["reference_scores"]
+        assert run.info.status == "FINISHED"
+
+    # the report compares guided with random with the reference, and charts it
+    phases = outcome.table.column("phase").to_pylist()
+    assert phases.count("followup") == len(plan.guided) and phases.count("control") == 2
+    markdown = (tmp_path / "guided" / "results.md").read_text()
+    assert "best guided follow-up" in markdown and "best random control" in markdown and "reference 4-8-16" in markdown
+    assert (tmp_path / "guided" / "iou_by_config.png").stat().st_size > 1000
