@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from dcn_ray import __version__
+from dcn_ray.cli_predict import predict, register
 from dcn_ray.errors import InputError
 
 log = logging.getLogger("dcn_ray")
@@ -104,6 +105,10 @@ def inspect(model: Path, stack: Path, out_dir: Path, labels_path: Path | None, s
     from dcn_ray.inspect import inspect_model
 
     click.echo(inspect_model(model, stack, out_dir, labels=labels_path, slices=slices))
+
+
+cli.add_command(predict)
+cli.add_command(register)
 
 
 def _done(outcome) -> None:

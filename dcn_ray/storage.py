@@ -14,6 +14,8 @@ import pyarrow.fs as pafs
 from dcn_ray import report
 
 DEFAULT_ROOT = "dcn-ray-runs"
+#: The record of a sweep (its settings, MLflow ids) in its folder; what `resume` reads.
+SWEEP_FILE = "dcn_ray_sweep.json"
 
 
 @dataclass(frozen=True)

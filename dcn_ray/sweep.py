@@ -18,13 +18,11 @@ from dcn_ray.config import JobConfig, job_from_dict, kernels_of
 from dcn_ray.errors import InputError
 from dcn_ray.kernels import kernels_text
 from dcn_ray.searcher import GridThenFollowups
-from dcn_ray.storage import Storage
+from dcn_ray.storage import SWEEP_FILE, Storage
 from dcn_ray.trial import SweepContext, load_job_dataset, run_trial
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STORAGE = "dcn-ray-runs"
-SWEEP_FILE = "dcn_ray_sweep.json"
 Write = Callable[[str], None]
 
 

@@ -96,14 +96,15 @@ def start_parent_run(uri: str, experiment_id: str, sweep: str, params: Mapping[s
 class TrialRun:
     """The child run of one Tune trial: found again after a retry or resume, else created."""
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, trial_id: str):
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, trial_id: str, kernels: str = ""):
         fail_fast_http()
         self.client = MlflowClient(uri)
         self.parent_run_id = parent_run_id
         self.trial_id = trial_id
         self._pending: list[Metric] = []
-        self.run_id = _retry(lambda: self._find(experiment_id))
-        self.resumed = self.run_id is not None
+        #: The Tune trial id of an earlier trial of the same kernels whose run this one adopted.
+        self.adopted_from: str | None = None
+        self.run_id = _retry(lambda: self._find(experiment_id, kernels))
 
     def open(self, *, name: str, tags: Mapping[str, str], params: Mapping[str, Any], experiment_id: str) -> str:
         """Create the run the first time; on later attempts mark it RUNNING again."""
@@ -162,15 +163,26 @@ class TrialRun:
     def end(self, status: str) -> None:
         _retry(lambda: self.client.set_terminated(self.run_id, status=status))
 
-    def _find(self, experiment_id: str) -> str | None:
-        runs = self.client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.{TRIAL_TAG} = '{self.trial_id}' and tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
-            max_results=2,
-        )
+    def _find(self, experiment_id: str, kernels: str) -> str | None:
+        """This trial's run; else the sweep's run of the same kernels, adopted.
+
+        A trial launched after Tune's last state snapshot is forgotten by a restore, and
+        its configuration is suggested again under a new trial id. Kernel triples are
+        unique within a sweep, so the new trial takes over the old trial's run.
+        """
+        parent = f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'"
+        runs = self.client.search_runs([experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{self.trial_id}' and {parent}", max_results=2)
         if len(runs) > 1:
             log.warning("trial %s has %d child runs; using the first", self.trial_id, len(runs))
-        return runs[0].info.run_id if runs else None
+        if runs or not kernels:
+            return runs[0].info.run_id if runs else None
+        runs = self.client.search_runs([experiment_id], filter_string=f"tags.kernels = '{kernels}' and {parent}", max_results=1)
+        if not runs:
+            return None
+        self.adopted_from = runs[0].data.tags.get(TRIAL_TAG)
+        log.info("trial %s adopts the run of trial %s (same kernels %s)", self.trial_id, self.adopted_from, kernels)
+        self.client.set_tag(runs[0].info.run_id, TRIAL_TAG, self.trial_id)
+        return runs[0].info.run_id
 
 
 def log_parent_file(uri: str, parent_run_id: str, path: Path) -> None:

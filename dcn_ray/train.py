@@ -119,7 +119,8 @@ def train(
     model.train()
     loss_sum = torch.zeros((), device=device)
     losses_since_eval = 0
-    started = time.perf_counter()
+    elapsed = history[-1].get("elapsed_s", 0.0) if history else 0.0
+    started = loop_started = time.perf_counter()
     while step < settings.steps:
         images, targets = sampler.sample()
         if device.type == "cuda":
@@ -139,6 +140,7 @@ def train(
         metrics["train_loss"] = float(loss_sum) / losses_since_eval
         metrics["step"] = step
         metrics["images_per_s"] = losses_since_eval * settings.batch_size / max(time.perf_counter() - started, 1e-9)
+        metrics["elapsed_s"] = elapsed + time.perf_counter() - loop_started  # training wall time, reports included
         loss_sum.zero_()
         losses_since_eval = 0
         if best is None or metrics["val_iou"] > best["metrics"]["val_iou"]:

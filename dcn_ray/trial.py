@@ -47,7 +47,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     """Train ``config["kernels"]``; report each evaluation to Tune and MLflow."""
     job = context.job
     kernels = tuple(config["kernels"])
-    run = tracking.TrialRun(context.tracking_uri, context.experiment_id, context.parent_run_id, tune.get_context().get_trial_id())
+    run = tracking.TrialRun(context.tracking_uri, context.experiment_id, context.parent_run_id, tune.get_context().get_trial_id(), kernels_text(kernels))
     tags = {
         "phase": config.get("phase", "grid"),
         "kernels": kernels_text(kernels),
@@ -64,6 +64,8 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         tune.report(done)
         return
     state = _state_of(tune.get_checkpoint())
+    if state is None and run.adopted_from:
+        state = _newest_state_of_trial(run.adopted_from)
     if state is not None and state.get("finished"):
         log.info("trial %s already finished: reporting its result again", kernels_text(kernels))
         tune.report(dict(state["final"]))
@@ -125,6 +127,18 @@ def _state_of(saved: tune.Checkpoint | None) -> dict[str, Any] | None:
         return None
     with saved.as_directory() as folder:
         return checkpoint.load(Path(folder) / checkpoint.STATE_FILE)
+
+
+def _newest_state_of_trial(trial_id: str) -> dict[str, Any] | None:
+    """The most advanced checkpoint that trial ``trial_id`` left in this sweep's folder (local storage)."""
+    sweep_folder = Path(tune.get_context().get_trial_dir()).parent
+    states = []
+    for folder in sweep_folder.glob(f"*_{trial_id}/checkpoint_*"):
+        try:
+            states.append(checkpoint.load(folder / checkpoint.STATE_FILE))
+        except Exception as error:  # a checkpoint cut short by the kill: skip it
+            log.warning("skipping checkpoint %s: %s", folder, error)
+    return max(states, key=lambda state: state["step"], default=None)
 
 
 def _quietly(call, *args, **kwargs) -> None:

@@ -1,0 +1,132 @@
+"""The DCN training step on one GPU: fp32, bf16 autocast, channels_last, torch.compile, side by side.
+
+Data stays resident on the GPU (dcn_ray.data.CropSampler). For each variant it prints images/s and
+achieved TFLOP/s (forward + backward FLOPs counted by torch's FlopCounterMode), next to the GPU's
+bf16 matrix-product rate measured in the same run, and which variants stay numerically close to fp32
+(loss after the same steps). The last line names the fastest correct variant.
+
+    python bench/gpu_train.py                       # full DCN, width 64, 512 x 512, batch 8, CUDA
+    python bench/gpu_train.py --device cpu --size 128 --width 8 --batch 2 --steps 3   # a CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import nullcontext
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from dcn_ray.data import CropSampler
+from dcn_ray.loss import dcn_loss
+from dcn_ray.model import DCN
+from dcn_ray.synth import make_synthetic
+
+VARIANTS = {
+    "fp32": dict(bf16=False, channels_last=False, compile=False),
+    "bf16": dict(bf16=True, channels_last=False, compile=False),
+    "bf16+channels_last": dict(bf16=True, channels_last=True, compile=False),
+    "bf16+channels_last+compile": dict(bf16=True, channels_last=True, compile=True),
+}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device: torch.device, n: int = 8192, repeats: int = 20) -> float:
+    """Measured bf16 matrix-product TFLOP/s of this device."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def step_flops(model: DCN, batch: torch.Tensor, target: torch.Tensor) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss, _ = dcn_loss(model(batch), target, 0.5)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def run_variant(name: str, options: dict, args, sampler: CropSampler, device: torch.device) -> tuple[float, float]:
+    torch.manual_seed(0)
+    model = DCN(kernels=(4, 8, 16), width=args.width).to(device)
+    if options["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    forward = torch.compile(model) if options["compile"] else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if options["bf16"] else nullcontext()
+
+    def step() -> torch.Tensor:
+        images, targets = sampler.sample()
+        if options["channels_last"]:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            loss, _ = dcn_loss(forward(images), targets, 0.5)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    for _ in range(args.warmup):
+        step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        loss = step()
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return args.steps * args.batch / seconds, float(loss)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
+
+    images, labels = make_synthetic(slices=max(4, args.batch), size=args.size, seed=0)
+    sampler = CropSampler(
+        torch.from_numpy(images / 255.0).float().to(device), torch.from_numpy(labels == 255).to(device),
+        crop=args.size, batch_size=args.batch, generator=torch.Generator(device=device).manual_seed(0),
+    )
+    model = DCN(kernels=(4, 8, 16), width=args.width).to(device)
+    flops_per_image = step_flops(model, *sampler.sample()) / args.batch
+    peak = matmul_rate(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {name}; measured {'bf16' if device.type == 'cuda' else 'fp32'} matmul rate {peak:.1f} TFLOP/s")
+    print(f"DCN width {args.width}, {args.size} x {args.size}, batch {args.batch}: {flops_per_image / 1e9:.0f} GFLOP per image (forward + backward)")
+
+    results = {}
+    for variant in args.variants.split(","):
+        rate, loss = run_variant(variant, VARIANTS[variant], args, sampler, device)
+        tflops = rate * flops_per_image / 1e12
+        results[variant] = (rate, loss)
+        print(f"{variant:28s} {rate:8.1f} images/s  {tflops:7.1f} TFLOP/s  {100 * tflops / peak:5.1f}% of matmul rate  loss {loss:.4f}")
+    reference_loss = results.get("fp32", next(iter(results.values())))[1]
+    correct = {v: r for v, r in results.items() if abs(r[1] - reference_loss) <= 0.05 + 0.1 * abs(reference_loss)}
+    best = max(correct, key=lambda v: correct[v][0])
+    print(f"fastest correct variant: {best} ({correct[best][0]:.1f} images/s)")
+
+
+if __name__ == "__main__":
+    main()

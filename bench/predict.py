@@ -1,0 +1,88 @@
+"""Benchmark `dcn-ray predict`: slices per second and peak memory on 2048 x 2048 stacks.
+
+Each case (Z = 4, then Z = 16 slices) runs in a fresh Python process that predicts the stack
+with a narrow DCN (width 4, random weights, batch norm in eval mode) on the CPU, tiled with the
+default tile 512 and overlap 128, without TTA, and reports its own resident-set high-water mark
+(``ru_maxrss``). Streaming means the peak does not grow with Z: the last line printed is
+peak(Z=16) / peak(Z=4), which should be about 1.
+
+    python bench/predict.py            # about a minute on 2 cores
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZE = 2048
+DEPTHS = (4, 16)
+WIDTH = 4
+
+
+def make_model(path: Path) -> None:
+    import torch
+
+    from dcn_ray import checkpoint
+    from dcn_ray.model import DCN
+
+    torch.manual_seed(0)
+    model = DCN(kernels=(4, 8, 16), width=WIDTH).eval()
+    payload = {"format": checkpoint.FORMAT, "model_kwargs": dict(model.kwargs), "kernels": [4, 8, 16],
+               "weights": model.state_dict(), "config": {}, "step": 0}
+    checkpoint.save(payload, path)
+
+
+def make_stack(path: Path, depth: int) -> None:
+    from dcn_ray.stacks import StackWriter
+
+    rng = np.random.default_rng(depth)
+    with StackWriter(path) as writer:
+        for _ in range(depth):
+            writer.write(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8))
+
+
+def run_case(model: Path, stack: Path, output: Path) -> dict:
+    """In the child process: predict, then report the time and this process's peak RSS."""
+    import torch
+
+    from dcn_ray.models import load_source
+    from dcn_ray.predict import PredictOptions, predict_stack
+
+    torch.set_num_threads(2)
+    result = predict_stack(load_source(str(model)), stack, output, PredictOptions(tta=False, device="cpu"))
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"slices": result.slices, "seconds": result.seconds, "peak_mib": peak_kib / 1024}
+
+
+def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--case":
+        print(json.dumps(run_case(*(Path(a) for a in sys.argv[2:]))))
+        return
+    started = time.perf_counter()
+    peaks = {}
+    with tempfile.TemporaryDirectory(prefix="dcn-bench-") as folder:
+        folder = Path(folder)
+        make_model(folder / "model.pt")
+        for depth in DEPTHS:
+            stack = folder / f"stack{depth}.tif"
+            make_stack(stack, depth)
+            child = subprocess.run([sys.executable, __file__, "--case", str(folder / "model.pt"), str(stack), str(folder / f"out{depth}.tif")],
+                                   check=True, capture_output=True, text=True)
+            case = json.loads(child.stdout.strip().splitlines()[-1])
+            peaks[depth] = case["peak_mib"]
+            print(f"Z={depth:>2}: {case['slices']} slices of {SIZE} x {SIZE} in {case['seconds']:.1f} s = "
+                  f"{case['slices'] / case['seconds']:.2f} slices/s (width {WIDTH}, CPU, no TTA), "
+                  f"peak RSS {case['peak_mib']:.0f} MiB")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    print(f"peak(Z={DEPTHS[1]})/peak(Z={DEPTHS[0]}) = {peaks[DEPTHS[1]] / peaks[DEPTHS[0]]:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Where a trained model comes from, and registering a sweep's best model in MLflow.
+
+A MODEL source is one of:
+
+- a checkpoint file (``model.pt``) or folder (holding ``model.pt``, or Tune's
+  ``checkpoint_NNNNNN`` folders: the latest is taken);
+- ``runs:/<run_id>``: the artifact ``checkpoint/model.pt`` of an MLflow run
+  (``runs:/<run_id>/<path>`` names another artifact file or folder);
+- ``models:/<name>/<version>``: a version of a model in the MLflow model registry;
+- ``sweep:<name>``: the best finished trial (highest ``best_val_iou``) of a sweep in the storage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dcn_ray import checkpoint, tracking
+from dcn_ray.errors import InputError
+from dcn_ray.kernels import kernels_text
+from dcn_ray.model import DCN
+from dcn_ray.report import TABLE_FILE
+from dcn_ray.storage import SWEEP_FILE, Storage
+
+log = logging.getLogger(__name__)
+
+SOURCES = "a checkpoint file or folder, runs:/<run_id>, models:/<name>/<version> or sweep:<name>"
+RUN_ARTIFACT = "checkpoint"  # the folder of a trial's MLflow run holding model.pt
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to predict, with its checkpoint payload and where it came from."""
+
+    model: DCN
+    payload: dict[str, Any]
+    source: str  # as the user gave it
+    location: str  # the file or URI it was read from
+
+
+@dataclass(frozen=True)
+class BestTrial:
+    """The best finished trial of a sweep (its row of results.parquet)."""
+
+    sweep: str
+    kernels: tuple[int, int, int]
+    best_val_iou: float
+    trial_id: str
+    mlflow_run_id: str | None
+    tracking_uri: str
+
+
+def load_source(source: str, *, storage: str | None = None, tracking_uri: str | None = None) -> LoadedModel:
+    """Load the model of ``source`` (see the module docstring) on the CPU."""
+    if source.startswith("runs:/"):
+        run_id, _, artifact = source[len("runs:/"):].strip("/").partition("/")
+        if not run_id:
+            raise InputError(f"model {source!r}: give the run id, as runs:/<run_id>")
+        return _from_mlflow(source, f"runs:/{run_id}/{artifact or RUN_ARTIFACT}", mlflow_uri(tracking_uri))
+    if source.startswith("models:/"):
+        uri = mlflow_uri(tracking_uri)
+        return _from_mlflow(source, _model_version_location(source, uri), uri)
+    if source.startswith("sweep:"):
+        return _from_sweep(source, source[len("sweep:"):], storage)
+    path = Path(source)
+    if not path.exists():
+        raise InputError(f"model {source!r} not found: give {SOURCES}")
+    file = latest_checkpoint(path)
+    model, payload = checkpoint.load_model(file)
+    return LoadedModel(model, payload, source, str(file))
+
+
+def latest_checkpoint(path: Path) -> Path:
+    """The ``model.pt`` of a file or folder: its own, else that of its latest checkpoint_NNNNNN."""
+    if path.is_file() or (path / checkpoint.MODEL_FILE).is_file():
+        return path if path.is_file() else path / checkpoint.MODEL_FILE
+    numbered = {p: p.parent.name.removeprefix("checkpoint_") for p in path.glob(f"checkpoint_*/{checkpoint.MODEL_FILE}")}
+    saved = {p: int(number) for p, number in numbered.items() if number.isdigit()}
+    if not saved:
+        raise InputError(f"{path}: no {checkpoint.MODEL_FILE} in this folder or its checkpoint_* folders")
+    return max(saved, key=saved.__getitem__)
+
+
+def mlflow_uri(uri: str | None) -> str:
+    """``uri``, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here; the store must exist."""
+    resolved = tracking.resolve_uri(uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    if resolved.startswith("sqlite:///") and not Path(resolved[len("sqlite:///"):]).is_file():
+        raise InputError(f"no MLflow store at {resolved[len('sqlite:///'):]} (give --tracking-uri or set MLFLOW_TRACKING_URI)")
+    tracking.check_reachable(resolved)
+    return resolved
+
+
+def best_trial(name: str, storage: str | None = None) -> BestTrial:
+    """The finished trial of sweep ``name`` with the highest best_val_iou."""
+    store = Storage.for_sweeps(storage)
+    if not name or not store.exists(name, SWEEP_FILE):
+        raise InputError(f"no sweep '{name}' in {store.root} (give --storage where it was run)")
+    if not store.exists(name, TABLE_FILE):
+        raise InputError(f"sweep '{name}' in {store.root} has no results yet")
+    rows = [
+        row for row in store.read_results(name).to_pylist()
+        if row["status"] == "finished" and isinstance(row["best_val_iou"], float) and not math.isnan(row["best_val_iou"])
+    ]
+    if not rows:
+        raise InputError(f"sweep '{name}' in {store.root} has no finished trial")
+    best = max(rows, key=lambda row: row["best_val_iou"])  # the first of equals, in table order
+    record = json.loads(store.read_text(name, SWEEP_FILE))
+    return BestTrial(name, (best["k1"], best["k2"], best["k3"]), best["best_val_iou"], best["trial_id"],
+                     best["mlflow_run_id"], record["tracking_uri"])
+
+
+def register_best(name: str, model_name: str, *, storage: str | None = None) -> tuple[int, BestTrial]:
+    """Register the ``checkpoint`` artifact folder of sweep ``name``'s best trial as a new version
+    of ``model_name`` in the sweep's MLflow registry. Returns (version, trial)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    best = best_trial(name, storage)
+    if not best.mlflow_run_id:
+        raise InputError(f"the best trial {best.trial_id} of sweep '{name}' has no MLflow run")
+    tracking.check_reachable(best.tracking_uri)
+    client = MlflowClient(best.tracking_uri, registry_uri=best.tracking_uri)
+    try:
+        files = [item.path for item in client.list_artifacts(best.mlflow_run_id, RUN_ARTIFACT)]
+        if f"{RUN_ARTIFACT}/{checkpoint.MODEL_FILE}" not in files:
+            raise InputError(f"MLflow run {best.mlflow_run_id} of sweep '{name}' has no {RUN_ARTIFACT}/{checkpoint.MODEL_FILE}")
+        run = client.get_run(best.mlflow_run_id)
+        try:
+            client.create_registered_model(model_name, description="DCN models registered by dcn-ray")
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        version = client.create_model_version(
+            model_name, f"{run.info.artifact_uri}/{RUN_ARTIFACT}", run_id=best.mlflow_run_id,
+            tags={"sweep": name, "kernels": kernels_text(best.kernels), "best_val_iou": f"{best.best_val_iou:.6f}"},
+            description=f"best trial of sweep {name}: kernels {kernels_text(best.kernels)}, val IoU {best.best_val_iou:.4f}",
+        )
+    except MlflowException as error:
+        raise InputError(f"cannot register sweep '{name}' as {model_name!r} in {best.tracking_uri}: {_first_line(error)}") from None
+    return int(version.version), best
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _from_sweep(source: str, name: str, storage: str | None) -> LoadedModel:
+    """The best trial's latest local checkpoint; its MLflow run's artifact where there is none."""
+    best = best_trial(name, storage)
+    store = Storage.for_sweeps(storage)
+    folder = Path(store.folder(name))
+    if store.is_local and folder.is_dir():
+        # Tune's trial folders carry the trial id as one "_"-separated part of their name
+        trials = [d for d in folder.iterdir() if d.is_dir() and best.trial_id in (d.name, *d.name.split("_"))]
+        for trial in trials:
+            try:
+                file = latest_checkpoint(trial)
+            except InputError:
+                continue
+            model, payload = checkpoint.load_model(file)
+            log.info("%s: trial %s (kernels %s, val IoU %.4f)", source, best.trial_id, kernels_text(best.kernels), best.best_val_iou)
+            return LoadedModel(model, payload, source, str(file))
+    if not best.mlflow_run_id:
+        raise InputError(f"{source}: the best trial {best.trial_id} has neither a checkpoint in {folder} nor an MLflow run")
+    return _from_mlflow(source, f"runs:/{best.mlflow_run_id}/{RUN_ARTIFACT}", best.tracking_uri)
+
+
+def _model_version_location(source: str, uri: str) -> str:
+    """Where the files of ``models:/<name>/<version>`` (or ``models:/<name>@<alias>``) are.
+
+    Resolved here because MLflow's own ``models:/`` download ignores the registry URI it is given.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    spec = source[len("models:/"):].strip("/")
+    name, alias = spec.split("@", 1) if "@" in spec else (spec, "")
+    name, _, version = name.partition("/")
+    if not name or not (version or alias) or "/" in version:
+        raise InputError(f"model {source!r}: give a registered model as models:/<name>/<version> or models:/<name>@<alias>")
+    client = MlflowClient(uri, registry_uri=uri)
+    try:
+        if alias:
+            version = client.get_model_version_by_alias(name, alias).version
+        return client.get_model_version_download_uri(name, version)
+    except MlflowException as error:
+        raise InputError(f"model {source!r} not found in the registry at {uri}: {_first_line(error)}") from None
+
+
+def _from_mlflow(source: str, artifact_uri: str, uri: str) -> LoadedModel:
+    with _downloaded(source, artifact_uri, uri) as path:
+        model, payload = checkpoint.load_model(latest_checkpoint(path))
+    return LoadedModel(model, payload, source, f"{artifact_uri} in {uri}")
+
+
+@contextmanager
+def _downloaded(source: str, artifact_uri: str, uri: str) -> Iterator[Path]:
+    """Download an MLflow artifact (file or folder) into a temporary folder, removed afterwards."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="dcn-model-") as folder:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=folder, tracking_uri=uri, registry_uri=uri)
+        except Exception as error:  # MlflowException, OSError, and the stores' own errors
+            raise InputError(f"model {source!r}: cannot download {artifact_uri} from {uri}: {_first_line(error)}") from None
+        yield Path(local)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(getattr(error, "message", "") or error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:200]

@@ -1,0 +1,216 @@
+"""Faults lose no finished work: a killed trial, a killed driver, a lost node, MLflow down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import MlflowServer, small_job
+from dcn_ray.config import job_from_dict
+from dcn_ray.sweep import run_sweep
+from dcn_ray.tracking import TrialRun, prepare_experiment, start_parent_run
+from processes import descendants, kill_all
+
+pytestmark = pytest.mark.integration
+
+
+def child_runs(uri: str, experiment: str):
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs([found.experiment_id], max_results=1000)
+    return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def val_iou_steps(uri: str, run_id: str) -> list[int]:
+    return [m.step for m in MlflowClient(uri).get_metric_history(run_id, "val_iou")]
+
+
+def slow_job(stack, name: str, uri: str, **sections) -> dict:
+    """Trials slow enough (a few seconds) to be hit mid-training."""
+    train = {"steps": 300, "eval_every": 30, "batch_size": 4, "crop": 64}
+    return small_job(*stack, name=name, train=train, tracking={"uri": uri, "experiment": name}, **sections)
+
+
+def test_sigkilled_trial_retries_from_its_checkpoint_in_the_same_run(synthetic_stack, mlflow_server, tmp_path):
+    raw = slow_job(synthetic_stack, "killtrial", mlflow_server.uri, sweep={"kernels": [[4, 8, 16]], "resources": {"gpu": 0, "cpu": 1}, "max_failures": 2})
+    killed: dict[str, int] = {}
+
+    def kill_mid_training():
+        def running_trial():
+            runs = child_runs(mlflow_server.uri, "killtrial")
+            if runs and len(val_iou_steps(mlflow_server.uri, runs[0].info.run_id)) >= 2:
+                return runs[0]
+            return None
+
+        run = wait_for(running_trial, 120, "the trial to report twice", interval=0.05)
+        killed["pid"] = int(run.data.tags["pid"])
+        os.kill(killed["pid"], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_mid_training, daemon=True)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        killer.start()
+        outcome = run_sweep(job_from_dict(raw), job_text=yaml.safe_dump(raw), storage=str(tmp_path), address=None, write=lambda line: None)
+    finally:
+        ray.shutdown()
+    killer.join(timeout=5)
+
+    assert "pid" in killed, "the trial was never killed"
+    assert outcome.errored == 0 and outcome.table.column("status").to_pylist() == ["finished"]
+    (run,) = child_runs(mlflow_server.uri, "killtrial")
+    assert run.info.status == "FINISHED"
+    assert int(run.data.tags["pid"]) != killed["pid"], "the retry ran in a new process"
+    assert int(run.data.tags["resumed_from_step"]) >= 30, "the retry started from a checkpoint, not from scratch"
+    assert val_iou_steps(mlflow_server.uri, run.info.run_id) == list(range(30, 301, 30)), "one continuous metric history"
+
+
+def test_killed_driver_then_resume_reruns_nothing_finished(synthetic_stack, mlflow_server, tmp_path):
+    """The driver dies during the follow-up phase; resume neither loses nor duplicates work."""
+    raw = slow_job(
+        synthetic_stack, "killdriver", mlflow_server.uri,
+        sweep={
+            "kernels": [[4, 8, 16], [2, 8, 16], [6, 8, 16]],
+            "resources": {"gpu": 0, "cpu": 1},
+            "followup": {"enabled": True, "steps": 2, "controls": 1},
+        },
+    )
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(raw))
+    storage = tmp_path / "runs"
+    command = [sys.executable, "-m", "dcn_ray", "sweep", str(job_file), "--storage", str(storage)]
+    log = open(tmp_path / "driver.log", "wb")
+    driver = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def followup_running():
+            runs = child_runs(mlflow_server.uri, "killdriver")
+            statuses = [r.info.status for r in runs]
+            running_followup = any(r.info.status == "RUNNING" and r.data.tags.get("phase") != "grid" for r in runs)
+            return runs if "FINISHED" in statuses and running_followup else None
+
+        wait_for(followup_running, 240, "a follow-up running while other trials are finished", interval=0.2)
+    finally:
+        started = descendants(driver.pid)
+        driver.kill()
+        driver.wait(timeout=30)
+        kill_all(started)  # the local Ray this driver started
+
+    before = {r.info.run_id: r for r in child_runs(mlflow_server.uri, "killdriver")}
+    finished = {run_id: run for run_id, run in before.items() if run.info.status == "FINISHED"}
+    assert finished
+    checkpoints = {run_id: _checkpoint_files(storage / "killdriver", run.data.tags["tune_trial_id"]) for run_id, run in finished.items()}
+
+    resumed = subprocess.run([sys.executable, "-m", "dcn_ray", "resume", "killdriver", "--storage", str(storage)], cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    after = child_runs(mlflow_server.uri, "killdriver")
+    kernels = [r.data.tags["kernels"] for r in after]
+    assert len(kernels) == len(set(kernels)) == 6, f"one child run per configuration: {kernels}"
+    assert sorted(r.data.tags["phase"] for r in after) == ["control", "followup", "followup", "grid", "grid", "grid"]
+    assert all(r.info.status == "FINISHED" for r in after)
+    for run in after:
+        if run.info.run_id in finished:
+            assert run.info.end_time == finished[run.info.run_id].info.end_time, "a finished trial was run again"
+            assert _checkpoint_files(storage / "killdriver", run.data.tags["tune_trial_id"]) == checkpoints[run.info.run_id]
+    assert (storage / "killdriver" / "results.md").read_text().count("| finished |") == 6
+
+
+def _checkpoint_files(sweep_folder: Path, trial_id: str) -> dict[str, int]:
+    (trial_folder,) = [p for p in sweep_folder.iterdir() if p.is_dir() and p.name.endswith(trial_id)]
+    return {str(p.relative_to(trial_folder)): p.stat().st_mtime_ns for p in trial_folder.glob("checkpoint_*/*.pt")}
+
+
+def test_sweep_completes_when_a_node_is_lost(synthetic_stack, mlflow_server, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    raw = slow_job(
+        synthetic_stack, "lostnode", mlflow_server.uri,
+        sweep={"kernels": [[4, 8, 16], [2, 8, 16], [6, 8, 16]], "resources": {"gpu": 0, "cpu": 1}, "max_failures": 3},
+    )
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=1)
+    removed: dict[str, str] = {}
+
+    def remove_worker_mid_trial():
+        def trial_on_worker():
+            for run in child_runs(mlflow_server.uri, "lostnode"):
+                if run.data.tags.get("ray_node_id") == worker.node_id and val_iou_steps(mlflow_server.uri, run.info.run_id):
+                    return run
+            return None
+
+        run = wait_for(trial_on_worker, 180, "a trial to train on the worker node")
+        removed["run"] = run.info.run_id
+        cluster.remove_node(worker)
+
+    remover = threading.Thread(target=remove_worker_mid_trial, daemon=True)
+    try:
+        ray.init(address=cluster.address, logging_level="ERROR")
+        remover.start()
+        outcome = run_sweep(job_from_dict(raw), job_text=yaml.safe_dump(raw), storage=str(tmp_path), address=None, write=lambda line: None)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    remover.join(timeout=5)
+
+    assert "run" in removed, "no trial ran on the worker node"
+    assert outcome.errored == 0 and set(outcome.table.column("status").to_pylist()) == {"finished"}
+    runs = child_runs(mlflow_server.uri, "lostnode")
+    assert sorted(r.data.tags["kernels"] for r in runs) == ["2-8-16", "4-8-16", "6-8-16"]
+    moved = next(r for r in runs if r.info.run_id == removed["run"])
+    assert moved.info.status == "FINISHED" and moved.data.tags["ray_node_id"] != worker.node_id
+    assert int(moved.data.tags["resumed_from_step"]) >= 30
+
+
+def test_metrics_wait_for_a_tracking_server_that_went_down(tmp_path):
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        experiment = prepare_experiment(server.uri, "outage")
+        parent = start_parent_run(server.uri, experiment, "outage", {})
+        run = TrialRun(server.uri, experiment, parent, "trial-1")
+        run.open(name="4-8-16", tags={}, params={"k1": 4}, experiment_id=experiment)
+        run.log_metrics({"val_iou": 0.5}, step=1)
+        server.stop()
+        run.log_metrics({"val_iou": 0.6}, step=2)  # server down: buffered, training goes on
+        run.log_metrics({"val_iou": 0.7}, step=3)
+        server.start()  # same port, same store
+        run.flush()
+        assert val_iou_steps(server.uri, run.run_id) == [1, 2, 3]
+        again = TrialRun(server.uri, experiment, parent, "trial-1")
+        assert again.run_id == run.run_id, "a retry finds the same child run"
+    finally:
+        server.stop()
+
+
+def test_a_trial_relaunched_under_a_new_id_adopts_the_run_of_its_kernels(mlflow_server):
+    """After a restore forgot a trial, its configuration comes back under a new trial id: same run."""
+    experiment = prepare_experiment(mlflow_server.uri, "adopt")
+    parent = start_parent_run(mlflow_server.uri, experiment, "adopt", {})
+    first = TrialRun(mlflow_server.uri, experiment, parent, "aaaa1111", "4-8-14")
+    first.open(name="4-8-14", tags={"kernels": "4-8-14"}, params={"k3": 14}, experiment_id=experiment)
+    other = TrialRun(mlflow_server.uri, experiment, parent, "cccc3333", "2-8-16")
+    assert other.run_id is None and other.adopted_from is None
+
+    again = TrialRun(mlflow_server.uri, experiment, parent, "bbbb2222", "4-8-14")
+    assert again.run_id == first.run_id and again.adopted_from == "aaaa1111"
+    assert TrialRun(mlflow_server.uri, experiment, parent, "bbbb2222", "4-8-14").adopted_from is None, "found by its own id now"

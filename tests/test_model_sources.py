@@ -1,0 +1,144 @@
+"""MODEL sources of `dcn-ray predict` and `dcn-ray register`, against a real sweep and MLflow server."""
+
+from __future__ import annotations
+
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+import tifffile
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import small_job
+from dcn_ray import checkpoint
+from dcn_ray.cli import cli, main
+from dcn_ray.cli_predict import predict, register
+from dcn_ray.config import job_from_dict
+from dcn_ray.errors import InputError
+from dcn_ray.models import best_trial, latest_checkpoint, load_source, register_best
+from dcn_ray.sweep import run_sweep
+
+pytestmark = pytest.mark.integration
+
+cli.add_command(predict)
+cli.add_command(register)
+
+
+@pytest.fixture(scope="module")
+def sweep(synthetic_stack, mlflow_server, tmp_path_factory) -> dict:
+    """A finished two-trial sweep 'pick' tracked on the MLflow server; its storage and results."""
+    storage = tmp_path_factory.mktemp("sweeps") / "runs"
+    raw = small_job(
+        *synthetic_stack, name="pick",
+        train={"steps": 6, "eval_every": 3},
+        sweep={"kernels": [[4, 8, 16], [2, 8, 16]], "resources": {"gpu": 0, "cpu": 1}},
+        tracking={"uri": mlflow_server.uri, "experiment": "pick"},
+    )
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        outcome = run_sweep(job_from_dict(raw), job_text=yaml.safe_dump(raw), storage=str(storage), address=None, write=lambda line: None)
+    finally:
+        ray.shutdown()
+    assert outcome.errored == 0
+    rows = pq.read_table(storage / "pick" / "results.parquet").to_pylist()
+    best = max(rows, key=lambda row: row["best_val_iou"])
+    trial = next(d for d in (storage / "pick").iterdir() if best["trial_id"] in d.name.split("_"))
+    return {"storage": storage, "rows": rows, "best": best, "trial": trial, "uri": mlflow_server.uri}
+
+
+def same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:
+    a, b = first.state_dict(), second.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_file_folder_and_trial_folder(sweep):
+    trial = sweep["trial"]
+    newest = max(trial.glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
+    assert len(list(trial.glob("checkpoint_*"))) >= 2  # so that "the latest" is a real choice
+    assert latest_checkpoint(trial) == newest / checkpoint.MODEL_FILE
+    from_file = load_source(str(newest / checkpoint.MODEL_FILE))
+    for source in (str(newest), str(trial)):
+        loaded = load_source(source)
+        assert loaded.source == source and loaded.location == str(newest / checkpoint.MODEL_FILE)
+        assert same_weights(loaded.model, from_file.model)
+    assert from_file.payload["step"] == 6
+
+
+def test_sweep_source_is_the_best_finished_trial(sweep):
+    best = best_trial("pick", str(sweep["storage"]))
+    assert best.best_val_iou == max(row["best_val_iou"] for row in sweep["rows"])
+    assert best.trial_id == sweep["best"]["trial_id"] and best.tracking_uri == sweep["uri"]
+    loaded = load_source("sweep:pick", storage=str(sweep["storage"]))
+    assert list(loaded.model.kernels) == [sweep["best"][k] for k in ("k1", "k2", "k3")]
+    assert loaded.location.startswith(str(sweep["trial"]))
+    assert same_weights(loaded.model, load_source(str(sweep["trial"])).model)
+
+
+def test_sweep_without_local_checkpoints_loads_from_mlflow(sweep, tmp_path):
+    """Only the sweep's record and results (as on object storage after a clean-up): the MLflow run serves."""
+    copy = tmp_path / "runs" / "pick"
+    copy.mkdir(parents=True)
+    for name in ("dcn_ray_sweep.json", "results.parquet"):
+        shutil.copy(sweep["storage"] / "pick" / name, copy / name)
+    loaded = load_source("sweep:pick", storage=str(tmp_path / "runs"))
+    assert loaded.location.startswith(f"runs:/{sweep['best']['mlflow_run_id']}/checkpoint")
+    assert same_weights(loaded.model, load_source(str(sweep["trial"])).model)
+
+
+def test_mlflow_run_source(sweep, monkeypatch):
+    run_id = sweep["best"]["mlflow_run_id"]
+    loaded = load_source(f"runs:/{run_id}", tracking_uri=sweep["uri"])
+    assert same_weights(loaded.model, load_source(str(sweep["trial"])).model)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sweep["uri"])  # the environment is the fallback
+    assert same_weights(load_source(f"runs:/{run_id}/checkpoint/model.pt").model, loaded.model)
+    with pytest.raises(InputError, match="runs:/0123456789abcdef"):
+        load_source("runs:/0123456789abcdef")
+
+
+def test_register_then_predict_from_the_registry(sweep, tmp_path, capsys, synthetic_stack):
+    code = _cli(["register", "pick", "dcn-pick", "--storage", sweep["storage"]])
+    out = capsys.readouterr().out
+    assert code == 0 and out.strip() == "registered dcn-pick version 1"
+    version, best = register_best("pick", "dcn-pick", storage=str(sweep["storage"]))
+    assert version == 2 and best.mlflow_run_id == sweep["best"]["mlflow_run_id"]
+    registered = MlflowClient(sweep["uri"]).get_model_version("dcn-pick", "2")
+    assert registered.run_id == best.mlflow_run_id and registered.tags["sweep"] == "pick"
+
+    loaded = load_source("models:/dcn-pick/1", tracking_uri=sweep["uri"])
+    assert same_weights(loaded.model, load_source(str(sweep["trial"])).model)
+    with pytest.raises(InputError, match="models:/dcn-pick/9"):
+        load_source("models:/dcn-pick/9", tracking_uri=sweep["uri"])
+
+    out_file = tmp_path / "seg.tif"
+    code = _cli(["predict", "models:/dcn-pick/1", synthetic_stack[0], out_file, "--tracking-uri", sweep["uri"], "--no-tta", "--output", "mask"])
+    assert code == 0 and tifffile.imread(out_file).shape == (12, 128, 128)
+
+
+def test_unknown_sources_are_named(sweep, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(InputError, match="no MLflow store at .*mlflow.db"):
+        load_source("runs:/abc")
+    assert not (tmp_path / "mlflow.db").exists()  # looking did not create a store
+    with pytest.raises(InputError, match="no sweep 'nosuch'"):
+        load_source("sweep:nosuch", storage=str(sweep["storage"]))
+    with pytest.raises(InputError, match="no sweep 'pick' in .*dcn-ray-runs"):
+        load_source("sweep:pick")
+    with pytest.raises(InputError, match="'gone.pt' not found"):
+        load_source("gone.pt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no model.pt"):
+        load_source(str(tmp_path / "empty"))
+    with pytest.raises(InputError, match="no sweep 'nosuch'"):
+        register_best("nosuch", "x", storage=str(sweep["storage"]))
+
+
+def _cli(args: list) -> int:
+    try:
+        main([str(a) for a in args])
+    except SystemExit as done:
+        return done.code
+    return 0
