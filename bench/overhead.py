@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 import ray  # noqa: E402
 import torch  # noqa: E402
@@ -28,7 +28,7 @@ from dcn_ray.synth import write_synthetic  # noqa: E402
 from dcn_ray.sweep import run_sweep  # noqa: E402
 from dcn_ray.train import train  # noqa: E402
 
-REPEATS = 2
+REPEATS = 3
 
 
 def job_dict(folder: Path, steps: int, threads: int, name: str) -> dict:
@@ -71,7 +71,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="dcn-overhead-") as folder:
         folder = Path(folder)
-        ray.init(num_cpus=args.threads, include_dashboard=False, logging_level="ERROR")
+        ray.init(num_cpus=args.threads, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         try:
             bare_rates, trial_rates = [], []
             for repeat in range(REPEATS):

@@ -174,6 +174,9 @@ def trial_dirname(trial) -> str:
 
 
 def _tuner(context: SweepContext, record: SweepRecord, storage: Storage, searcher, callbacks, *, restore: bool):
+    # dcn-ray shows its own concise progress (dcn_ray.progress) instead of Tune's tables.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from ray import tune
 
     trainable = tune.with_resources(

@@ -214,3 +214,30 @@ def test_a_trial_relaunched_under_a_new_id_adopts_the_run_of_its_kernels(mlflow_
     again = TrialRun(mlflow_server.uri, experiment, parent, "bbbb2222", "4-8-14")
     assert again.run_id == first.run_id and again.adopted_from == "aaaa1111"
     assert TrialRun(mlflow_server.uri, experiment, parent, "bbbb2222", "4-8-14").adopted_from is None, "found by its own id now"
+
+
+def test_ctrl_c_marks_running_child_runs_killed(synthetic_stack, mlflow_server, tmp_path):
+    raw = slow_job(synthetic_stack, "ctrlc", mlflow_server.uri, sweep={"kernels": [[4, 8, 16], [2, 8, 16], [6, 8, 16]], "resources": {"gpu": 0, "cpu": 1}})
+    raw["train"]["steps"] = 3000  # long enough to still be running when interrupted
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "dcn_ray", "sweep", str(job_file), "--storage", str(tmp_path / "runs")]
+    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_for(lambda: any(val_iou_steps(mlflow_server.uri, r.info.run_id) for r in child_runs(mlflow_server.uri, "ctrlc")), 180, "a trial to report")
+        started = descendants(driver.pid)
+        driver.send_signal(signal.SIGINT)
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            started = descendants(driver.pid)
+            driver.kill()
+            driver.wait()
+        kill_all([pid for pid in started if pid != driver.pid])
+    assert driver.returncode == 130, stderr.decode()[-2000:]
+    assert b"dcn-ray resume ctrlc" in stderr
+    runs = child_runs(mlflow_server.uri, "ctrlc")
+    assert runs and {r.info.status for r in runs} == {"KILLED"}
+    client = MlflowClient(mlflow_server.uri)
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "KILLED"
