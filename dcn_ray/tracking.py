@@ -212,10 +212,16 @@ def reconcile(uri: str, experiment_id: str, parent_run_id: str, rows: list[dict]
     client = MlflowClient(uri)
     outcome = {row["mlflow_run_id"]: row["status"] for row in rows if row.get("mlflow_run_id")}
     for run in child_runs(uri, experiment_id, parent_run_id):
-        status = {"finished": "FINISHED", "errored": "FAILED"}.get(outcome.get(run.info.run_id, ""))
-        if status is None and run.info.status == "RUNNING":
-            status = "KILLED" if interrupted else None
-        if status and status != run.info.status:
+        trial = outcome.get(run.info.run_id)
+        if trial == "finished":
+            status = "FINISHED"
+        elif trial == "errored":
+            status = "FAILED"
+        elif interrupted and (trial == "unfinished" or run.info.status == "RUNNING"):
+            status = "KILLED"  # stopped by Ctrl-C (the trial may have marked itself FAILED on the way out)
+        else:
+            continue
+        if status != run.info.status:
             _retry(lambda: client.set_terminated(run.info.run_id, status=status))
 
 

@@ -78,7 +78,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         run.backfill(state["history"])
     try:
         result = _train_and_analyse(job, kernels, run, state)
-    except BaseException:
+    except Exception:  # not SystemExit: Tune stops a trial (Ctrl-C) with sys.exit in tune.report
         _quietly(run.flush, wait=5.0)
         _quietly(run.end, "FAILED")
         raise
