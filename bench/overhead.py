@@ -1,6 +1,6 @@
 """Training throughput inside a sweep trial vs the same loop run bare: the cost of Ray Tune + MLflow.
 
-Same config, same threads, one run: the bare loop and a one-trial sweep alternate (REPEATS times
+Same config, same threads, one run, each in a fresh process: the bare loop and a one-trial sweep alternate (REPEATS times
 each, best of each kept, since these machines are noisy). Throughput is steps x batch over the
 training loop's wall time, evaluations included; in the trial that time also holds the per-evaluation
 checkpoint persistence, the Tune report and the MLflow logging. The last line is the ratio.
@@ -11,9 +11,11 @@ checkpoint persistence, the Tune report and the MLflow logging. The last line is
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -43,12 +45,19 @@ def job_dict(folder: Path, steps: int, threads: int, name: str) -> dict:
     }
 
 
-def bare(raw: dict) -> float:
+def bare_in_this_process(raw: dict) -> float:
     job = job_from_dict(raw)
     data = job.data
     dataset = load_dataset(data.images, data.labels, foreground=data.foreground, train=data.split.train, val=data.split.val)
     result = train(job, (4, 8, 16), dataset)
     return job.train.steps * job.train.batch_size / result.history[-1]["elapsed_s"]
+
+
+def bare(raw: dict) -> float:
+    """The bare loop in a fresh process, as a trial gets one (no warm-up advantage either way)."""
+    code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import overhead; print(overhead.bare_in_this_process(json.loads(sys.argv[1])))"
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(raw)], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def in_trial(raw: dict, storage: Path) -> float:
@@ -58,7 +67,7 @@ def in_trial(raw: dict, storage: Path) -> float:
 
     client = MlflowClient(raw["tracking"]["uri"])
     experiment = client.get_experiment_by_name("overhead").experiment_id
-    (run,) = client.search_runs([experiment], filter_string=f"tags.kernels = '4-8-16' and tags.`mlflow.parentRunId` != ''", max_results=1, order_by=["start_time DESC"])
+    (run,) = client.search_runs([experiment], filter_string="tags.kernels = '4-8-16' and tags.`mlflow.parentRunId` != ''", max_results=1, order_by=["start_time DESC"])
     elapsed = client.get_metric_history(run.info.run_id, "elapsed_s")[-1].value
     return job.train.steps * job.train.batch_size / elapsed
 

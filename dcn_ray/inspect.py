@@ -10,7 +10,7 @@ from dcn_ray.analysis import analyse
 from dcn_ray.dataset import parse_split
 from dcn_ray.errors import InputError
 from dcn_ray.followup import plan_followups
-from dcn_ray.kernels import BRANCHES, kernels_text
+from dcn_ray.kernels import kernels_text
 from dcn_ray.stacks import read_labels, read_stack
 
 SCORES_FILE = "branch_scores.json"

@@ -135,7 +135,11 @@ def check_resources(job: JobConfig, address: str | None) -> str:
 
 @contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
-    """Connect to ``address``, or start a local Ray on 127.0.0.1; shut down only what we started."""
+    """Connect to ``address``, or start a local Ray (no dashboard); shut down only what we started.
+
+    Ray 2.60 serves its gRPC ports on every interface whatever the node address; its token
+    authentication, on by default, is what keeps other hosts out.
+    """
     import ray
 
     if ray.is_initialized():
@@ -148,7 +152,7 @@ def ray_session(address: str | None) -> Iterator[None]:
         elif os.environ.get("RAY_ADDRESS"):
             ray.init(**options)
         else:
-            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **options)
+            ray.init(include_dashboard=False, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise InputError(f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: {str(error).splitlines()[0][:200]}") from None
     try:

@@ -66,7 +66,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     state = _state_of(tune.get_checkpoint())
     if state is None and run.adopted_from:
         state = _newest_state_of_trial(run.adopted_from)
-    if state is not None and state.get("finished"):
+    if state is not None and "final" in state:  # not just trained: analysed and reported too
         log.info("trial %s already finished: reporting its result again", kernels_text(kernels))
         tune.report(dict(state["final"]))
         if not run.is_finished():

@@ -16,7 +16,17 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 REPO = Path(__file__).resolve().parent.parent
-ISBI = REPO.parent / "shared" / "datasets" / "isbi2012"
+
+
+@pytest.fixture
+def two_threads():
+    """torch on 2 threads for the test, as on the CI machine; restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 def free_port() -> int:

@@ -7,31 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 
 from dcn_ray import dataset
 from dcn_ray.errors import InputError
-
-ISBI = Path("/work/shared/datasets/isbi2012")
-RNG = np.random.default_rng(7)
-
-
-def _stack(z: int = 4, y: int = 24, x: int = 32) -> np.ndarray:
-    return RNG.integers(0, 256, (z, y, x), dtype=np.uint8)
-
-
-def _labels(z: int = 4, y: int = 24, x: int = 32) -> np.ndarray:
-    labels = np.full((z, y, x), 255, np.uint8)
-    labels[:, ::6, :] = 0  # membranes: every 6th row
-    return labels
-
-
-def _tif(tmp_path: Path, name: str, data: np.ndarray, **kwargs: object) -> Path:
-    path = tmp_path / name
-    kwargs.setdefault("photometric", "minisblack")  # else tifffile takes (3|4, Y, X) for RGB(A)
-    tifffile.imwrite(path, data, **kwargs)
-    return path
-
+from tiffs import ISBI, membrane_labels, random_stack, write_tif
 
 def _raises(match: str):
     """pytest.raises(InputError) whose message matches ``match``."""
@@ -78,11 +57,11 @@ def test_apply_roi() -> None:
 
 
 def _pair(tmp_path: Path, images: np.ndarray, labels: np.ndarray) -> tuple[Path, Path]:
-    return _tif(tmp_path, "images.tif", images), _tif(tmp_path, "labels.tif", labels)
+    return write_tif(tmp_path, "images.tif", images), write_tif(tmp_path, "labels.tif", labels)
 
 
 def test_load_dataset_splits_and_roi(tmp_path: Path, caplog) -> None:
-    images, labels = _stack(6), _labels(6)
+    images, labels = random_stack(6), membrane_labels(6)
     image_path, label_path = _pair(tmp_path, images, labels)
     with caplog.at_level(logging.WARNING, logger="dcn_ray.dataset"):
         data = dataset.load_dataset(image_path, label_path, foreground=255, train="0:4",
@@ -97,7 +76,7 @@ def test_load_dataset_splits_and_roi(tmp_path: Path, caplog) -> None:
 
 
 def test_load_dataset_warns_on_overlap(tmp_path: Path, caplog) -> None:
-    image_path, label_path = _pair(tmp_path, _stack(6), _labels(6))
+    image_path, label_path = _pair(tmp_path, random_stack(6), membrane_labels(6))
     with caplog.at_level(logging.WARNING, logger="dcn_ray.dataset"):
         data = dataset.load_dataset(image_path, label_path, foreground=255, train=":5",
                                    val="4:", test="-1:")
@@ -108,15 +87,15 @@ def test_load_dataset_warns_on_overlap(tmp_path: Path, caplog) -> None:
 
 
 def test_load_dataset_shape_mismatch(tmp_path: Path) -> None:
-    image_path, label_path = _pair(tmp_path, _stack(6), _labels(5))
+    image_path, label_path = _pair(tmp_path, random_stack(6), membrane_labels(5))
     with _raises(r"\(6, 24, 32\).*labels.*\(5, 24, 32\)"):
         dataset.load_dataset(image_path, label_path, foreground=255, train="0:4", val="4:")
 
 
 def test_load_dataset_refuses_train_split_without_foreground(tmp_path: Path) -> None:
-    labels = _labels(6)
+    labels = membrane_labels(6)
     labels[:4] = 0
-    image_path, label_path = _pair(tmp_path, _stack(6), labels)
+    image_path, label_path = _pair(tmp_path, random_stack(6), labels)
     with _raises("data.split.train: no foreground pixel.*labels.tif"):
         dataset.load_dataset(image_path, label_path, foreground=255, train="0:4", val="4:")
     with _raises(r"labels.tif: no pixel has the foreground value 7 \(values present: 0, 255\)"):
@@ -124,14 +103,14 @@ def test_load_dataset_refuses_train_split_without_foreground(tmp_path: Path) -> 
 
 
 def test_load_dataset_refuses_all_foreground_train_split(tmp_path: Path) -> None:
-    image_path, label_path = _pair(tmp_path, _stack(6), _labels(6))
+    image_path, label_path = _pair(tmp_path, random_stack(6), membrane_labels(6))
     with _raises("data.split.train: every pixel .* foreground.*ROI"):
         dataset.load_dataset(image_path, label_path, foreground=255, train="0:4", val="4:",
                             roi=(1, 0, 5, 32))  # rows 1..5: no membrane row
 
 
 def test_load_dataset_names_the_bad_split(tmp_path: Path) -> None:
-    image_path, label_path = _pair(tmp_path, _stack(6), _labels(6))
+    image_path, label_path = _pair(tmp_path, random_stack(6), membrane_labels(6))
     with _raises("data.split.test.*reaches past"):
         dataset.load_dataset(image_path, label_path, foreground=255, train="0:4", val="4:",
                             test="0:9")

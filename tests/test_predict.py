@@ -12,8 +12,7 @@ import torch
 
 from conftest import small_job
 from dcn_ray import __version__, checkpoint
-from dcn_ray.cli import cli, main
-from dcn_ray.cli_predict import predict, register
+from dcn_ray.cli import main
 from dcn_ray.config import job_from_dict
 from dcn_ray.errors import InputError
 from dcn_ray.metrics import segmentation_scores
@@ -27,16 +26,9 @@ from dcn_ray.stacks import read_metadata
 from dcn_ray.train import train
 from dcn_ray.trial import load_job_dataset
 
-cli.add_command(predict)
-cli.add_command(register)
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 @pytest.fixture(scope="module")

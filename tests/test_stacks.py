@@ -12,27 +12,7 @@ import tifffile
 
 from dcn_ray import stacks
 from dcn_ray.errors import InputError
-
-ISBI = Path("/work/shared/datasets/isbi2012")
-RNG = np.random.default_rng(7)
-
-
-def _stack(z: int = 4, y: int = 24, x: int = 32) -> np.ndarray:
-    return RNG.integers(0, 256, (z, y, x), dtype=np.uint8)
-
-
-def _labels(z: int = 4, y: int = 24, x: int = 32) -> np.ndarray:
-    labels = np.full((z, y, x), 255, np.uint8)
-    labels[:, ::6, :] = 0  # membranes: every 6th row
-    return labels
-
-
-def _tif(tmp_path: Path, name: str, data: np.ndarray, **kwargs: object) -> Path:
-    path = tmp_path / name
-    kwargs.setdefault("photometric", "minisblack")  # else tifffile takes (3|4, Y, X) for RGB(A)
-    tifffile.imwrite(path, data, **kwargs)
-    return path
-
+from tiffs import ISBI, RNG, membrane_labels, random_stack, write_tif
 
 def _raises(match: str, path: Path | None = None):
     """pytest.raises(InputError) whose message names the problem and, if given, the file."""
@@ -75,9 +55,9 @@ def test_empty_file_and_folder(tmp_path: Path) -> None:
 def test_truncated_tiff_is_detected(tmp_path: Path, writer: str, keep: float) -> None:
     whole = tmp_path / "whole.tif"
     if writer == "stackwriter":
-        stacks.write_stack(whole, _stack(6))
+        stacks.write_stack(whole, random_stack(6))
     else:
-        _tif(tmp_path, "whole.tif", _stack(6), compression="zlib" if "zlib" in writer else None)
+        write_tif(tmp_path, "whole.tif", random_stack(6), compression="zlib" if "zlib" in writer else None)
     raw = whole.read_bytes()
     cut = tmp_path / "cut.tif"
     cut.write_bytes(raw[: int(len(raw) * keep)])
@@ -90,7 +70,7 @@ def test_truncated_tiff_is_detected(tmp_path: Path, writer: str, keep: float) ->
 def test_tiff_cut_anywhere_in_its_trailing_page_list_is_detected(tmp_path: Path, caplog) -> None:
     # tifffile writes an uncompressed stack's pixels first and the IFDs of pages 2.. after them:
     # a cut there leaves every pixel present, but the file is still damaged
-    whole = _tif(tmp_path, "whole.tif", _stack(5, 64, 64))
+    whole = write_tif(tmp_path, "whole.tif", random_stack(5, 64, 64))
     with tifffile.TiffFile(whole) as tif:
         first_ifd = tif.pages[1].offset
     raw = whole.read_bytes()
@@ -103,7 +83,7 @@ def test_tiff_cut_anywhere_in_its_trailing_page_list_is_detected(tmp_path: Path,
 
 
 def test_corrupt_compressed_data(tmp_path: Path) -> None:
-    path = _tif(tmp_path, "bad.tif", _stack(3), compression="zlib")
+    path = write_tif(tmp_path, "bad.tif", random_stack(3), compression="zlib")
     with tifffile.TiffFile(path) as tif:
         offset = tif.pages[1].dataoffsets[0]
     raw = bytearray(path.read_bytes())
@@ -116,7 +96,7 @@ def test_corrupt_compressed_data(tmp_path: Path) -> None:
 
 
 def test_four_dimensional_stack_is_refused(tmp_path: Path) -> None:
-    path = _tif(tmp_path, "4d.tif", RNG.integers(0, 255, (2, 3, 8, 8), dtype=np.uint8))
+    path = write_tif(tmp_path, "4d.tif", RNG.integers(0, 255, (2, 3, 8, 8), dtype=np.uint8))
     with _raises("4-D", path):
         stacks.read_stack(path)
     with _raises("4-D", path):
@@ -125,7 +105,7 @@ def test_four_dimensional_stack_is_refused(tmp_path: Path) -> None:
 
 def test_empty_stack_is_refused(tmp_path: Path) -> None:
     with pytest.warns(UserWarning):
-        path = _tif(tmp_path, "zero.tif", np.zeros((0, 8, 8), np.uint8))
+        path = write_tif(tmp_path, "zero.tif", np.zeros((0, 8, 8), np.uint8))
     with _raises("empty stack", path):
         stacks.read_stack(path)
 
@@ -133,8 +113,8 @@ def test_empty_stack_is_refused(tmp_path: Path) -> None:
 def test_pages_of_different_shapes_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "mixed.tif"
     with tifffile.TiffWriter(path) as tw:
-        tw.write(_stack(1)[0], metadata=None)
-        tw.write(_stack(1, 12, 12)[0], metadata=None)
+        tw.write(random_stack(1)[0], metadata=None)
+        tw.write(random_stack(1, 12, 12)[0], metadata=None)
     with _raises("different shapes", path):
         stacks.read_stack(path)
 
@@ -143,43 +123,43 @@ def test_pages_of_different_shapes_are_refused(tmp_path: Path) -> None:
 
 
 def test_uint8_uint16_and_2d(tmp_path: Path) -> None:
-    data = _stack()
-    got = stacks.read_stack(_tif(tmp_path, "u8.tif", data))
+    data = random_stack()
+    got = stacks.read_stack(write_tif(tmp_path, "u8.tif", data))
     assert got.dtype == np.float32 and got.shape == data.shape
     np.testing.assert_allclose(got, data / 255.0, atol=1e-6)
     data16 = np.array([[0, 1000], [30000, 65535]], np.uint16)
-    got16 = stacks.read_stack(_tif(tmp_path, "u16.tif", data16))
+    got16 = stacks.read_stack(write_tif(tmp_path, "u16.tif", data16))
     assert got16.shape == (1, 2, 2)  # a single 2-D image is one slice
     np.testing.assert_allclose(got16[0], data16 / 65535.0, atol=1e-6)
 
 
 def test_float_and_signed_scaling(tmp_path: Path) -> None:
     inside = RNG.random((3, 8, 8)).astype(np.float32) * 0.5 + 0.2
-    np.testing.assert_array_equal(stacks.read_stack(_tif(tmp_path, "f.tif", inside)), inside)
+    np.testing.assert_array_equal(stacks.read_stack(write_tif(tmp_path, "f.tif", inside)), inside)
     outside = np.linspace(-3.0, 5.0, 3 * 8 * 8).reshape(3, 8, 8)
-    got = stacks.read_stack(_tif(tmp_path, "f64.tif", outside))
+    got = stacks.read_stack(write_tif(tmp_path, "f64.tif", outside))
     np.testing.assert_allclose(got, (outside + 3.0) / 8.0, atol=1e-6)
     assert got.min() == 0.0 and got.max() == 1.0
-    constant = stacks.read_stack(_tif(tmp_path, "c.tif", np.full((2, 4, 4), 7.5, np.float32)))
+    constant = stacks.read_stack(write_tif(tmp_path, "c.tif", np.full((2, 4, 4), 7.5, np.float32)))
     assert not constant.any()
     signed = np.array([[-100, 0], [50, 100]], np.int16)
-    np.testing.assert_allclose(stacks.read_stack(_tif(tmp_path, "i16.tif", signed))[0],
+    np.testing.assert_allclose(stacks.read_stack(write_tif(tmp_path, "i16.tif", signed))[0],
                                (signed + 100) / 200.0)
     positive = np.array([[0, 32767]], np.int16)
-    np.testing.assert_allclose(stacks.read_stack(_tif(tmp_path, "p16.tif", positive))[0],
+    np.testing.assert_allclose(stacks.read_stack(write_tif(tmp_path, "p16.tif", positive))[0],
                                [[0.0, 1.0]])
 
 
 def test_min_is_white_is_inverted(tmp_path: Path) -> None:
-    data = _stack(2)
-    got = stacks.read_stack(_tif(tmp_path, "white.tif", data, photometric="miniswhite"))
+    data = random_stack(2)
+    got = stacks.read_stack(write_tif(tmp_path, "white.tif", data, photometric="miniswhite"))
     np.testing.assert_allclose(got, 1.0 - data / 255.0, atol=1e-6)
 
 
 def test_nan_is_refused(tmp_path: Path) -> None:
     data = np.zeros((2, 4, 4), np.float32)
     data[1, 2, 2] = np.nan
-    path = _tif(tmp_path, "nan.tif", data)
+    path = write_tif(tmp_path, "nan.tif", data)
     with _raises("NaN", path):
         stacks.read_stack(path)
     with _raises("NaN", path):
@@ -190,7 +170,7 @@ def test_nan_is_refused(tmp_path: Path) -> None:
 def test_rgb_image_becomes_luminance(tmp_path: Path, planar: bool) -> None:
     rgb = RNG.integers(0, 256, (3, 8, 10, 3), dtype=np.uint8)
     stored = np.moveaxis(rgb, -1, 1) if planar else rgb
-    path = _tif(tmp_path, "rgb.tif", stored, photometric="rgb",
+    path = write_tif(tmp_path, "rgb.tif", stored, photometric="rgb",
                 planarconfig="separate" if planar else "contig")
     expected = (rgb @ np.array([0.299, 0.587, 0.114])) / 255.0
     got = stacks.read_stack(path)
@@ -204,8 +184,8 @@ def test_rgb_image_becomes_luminance(tmp_path: Path, planar: bool) -> None:
 
 
 def test_integer_foreground(tmp_path: Path) -> None:
-    labels = _labels()
-    mask = stacks.read_labels(_tif(tmp_path, "l.tif", labels), 255)
+    labels = membrane_labels()
+    mask = stacks.read_labels(write_tif(tmp_path, "l.tif", labels), 255)
     assert mask.dtype == bool and mask.shape == labels.shape
     np.testing.assert_array_equal(mask, labels == 255)
     np.testing.assert_array_equal(stacks.read_labels(tmp_path / "l.tif", 0), labels == 0)
@@ -222,12 +202,12 @@ def test_colour_labels(tmp_path: Path) -> None:
     rgb[:, 3, 3:] = (0, 0, 90)  # dark blue
     expected = np.zeros((2, 4, 5), bool)
     expected[:, 2, :2] = expected[:, 3, 3:] = True
-    path = _tif(tmp_path, "colour.tif", rgb, photometric="rgb")
+    path = write_tif(tmp_path, "colour.tif", rgb, photometric="rgb")
     np.testing.assert_array_equal(stacks.read_labels(path, "color"), expected)
     rgba = np.concatenate([rgb, np.full((2, 4, 5, 1), 255, np.uint8)], axis=-1)
     rgba[:, 2, 0, 3] = 0  # a transparent red pixel is background
     expected[:, 2, 0] = False
-    path = _tif(tmp_path, "rgba.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    path = write_tif(tmp_path, "rgba.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
     np.testing.assert_array_equal(stacks.read_labels(path, "color"), expected)
     with _raises("RGB; use foreground 'color'", path):
         stacks.read_labels(path, 255)
@@ -239,13 +219,13 @@ def test_palette_colour_labels(tmp_path: Path) -> None:
     colormap[:, 1] = 65535  # white
     colormap[0, 2] = 65535  # red
     colormap[:, 3] = (0, 40000, 40000)  # teal
-    path = _tif(tmp_path, "pal.tif", indices, photometric="palette", colormap=colormap)
+    path = write_tif(tmp_path, "pal.tif", indices, photometric="palette", colormap=colormap)
     np.testing.assert_array_equal(stacks.read_labels(path, "color")[0, 0], [0, 0, 1, 1])
     np.testing.assert_array_equal(stacks.read_labels(path, 2)[0, 0], [0, 0, 1, 0])
 
 
 def test_colour_foreground_on_grey_labels_and_bad_foreground(tmp_path: Path) -> None:
-    path = _tif(tmp_path, "grey.tif", _labels())
+    path = write_tif(tmp_path, "grey.tif", membrane_labels())
     with _raises("'color' needs RGB labels", path):
         stacks.read_labels(path, "color")
     with _raises("foreground must be .*'blue'"):
@@ -264,9 +244,9 @@ def test_stack_shape_isbi() -> None:
 
 @pytest.mark.parametrize("kind", ["uint8", "float-wide", "imagej", "2d"])
 def test_iter_slices_equals_read_stack(tmp_path: Path, kind: str) -> None:
-    data = {"uint8": _stack(5), "float-wide": RNG.normal(0, 100, (4, 9, 7)),
-            "imagej": _stack(3), "2d": _stack(1)[0]}[kind]
-    path = _tif(tmp_path, "s.tif", data, imagej=kind == "imagej")
+    data = {"uint8": random_stack(5), "float-wide": RNG.normal(0, 100, (4, 9, 7)),
+            "imagej": random_stack(3), "2d": random_stack(1)[0]}[kind]
+    path = write_tif(tmp_path, "s.tif", data, imagej=kind == "imagej")
     whole = stacks.read_stack(path)
     slices = list(stacks.iter_slices(path))
     assert len(slices) == stacks.stack_shape(path)[0] == len(whole)
@@ -295,7 +275,7 @@ def test_write_stack_single_slice_and_no_metadata(tmp_path: Path) -> None:
     stacks.write_stack(path, np.eye(5, dtype=np.uint8))
     assert tifffile.imread(path).shape == (1, 5, 5)
     assert stacks.read_metadata(path) == {}
-    assert stacks.read_metadata(_tif(tmp_path, "plain.tif", _stack())) == {}
+    assert stacks.read_metadata(write_tif(tmp_path, "plain.tif", random_stack())) == {}
 
 
 def test_failing_with_block_leaves_no_file(tmp_path: Path) -> None:

@@ -15,12 +15,7 @@ from dcn_ray.train import build_model, evaluate, train
 from dcn_ray.trial import load_job_dataset
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def test_narrow_dcn_learns_the_synthetic_stack(synthetic_stack):
