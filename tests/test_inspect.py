@@ -1,0 +1,46 @@
+"""`dcn-ray inspect`: the paper's look at F1-F3 for any checkpoint, as files and a verdict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from conftest import small_job
+from dcn_ray import checkpoint
+from dcn_ray.cli import main
+from dcn_ray.config import job_from_dict
+from dcn_ray.followup import plan_followups
+from dcn_ray.kernels import BRANCHES, kernel_problem
+from dcn_ray.train import train
+from dcn_ray.trial import load_job_dataset
+
+pytestmark = pytest.mark.usefixtures("two_threads")
+
+
+def test_inspect_writes_the_montage_and_scores_and_names_the_weak_branch(synthetic_stack, tmp_path, capsys):
+    images, labels = synthetic_stack
+    job = job_from_dict(small_job(images, labels, train={"steps": 30, "eval_every": 30, "batch_size": 4, "crop": 64}))
+    result = train(job, (4, 8, 16), load_job_dataset(job))
+    model_file = tmp_path / "model.pt"
+    checkpoint.save(result.model, model_file)
+
+    main(["inspect", str(model_file), str(images), str(tmp_path / "out")])  # returns: exit 0
+    printed = capsys.readouterr().out
+
+    record = json.loads((tmp_path / "out" / "branch_scores.json").read_text())
+    assert [s["name"] for s in record["scores"]] == list(BRANCHES)
+    assert record["slices"] == [10, 11], "the job's validation split, taken from the checkpoint"
+    for score in record["scores"]:
+        assert 0.0 <= score["contrast"] <= 1.0 and 0.0 <= score["alone_iou"] <= 1.0
+    weak = BRANCHES.index(record["weak_branch"])
+    assert f"weak branch: {record['weak_branch']}" in printed
+    expected = plan_followups((4, 8, 16), weak, steps=3, controls=2, seed=0, exclude=[(4, 8, 16)])
+    assert [tuple(k) for k in record["guided_followups"]] == list(expected.guided)
+    assert all(kernel_problem(k) is None for k in record["guided_followups"] + record["controls"])
+
+    montage = Image.open(tmp_path / "out" / "F1-F3_montage.png")
+    assert montage.width >= 4 * 128 and montage.height >= 128, "input | F1 | F2 | F3 side by side"
+    for name in BRANCHES:
+        assert (tmp_path / "out" / f"{name}.png").is_file()
