@@ -99,16 +99,21 @@ def synth(out_dir: Path, slices: int, size: int, seed: int) -> None:
 
 
 @cli.command()
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model")
 @click.argument("stack", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path), help="Labels (default: those of the model's job).")
 @click.option("--slices", default=None, help="Slices to score, e.g. 27:30 (default: the job's validation split).")
-def inspect(model: Path, stack: Path, out_dir: Path, labels_path: Path | None, slices: str | None) -> None:
-    """Write the F1-F3 montage and branch scores of MODEL on STACK; print the weak branch and follow-ups."""
+@click.option("--storage", help="For MODEL sweep:NAME: the sweep's storage (default ./dcn-ray-runs).")
+@click.option("--tracking-uri", help="For MODEL runs:/ or models:/ (default: sqlite:///mlflow.db here).")
+def inspect(model: str, stack: Path, out_dir: Path, labels_path: Path | None, slices: str | None, storage: str | None, tracking_uri: str | None) -> None:
+    """Write the F1-F3 montage and branch scores of MODEL on STACK; print the weak branch and follow-ups.
+
+    MODEL: a checkpoint file or folder, runs:/<run_id>, models:/<name>/<version> or sweep:NAME.
+    """
     from dcn_ray.inspect import inspect_model
 
-    click.echo(inspect_model(model, stack, out_dir, labels=labels_path, slices=slices))
+    click.echo(inspect_model(model, stack, out_dir, labels=labels_path, slices=slices, storage=storage, tracking_uri=tracking_uri))
 
 
 @cli.command()

@@ -5,20 +5,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dcn_ray import checkpoint
 from dcn_ray.analysis import analyse
 from dcn_ray.dataset import parse_split
 from dcn_ray.errors import InputError
 from dcn_ray.followup import plan_followups
 from dcn_ray.kernels import kernels_text
+from dcn_ray.models import load_source
 from dcn_ray.stacks import read_labels, read_stack
 
 SCORES_FILE = "branch_scores.json"
 
 
-def inspect_model(model_path: Path, stack: Path, out_dir: Path, *, labels: Path | None = None, slices: str | None = None) -> str:
-    """Score the branches of a model on labelled slices, write the montage and JSON; return a summary."""
-    model, payload = checkpoint.load_model(model_path)
+def inspect_model(
+    source: str, stack: Path, out_dir: Path, *, labels: Path | None = None, slices: str | None = None,
+    storage: str | None = None, tracking_uri: str | None = None,
+) -> str:
+    """Score the branches of a model on labelled slices, write the montage and JSON; return a summary.
+
+    ``source`` is any model source of ``predict``: a checkpoint, runs:/, models:/ or sweep:NAME.
+    """
+    loaded = load_source(source, storage=storage, tracking_uri=tracking_uri)
+    model, payload = loaded.model, loaded.payload
     data = payload.get("config", {}).get("data", {})
     labels = labels or (Path(data["labels"]) if data.get("labels") else None)
     if labels is None:
@@ -33,7 +40,7 @@ def inspect_model(model_path: Path, stack: Path, out_dir: Path, *, labels: Path 
     kernels = tuple(payload["model_kwargs"]["kernels"])
     plan = plan_followups(kernels, analysis.weak, steps=3, controls=2, seed=0, exclude=[kernels])
     record = {
-        "model": str(model_path),
+        "model": loaded.location,
         "kernels": list(kernels),
         "slices": chosen,
         "scores": [score.__dict__ for score in analysis.scores],

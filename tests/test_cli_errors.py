@@ -229,7 +229,7 @@ MODELS: dict[str, tuple[Callable[[Path], None], str]] = {
     "foreign torch file": (lambda p: torch.save({"state_dict": {"w": torch.zeros(3)}}, p), "no 'dcn-ray-checkpoint/1' format tag"),
     "pickled module": (lambda p: torch.save(torch.nn.Linear(2, 2), p), "is not a readable dcn-ray checkpoint"),
     "weights of another model": (_mismatched, "checkpoint does not match the DCN"),
-    "not a file": (lambda p: None, "model file not found"),
+    "not a file": (lambda p: None, "not found: give a checkpoint file or folder"),
 }
 
 
