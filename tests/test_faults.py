@@ -241,3 +241,26 @@ def test_ctrl_c_marks_running_child_runs_killed(synthetic_stack, mlflow_server, 
     client = MlflowClient(mlflow_server.uri)
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "KILLED"
+
+
+def test_a_trial_out_of_retries_ends_failed_and_the_sweep_exits_1(synthetic_stack, mlflow_server, tmp_path):
+    raw = slow_job(synthetic_stack, "outofretries", mlflow_server.uri, sweep={"kernels": [[4, 8, 16]], "resources": {"gpu": 0, "cpu": 1}, "max_failures": 0})
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "dcn_ray", "sweep", str(job_file), "--storage", str(tmp_path / "runs")]
+    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        run = wait_for(lambda: next((r for r in child_runs(mlflow_server.uri, "outofretries") if val_iou_steps(mlflow_server.uri, r.info.run_id)), None), 180, "the trial to report")
+        os.kill(int(run.data.tags["pid"]), signal.SIGKILL)
+        _, stderr = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            started = descendants(driver.pid)
+            driver.kill()
+            driver.wait()
+            kill_all(started)
+    assert driver.returncode == 1, stderr.decode()[-2000:]
+    assert b"1 trial(s) failed after all retries" in stderr
+    (run,) = child_runs(mlflow_server.uri, "outofretries")
+    assert run.info.status == "FAILED"
+    assert "| 4, 8, 16 | grid | errored |" in (tmp_path / "runs" / "outofretries" / "results.md").read_text()

@@ -11,6 +11,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import small_job
+from dcn_ray.cli import main
 from dcn_ray.config import job_from_dict
 from dcn_ray.sweep import run_sweep
 
@@ -83,7 +84,7 @@ def test_sweep_tracks_one_child_run_per_configuration(local_ray, synthetic_stack
 
 
 @pytest.mark.parametrize("local_ray", [1], indirect=True)
-def test_gpu_fractions_pack_two_trials_on_one_gpu(local_ray, synthetic_stack, tmp_path, monkeypatch):
+def test_gpu_fractions_pack_two_trials_on_one_gpu(local_ray, synthetic_stack, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the default embedded store: ./mlflow.db
     raw = small_job(*synthetic_stack, name="packed", sweep={"kernels": [[4, 8, 16], [2, 8, 16]], "resources": {"gpu": 0.5, "cpu": 1}}, train={"steps": 30, "eval_every": 15})
     outcome = run_sweep(job_from_dict(raw), job_text=yaml.safe_dump(raw), storage=None, address=None, write=lambda line: None)
@@ -94,3 +95,24 @@ def test_gpu_fractions_pack_two_trials_on_one_gpu(local_ray, synthetic_stack, tm
     assert len(children) == 2
     assert overlapping(children), "two 0.5-GPU trials fit one GPU at the same time"
     assert [r.data.tags["cuda_visible_devices"] for r in children] == ["0", "0"]
+
+    # `dcn-ray report NAME` prints the table again, from the default storage
+    capsys.readouterr()
+    main(["report", "packed"])
+    table = capsys.readouterr().out
+    assert "| 4, 8, 16 | grid | finished |" in table and "| 2, 8, 16 | grid | finished |" in table
+
+
+ISBI = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "isbi2012"
+
+
+@pytest.mark.skipif(not (ISBI / "train-volume.tif").exists(), reason="ISBI 2012 is not beside the repository")
+def test_table1_dry_run_lists_exactly_the_paper_grid(capsys):
+    main(["sweep", str(Path(__file__).resolve().parent.parent / "jobs" / "table1.yaml"), "--dry-run"])
+    captured = capsys.readouterr()
+    lines = [line.split() for line in captured.out.splitlines() if line.startswith("grid")]
+    assert [line[1] for line in lines] == [
+        "4-8-16", "4-8-10", "4-8-12", "4-8-14", "2-8-16", "6-8-16", "4-6-16", "4-10-16",
+        "4-8-18", "4-8-20", "2-4-10", "2-4-20", "2-8-20", "4-10-18", "2-6-16", "2-8-18",
+    ]
+    assert "27 training and 3 validation slices of 512 x 512" in captured.err
