@@ -166,6 +166,7 @@ cli.add_command(register)
 
 
 def _done(outcome) -> None:
+    click.echo(outcome.markdown)
     _echo(f"results: {outcome.folder}")
     if outcome.interrupted:
         sys.exit(130)

@@ -86,22 +86,22 @@ def chart(table: pa.Table, path: Path, reference: Sequence[int] = REFERENCE) -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     rows = [r for r in table.to_pylist() if _number(r["best_val_iou"])]
     figure, axes = plt.subplots(figsize=(max(6.0, 0.5 * len(rows) + 2), 4.0))
     labels = [_triple(r) for r in rows]
     axes.bar(range(len(rows)), [r["best_val_iou"] for r in rows], color=[PHASE_COLOURS.get(r["phase"], "#555555") for r in rows])
+    handles = [Patch(color=colour, label=phase) for phase, colour in PHASE_COLOURS.items()]
     ref = next((r for r in rows if (r["k1"], r["k2"], r["k3"]) == tuple(reference)), None)
     if ref:
-        axes.axhline(ref["best_val_iou"], color="black", linestyle="--", linewidth=1, label=f"reference {_triple(ref)}")
-    for phase, colour in PHASE_COLOURS.items():
-        axes.bar([], [], color=colour, label=phase)
+        handles.append(axes.axhline(ref["best_val_iou"], color="black", linestyle="--", linewidth=1, label=f"reference {_triple(ref)}"))
     axes.set_xticks(range(len(rows)), labels, rotation=60, ha="right")
     axes.set_ylabel("best validation IoU")
     axes.set_title("IoU per kernel configuration (k1-k2-k3)")
     values = [r["best_val_iou"] for r in rows] or [0.0, 1.0]
     axes.set_ylim(max(0.0, min(values) - 0.05), min(1.0, max(values) + 0.05))
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(handles=handles, loc="lower right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

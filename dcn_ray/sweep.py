@@ -42,6 +42,8 @@ class SweepRecord:
 @dataclass(frozen=True)
 class SweepOutcome:
     table: pa.Table
+    #: The table as Markdown, with the guided-vs-random summary line.
+    markdown: str
     folder: str
     interrupted: bool
     errored: int
@@ -279,11 +281,10 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
     table = report.results_table(rows, reference)
     folder = store.write_results(record.name, table, reference)
     tracking.log_results(record.tracking_uri, record.parent_run_id, folder, finished=not interrupted)
-    write(report.markdown(table, reference))
     errored = sum(1 for row in rows if row["status"] == "errored")
     if interrupted:
         write(f"sweep '{record.name}' interrupted: `dcn-ray resume {record.name}` finishes it")
-    return SweepOutcome(table=table, folder=store.folder(record.name), interrupted=interrupted, errored=errored)
+    return SweepOutcome(table=table, markdown=report.markdown(table, reference), folder=store.folder(record.name), interrupted=interrupted, errored=errored)
 
 
 def _rows(grid) -> list[dict[str, Any]]:

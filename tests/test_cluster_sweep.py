@@ -57,7 +57,7 @@ def test_sweep_with_address_uses_both_nodes(two_nodes, synthetic_stack, mlflow_s
 
     done = dcn_ray("sweep", str(job), "--address", two_nodes.address, "--storage", str(tmp_path / "runs"), cluster=two_nodes, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "| 4, 8, 16 | grid | finished |" in done.stderr
+    assert "| 4, 8, 16 | grid | finished |" in done.stdout
     assert_trials_on_both_nodes(mlflow_server.uri, "cluster_sweep")
 
 
