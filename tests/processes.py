@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -47,3 +49,41 @@ def kill_all(pids: list[int], sig: int = signal.SIGKILL, timeout: float = 20.0) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(alive(pid) for pid in pids):
         time.sleep(0.2)
+
+
+class SweepDriver:
+    """``dcn-ray sweep JOB --storage STORAGE`` in a process of its own, for fault tests.
+
+    ``kill()`` SIGKILLs the driver and then the local Ray it started (a killed driver leaves
+    those behind); leaving the ``with`` block does the same if the driver is still running.
+    """
+
+    def __init__(self, job: dict, folder: Path, storage: Path):
+        import yaml
+
+        self.job_file = folder / "job.yaml"
+        self.job_file.write_text(yaml.safe_dump(job))
+        self.command = [sys.executable, "-m", "dcn_ray", "sweep", str(self.job_file), "--storage", str(storage)]
+        self.folder = folder
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "SweepDriver":
+        # Output to files, not pipes: a pipe nobody reads until the end could fill and block the driver.
+        with open(self.folder / "driver.out", "wb") as out, open(self.folder / "driver.err", "wb") as err:
+            self.process = subprocess.Popen(self.command, cwd=self.folder, stdout=out, stderr=err, start_new_session=True)
+        return self
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        """Wait for the driver to exit; its exit code and stderr."""
+        self.process.wait(timeout=timeout)
+        return self.process.returncode, (self.folder / "driver.err").read_text()
+
+    def kill(self) -> None:
+        started = descendants(self.process.pid)
+        self.process.kill()
+        self.process.wait(timeout=30)
+        kill_all(started)
+
+    def __exit__(self, *exc_info) -> None:
+        if self.process.poll() is None:
+            self.kill()

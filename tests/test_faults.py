@@ -19,7 +19,7 @@ from conftest import MlflowServer, small_job
 from dcn_ray.config import job_from_dict
 from dcn_ray.sweep import run_sweep
 from dcn_ray.tracking import TrialRun, prepare_experiment, start_parent_run
-from processes import descendants, kill_all
+from processes import SweepDriver
 
 pytestmark = pytest.mark.integration
 
@@ -96,13 +96,8 @@ def test_killed_driver_then_resume_reruns_nothing_finished(synthetic_stack, mlfl
             "followup": {"enabled": True, "steps": 2, "controls": 1},
         },
     )
-    job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump(raw))
     storage = tmp_path / "runs"
-    command = [sys.executable, "-m", "dcn_ray", "sweep", str(job_file), "--storage", str(storage)]
-    log = open(tmp_path / "driver.log", "wb")
-    driver = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    with SweepDriver(raw, tmp_path, storage) as driver:
         def followup_running():
             runs = child_runs(mlflow_server.uri, "killdriver")
             statuses = [r.info.status for r in runs]
@@ -110,11 +105,7 @@ def test_killed_driver_then_resume_reruns_nothing_finished(synthetic_stack, mlfl
             return runs if "FINISHED" in statuses and running_followup else None
 
         wait_for(followup_running, 240, "a follow-up running while other trials are finished", interval=0.2)
-    finally:
-        started = descendants(driver.pid)
         driver.kill()
-        driver.wait(timeout=30)
-        kill_all(started)  # the local Ray this driver started
 
     before = {r.info.run_id: r for r in child_runs(mlflow_server.uri, "killdriver")}
     finished = {run_id: run for run_id, run in before.items() if run.info.status == "FINISHED"}
@@ -219,23 +210,12 @@ def test_a_trial_relaunched_under_a_new_id_adopts_the_run_of_its_kernels(mlflow_
 def test_ctrl_c_marks_running_child_runs_killed(synthetic_stack, mlflow_server, tmp_path):
     raw = slow_job(synthetic_stack, "ctrlc", mlflow_server.uri, sweep={"kernels": [[4, 8, 16], [2, 8, 16], [6, 8, 16]], "resources": {"gpu": 0, "cpu": 1}})
     raw["train"]["steps"] = 3000  # long enough to still be running when interrupted
-    job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump(raw))
-    command = [sys.executable, "-m", "dcn_ray", "sweep", str(job_file), "--storage", str(tmp_path / "runs")]
-    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
+    with SweepDriver(raw, tmp_path, tmp_path / "runs") as driver:
         wait_for(lambda: any(val_iou_steps(mlflow_server.uri, r.info.run_id) for r in child_runs(mlflow_server.uri, "ctrlc")), 180, "a trial to report")
-        started = descendants(driver.pid)
-        driver.send_signal(signal.SIGINT)
-        _, stderr = driver.communicate(timeout=120)
-    finally:
-        if driver.poll() is None:
-            started = descendants(driver.pid)
-            driver.kill()
-            driver.wait()
-        kill_all([pid for pid in started if pid != driver.pid])
-    assert driver.returncode == 130, stderr.decode()[-2000:]
-    assert b"dcn-ray resume ctrlc" in stderr
+        driver.process.send_signal(signal.SIGINT)
+        code, stderr = driver.finish(timeout=120)
+    assert code == 130, stderr[-2000:]
+    assert "dcn-ray resume ctrlc" in stderr
     runs = child_runs(mlflow_server.uri, "ctrlc")
     assert runs and {r.info.status for r in runs} == {"KILLED"}
     client = MlflowClient(mlflow_server.uri)
@@ -245,22 +225,12 @@ def test_ctrl_c_marks_running_child_runs_killed(synthetic_stack, mlflow_server, 
 
 def test_a_trial_out_of_retries_ends_failed_and_the_sweep_exits_1(synthetic_stack, mlflow_server, tmp_path):
     raw = slow_job(synthetic_stack, "outofretries", mlflow_server.uri, sweep={"kernels": [[4, 8, 16]], "resources": {"gpu": 0, "cpu": 1}, "max_failures": 0})
-    job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump(raw))
-    command = [sys.executable, "-m", "dcn_ray", "sweep", str(job_file), "--storage", str(tmp_path / "runs")]
-    driver = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
+    with SweepDriver(raw, tmp_path, tmp_path / "runs") as driver:
         run = wait_for(lambda: next((r for r in child_runs(mlflow_server.uri, "outofretries") if val_iou_steps(mlflow_server.uri, r.info.run_id)), None), 180, "the trial to report")
         os.kill(int(run.data.tags["pid"]), signal.SIGKILL)
-        _, stderr = driver.communicate(timeout=180)
-    finally:
-        if driver.poll() is None:
-            started = descendants(driver.pid)
-            driver.kill()
-            driver.wait()
-            kill_all(started)
-    assert driver.returncode == 1, stderr.decode()[-2000:]
-    assert b"1 trial(s) failed after all retries" in stderr
+        code, stderr = driver.finish(timeout=180)
+    assert code == 1, stderr[-2000:]
+    assert "1 trial(s) failed after all retries" in stderr
     (run,) = child_runs(mlflow_server.uri, "outofretries")
     assert run.info.status == "FAILED"
     assert "| 4, 8, 16 | grid | errored |" in (tmp_path / "runs" / "outofretries" / "results.md").read_text()
