@@ -15,6 +15,7 @@ import click
 from dcn_ray import __version__
 from dcn_ray.cli_predict import predict, register
 from dcn_ray.errors import InputError
+from dcn_ray.loopback import keep_local_ray_on_loopback
 
 log = logging.getLogger("dcn_ray")
 
@@ -49,6 +50,7 @@ def cli(verbose: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Check the job and list its trials; train nothing.")
 def sweep(job_file: Path, name: str | None, storage: str | None, address: str | None, tracking_uri: str | None, overrides: tuple[str, ...], dry_run: bool) -> None:
     """Run the kernel sweep of JOB_FILE (the grid, then feature-map-guided follow-ups)."""
+    keep_local_ray_on_loopback(address)
     from dcn_ray import sweep as sweeps
     from dcn_ray.config import load_job
     from dcn_ray.progress import Progress
@@ -70,6 +72,7 @@ def sweep(job_file: Path, name: str | None, storage: str | None, address: str | 
 @click.option("--address", help="Ray cluster to resume on (default: a local Ray).")
 def resume(name: str, storage: str | None, address: str | None) -> None:
     """Finish sweep NAME after a crash: unfinished and errored trials only, follow-ups included."""
+    keep_local_ray_on_loopback(address)
     from dcn_ray import sweep as sweeps
 
     _done(sweeps.resume_sweep(name, storage=storage, address=address, write=_echo))

@@ -59,6 +59,9 @@ def predict(model: str, input_path: Path, output_path: Path, storage: str | None
 
     MODEL is a checkpoint file or folder, runs:/<run_id>, models:/<name>/<version> or sweep:<name>.
     """
+    from dcn_ray.loopback import keep_local_ray_on_loopback
+
+    keep_local_ray_on_loopback(address)
     from dcn_ray.kernels import kernels_text
     from dcn_ray.models import load_source
     from dcn_ray.predict import PredictOptions, format_scores, predict_stack
