@@ -10,6 +10,7 @@ from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from dcn_ray import report
 
@@ -59,7 +60,8 @@ class Storage:
     def write_results(self, name: str, table: pa.Table, reference: Sequence[int]) -> Path:
         """The results table (Parquet, Markdown, chart) in the sweep folder; returns a local copy's folder."""
         if self.is_local:
-            return _written(report.write(table, Path(self.folder(name)), reference))
+            report.write(table, Path(self.folder(name)), reference)
+            return Path(self.folder(name))
         local = Path(tempfile.mkdtemp(prefix="dcn-results-"))
         files = report.write(table, local, reference)
         filesystem, path = self._resolve(self.folder(name))
@@ -69,8 +71,6 @@ class Storage:
 
     def read_results(self, name: str) -> pa.Table:
         filesystem, path = self._resolve(f"{self.folder(name)}/{report.TABLE_FILE}")
-        import pyarrow.parquet as pq
-
         return pq.read_table(path, filesystem=filesystem)
 
     def finished_trials(self, name: str) -> set[str]:
@@ -94,6 +94,3 @@ class Storage:
             return pafs.LocalFileSystem(), location
         return pafs.FileSystem.from_uri(location)
 
-
-def _written(files: list[Path]) -> Path:
-    return files[0].parent
