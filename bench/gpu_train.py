@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from contextlib import nullcontext
 
 import torch
+from common import add_step_arguments, resident_sampler, synchronize, training_step
 from torch.utils.flop_counter import FlopCounterMode
 
 from dcn_ray.data import CropSampler
 from dcn_ray.loss import dcn_loss
 from dcn_ray.model import DCN
-from dcn_ray.synth import make_synthetic
 
 VARIANTS = {
     "fp32": dict(bf16=False, channels_last=False, compile=False),
@@ -29,11 +28,6 @@ VARIANTS = {
     "bf16+channels_last": dict(bf16=True, channels_last=True, compile=False),
     "bf16+channels_last+compile": dict(bf16=True, channels_last=True, compile=True),
 }
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def matmul_rate(device: torch.device, n: int = 8192, repeats: int = 20) -> float:
@@ -63,22 +57,7 @@ def step_flops(model: DCN, batch: torch.Tensor, target: torch.Tensor) -> float:
 def run_variant(name: str, options: dict, args, sampler: CropSampler, device: torch.device) -> tuple[float, float]:
     torch.manual_seed(0)
     model = DCN(kernels=(4, 8, 16), width=args.width).to(device)
-    if options["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    forward = torch.compile(model) if options["compile"] else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if options["bf16"] else nullcontext()
-
-    def step() -> torch.Tensor:
-        images, targets = sampler.sample()
-        if options["channels_last"]:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            loss, _ = dcn_loss(forward(images), targets, 0.5)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+    step = training_step(model, sampler, **options)
 
     for _ in range(args.warmup):
         step()
@@ -93,22 +72,13 @@ def run_variant(name: str, options: dict, args, sampler: CropSampler, device: to
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
+    add_step_arguments(parser)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
 
-    images, labels = make_synthetic(slices=max(4, args.batch), size=args.size, seed=0)
-    sampler = CropSampler(
-        torch.from_numpy(images / 255.0).float().to(device), torch.from_numpy(labels == 255).to(device),
-        crop=args.size, batch_size=args.batch, generator=torch.Generator(device=device).manual_seed(0),
-    )
+    sampler = resident_sampler(args.size, args.batch, device)
     model = DCN(kernels=(4, 8, 16), width=args.width).to(device)
     flops_per_image = step_flops(model, *sampler.sample()) / args.batch
     peak = matmul_rate(device)

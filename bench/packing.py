@@ -17,11 +17,9 @@ import multiprocessing as mp
 import time
 
 import torch
+from common import add_step_arguments, resident_sampler, synchronize, training_step
 
-from dcn_ray.data import CropSampler
-from dcn_ray.loss import dcn_loss
 from dcn_ray.model import DCN
-from dcn_ray.synth import make_synthetic
 
 TABLE1_KERNELS = [(4, 8, 16), (4, 8, 10), (2, 8, 20), (6, 8, 16)]
 
@@ -30,37 +28,19 @@ def worker(rank: int, args, barrier, results) -> None:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads() // args.packed))
-    images, labels = make_synthetic(slices=max(4, args.batch), size=args.size, seed=rank)
-    sampler = CropSampler(
-        torch.from_numpy(images / 255.0).float().to(device), torch.from_numpy(labels == 255).to(device),
-        crop=args.size, batch_size=args.batch, generator=torch.Generator(device=device).manual_seed(rank),
-    )
+    sampler = resident_sampler(args.size, args.batch, device, seed=rank)
     model = DCN(kernels=TABLE1_KERNELS[rank % len(TABLE1_KERNELS)], width=args.width).to(device)
     cuda = device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    def step() -> None:
-        x, y = sampler.sample()
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False):
-            loss, _ = dcn_loss(model(x), y, 0.5)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    step = training_step(model, sampler, bf16=cuda, channels_last=cuda, compile=False)  # the training default
 
     for _ in range(args.warmup):
         step()
-    if cuda:
-        torch.cuda.synchronize(device)
+    synchronize(device)
     barrier.wait()
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
-    if cuda:
-        torch.cuda.synchronize(device)
+    synchronize(device)
     results.put(args.steps * args.batch / (time.perf_counter() - start))
 
 
@@ -79,12 +59,7 @@ def measure(args, packed: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
+    add_step_arguments(parser)
     parser.add_argument("--packings", default="1,2,4")
     args = parser.parse_args()
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU"

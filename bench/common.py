@@ -1,0 +1,61 @@
+"""What the GPU benchmarks share: their arguments, the resident synthetic data, one training step."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+
+from dcn_ray.data import CropSampler
+from dcn_ray.loss import dcn_loss
+from dcn_ray.model import DCN
+from dcn_ray.synth import make_synthetic
+
+
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device, --size, --width, --batch, --steps, --warmup (defaults: the full DCN on a GPU)."""
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+
+
+def resident_sampler(size: int, batch: int, device: torch.device, seed: int = 0) -> CropSampler:
+    """Whole-slice crops of a synthetic stack that lives on ``device`` (no host copies per step)."""
+    images, labels = make_synthetic(slices=max(4, batch), size=size, seed=seed)
+    return CropSampler(
+        torch.from_numpy(images / 255.0).float().to(device), torch.from_numpy(labels == 255).to(device),
+        crop=size, batch_size=batch, generator=torch.Generator(device=device).manual_seed(seed),
+    )
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def training_step(model: DCN, sampler: CropSampler, *, bf16: bool, channels_last: bool, compile: bool) -> Callable[[], torch.Tensor]:
+    """One Adam step of the DCN on a fresh batch, as dcn_ray.train runs it; returns the loss."""
+    device = next(model.parameters()).device
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    forward = torch.compile(model) if compile else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    def step() -> torch.Tensor:
+        images, targets = sampler.sample()
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            loss, _ = dcn_loss(forward(images), targets, 0.5)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
