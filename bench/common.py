@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from contextlib import nullcontext
-
 import torch
 
 from dcn_ray.data import CropSampler
-from dcn_ray.loss import dcn_loss
 from dcn_ray.model import DCN
 from dcn_ray.synth import make_synthetic
+from dcn_ray.train import StepOptions, make_train_step
 
 
 def add_step_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,23 +37,12 @@ def synchronize(device: torch.device) -> None:
 
 
 def training_step(model: DCN, sampler: CropSampler, *, bf16: bool, channels_last: bool, compile: bool) -> Callable[[], torch.Tensor]:
-    """One Adam step of the DCN on a fresh batch, as dcn_ray.train runs it; returns the loss."""
-    device = next(model.parameters()).device
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    """One Adam step on a fresh batch through dcn_ray.train's own step; returns the loss."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    forward = torch.compile(model) if compile else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    step = make_train_step(model, optimizer, StepOptions(bf16=bf16, channels_last=channels_last, compile=compile))
 
-    def step() -> torch.Tensor:
+    def sampled_step() -> torch.Tensor:
         images, targets = sampler.sample()
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            loss, _ = dcn_loss(forward(images), targets, 0.5)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+        return step(images, targets, 0.5)
 
-    return step
+    return sampled_step

@@ -1,5 +1,7 @@
 """The DCN training step on one GPU: fp32, bf16 autocast, channels_last, torch.compile, side by side.
 
+Each variant runs dcn_ray.train's own step (make_train_step with StepOptions); the training default
+is dcn_ray.train.default_step_options, to be set to the fastest correct variant found here.
 Data stays resident on the GPU (dcn_ray.data.CropSampler). For each variant it prints images/s and
 achieved TFLOP/s (forward + backward FLOPs counted by torch's FlopCounterMode), next to the GPU's
 bf16 matrix-product rate measured in the same run, and which variants stay numerically close to fp32

@@ -77,6 +77,8 @@ class TrainConfig:
     seed: int = 0
     #: torch intra-op threads in a trial (None: torch's default).
     threads: int | None = None
+    #: torch.compile the model (GPU runs; see bench/gpu_train.py).
+    compile: bool = False
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,44 @@ class TrainResult:
     history: tuple[dict[str, float], ...]
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """How a training step runs on its device (bench/gpu_train.py compares the variants)."""
+
+    bf16: bool = False  # bf16 autocast
+    channels_last: bool = False  # NHWC memory format for model and batch
+    compile: bool = False  # torch.compile the model
+
+
+def default_step_options(device: torch.device, *, compile: bool = False) -> StepOptions:
+    """bf16 autocast and channels_last on CUDA; plain fp32 on CPU (CPU bf16 is slower on most hosts)."""
+    cuda = device.type == "cuda"
+    return StepOptions(bf16=cuda, channels_last=cuda, compile=compile)
+
+
+def make_train_step(model: DCN, optimizer: torch.optim.Optimizer, options: StepOptions) -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]:
+    """``step(images, targets, aux) -> loss``: one optimizer step; the loss stays on the device.
+
+    With ``options.channels_last`` the model is converted in place here.
+    """
+    device = next(model.parameters()).device
+    if options.channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if options.compile else model
+
+    def step(images: torch.Tensor, targets: torch.Tensor, aux: float) -> torch.Tensor:
+        if options.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, options.bf16):
+            loss, _ = dcn_loss(forward(images), targets, aux)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
 def select_device(name: str | None = None) -> torch.device:
     """``cuda`` when a GPU is visible (or asked for), else ``cpu``."""
     if name:
@@ -63,7 +101,7 @@ def evaluate(model: DCN, images: torch.Tensor, masks: np.ndarray) -> dict[str, f
     predictions = np.empty(masks.shape, dtype=bool)
     was_training = model.training
     model.eval()
-    with torch.no_grad(), _autocast(images.device):
+    with torch.no_grad(), _autocast(images.device, images.device.type == "cuda"):
         for index in range(images.shape[0]):
             output = pad_forward(model, images[index][None, None])
             predictions[index] = (output.fused[0].argmax(0) == 1).cpu().numpy()
@@ -91,8 +129,6 @@ def train(
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     model = build_model(job, kernels).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
     optimizer = _optimizer(job, model)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     train_images = torch.from_numpy(dataset.train_images).to(device)
@@ -117,21 +153,14 @@ def train(
             return _result(best, step, history)
 
     model.train()
+    train_step = make_train_step(model, optimizer, default_step_options(device, compile=settings.compile))
     loss_sum = torch.zeros((), device=device)
     losses_since_eval = 0
     elapsed = history[-1].get("elapsed_s", 0.0) if history else 0.0
     started = loop_started = time.perf_counter()
     while step < settings.steps:
         images, targets = sampler.sample()
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with _autocast(device):
-            output = model(images)
-        loss, _ = dcn_loss(output, targets, aux_weight(step, settings.steps, start=settings.aux_start, end=settings.aux_end))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach()
+        loss_sum += train_step(images, targets, aux_weight(step, settings.steps, start=settings.aux_start, end=settings.aux_end))
         losses_since_eval += 1
         step += 1
         if step % settings.eval_every and step < settings.steps:
@@ -216,8 +245,5 @@ def _optimizer(job: JobConfig, model: DCN) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA; nothing on CPU (CPU bf16 is slower than fp32 on most hosts)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()

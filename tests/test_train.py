@@ -93,3 +93,22 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
         checkpoint.load(foreign)
     with pytest.raises(InputError, match="model file not found"):
         checkpoint.load(tmp_path / "missing.pt")
+
+
+def test_step_options_default_per_device_and_channels_last_trains_the_same():
+    from dcn_ray.model import DCN
+    from dcn_ray.train import StepOptions, default_step_options, make_train_step
+
+    assert default_step_options(torch.device("cpu")) == StepOptions()
+    assert default_step_options(torch.device("cuda"), compile=True) == StepOptions(bf16=True, channels_last=True, compile=True)
+
+    images = torch.rand(2, 1, 32, 32)
+    targets = (images[:, 0] > 0.5).long()
+    losses = {}
+    for name, options in {"plain": StepOptions(), "channels_last": StepOptions(channels_last=True)}.items():
+        torch.manual_seed(0)
+        model = DCN(width=4)
+        step = make_train_step(model, torch.optim.Adam(model.parameters(), lr=1e-3), options)
+        losses[name] = [float(step(images, targets, 0.5)) for _ in range(3)]
+    assert losses["channels_last"] == pytest.approx(losses["plain"], rel=1e-4)
+    assert losses["plain"][-1] < losses["plain"][0]
