@@ -146,6 +146,17 @@ def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
     Data paths written in the job file are relative to the job file; paths given
     with ``--set`` are relative to the working directory.
     """
+    raw = read_job_file(path)
+    for override in overrides:
+        key, value = parse_override(override)
+        if key in ("data.images", "data.labels") and isinstance(value, str):
+            value = str(Path(value).resolve())
+        _set_key(raw, key, value)
+    return job_from_dict(raw)
+
+
+def read_job_file(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a YAML job file, its relative data paths made absolute (not validated)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"job file not found: {path}")
@@ -157,13 +168,7 @@ def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise InputError(f"job file {path} must hold a mapping of keys, got {type(raw).__name__}")
-    raw = _resolve_paths(raw, path.parent)
-    for override in overrides:
-        key, value = parse_override(override)
-        if key in ("data.images", "data.labels") and isinstance(value, str):
-            value = str(Path(value).resolve())
-        _set_key(raw, key, value)
-    return job_from_dict(raw)
+    return _resolve_paths(raw, path.parent)
 
 
 def job_from_dict(raw: Mapping[str, Any]) -> JobConfig:

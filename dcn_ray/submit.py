@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 import dcn_ray
+from dcn_ray.config import load_job, read_job_file
 from dcn_ray.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -65,18 +66,7 @@ def write_job_copy(job_file: Path, folder: Path) -> Path:
     are resolved here. The cluster must see the data at that path (or override it with
     ``--set data.images=PATH``, a path on the cluster).
     """
-    try:
-        raw = yaml.safe_load(job_file.read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise InputError(f"job file {job_file} is not readable YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"job file {job_file} must hold a mapping of keys")
-    data = raw.get("data")
-    if isinstance(data, dict):
-        for key in ("images", "labels"):
-            value = data.get(key)
-            if isinstance(value, str) and value and not Path(value).is_absolute():
-                data[key] = str((job_file.parent / value).resolve())
+    raw = read_job_file(job_file)
     copy = folder / job_file.name
     copy.write_text(yaml.safe_dump(raw, sort_keys=False))
     return copy
@@ -92,8 +82,6 @@ def submit_sweep(
     tracking_uri: str | None = None,
 ) -> str:
     """Check ``job_file`` here, submit its sweep to the cluster at ``address``; return the job's id."""
-    from dcn_ray.config import load_job
-
     job_file = Path(job_file)
     load_job(job_file, overrides)  # bad keys and values fail here, not after queueing on the cluster
     entrypoint = sweep_entrypoint(job_file.name, overrides=overrides, name=name, storage=storage, tracking_uri=tracking_uri)
