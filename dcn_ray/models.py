@@ -12,7 +12,6 @@ A MODEL source is one of:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -112,7 +111,7 @@ def best_trial(name: str, storage: str | None = None) -> BestTrial:
     if not rows:
         raise InputError(f"sweep '{name}' in {store.root} has no finished trial")
     best = max(rows, key=lambda row: row["best_val_iou"])  # the first of equals, in table order
-    record = json.loads(store.read_text(name, SWEEP_FILE))
+    record = store.read_record(name)
     return BestTrial(name, (best["k1"], best["k2"], best["k3"]), best["best_val_iou"], best["trial_id"],
                      best["mlflow_run_id"], record["tracking_uri"])
 

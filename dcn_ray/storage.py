@@ -48,6 +48,10 @@ class Storage:
         with filesystem.open_input_stream(path) as stream:
             return stream.read().decode()
 
+    def read_record(self, name: str) -> dict:
+        """The sweep's record (SWEEP_FILE): its settings and MLflow ids, as `dcn-ray sweep` wrote them."""
+        return json.loads(self.read_text(name, SWEEP_FILE))
+
     def write_text(self, name: str, file: str, text: str) -> None:
         """Write whole or not at all (a temporary name, then a move, where the filesystem allows it)."""
         filesystem, path = self._resolve(f"{self.folder(name)}/{file}")

@@ -250,7 +250,7 @@ def resume_sweep(name: str, *, storage: str | None, address: str | None, write: 
     store = Storage.for_sweeps(storage)
     if not store.exists(name, SWEEP_FILE):
         raise InputError(f"no sweep '{name}' in {store.root} (nothing to resume)")
-    record = SweepRecord(**json.loads(store.read_text(name, SWEEP_FILE)))
+    record = SweepRecord(**store.read_record(name))
     job = job_from_dict(record.job)
     tracking.check_reachable(record.tracking_uri)
     with ray_session(address):
@@ -309,6 +309,6 @@ def load_report(name: str, storage: str | None) -> str:
     store = Storage.for_sweeps(storage)
     if not store.exists(name, report.TABLE_FILE):
         raise InputError(f"no results for sweep '{name}' in {store.root}")
-    record = SweepRecord(**json.loads(store.read_text(name, SWEEP_FILE)))
+    record = SweepRecord(**store.read_record(name))
     reference = tuple(job_from_dict(record.job).sweep.followup.reference)
     return report.markdown(store.read_results(name), reference)
