@@ -57,6 +57,21 @@ def small_job(images: Path, labels: Path, **sections) -> dict:
     return job
 
 
+def sweep_on_local_ray(raw: dict, storage: Path):
+    """Run the job ``raw`` as a sweep on a fresh local Ray (2 CPUs), shut down afterwards."""
+    import ray
+    import yaml
+
+    from dcn_ray.config import job_from_dict
+    from dcn_ray.sweep import run_sweep
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        return run_sweep(job_from_dict(raw), job_text=yaml.safe_dump(raw), storage=str(storage), address=None, write=lambda line: None)
+    finally:
+        ray.shutdown()
+
+
 class MlflowServer:
     """A real `mlflow server` on 127.0.0.1 with a SQLite store and proxied artifacts."""
 

@@ -15,7 +15,7 @@ import ray
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import MlflowServer, small_job
+from conftest import MlflowServer, small_job, sweep_on_local_ray
 from dcn_ray.config import job_from_dict
 from dcn_ray.sweep import run_sweep
 from dcn_ray.tracking import TrialRun, prepare_experiment, start_parent_run
@@ -69,12 +69,8 @@ def test_sigkilled_trial_retries_from_its_checkpoint_in_the_same_run(synthetic_s
         os.kill(killed["pid"], signal.SIGKILL)
 
     killer = threading.Thread(target=kill_mid_training, daemon=True)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    try:
-        killer.start()
-        outcome = run_sweep(job_from_dict(raw), job_text=yaml.safe_dump(raw), storage=str(tmp_path), address=None, write=lambda line: None)
-    finally:
-        ray.shutdown()
+    killer.start()  # it waits for the trial to report through MLflow
+    outcome = sweep_on_local_ray(raw, tmp_path)
     killer.join(timeout=5)
 
     assert "pid" in killed, "the trial was never killed"

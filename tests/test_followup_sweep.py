@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import ray
-import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import small_job
-from dcn_ray.config import job_from_dict
+from conftest import small_job, sweep_on_local_ray
 from dcn_ray.followup import plan_followups
 from dcn_ray.kernels import BRANCHES
-from dcn_ray.sweep import run_sweep
 
 pytestmark = pytest.mark.integration
 
@@ -24,11 +20,7 @@ def test_followups_and_controls_are_derived_from_the_reference(synthetic_stack, 
         sweep={"kernels": grid, "resources": {"gpu": 0, "cpu": 1}, "followup": {"enabled": True, "steps": 2, "controls": 2, "seed": 3}},
         tracking={"uri": mlflow_server.uri, "experiment": "guided"},
     )
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    try:
-        outcome = run_sweep(job_from_dict(raw), job_text=yaml.safe_dump(raw), storage=str(tmp_path), address=None, write=lambda line: None)
-    finally:
-        ray.shutdown()
+    outcome = sweep_on_local_ray(raw, tmp_path)
 
     client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name("guided").experiment_id

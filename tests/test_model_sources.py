@@ -6,20 +6,16 @@ import shutil
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import tifffile
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import small_job
+from conftest import small_job, sweep_on_local_ray
 from dcn_ray import checkpoint
 from dcn_ray.cli import cli, main
 from dcn_ray.cli_predict import predict, register
-from dcn_ray.config import job_from_dict
 from dcn_ray.errors import InputError
 from dcn_ray.models import best_trial, latest_checkpoint, load_source, register_best
-from dcn_ray.sweep import run_sweep
 
 pytestmark = pytest.mark.integration
 
@@ -37,11 +33,7 @@ def sweep(synthetic_stack, mlflow_server, tmp_path_factory) -> dict:
         sweep={"kernels": [[4, 8, 16], [2, 8, 16]], "resources": {"gpu": 0, "cpu": 1}},
         tracking={"uri": mlflow_server.uri, "experiment": "pick"},
     )
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    try:
-        outcome = run_sweep(job_from_dict(raw), job_text=yaml.safe_dump(raw), storage=str(storage), address=None, write=lambda line: None)
-    finally:
-        ray.shutdown()
+    outcome = sweep_on_local_ray(raw, storage)
     assert outcome.errored == 0
     rows = pq.read_table(storage / "pick" / "results.parquet").to_pylist()
     best = max(rows, key=lambda row: row["best_val_iou"])
