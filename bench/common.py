@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+
 import torch
 
-from dcn_ray.data import CropSampler
-from dcn_ray.model import DCN
-from dcn_ray.synth import make_synthetic
-from dcn_ray.train import StepOptions, make_train_step
+from dcn_ray.core.dcn import DCN
+from dcn_ray.core.sampler import CropSampler
+from dcn_ray.core.train import StepOptions, make_train_step
+from dcn_ray.io.synth import make_synthetic
 
 
 def add_step_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +38,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def training_step(model: DCN, sampler: CropSampler, *, bf16: bool, channels_last: bool, compile: bool) -> Callable[[], torch.Tensor]:
-    """One Adam step on a fresh batch through dcn_ray.train's own step; returns the loss."""
+    """One Adam step on a fresh batch through dcn_ray.core.train's own step; returns the loss."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     step = make_train_step(model, optimizer, StepOptions(bf16=bf16, channels_last=channels_last, compile=compile))
 

@@ -1,8 +1,8 @@
 """The DCN training step on one GPU: fp32, bf16 autocast, channels_last, torch.compile, side by side.
 
-Each variant runs dcn_ray.train's own step (make_train_step with StepOptions); the training default
-is dcn_ray.train.default_step_options, to be set to the fastest correct variant found here.
-Data stays resident on the GPU (dcn_ray.data.CropSampler). For each variant it prints images/s and
+Each variant runs dcn_ray.core.train's own step (make_train_step with StepOptions); the training default
+is dcn_ray.core.train.default_step_options, to be set to the fastest correct variant found here.
+Data stays resident on the GPU (dcn_ray.core.sampler.CropSampler). For each variant it prints images/s and
 achieved TFLOP/s (forward + backward FLOPs counted by torch's FlopCounterMode), next to the GPU's
 bf16 matrix-product rate measured in the same run, and which variants stay numerically close to fp32
 (loss after the same steps). The last line names the fastest correct variant.
@@ -20,9 +20,9 @@ import torch
 from common import add_step_arguments, resident_sampler, synchronize, training_step
 from torch.utils.flop_counter import FlopCounterMode
 
-from dcn_ray.data import CropSampler
-from dcn_ray.loss import dcn_loss
-from dcn_ray.model import DCN
+from dcn_ray.core.dcn import DCN
+from dcn_ray.core.loss import dcn_loss
+from dcn_ray.core.sampler import CropSampler
 
 VARIANTS = {
     "fp32": dict(bf16=False, channels_last=False, compile=False),

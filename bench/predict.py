@@ -30,8 +30,8 @@ WIDTH = 4
 def make_model(path: Path) -> None:
     import torch
 
-    from dcn_ray import checkpoint
-    from dcn_ray.model import DCN
+    from dcn_ray.core import checkpoint
+    from dcn_ray.core.dcn import DCN
 
     torch.manual_seed(0)
     model = DCN(kernels=(4, 8, 16), width=WIDTH).eval()
@@ -41,7 +41,7 @@ def make_model(path: Path) -> None:
 
 
 def make_stack(path: Path, depth: int) -> None:
-    from dcn_ray.stacks import StackWriter
+    from dcn_ray.io.tiff import StackWriter
 
     rng = np.random.default_rng(depth)
     with StackWriter(path) as writer:
@@ -53,8 +53,8 @@ def run_case(model: Path, stack: Path, output: Path) -> dict:
     """In the child process: predict, then report the time and this process's peak RSS."""
     import torch
 
-    from dcn_ray.models import load_source
-    from dcn_ray.predict import PredictOptions, predict_stack
+    from dcn_ray.predict.stack import PredictOptions, predict_stack
+    from dcn_ray.track.sources import load_source
 
     torch.set_num_threads(2)
     result = predict_stack(load_source(str(model)), stack, output, PredictOptions(tta=False, device="cpu"))

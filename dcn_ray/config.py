@@ -17,10 +17,10 @@ from typing import Any, Union
 
 import yaml
 
+from dcn_ray.core.kernels import REFERENCE, Kernels, kernel_problem
 from dcn_ray.errors import InputError
-from dcn_ray.kernels import REFERENCE, Kernels, kernel_problem
 
-Split = Union[str, tuple[int, ...]]
+Split = str | tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class DataConfig:
     images: str = ""
     labels: str = ""
     #: Label value of the foreground (ISBI: 255 = cell interior), or "color" for RGB labels.
-    foreground: Union[int, str] = 255
+    foreground: int | str = 255
     #: Region of interest (y0, x0, height, width), or None for the whole slice.
     roi: tuple[int, ...] | None = None
     split: SplitConfig = field(default_factory=SplitConfig)

@@ -38,7 +38,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def synthetic_stack(tmp_path_factory) -> tuple[Path, Path]:
     """A small learnable EM-like stack: 12 slices of 128 x 128."""
-    from dcn_ray.synth import write_synthetic
+    from dcn_ray.io.synth import write_synthetic
 
     return write_synthetic(tmp_path_factory.mktemp("synthetic"), slices=12, size=128, seed=1)
 
@@ -63,7 +63,7 @@ def sweep_on_local_ray(raw: dict, storage: Path):
     import yaml
 
     from dcn_ray.config import job_from_dict
-    from dcn_ray.sweep import run_sweep
+    from dcn_ray.tune.sweep import run_sweep
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
@@ -81,7 +81,7 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "MlflowServer":
+    def start(self) -> MlflowServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),

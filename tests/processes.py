@@ -67,7 +67,7 @@ class SweepDriver:
         self.folder = folder
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> "SweepDriver":
+    def __enter__(self) -> SweepDriver:
         # Output to files, not pipes: a pipe nobody reads until the end could fill and block the driver.
         with open(self.folder / "driver.out", "wb") as out, open(self.folder / "driver.err", "wb") as err:
             self.process = subprocess.Popen(self.command, cwd=self.folder, stdout=out, stderr=err, start_new_session=True)

@@ -17,9 +17,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
 
 SCRIPT = Path(__file__).resolve().parent.parent / "cluster" / "local-cluster.sh"
 
@@ -53,7 +53,7 @@ class LocalRayCluster:
         assert self.folder is not None, "the cluster is not started"
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.folder / "auth_token")}
 
-    def __enter__(self) -> "LocalRayCluster":
+    def __enter__(self) -> LocalRayCluster:
         # Short, in /tmp: Ray's unix socket paths (under the folder) must stay below ~107 bytes.
         self.folder = Path(tempfile.mkdtemp(prefix="dcnray-", dir="/tmp"))
         try:

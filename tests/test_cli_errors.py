@@ -19,12 +19,12 @@ import pytest
 import tifffile
 import torch
 import yaml
-
 from conftest import REPO, free_port, small_job
-from dcn_ray import checkpoint
+
 from dcn_ray.cli import main
-from dcn_ray.model import DCN
-from dcn_ray.sweep import SWEEP_FILE
+from dcn_ray.core import checkpoint
+from dcn_ray.core.dcn import DCN
+from dcn_ray.tune.sweep import SWEEP_FILE
 
 RNG = np.random.default_rng(3)
 

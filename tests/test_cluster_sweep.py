@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
-
 from conftest import small_job
+from mlflow.tracking import MlflowClient
 from ray_processes import LocalRayCluster
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dcn_ray.data import (
+from dcn_ray.core.sampler import (
     DIHEDRAL,
     INVERSE,
     TRANSFORM_SETS,

@@ -1,4 +1,4 @@
-"""Tests of dcn_ray.dataset: splits, ROI and load_dataset on real TIFF files in tmp_path."""
+"""Tests of dcn_ray.core.dataset: splits, ROI and load_dataset on real TIFF files in tmp_path."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from dcn_ray import dataset
-from dcn_ray.errors import InputError
 from tiffs import ISBI, membrane_labels, random_stack, write_tif
+
+from dcn_ray.core import dataset
+from dcn_ray.errors import InputError
+
 
 def _raises(match: str):
     """pytest.raises(InputError) whose message matches ``match``."""
@@ -63,7 +64,7 @@ def _pair(tmp_path: Path, images: np.ndarray, labels: np.ndarray) -> tuple[Path,
 def test_load_dataset_splits_and_roi(tmp_path: Path, caplog) -> None:
     images, labels = random_stack(6), membrane_labels(6)
     image_path, label_path = _pair(tmp_path, images, labels)
-    with caplog.at_level(logging.WARNING, logger="dcn_ray.dataset"):
+    with caplog.at_level(logging.WARNING, logger="dcn_ray.core.dataset"):
         data = dataset.load_dataset(image_path, label_path, foreground=255, train="0:4",
                                    val=[4, 5], roi=(1, 2, 12, 20))
     assert not caplog.records
@@ -77,7 +78,7 @@ def test_load_dataset_splits_and_roi(tmp_path: Path, caplog) -> None:
 
 def test_load_dataset_warns_on_overlap(tmp_path: Path, caplog) -> None:
     image_path, label_path = _pair(tmp_path, random_stack(6), membrane_labels(6))
-    with caplog.at_level(logging.WARNING, logger="dcn_ray.dataset"):
+    with caplog.at_level(logging.WARNING, logger="dcn_ray.core.dataset"):
         data = dataset.load_dataset(image_path, label_path, foreground=255, train=":5",
                                    val="4:", test="-1:")
     assert data.test_slices == [5] and data.test_images.shape == (1, 24, 32)

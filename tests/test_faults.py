@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
-from mlflow.tracking import MlflowClient
-
 from conftest import MlflowServer, small_job, sweep_on_local_ray
-from dcn_ray.config import job_from_dict
-from dcn_ray.sweep import run_sweep
-from dcn_ray.tracking import TrialRun, prepare_experiment, start_parent_run
+from mlflow.tracking import MlflowClient
 from processes import SweepDriver
+
+from dcn_ray.config import job_from_dict
+from dcn_ray.track.runs import TrialRun, prepare_experiment, start_parent_run
+from dcn_ray.tune.sweep import run_sweep
 
 pytestmark = pytest.mark.integration
 

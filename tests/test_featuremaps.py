@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcn_ray.featuremaps import (
+from dcn_ray.core.branches import (
     CAPTION_HEIGHT,
     PANEL_GAP,
     BranchScore,

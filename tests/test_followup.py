@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from dcn_ray.followup import (
+from dcn_ray.core.kernels import REFERENCE, kernel_problem
+from dcn_ray.tune.planner import (
     FollowupPlan,
     control_candidates,
     plan_followups,
     propose_controls,
     propose_guided,
 )
-from dcn_ray.kernels import REFERENCE, kernel_problem
 
 
 def changed_branches(kernels: tuple[int, int, int], reference: tuple[int, int, int]) -> list[int]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import small_job, sweep_on_local_ray
 from mlflow.tracking import MlflowClient
 
-from conftest import small_job, sweep_on_local_ray
-from dcn_ray.followup import plan_followups
-from dcn_ray.kernels import BRANCHES
+from dcn_ray.core.kernels import BRANCHES
+from dcn_ray.tune.planner import plan_followups
 
 pytestmark = pytest.mark.integration
 

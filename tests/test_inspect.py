@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import small_job
 from PIL import Image
 
-from conftest import small_job
-from dcn_ray import checkpoint
 from dcn_ray.cli import main
 from dcn_ray.config import job_from_dict
-from dcn_ray.followup import plan_followups
-from dcn_ray.kernels import BRANCHES, kernel_problem
-from dcn_ray.train import train
-from dcn_ray.trial import load_job_dataset
+from dcn_ray.core import checkpoint
+from dcn_ray.core.kernels import BRANCHES, kernel_problem
+from dcn_ray.core.train import train
+from dcn_ray.tune.planner import plan_followups
+from dcn_ray.tune.trial import load_job_dataset
 
 pytestmark = pytest.mark.usefixtures("two_threads")
 

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.integration
 # A fresh process: the choice must be made before Ray is imported, as the CLI does.
 PROBE = """
 import json, subprocess
-from dcn_ray.loopback import keep_local_ray_on_loopback
+from dcn_ray.runtime import keep_local_ray_on_loopback
 keep_local_ray_on_loopback(None)
-from dcn_ray.sweep import ray_session
+from dcn_ray.tune.sweep import ray_session
 import ray
 with ray_session(None):
     address = ray.nodes()[0]["NodeManagerAddress"]

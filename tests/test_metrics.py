@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dcn_ray.metrics import dice, iou, pixel_error, rand_info_scores, segmentation_scores
+from dcn_ray.core.metrics import dice, iou, pixel_error, rand_info_scores, segmentation_scores
 
 
 def row(text: str) -> np.ndarray:

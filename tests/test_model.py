@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcn_ray.model import DCN, DCNOutput, pad_forward
+from dcn_ray.core.dcn import DCN, DCNOutput, pad_forward
 
 TABLE1 = [
     (4, 8, 16), (4, 8, 10), (4, 8, 12), (4, 8, 14), (2, 8, 16), (6, 8, 16), (4, 6, 16),

@@ -8,14 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 import tifffile
 import torch
+from conftest import small_job, sweep_on_local_ray
 from mlflow.tracking import MlflowClient
 
-from conftest import small_job, sweep_on_local_ray
-from dcn_ray import checkpoint
 from dcn_ray.cli import cli, main
-from dcn_ray.cli_predict import predict, register
+from dcn_ray.cli.predict import predict, register
+from dcn_ray.core import checkpoint
 from dcn_ray.errors import InputError
-from dcn_ray.models import best_trial, latest_checkpoint, load_source, register_best
+from dcn_ray.track.sources import best_trial, latest_checkpoint, load_source, register_best
 
 pytestmark = pytest.mark.integration
 

@@ -9,24 +9,28 @@ import pytest
 import ray
 import tifffile
 import torch
-
 from conftest import small_job
-from dcn_ray import __version__, checkpoint
+
+from dcn_ray import __version__
 from dcn_ray.cli import main
 from dcn_ray.config import job_from_dict
+from dcn_ray.core import checkpoint
+from dcn_ray.core.dcn import DCN, pad_forward
+from dcn_ray.core.metrics import segmentation_scores
+from dcn_ray.core.train import train
 from dcn_ray.errors import InputError
-from dcn_ray.metrics import segmentation_scores
-from dcn_ray.model import DCN, pad_forward
-from dcn_ray.models import load_source
-from dcn_ray.parallel_predict import SliceWorker, ordered_map
-from dcn_ray.predict import (
-    PredictOptions, SlicePredictor, edge_weights, predict_stack, receptive_radius, tile_starts,
+from dcn_ray.io.tiff import read_metadata
+from dcn_ray.predict.stack import (
+    PredictOptions,
+    SlicePredictor,
+    edge_weights,
+    predict_stack,
+    receptive_radius,
+    tile_starts,
 )
-from dcn_ray.stacks import read_metadata
-from dcn_ray.train import train
-from dcn_ray.trial import load_job_dataset
-
-
+from dcn_ray.predict.workers import SliceWorker, ordered_map
+from dcn_ray.track.sources import load_source
+from dcn_ray.tune.trial import load_job_dataset
 
 pytestmark = pytest.mark.usefixtures("two_threads")
 

@@ -1,4 +1,4 @@
-"""Tests of dcn_ray.stacks on real TIFF files written into tmp_path."""
+"""Tests of dcn_ray.io.tiff on real TIFF files written into tmp_path."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
-from dcn_ray import stacks
-from dcn_ray.errors import InputError
 from tiffs import ISBI, RNG, membrane_labels, random_stack, write_tif
+
+from dcn_ray.errors import InputError
+from dcn_ray.io import tiff as stacks
+
 
 def _raises(match: str, path: Path | None = None):
     """pytest.raises(InputError) whose message names the problem and, if given, the file."""

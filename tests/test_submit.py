@@ -1,4 +1,4 @@
-"""dcn_ray.submit and the local multi-node cluster (cluster/local-cluster.sh via tests/ray_processes.py)."""
+"""dcn_ray.tune.submit and the local multi-node cluster (cluster/local-cluster.sh via tests/ray_processes.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from dcn_ray import submit
-from dcn_ray.errors import InputError
 from ray_processes import LocalRayCluster, cluster_auth, ray_auth
+
+from dcn_ray.errors import InputError
+from dcn_ray.tune import submit
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
+from conftest import small_job
 from mlflow.tracking import MlflowClient
 
-from conftest import small_job
 from dcn_ray.cli import main
 from dcn_ray.config import job_from_dict
-from dcn_ray.sweep import run_sweep
+from dcn_ray.tune.sweep import run_sweep
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Tests of dcn_ray.synth: synthetic EM-like stacks."""
+"""Tests of dcn_ray.io.synth: synthetic EM-like stacks."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from dcn_ray import stacks
-from dcn_ray.dataset import load_dataset
-from dcn_ray.synth import make_synthetic, write_synthetic
+from dcn_ray.core.dataset import load_dataset
+from dcn_ray.io import tiff as stacks
+from dcn_ray.io.synth import make_synthetic, write_synthetic
 
 
 @pytest.fixture(scope="module")

@@ -5,15 +5,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import small_job
-from dcn_ray import checkpoint
-from dcn_ray.config import job_from_dict
-from dcn_ray.errors import InputError
-from dcn_ray.metrics import segmentation_scores
-from dcn_ray.train import build_model, evaluate, train
-from dcn_ray.trial import load_job_dataset
 
+from dcn_ray.config import job_from_dict
+from dcn_ray.core import checkpoint
+from dcn_ray.core.metrics import segmentation_scores
+from dcn_ray.core.train import build_model, evaluate, train
+from dcn_ray.errors import InputError
+from dcn_ray.tune.trial import load_job_dataset
 
 pytestmark = pytest.mark.usefixtures("two_threads")
 
@@ -96,8 +95,8 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
 
 
 def test_step_options_default_per_device_and_channels_last_trains_the_same():
-    from dcn_ray.model import DCN
-    from dcn_ray.train import StepOptions, default_step_options, make_train_step
+    from dcn_ray.core.dcn import DCN
+    from dcn_ray.core.train import StepOptions, default_step_options, make_train_step
 
     assert default_step_options(torch.device("cpu")) == StepOptions()
     assert default_step_options(torch.device("cuda"), compile=True) == StepOptions(bf16=True, channels_last=True, compile=True)

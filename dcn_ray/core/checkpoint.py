@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from dcn_ray.core.dcn import DCN
 from dcn_ray.errors import InputError
-from dcn_ray.model import DCN
 
 FORMAT = "dcn-ray-checkpoint/1"
 MODEL_FILE = "model.pt"

@@ -21,8 +21,8 @@ from PIL import Image, ImageDraw
 from scipy.special import expit
 from scipy.stats import rankdata
 
-from dcn_ray.kernels import BRANCHES
-from dcn_ray.metrics import iou
+from dcn_ray.core.kernels import BRANCHES
+from dcn_ray.core.metrics import iou
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Propose the next kernel configurations: the paper's method, automated (no Ray).
 
-After the reference run, the weak branch (see :func:`dcn_ray.featuremaps.weak_branch`)
+After the reference run, the weak branch (see :func:`dcn_ray.core.branches.weak_branch`)
 gets a smaller deconvolution kernel, step by step (the paper's "proposed" rows of
 Table 1: (4, 8, 16) with F3 weak -> (4, 8, 14), (4, 8, 12), (4, 8, 10)). Random
 one-branch changes are the control the guided choice is compared against.
@@ -12,7 +12,7 @@ import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from dcn_ray.kernels import BRANCHES, STRIDES, Kernels, kernel_problem
+from dcn_ray.core.kernels import BRANCHES, STRIDES, Kernels, kernel_problem
 
 
 def _reference(reference: Sequence[int]) -> Kernels:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dcn_ray.analysis import analyse
-from dcn_ray.dataset import parse_split
+from dcn_ray.core.analysis import analyse
+from dcn_ray.core.dataset import parse_split
+from dcn_ray.core.kernels import kernels_text
 from dcn_ray.errors import InputError
-from dcn_ray.followup import plan_followups
-from dcn_ray.kernels import kernels_text
-from dcn_ray.models import load_source
-from dcn_ray.stacks import read_labels, read_stack
+from dcn_ray.io.tiff import read_labels, read_stack
+from dcn_ray.track.sources import load_source
+from dcn_ray.tune.planner import plan_followups
 
 SCORES_FILE = "branch_scores.json"
 

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dcn_ray import checkpoint, tracking
+from dcn_ray.core import checkpoint
+from dcn_ray.core.dcn import DCN
+from dcn_ray.core.kernels import kernels_text
 from dcn_ray.errors import InputError
-from dcn_ray.kernels import kernels_text
-from dcn_ray.model import DCN
-from dcn_ray.report import TABLE_FILE
-from dcn_ray.storage import SWEEP_FILE, Storage
+from dcn_ray.track import runs as tracking
+from dcn_ray.track.report import TABLE_FILE
+from dcn_ray.track.storage import SWEEP_FILE, Storage
 
 log = logging.getLogger(__name__)
 

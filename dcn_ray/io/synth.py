@@ -19,7 +19,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 
-from dcn_ray import stacks
+from dcn_ray.io import tiff as stacks
 
 CELL_AREA = 750.0  # pixels per cell on average: about 80 % interior, as in ISBI 2012
 MEMBRANE_HALF_WIDTH = 1.5  # pixels from the cell border that are membrane (3 px bands)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dcn_ray import report
+from dcn_ray.track import report
 
 DEFAULT_ROOT = "dcn-ray-runs"
 #: The record of a sweep (its settings, MLflow ids) in its folder; what `resume` reads.
@@ -26,7 +26,7 @@ class Storage:
     root: str
 
     @classmethod
-    def for_sweeps(cls, storage: str | None) -> "Storage":
+    def for_sweeps(cls, storage: str | None) -> Storage:
         """``storage`` as given (a URI stays a URI), else ``./dcn-ray-runs``, made absolute."""
         if storage and "://" in storage:
             return cls(storage.rstrip("/"))

@@ -2,7 +2,7 @@
 
 Tiling. The DCN is translation-equivariant for shifts by multiples of 8 (three 2x2 poolings),
 and an output pixel depends only on the input within :func:`receptive_radius` pixels (54 for
-kernels 4-8-16). A slice is padded to multiples of 8 as :func:`~dcn_ray.model.pad_forward`
+kernels 4-8-16). A slice is padded to multiples of 8 as :func:`~dcn_ray.core.dcn.pad_forward`
 pads it, then cut into tiles whose starts are multiples of 8 and which share ``overlap``
 pixels with their neighbours. Each tile's foreground probability is weighted by a window that
 is zero within ``margin = min(radius, overlap // 2)`` pixels of the tile's inner borders (those
@@ -32,13 +32,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dcn_ray import __version__
-from dcn_ray.data import apply_transform, invert_transform
+from dcn_ray.core.dcn import DCN, MULTIPLE
+from dcn_ray.core.kernels import STRIDES, kernels_text
+from dcn_ray.core.metrics import segmentation_scores
+from dcn_ray.core.sampler import apply_transform, invert_transform
 from dcn_ray.errors import InputError
-from dcn_ray.kernels import STRIDES, kernels_text
-from dcn_ray.metrics import segmentation_scores
-from dcn_ray.model import DCN, MULTIPLE
-from dcn_ray.models import LoadedModel
-from dcn_ray.stacks import StackWriter, iter_slices, read_labels, stack_shape
+from dcn_ray.io.tiff import StackWriter, iter_slices, read_labels, stack_shape
+from dcn_ray.track.sources import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def _mapper(loaded: LoadedModel, options: PredictOptions, workers: int | None,
             address: str | None) -> AbstractContextManager[SliceMapper]:
     if workers is None and address is None:
         return local_mapper(loaded.model, options)
-    from dcn_ray.parallel_predict import ray_mapper
+    from dcn_ray.predict.workers import ray_mapper
 
     return ray_mapper(loaded.payload, options, workers=workers, address=address)
 

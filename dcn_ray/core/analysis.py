@@ -8,9 +8,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcn_ray.featuremaps import BranchScore, branch_image, render_montage, render_overlay, save_png, score_branches, weak_branch
-from dcn_ray.kernels import BRANCHES
-from dcn_ray.model import DCN, pad_forward
+from dcn_ray.core.branches import (
+    BranchScore,
+    branch_image,
+    render_montage,
+    render_overlay,
+    save_png,
+    score_branches,
+    weak_branch,
+)
+from dcn_ray.core.dcn import DCN, pad_forward
+from dcn_ray.core.kernels import BRANCHES
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,13 @@ from typing import Any
 
 from ray import tune
 
-from dcn_ray import checkpoint, tracking
-from dcn_ray.analysis import analyse
 from dcn_ray.config import JobConfig
-from dcn_ray.dataset import Dataset, load_dataset
-from dcn_ray.kernels import kernels_text
-from dcn_ray.train import TrainResult, select_device, state_payload_of, train
+from dcn_ray.core import checkpoint
+from dcn_ray.core.analysis import analyse
+from dcn_ray.core.dataset import Dataset, load_dataset
+from dcn_ray.core.kernels import kernels_text
+from dcn_ray.core.train import TrainResult, select_device, state_payload_of, train
+from dcn_ray.track import runs as tracking
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from dcn_ray import report, tracking
 from dcn_ray.config import JobConfig, job_from_dict, kernels_of
+from dcn_ray.core.kernels import kernels_text
 from dcn_ray.errors import InputError
-from dcn_ray.kernels import kernels_text
-from dcn_ray.searcher import GridThenFollowups
-from dcn_ray.storage import SWEEP_FILE, Storage
-from dcn_ray.trial import SweepContext, load_job_dataset, run_trial
+from dcn_ray.track import report
+from dcn_ray.track import runs as tracking
+from dcn_ray.track.storage import SWEEP_FILE, Storage
+from dcn_ray.tune.searcher import GridThenFollowups
+from dcn_ray.tune.trial import SweepContext, load_job_dataset, run_trial
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def ensure_data(job: JobConfig) -> None:
     data = job.data
     if data.synthetic is None or (Path(data.images).exists() and Path(data.labels).exists()):
         return
-    from dcn_ray.synth import write_synthetic
+    from dcn_ray.io.synth import write_synthetic
 
     if Path(data.images).parent != Path(data.labels).parent or Path(data.images).name != "images.tif" or Path(data.labels).name != "labels.tif":
         raise InputError("data.synthetic needs data.images and data.labels to be images.tif and labels.tif in one folder")
@@ -180,7 +181,7 @@ def trial_dirname(trial) -> str:
 
 
 def _tuner(context: SweepContext, record: SweepRecord, storage: Storage, searcher, callbacks, *, restore: bool):
-    # dcn-ray shows its own concise progress (dcn_ray.progress) instead of Tune's tables.
+    # dcn-ray shows its own concise progress (dcn_ray.tune.progress) instead of Tune's tables.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from ray import tune

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dcn_ray.kernels import REFERENCE, STRIDES, check_kernels
+from dcn_ray.core.kernels import REFERENCE, STRIDES, check_kernels
 
 #: Input sides must be multiples of this (three 2x2 poolings).
 MULTIPLE = 8

@@ -13,9 +13,9 @@ from pathlib import Path
 import click
 
 from dcn_ray import __version__
-from dcn_ray.cli_predict import predict, register
+from dcn_ray.cli.predict import predict, register
 from dcn_ray.errors import InputError
-from dcn_ray.loopback import keep_local_ray_on_loopback
+from dcn_ray.runtime import keep_local_ray_on_loopback
 
 log = logging.getLogger("dcn_ray")
 
@@ -51,9 +51,9 @@ def cli(verbose: bool) -> None:
 def sweep(job_file: Path, name: str | None, storage: str | None, address: str | None, tracking_uri: str | None, overrides: tuple[str, ...], dry_run: bool) -> None:
     """Run the kernel sweep of JOB_FILE (the grid, then feature-map-guided follow-ups)."""
     keep_local_ray_on_loopback(address)
-    from dcn_ray import sweep as sweeps
     from dcn_ray.config import load_job
-    from dcn_ray.progress import Progress
+    from dcn_ray.tune import sweep as sweeps
+    from dcn_ray.tune.progress import Progress
 
     extra = list(overrides) + ([f"name={name}"] if name else []) + ([f"tracking.uri={tracking_uri}"] if tracking_uri else [])
     job = load_job(job_file, extra)
@@ -73,7 +73,7 @@ def sweep(job_file: Path, name: str | None, storage: str | None, address: str | 
 def resume(name: str, storage: str | None, address: str | None) -> None:
     """Finish sweep NAME after a crash: unfinished and errored trials only, follow-ups included."""
     keep_local_ray_on_loopback(address)
-    from dcn_ray import sweep as sweeps
+    from dcn_ray.tune import sweep as sweeps
 
     _done(sweeps.resume_sweep(name, storage=storage, address=address, write=_echo))
 
@@ -83,7 +83,7 @@ def resume(name: str, storage: str | None, address: str | None) -> None:
 @click.option("--storage", help="The storage the sweep was run with (default ./dcn-ray-runs).")
 def report(name: str, storage: str | None) -> None:
     """Print the results table of sweep NAME again."""
-    from dcn_ray.sweep import load_report
+    from dcn_ray.tune.sweep import load_report
 
     click.echo(load_report(name, storage))
 
@@ -95,7 +95,7 @@ def report(name: str, storage: str | None) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 def synth(out_dir: Path, slices: int, size: int, seed: int) -> None:
     """Write a synthetic EM-like stack (images.tif, labels.tif) to OUT_DIR."""
-    from dcn_ray.synth import write_synthetic
+    from dcn_ray.io.synth import write_synthetic
 
     images, labels = write_synthetic(out_dir, slices=slices, size=size, seed=seed)
     click.echo(f"wrote {images} and {labels}")
@@ -114,7 +114,7 @@ def inspect(model: str, stack: Path, out_dir: Path, labels_path: Path | None, sl
 
     MODEL: a checkpoint file or folder, runs:/<run_id>, models:/<name>/<version> or sweep:NAME.
     """
-    from dcn_ray.inspect import inspect_model
+    from dcn_ray.predict.inspection import inspect_model
 
     click.echo(inspect_model(model, stack, out_dir, labels=labels_path, slices=slices, storage=storage, tracking_uri=tracking_uri))
 
@@ -129,7 +129,7 @@ def inspect(model: str, stack: Path, out_dir: Path, labels_path: Path | None, sl
 @click.option("--follow", is_flag=True, help="Stream the sweep's logs until it ends.")
 def submit(job_file: Path, address: str, name: str | None, storage: str | None, tracking_uri: str | None, overrides: tuple[str, ...], follow: bool) -> None:
     """Submit the sweep of JOB_FILE to a Ray cluster through the Jobs API; print the submission id."""
-    from dcn_ray import submit as jobs
+    from dcn_ray.tune import submit as jobs
 
     submission = jobs.submit_sweep(job_file, address=address, overrides=overrides, name=name, storage=storage, tracking_uri=tracking_uri)
     click.echo(submission)
@@ -145,7 +145,7 @@ def submit(job_file: Path, address: str, name: str | None, storage: str | None, 
 @click.option("--address", required=True, help="The cluster's Jobs API, e.g. http://head:8265.")
 def status(submission_id: str, address: str) -> None:
     """Print the status of a submitted sweep (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
-    from dcn_ray import submit as jobs
+    from dcn_ray.tune import submit as jobs
 
     click.echo(jobs.job_status(address, submission_id))
 
@@ -156,7 +156,7 @@ def status(submission_id: str, address: str) -> None:
 @click.option("--follow", is_flag=True, help="Keep streaming until the submission ends.")
 def logs(submission_id: str, address: str, follow: bool) -> None:
     """Print the logs of a submitted sweep."""
-    from dcn_ray import submit as jobs
+    from dcn_ray.tune import submit as jobs
 
     if follow:
         jobs.follow_logs(address, submission_id, click.echo)

@@ -1,10 +1,10 @@
 """The Tune search algorithm of a sweep: the grid, then follow-ups chosen from F1-F3.
 
 Round 1 starts when the reference trial (default 4-8-16) finishes: its weak branch
-(dcn_ray.featuremaps.weak_branch over its own F1-F3 scores) decides which kernel the
+(dcn_ray.core.branches.weak_branch over its own F1-F3 scores) decides which kernel the
 guided follow-ups shrink, and random one-branch changes are queued beside them as
 controls. Each further round takes the best guided follow-up of the last round as its
-reference. Proposal rules live in dcn_ray.followup (pure functions).
+reference. Proposal rules live in dcn_ray.tune.planner (pure functions).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from dcn_ray.config import FollowupConfig
-from dcn_ray.followup import plan_followups
-from dcn_ray.kernels import BRANCHES, Kernels
+from dcn_ray.core.kernels import BRANCHES, Kernels
+from dcn_ray.tune.planner import plan_followups
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from dcn_ray.core.dcn import DCN
 from dcn_ray.errors import InputError
-from dcn_ray.model import DCN
-from dcn_ray.predict import PredictOptions, SlicePredictor, SliceMapper
-from dcn_ray.sweep import alive_nodes, ray_session
+from dcn_ray.predict.stack import PredictOptions, SliceMapper, SlicePredictor
+from dcn_ray.tune.sweep import alive_nodes, ray_session
 
 log = logging.getLogger(__name__)
 

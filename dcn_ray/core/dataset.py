@@ -1,6 +1,6 @@
 """Training data: cut image and label stacks into train/val/test splits, cropped to a ROI.
 
-Reads the stacks with :mod:`dcn_ray.stacks`; every problem with the user's split or ROI
+Reads the stacks with :mod:`dcn_ray.io.tiff`; every problem with the user's split or ROI
 raises :class:`InputError` with one line naming the setting.
 """
 
@@ -9,16 +9,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
 from dcn_ray.errors import InputError
-from dcn_ray.stacks import PathLike, read_labels, read_stack
+from dcn_ray.io.tiff import PathLike, read_labels, read_stack
 
 log = logging.getLogger(__name__)
 
-SplitSpec = Union[str, Sequence[int]]
+SplitSpec = str | Sequence[int]
 
 
 def parse_split(spec: SplitSpec, n_slices: int, *, name: str) -> list[int]:

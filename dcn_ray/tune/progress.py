@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from ray.tune import Callback
 
-from dcn_ray.kernels import kernels_text
+from dcn_ray.core.kernels import kernels_text
 
 
 class Progress(Callback):

@@ -59,12 +59,12 @@ def predict(model: str, input_path: Path, output_path: Path, storage: str | None
 
     MODEL is a checkpoint file or folder, runs:/<run_id>, models:/<name>/<version> or sweep:<name>.
     """
-    from dcn_ray.loopback import keep_local_ray_on_loopback
+    from dcn_ray.runtime import keep_local_ray_on_loopback
 
     keep_local_ray_on_loopback(address)
-    from dcn_ray.kernels import kernels_text
-    from dcn_ray.models import load_source
-    from dcn_ray.predict import PredictOptions, format_scores, predict_stack
+    from dcn_ray.core.kernels import kernels_text
+    from dcn_ray.predict.stack import PredictOptions, format_scores, predict_stack
+    from dcn_ray.track.sources import load_source
 
     options = PredictOptions(tile=tile, overlap=overlap, tta=tta, output=output_kind, threshold=threshold, device=device)
     loaded = load_source(model, storage=storage, tracking_uri=tracking_uri)
@@ -87,8 +87,8 @@ def predict(model: str, input_path: Path, output_path: Path, storage: str | None
 @click.option("--storage", help="The storage the sweep was run with (default ./dcn-ray-runs).")
 def register(name: str, model_name: str, storage: str | None) -> None:
     """Register the best trial of sweep NAME as a new version of MODEL_NAME in its MLflow registry."""
-    from dcn_ray.kernels import kernels_text
-    from dcn_ray.models import register_best
+    from dcn_ray.core.kernels import kernels_text
+    from dcn_ray.track.sources import register_best
 
     version, best = register_best(name, model_name, storage=storage)
     _echo(f"best trial of sweep '{name}': kernels {kernels_text(best.kernels)}, val IoU {best.best_val_iou:.4f} "

@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dcn_ray.kernels import REFERENCE
+from dcn_ray.core.kernels import REFERENCE
 
 COLUMNS = ("k1", "k2", "k3", "phase", "status", "best_val_iou", "vs_reference", "val_vrand", "val_vinfo", "weak_branch", "mlflow_run_id", "trial_id")
 PHASE_ORDER = {"grid": 0, "followup": 1, "control": 2}

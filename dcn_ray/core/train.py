@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from dcn_ray import checkpoint
 from dcn_ray.config import JobConfig
-from dcn_ray.data import CropSampler
-from dcn_ray.dataset import Dataset
-from dcn_ray.kernels import Kernels
-from dcn_ray.loss import aux_weight, dcn_loss
-from dcn_ray.metrics import segmentation_scores
-from dcn_ray.model import DCN, pad_forward
+from dcn_ray.core import checkpoint
+from dcn_ray.core.dataset import Dataset
+from dcn_ray.core.dcn import DCN, pad_forward
+from dcn_ray.core.kernels import Kernels
+from dcn_ray.core.loss import aux_weight, dcn_loss
+from dcn_ray.core.metrics import segmentation_scores
+from dcn_ray.core.sampler import CropSampler
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class TrainResult:
     best_step: int
     steps: int
     best_metrics: dict[str, float]
-    #: The best model's checkpoint payload (see dcn_ray.checkpoint).
+    #: The best model's checkpoint payload (see dcn_ray.core.checkpoint).
     model: dict[str, Any]
     history: tuple[dict[str, float], ...]
 
