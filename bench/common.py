@@ -27,8 +27,11 @@ def resident_sampler(size: int, batch: int, device: torch.device, seed: int = 0)
     """Whole-slice crops of a synthetic stack that lives on ``device`` (no host copies per step)."""
     images, labels = make_synthetic(slices=max(4, batch), size=size, seed=seed)
     return CropSampler(
-        torch.from_numpy(images / 255.0).float().to(device), torch.from_numpy(labels == 255).to(device),
-        crop=size, batch_size=batch, generator=torch.Generator(device=device).manual_seed(seed),
+        torch.from_numpy(images / 255.0).float().to(device),
+        torch.from_numpy(labels == 255).to(device),
+        crop=size,
+        batch_size=batch,
+        generator=torch.Generator(device=device).manual_seed(seed),
     )
 
 
@@ -37,7 +40,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def training_step(model: DCN, sampler: CropSampler, *, bf16: bool, channels_last: bool, compile: bool) -> Callable[[], torch.Tensor]:
+def training_step(
+    model: DCN, sampler: CropSampler, *, bf16: bool, channels_last: bool, compile: bool
+) -> Callable[[], torch.Tensor]:
     """One Adam step on a fresh batch through dcn_ray.core.train's own step; returns the loss."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     step = make_train_step(model, optimizer, StepOptions(bf16=bf16, channels_last=channels_last, compile=compile))

@@ -86,14 +86,18 @@ def main() -> None:
     peak = matmul_rate(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; measured {'bf16' if device.type == 'cuda' else 'fp32'} matmul rate {peak:.1f} TFLOP/s")
-    print(f"DCN width {args.width}, {args.size} x {args.size}, batch {args.batch}: {flops_per_image / 1e9:.0f} GFLOP per image (forward + backward)")
+    print(
+        f"DCN width {args.width}, {args.size} x {args.size}, batch {args.batch}: {flops_per_image / 1e9:.0f} GFLOP per image (forward + backward)"
+    )
 
     results = {}
     for variant in args.variants.split(","):
         rate, loss = run_variant(variant, VARIANTS[variant], args, sampler, device)
         tflops = rate * flops_per_image / 1e12
         results[variant] = (rate, loss)
-        print(f"{variant:28s} {rate:8.1f} images/s  {tflops:7.1f} TFLOP/s  {100 * tflops / peak:5.1f}% of matmul rate  loss {loss:.4f}")
+        print(
+            f"{variant:28s} {rate:8.1f} images/s  {tflops:7.1f} TFLOP/s  {100 * tflops / peak:5.1f}% of matmul rate  loss {loss:.4f}"
+        )
     reference_loss = results.get("fp32", next(iter(results.values())))[1]
     correct = {v: r for v, r in results.items() if abs(r[1] - reference_loss) <= 0.05 + 0.1 * abs(reference_loss)}
     best = max(correct, key=lambda v: correct[v][0])

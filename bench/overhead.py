@@ -48,7 +48,9 @@ def job_dict(folder: Path, steps: int, threads: int, name: str) -> dict:
 def bare_in_this_process(raw: dict) -> float:
     job = job_from_dict(raw)
     data = job.data
-    dataset = load_dataset(data.images, data.labels, foreground=data.foreground, train=data.split.train, val=data.split.val)
+    dataset = load_dataset(
+        data.images, data.labels, foreground=data.foreground, train=data.split.train, val=data.split.val
+    )
     result = train(job, (4, 8, 16), dataset)
     return job.train.steps * job.train.batch_size / result.history[-1]["elapsed_s"]
 
@@ -67,7 +69,12 @@ def in_trial(raw: dict, storage: Path) -> float:
 
     client = MlflowClient(raw["tracking"]["uri"])
     experiment = client.get_experiment_by_name("overhead").experiment_id
-    (run,) = client.search_runs([experiment], filter_string="tags.kernels = '4-8-16' and tags.`mlflow.parentRunId` != ''", max_results=1, order_by=["start_time DESC"])
+    (run,) = client.search_runs(
+        [experiment],
+        filter_string="tags.kernels = '4-8-16' and tags.`mlflow.parentRunId` != ''",
+        max_results=1,
+        order_by=["start_time DESC"],
+    )
     elapsed = client.get_metric_history(run.info.run_id, "elapsed_s")[-1].value
     return job.train.steps * job.train.batch_size / elapsed
 
@@ -87,10 +94,15 @@ def main() -> None:
                 raw = job_dict(folder, args.steps, args.threads, f"overhead{repeat}")
                 bare_rates.append(bare(raw))
                 trial_rates.append(in_trial(raw, folder / "runs"))
-                print(f"repeat {repeat}: bare {bare_rates[-1]:.1f} images/s, in a trial {trial_rates[-1]:.1f} images/s", flush=True)
+                print(
+                    f"repeat {repeat}: bare {bare_rates[-1]:.1f} images/s, in a trial {trial_rates[-1]:.1f} images/s",
+                    flush=True,
+                )
         finally:
             ray.shutdown()
-    print(f"config: width 16, crop 128, batch 8, {args.steps} steps, {args.threads} threads, eval every {args.steps // 5} steps")
+    print(
+        f"config: width 16, crop 128, batch 8, {args.steps} steps, {args.threads} threads, eval every {args.steps // 5} steps"
+    )
     print(f"bare loop: {max(bare_rates):.1f} images/s; in a sweep trial: {max(trial_rates):.1f} images/s")
     print(f"throughput ratio trial/bare: {max(trial_rates) / max(bare_rates):.3f}")
 

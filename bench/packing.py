@@ -69,7 +69,9 @@ def main() -> None:
         totals[packed] = measure(args, packed)
         print(f"{packed} trial(s) per GPU (gpu {1 / packed:g} each): {totals[packed]:.1f} images/s in total")
     best = max(totals, key=totals.get)
-    print(f"best packing: {best} trial(s) per GPU -> sweep.resources.gpu = {1 / best:g} ({totals[best] / totals[min(totals)]:.2f}x the single-trial throughput)")
+    print(
+        f"best packing: {best} trial(s) per GPU -> sweep.resources.gpu = {1 / best:g} ({totals[best] / totals[min(totals)]:.2f}x the single-trial throughput)"
+    )
 
 
 if __name__ == "__main__":

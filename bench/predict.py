@@ -35,8 +35,14 @@ def make_model(path: Path) -> None:
 
     torch.manual_seed(0)
     model = DCN(kernels=(4, 8, 16), width=WIDTH).eval()
-    payload = {"format": checkpoint.FORMAT, "model_kwargs": dict(model.kwargs), "kernels": [4, 8, 16],
-               "weights": model.state_dict(), "config": {}, "step": 0}
+    payload = {
+        "format": checkpoint.FORMAT,
+        "model_kwargs": dict(model.kwargs),
+        "kernels": [4, 8, 16],
+        "weights": model.state_dict(),
+        "config": {},
+        "step": 0,
+    }
     checkpoint.save(payload, path)
 
 
@@ -74,13 +80,26 @@ def main() -> None:
         for depth in DEPTHS:
             stack = folder / f"stack{depth}.tif"
             make_stack(stack, depth)
-            child = subprocess.run([sys.executable, __file__, "--case", str(folder / "model.pt"), str(stack), str(folder / f"out{depth}.tif")],
-                                   check=True, capture_output=True, text=True)
+            child = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--case",
+                    str(folder / "model.pt"),
+                    str(stack),
+                    str(folder / f"out{depth}.tif"),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             case = json.loads(child.stdout.strip().splitlines()[-1])
             peaks[depth] = case["peak_mib"]
-            print(f"Z={depth:>2}: {case['slices']} slices of {SIZE} x {SIZE} in {case['seconds']:.1f} s = "
-                  f"{case['slices'] / case['seconds']:.2f} slices/s (width {WIDTH}, CPU, no TTA), "
-                  f"peak RSS {case['peak_mib']:.0f} MiB")
+            print(
+                f"Z={depth:>2}: {case['slices']} slices of {SIZE} x {SIZE} in {case['seconds']:.1f} s = "
+                f"{case['slices'] / case['seconds']:.2f} slices/s (width {WIDTH}, CPU, no TTA), "
+                f"peak RSS {case['peak_mib']:.0f} MiB"
+            )
     print(f"total {time.perf_counter() - started:.0f} s")
     print(f"peak(Z=48)/peak(Z=16) = {peaks[48] / peaks[16]:.3f}  (no growth per slice: streaming)")
     print(f"peak(Z=16)/peak(Z=4) = {peaks[16] / peaks[4]:.3f}")

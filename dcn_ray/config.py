@@ -287,8 +287,14 @@ def _validate(job: JobConfig) -> None:
     need(bool(job.data.images), "data.images is required (a TIFF stack)")
     need(bool(job.data.labels), "data.labels is required (a TIFF stack)")
     foreground = job.data.foreground
-    need(foreground == "color" or isinstance(foreground, int), f"data.foreground must be an integer label value or 'color', got {foreground!r}")
-    need(job.data.roi is None or len(job.data.roi) == 4, f"data.roi must be [y0, x0, height, width], got {job.data.roi!r}")
+    need(
+        foreground == "color" or isinstance(foreground, int),
+        f"data.foreground must be an integer label value or 'color', got {foreground!r}",
+    )
+    need(
+        job.data.roi is None or len(job.data.roi) == 4,
+        f"data.roi must be [y0, x0, height, width], got {job.data.roi!r}",
+    )
     need(job.model.width >= 1, f"model.width must be >= 1, got {job.model.width}")
     train = job.train
     need(train.steps >= 1, f"train.steps must be >= 1, got {train.steps}")
@@ -297,7 +303,10 @@ def _validate(job: JobConfig) -> None:
     need(train.lr > 0, f"train.lr must be > 0, got {train.lr}")
     need(train.optimizer in ("adam", "sgd"), f"train.optimizer must be 'adam' or 'sgd', got {train.optimizer!r}")
     need(1 <= train.eval_every, f"train.eval_every must be >= 1, got {train.eval_every}")
-    need(train.transforms in ("paper6", "dihedral8"), f"train.transforms must be 'paper6' or 'dihedral8', got {train.transforms!r}")
+    need(
+        train.transforms in ("paper6", "dihedral8"),
+        f"train.transforms must be 'paper6' or 'dihedral8', got {train.transforms!r}",
+    )
     need(0 < train.aux_end <= train.aux_start, "train.aux_end must be in (0, train.aux_start]")
     need(train.threads is None or train.threads >= 1, f"train.threads must be >= 1, got {train.threads}")
     sweep = job.sweep
@@ -307,7 +316,10 @@ def _validate(job: JobConfig) -> None:
         need(problem is None, f"sweep.kernels[{index}]: {problem}")
     need(len(set(sweep.kernels)) == len(sweep.kernels), "sweep.kernels lists a triple twice")
     need(sweep.resources.gpu >= 0, f"sweep.resources.gpu must be >= 0, got {sweep.resources.gpu}")
-    need(sweep.resources.gpu <= 1 or sweep.resources.gpu.is_integer(), "sweep.resources.gpu above 1 must be a whole number")
+    need(
+        sweep.resources.gpu <= 1 or sweep.resources.gpu.is_integer(),
+        "sweep.resources.gpu above 1 must be a whole number",
+    )
     need(sweep.resources.cpu > 0, f"sweep.resources.cpu must be > 0, got {sweep.resources.cpu}")
     need(sweep.max_concurrent is None or sweep.max_concurrent >= 1, "sweep.max_concurrent must be >= 1")
     need(sweep.max_failures >= 0, f"sweep.max_failures must be >= 0, got {sweep.max_failures}")

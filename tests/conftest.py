@@ -67,7 +67,13 @@ def sweep_on_local_ray(raw: dict, storage: Path):
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
-        return run_sweep(job_from_dict(raw), job_text=yaml.safe_dump(raw), storage=str(storage), address=None, write=lambda line: None)
+        return run_sweep(
+            job_from_dict(raw),
+            job_text=yaml.safe_dump(raw),
+            storage=str(storage),
+            address=None,
+            write=lambda line: None,
+        )
     finally:
         ray.shutdown()
 
@@ -84,12 +90,29 @@ class MlflowServer:
     def start(self) -> MlflowServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         command = [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-            "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1",
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--backend-store-uri",
+            f"sqlite:///{self.folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.folder / "artifacts"),
+            "--workers",
+            "1",
         ]
         log = open(self.folder / "server.log", "ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        self.process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -70,7 +70,9 @@ class SweepDriver:
     def __enter__(self) -> SweepDriver:
         # Output to files, not pipes: a pipe nobody reads until the end could fill and block the driver.
         with open(self.folder / "driver.out", "wb") as out, open(self.folder / "driver.err", "wb") as err:
-            self.process = subprocess.Popen(self.command, cwd=self.folder, stdout=out, stderr=err, start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command, cwd=self.folder, stdout=out, stderr=err, start_new_session=True
+            )
         return self
 
     def finish(self, timeout: float) -> tuple[int, str]:

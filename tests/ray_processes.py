@@ -38,8 +38,18 @@ class LocalRayCluster:
         timeout_s: int = 60,
     ):
         self.options = [
-            "--workers", str(workers), "--head-cpus", str(head_cpus), "--head-gpus", str(head_gpus),
-            "--worker-cpus", str(worker_cpus), "--worker-gpus", str(worker_gpus), "--timeout", str(timeout_s),
+            "--workers",
+            str(workers),
+            "--head-cpus",
+            str(head_cpus),
+            "--head-gpus",
+            str(head_gpus),
+            "--worker-cpus",
+            str(worker_cpus),
+            "--worker-gpus",
+            str(worker_gpus),
+            "--timeout",
+            str(timeout_s),
         ]
         self.timeout_s = timeout_s
         self.folder: Path | None = None
@@ -90,7 +100,9 @@ class LocalRayCluster:
     def _script(self, command: str, *options: str, timeout: float) -> str:
         done = subprocess.run(
             ["bash", str(SCRIPT), command, "--dir", str(self.folder), *options],
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if done.returncode != 0:
             raise RuntimeError(f"local-cluster.sh {command} failed ({done.returncode}): {done.stdout}{done.stderr}")

@@ -123,24 +123,48 @@ def _no_train_foreground(place: Place) -> str:
 Case = Callable[[Place], list[str]]
 
 CASES: dict[str, tuple[Case, tuple[str, ...]]] = {
-    "missing job file": (lambda p: ["sweep", str(p.inputs / "nope.yaml"), "--dry-run"], ("job file not found", "nope.yaml")),
+    "missing job file": (
+        lambda p: ["sweep", str(p.inputs / "nope.yaml"), "--dry-run"],
+        ("job file not found", "nope.yaml"),
+    ),
     "job file is a folder": (lambda p: ["sweep", str(p.inputs), "--dry-run"], ("JOB_FILE", "is a directory")),
-    "job file not YAML": (lambda p: ["sweep", _write(p.inputs / "bad.yaml", "name: [unclosed\n"), "--dry-run"], ("bad.yaml", "not readable YAML")),
+    "job file not YAML": (
+        lambda p: ["sweep", _write(p.inputs / "bad.yaml", "name: [unclosed\n"), "--dry-run"],
+        ("bad.yaml", "not readable YAML"),
+    ),
     "missing image file": (lambda p: p.sweep(images=str(p.inputs / "missing.tif")), ("missing.tif", "no such file")),
     "not a TIFF": (lambda p: p.sweep(images=_text_file(p)), ("notes.tif", "not a TIFF file")),
     "truncated TIFF": (lambda p: p.sweep(images=_truncated(p)), ("cut.tif", "truncated")),
     "4-D stack": (lambda p: p.sweep(images=p.tif("4d.tif", _images((2, 6, 32, 32)))), ("4d.tif", "4-D")),
-    "image/label shape mismatch": (lambda p: p.sweep(labels=p.tif("labels5.tif", _labels(5))), ("(6, 32, 32)", "labels5.tif", "(5, 32, 32)")),
-    "no foreground in the training split": (lambda p: p.sweep(labels=_no_train_foreground(p)), ("data.split.train: no foreground pixel", "labels.tif")),
-    "split past the stack": (lambda p: p.sweep("--set", "data.split.train=0:40"), ("data.split.train", "'0:40'", "6 slices")),
+    "image/label shape mismatch": (
+        lambda p: p.sweep(labels=p.tif("labels5.tif", _labels(5))),
+        ("(6, 32, 32)", "labels5.tif", "(5, 32, 32)"),
+    ),
+    "no foreground in the training split": (
+        lambda p: p.sweep(labels=_no_train_foreground(p)),
+        ("data.split.train: no foreground pixel", "labels.tif"),
+    ),
+    "split past the stack": (
+        lambda p: p.sweep("--set", "data.split.train=0:40"),
+        ("data.split.train", "'0:40'", "6 slices"),
+    ),
     "unknown job key": (lambda p: p.sweep("--set", "train.stepz=5"), ("unknown job key 'train.stepz'",)),
     "--set without =": (lambda p: p.sweep("--set", "train.steps"), ("--set expects key=value",)),
     "wrong value type": (lambda p: p.sweep("--set", "train.steps=abc"), ("train.steps must be an integer", "'abc'")),
-    "invalid kernel triple": (lambda p: p.sweep("--set", "sweep.kernels=[[4, 8, 3]]"), ("sweep.kernels[0]", "k3=3", "stride 8")),
+    "invalid kernel triple": (
+        lambda p: p.sweep("--set", "sweep.kernels=[[4, 8, 3]]"),
+        ("sweep.kernels[0]", "k3=3", "stride 8"),
+    ),
     "crop larger than the slices": (lambda p: p.sweep("--set", "train.crop=64"), ("train.crop=64", "32 x 32")),
-    "resources no node has": (lambda p: p.sweep("--set", "sweep.resources.cpu=512"), ("no node can provide sweep.resources", "cpu 512")),
+    "resources no node has": (
+        lambda p: p.sweep("--set", "sweep.resources.cpu=512"),
+        ("no node can provide sweep.resources", "cpu 512"),
+    ),
     "resume of no sweep": (lambda p: ["resume", "nope", "--storage", str(p.inputs / "runs")], ("no sweep 'nope'",)),
-    "report of no sweep": (lambda p: ["report", "nope", "--storage", str(p.inputs / "runs")], ("no results for sweep 'nope'",)),
+    "report of no sweep": (
+        lambda p: ["report", "nope", "--storage", str(p.inputs / "runs")],
+        ("no results for sweep 'nope'",),
+    ),
     "synth with 0 slices": (lambda p: ["synth", str(p.work / "synthetic"), "--slices", "0"], ("--slices", "0")),
     "unknown command": (lambda p: ["nope"], ("No such command 'nope'",)),
 }
@@ -207,8 +231,12 @@ def test_unreachable_tracking_server_stops_before_ray(place: Place, capsys) -> N
 
 def _checkpoint_payload(width: int = 2) -> dict:
     model = DCN(kernels=(4, 8, 16), width=width, batch_norm=True, in_channels=1)
-    return {"format": checkpoint.FORMAT, "model_kwargs": dict(model.kwargs), "config": {},
-            "weights": model.state_dict()}
+    return {
+        "format": checkpoint.FORMAT,
+        "model_kwargs": dict(model.kwargs),
+        "config": {},
+        "weights": model.state_dict(),
+    }
 
 
 def _corrupted(path: Path) -> None:
@@ -226,7 +254,10 @@ def _mismatched(path: Path) -> None:
 
 MODELS: dict[str, tuple[Callable[[Path], None], str]] = {
     "corrupted": (_corrupted, "is not a readable dcn-ray checkpoint"),
-    "foreign torch file": (lambda p: torch.save({"state_dict": {"w": torch.zeros(3)}}, p), "no 'dcn-ray-checkpoint/1' format tag"),
+    "foreign torch file": (
+        lambda p: torch.save({"state_dict": {"w": torch.zeros(3)}}, p),
+        "no 'dcn-ray-checkpoint/1' format tag",
+    ),
     "pickled module": (lambda p: torch.save(torch.nn.Linear(2, 2), p), "is not a readable dcn-ray checkpoint"),
     "weights of another model": (_mismatched, "checkpoint does not match the DCN"),
     "not a file": (lambda p: None, "not found: give a checkpoint file or folder"),
@@ -240,8 +271,9 @@ def test_inspect_bad_checkpoint(kind: str, place: Place, capsys) -> None:
     make(model)
     out_dir = place.work / "inspect"
     stack = place.tif("images.tif", _images())
-    code, out, err = run_cli(capsys, ["inspect", str(model), stack, str(out_dir),
-                                      "--labels", place.tif("labels.tif", _labels())])
+    code, out, err = run_cli(
+        capsys, ["inspect", str(model), stack, str(out_dir), "--labels", place.tif("labels.tif", _labels())]
+    )
     assert_one_error(code, err, str(model), message)
     assert out == "" and place.new_files() == []
 
@@ -250,8 +282,9 @@ def test_inspect_good_checkpoint_on_a_bad_stack(place: Place, capsys) -> None:
     model = place.inputs / "model.pt"
     torch.save(_checkpoint_payload(), model)
     out_dir = place.work / "inspect"
-    code, _, err = run_cli(capsys, ["inspect", str(model), _text_file(place), str(out_dir),
-                                    "--labels", place.tif("labels.tif", _labels())])
+    code, _, err = run_cli(
+        capsys, ["inspect", str(model), _text_file(place), str(out_dir), "--labels", place.tif("labels.tif", _labels())]
+    )
     assert_one_error(code, err, "notes.tif", "not a TIFF file")
     assert place.new_files() == []
 
@@ -261,8 +294,9 @@ def test_inspect_good_checkpoint_on_a_bad_stack(place: Place, capsys) -> None:
 
 def _process(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "default"}  # a library warning would show up too
-    return subprocess.run([sys.executable, "-m", "dcn_ray", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "dcn_ray", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_process_bad_data_shows_only_the_error(place: Place) -> None:

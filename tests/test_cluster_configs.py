@@ -60,9 +60,13 @@ def check_kuberay(doc: dict[str, Any]) -> None:
         check_raycluster_spec(spec)
     else:
         command = shlex.split(spec["entrypoint"])
-        assert command[:2] == ["dcn-ray", "sweep"], f"RayJob entrypoint does not run `dcn-ray sweep`: {spec['entrypoint']}"
+        assert command[:2] == ["dcn-ray", "sweep"], (
+            f"RayJob entrypoint does not run `dcn-ray sweep`: {spec['entrypoint']}"
+        )
         assert "--storage" in command and "--tracking-uri" in command
-        assert ("rayClusterSpec" in spec) != ("clusterSelector" in spec), "a RayJob needs rayClusterSpec or clusterSelector"
+        assert ("rayClusterSpec" in spec) != ("clusterSelector" in spec), (
+            "a RayJob needs rayClusterSpec or clusterSelector"
+        )
         if "rayClusterSpec" in spec:
             check_raycluster_spec(spec["rayClusterSpec"])
 
@@ -87,7 +91,9 @@ def check_raycluster_spec(spec: dict[str, Any]) -> None:
     for group in gpu_groups:
         for container in group["template"]["spec"]["containers"]:
             requests = container["resources"].get("requests", {})
-            assert int(requests.get("nvidia.com/gpu", gpu_limit(container))) == gpu_limit(container), "GPU requests must equal limits"
+            assert int(requests.get("nvidia.com/gpu", gpu_limit(container))) == gpu_limit(container), (
+                "GPU requests must equal limits"
+            )
 
 
 def check_kubernetes(doc: dict[str, Any]) -> None:
@@ -97,7 +103,9 @@ def check_kubernetes(doc: dict[str, Any]) -> None:
     if doc["kind"] == "Deployment":
         selector = doc["spec"]["selector"]["matchLabels"]
         labels = doc["spec"]["template"]["metadata"]["labels"]
-        assert selector.items() <= labels.items(), f"Deployment {doc['metadata']['name']}: selector does not match its pods"
+        assert selector.items() <= labels.items(), (
+            f"Deployment {doc['metadata']['name']}: selector does not match its pods"
+        )
         assert all(c["image"] for c in doc["spec"]["template"]["spec"]["containers"])
     if doc["kind"] == "PersistentVolumeClaim":
         assert doc["spec"]["accessModes"] and doc["spec"]["resources"]["requests"]["storage"]
@@ -152,8 +160,19 @@ def test_every_document_has_the_fields_its_tool_requires(path):
     [
         {"name": "not a cluster"},
         {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": "x"}, "spec": {}},
-        {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "x"}, "spec": {"entrypoint": "python train.py", "clusterSelector": {}}},
-        {"cluster_name": "c", "provider": {"type": "aws"}, "max_workers": 1, "available_node_types": {"h": {}}, "head_node_type": "head"},
+        {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayJob",
+            "metadata": {"name": "x"},
+            "spec": {"entrypoint": "python train.py", "clusterSelector": {}},
+        },
+        {
+            "cluster_name": "c",
+            "provider": {"type": "aws"},
+            "max_workers": 1,
+            "available_node_types": {"h": {}},
+            "head_node_type": "head",
+        },
     ],
     ids=["unknown-shape", "unknown-kuberay-kind", "rayjob-not-a-sweep", "head-type-missing"],
 )
@@ -193,7 +212,10 @@ def test_kuberay_pieces_fit_together():
     host, port = re.match(r"http://([^:/]+):(\d+)", tracking).groups()
     service = by_kind["Service"][host]
     assert int(port) in [p["port"] for p in service["spec"]["ports"]]
-    assert any(service["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items() for d in by_kind["Deployment"].values())
+    assert any(
+        service["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        for d in by_kind["Deployment"].values()
+    )
     # The submitter authenticates with the same Secret the cluster uses.
     secret = cluster["spec"]["authOptions"]["secretName"]
     env = job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]["env"]

@@ -25,7 +25,8 @@ def two_nodes():
 
 def write_job(stack, folder: Path, name: str, uri: str) -> Path:
     raw = small_job(
-        *stack, name=name,
+        *stack,
+        name=name,
         train={"steps": 60, "eval_every": 30, "batch_size": 4, "crop": 64},
         sweep={"kernels": [[4, 8, 16], [2, 8, 16], [6, 8, 16], [4, 8, 12]], "resources": {"gpu": 0, "cpu": 1}},
         tracking={"uri": uri, "experiment": name},
@@ -37,7 +38,14 @@ def write_job(stack, folder: Path, name: str, uri: str) -> Path:
 
 def dcn_ray(*args: str, cluster: LocalRayCluster, cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-    return subprocess.run([sys.executable, "-m", "dcn_ray", *args], cwd=cwd, env={**env, **cluster.auth_env}, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dcn_ray", *args],
+        cwd=cwd,
+        env={**env, **cluster.auth_env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_trials_on_both_nodes(uri: str, experiment: str) -> None:
@@ -54,7 +62,16 @@ def test_sweep_with_address_uses_both_nodes(two_nodes, synthetic_stack, mlflow_s
     refused = dcn_ray("sweep", str(job), "--address", two_nodes.address, cluster=two_nodes, cwd=tmp_path)
     assert refused.returncode == 2 and "--storage" in refused.stderr, "several nodes need shared storage"
 
-    done = dcn_ray("sweep", str(job), "--address", two_nodes.address, "--storage", str(tmp_path / "runs"), cluster=two_nodes, cwd=tmp_path)
+    done = dcn_ray(
+        "sweep",
+        str(job),
+        "--address",
+        two_nodes.address,
+        "--storage",
+        str(tmp_path / "runs"),
+        cluster=two_nodes,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| 4, 8, 16 | grid | finished |" in done.stdout
     assert_trials_on_both_nodes(mlflow_server.uri, "cluster_sweep")
@@ -62,7 +79,17 @@ def test_sweep_with_address_uses_both_nodes(two_nodes, synthetic_stack, mlflow_s
 
 def test_submit_runs_the_sweep_as_a_ray_job(two_nodes, synthetic_stack, mlflow_server, tmp_path):
     job = write_job(synthetic_stack, tmp_path, "cluster_submit", mlflow_server.uri)
-    done = dcn_ray("submit", str(job), "--address", two_nodes.dashboard_url, "--storage", str(tmp_path / "runs"), "--follow", cluster=two_nodes, cwd=tmp_path)
+    done = dcn_ray(
+        "submit",
+        str(job),
+        "--address",
+        two_nodes.dashboard_url,
+        "--storage",
+        str(tmp_path / "runs"),
+        "--follow",
+        cluster=two_nodes,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     submission = done.stdout.splitlines()[0].strip()
     assert "SUCCEEDED" in done.stderr and "| 4, 8, 16 | grid | finished |" in done.stdout

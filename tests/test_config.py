@@ -8,8 +8,22 @@ from dcn_ray.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER_TABLE1 = [
-    (4, 8, 16), (4, 8, 10), (4, 8, 12), (4, 8, 14), (2, 8, 16), (6, 8, 16), (4, 6, 16), (4, 10, 16),
-    (4, 8, 18), (4, 8, 20), (2, 4, 10), (2, 4, 20), (2, 8, 20), (4, 10, 18), (2, 6, 16), (2, 8, 18),
+    (4, 8, 16),
+    (4, 8, 10),
+    (4, 8, 12),
+    (4, 8, 14),
+    (2, 8, 16),
+    (6, 8, 16),
+    (4, 6, 16),
+    (4, 10, 16),
+    (4, 8, 18),
+    (4, 8, 20),
+    (2, 4, 10),
+    (2, 4, 20),
+    (2, 8, 20),
+    (4, 10, 18),
+    (2, 6, 16),
+    (2, 8, 18),
 ]
 
 
@@ -39,7 +53,16 @@ def test_data_paths_are_relative_to_the_job_file_and_overrides_to_the_cwd(tmp_pa
 
 def test_overrides_are_parsed_as_yaml_and_typed(tmp_path):
     path = write_job(tmp_path, {"data": {"images": "a.tif", "labels": "b.tif"}})
-    job = load_job(path, ["train.steps=40", "train.lr=1e-2", "sweep.kernels=[[4,8,16],[2,8,16]]", "sweep.resources.gpu=0.5", "model.batch_norm=false"])
+    job = load_job(
+        path,
+        [
+            "train.steps=40",
+            "train.lr=1e-2",
+            "sweep.kernels=[[4,8,16],[2,8,16]]",
+            "sweep.resources.gpu=0.5",
+            "model.batch_norm=false",
+        ],
+    )
     assert job.train.steps == 40 and job.train.lr == 0.01
     assert job.sweep.kernels == ((4, 8, 16), (2, 8, 16))
     assert job.sweep.resources.gpu == 0.5 and job.model.batch_norm is False

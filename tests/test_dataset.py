@@ -21,22 +21,45 @@ def _raises(match: str):
 # ---------------------------------------------------------------- splits and ROI
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("0:27", list(range(27))), (":3", [0, 1, 2]), ("27:", [27, 28, 29]), ("-3:", [27, 28, 29]),
-    ("0:30:10", [0, 10, 20]), (" 2:5 ", [2, 3, 4]), ("5", [5]), ("1, 4,-1", [1, 4, 29]),
-    ([0, 5, -1], [0, 5, 29]), ((3,), [3]), ("0:30", list(range(30))),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("0:27", list(range(27))),
+        (":3", [0, 1, 2]),
+        ("27:", [27, 28, 29]),
+        ("-3:", [27, 28, 29]),
+        ("0:30:10", [0, 10, 20]),
+        (" 2:5 ", [2, 3, 4]),
+        ("5", [5]),
+        ("1, 4,-1", [1, 4, 29]),
+        ([0, 5, -1], [0, 5, 29]),
+        ((3,), [3]),
+        ("0:30", list(range(30))),
+    ],
+)
 def test_parse_split(spec, expected) -> None:
     assert dataset.parse_split(spec, 30, name="data.split.train") == expected
 
 
-@pytest.mark.parametrize("spec, problem", [
-    ("0:40", "reaches past"), ("-31:", "reaches past"), ([30], "out of range"),
-    ([-31], "out of range"), ("5:5", "selects no slice"), ([], "selects no slice"),
-    ("a:b", "not a slice"), ("1:2:3:4", "not a slice"), ("0:10:0", "step of 0"),
-    ("abc", "neither a slice"), ([1, 1], "twice"), ([1.5], "not an integer"),
-    (None, "must be a slice"), (7, "must be a slice"),
-])
+@pytest.mark.parametrize(
+    "spec, problem",
+    [
+        ("0:40", "reaches past"),
+        ("-31:", "reaches past"),
+        ([30], "out of range"),
+        ([-31], "out of range"),
+        ("5:5", "selects no slice"),
+        ([], "selects no slice"),
+        ("a:b", "not a slice"),
+        ("1:2:3:4", "not a slice"),
+        ("0:10:0", "step of 0"),
+        ("abc", "neither a slice"),
+        ([1, 1], "twice"),
+        ([1.5], "not an integer"),
+        (None, "must be a slice"),
+        (7, "must be a slice"),
+    ],
+)
 def test_parse_split_errors(spec, problem: str) -> None:
     with _raises(f"data.split.val.*{problem}"):
         dataset.parse_split(spec, 30, name="data.split.val")
@@ -65,8 +88,7 @@ def test_load_dataset_splits_and_roi(tmp_path: Path, caplog) -> None:
     images, labels = random_stack(6), membrane_labels(6)
     image_path, label_path = _pair(tmp_path, images, labels)
     with caplog.at_level(logging.WARNING, logger="dcn_ray.core.dataset"):
-        data = dataset.load_dataset(image_path, label_path, foreground=255, train="0:4",
-                                   val=[4, 5], roi=(1, 2, 12, 20))
+        data = dataset.load_dataset(image_path, label_path, foreground=255, train="0:4", val=[4, 5], roi=(1, 2, 12, 20))
     assert not caplog.records
     assert data.train_slices == [0, 1, 2, 3] and data.val_slices == [4, 5]
     assert data.test_images is None and data.test_masks is None and data.test_slices == []
@@ -79,8 +101,7 @@ def test_load_dataset_splits_and_roi(tmp_path: Path, caplog) -> None:
 def test_load_dataset_warns_on_overlap(tmp_path: Path, caplog) -> None:
     image_path, label_path = _pair(tmp_path, random_stack(6), membrane_labels(6))
     with caplog.at_level(logging.WARNING, logger="dcn_ray.core.dataset"):
-        data = dataset.load_dataset(image_path, label_path, foreground=255, train=":5",
-                                   val="4:", test="-1:")
+        data = dataset.load_dataset(image_path, label_path, foreground=255, train=":5", val="4:", test="-1:")
     assert data.test_slices == [5] and data.test_images.shape == (1, 24, 32)
     text = caplog.text
     assert "train and data.split.val share 1 slice(s): [4]" in text
@@ -106,21 +127,22 @@ def test_load_dataset_refuses_train_split_without_foreground(tmp_path: Path) -> 
 def test_load_dataset_refuses_all_foreground_train_split(tmp_path: Path) -> None:
     image_path, label_path = _pair(tmp_path, random_stack(6), membrane_labels(6))
     with _raises("data.split.train: every pixel .* foreground.*ROI"):
-        dataset.load_dataset(image_path, label_path, foreground=255, train="0:4", val="4:",
-                            roi=(1, 0, 5, 32))  # rows 1..5: no membrane row
+        dataset.load_dataset(
+            image_path, label_path, foreground=255, train="0:4", val="4:", roi=(1, 0, 5, 32)
+        )  # rows 1..5: no membrane row
 
 
 def test_load_dataset_names_the_bad_split(tmp_path: Path) -> None:
     image_path, label_path = _pair(tmp_path, random_stack(6), membrane_labels(6))
     with _raises("data.split.test.*reaches past"):
-        dataset.load_dataset(image_path, label_path, foreground=255, train="0:4", val="4:",
-                            test="0:9")
+        dataset.load_dataset(image_path, label_path, foreground=255, train="0:4", val="4:", test="0:9")
 
 
 @pytest.mark.skipif(not (ISBI / "train-labels.tif").exists(), reason="ISBI 2012 data absent")
 def test_load_dataset_isbi() -> None:
-    data = dataset.load_dataset(ISBI / "train-volume.tif", ISBI / "train-labels.tif",
-                               foreground=255, train="0:27", val="27:30")
+    data = dataset.load_dataset(
+        ISBI / "train-volume.tif", ISBI / "train-labels.tif", foreground=255, train="0:27", val="27:30"
+    )
     assert data.train_images.shape == data.train_masks.shape == (27, 512, 512)
     assert data.val_images.shape == data.val_masks.shape == (3, 512, 512)
     interior = np.concatenate([data.train_masks, data.val_masks]).mean()

@@ -54,7 +54,12 @@ def slow_job(stack, name: str, uri: str, **sections) -> dict:
 
 
 def test_sigkilled_trial_retries_from_its_checkpoint_in_the_same_run(synthetic_stack, mlflow_server, tmp_path):
-    raw = slow_job(synthetic_stack, "killtrial", mlflow_server.uri, sweep={"kernels": [[4, 8, 16]], "resources": {"gpu": 0, "cpu": 1}, "max_failures": 2})
+    raw = slow_job(
+        synthetic_stack,
+        "killtrial",
+        mlflow_server.uri,
+        sweep={"kernels": [[4, 8, 16]], "resources": {"gpu": 0, "cpu": 1}, "max_failures": 2},
+    )
     killed: dict[str, int] = {}
 
     def kill_mid_training():
@@ -79,13 +84,17 @@ def test_sigkilled_trial_retries_from_its_checkpoint_in_the_same_run(synthetic_s
     assert run.info.status == "FINISHED"
     assert int(run.data.tags["pid"]) != killed["pid"], "the retry ran in a new process"
     assert int(run.data.tags["resumed_from_step"]) >= 30, "the retry started from a checkpoint, not from scratch"
-    assert val_iou_steps(mlflow_server.uri, run.info.run_id) == list(range(30, 301, 30)), "one continuous metric history"
+    assert val_iou_steps(mlflow_server.uri, run.info.run_id) == list(range(30, 301, 30)), (
+        "one continuous metric history"
+    )
 
 
 def test_killed_driver_then_resume_reruns_nothing_finished(synthetic_stack, mlflow_server, tmp_path):
     """The driver dies during the follow-up phase; resume neither loses nor duplicates work."""
     raw = slow_job(
-        synthetic_stack, "killdriver", mlflow_server.uri,
+        synthetic_stack,
+        "killdriver",
+        mlflow_server.uri,
         sweep={
             "kernels": [[4, 8, 16], [2, 8, 16], [6, 8, 16]],
             "resources": {"gpu": 0, "cpu": 1},
@@ -94,6 +103,7 @@ def test_killed_driver_then_resume_reruns_nothing_finished(synthetic_stack, mlfl
     )
     storage = tmp_path / "runs"
     with SweepDriver(raw, tmp_path, storage) as driver:
+
         def followup_running():
             runs = child_runs(mlflow_server.uri, "killdriver")
             statuses = [r.info.status for r in runs]
@@ -106,9 +116,18 @@ def test_killed_driver_then_resume_reruns_nothing_finished(synthetic_stack, mlfl
     before = {r.info.run_id: r for r in child_runs(mlflow_server.uri, "killdriver")}
     finished = {run_id: run for run_id, run in before.items() if run.info.status == "FINISHED"}
     assert finished
-    checkpoints = {run_id: _checkpoint_files(storage / "killdriver", run.data.tags["tune_trial_id"]) for run_id, run in finished.items()}
+    checkpoints = {
+        run_id: _checkpoint_files(storage / "killdriver", run.data.tags["tune_trial_id"])
+        for run_id, run in finished.items()
+    }
 
-    resumed = subprocess.run([sys.executable, "-m", "dcn_ray", "resume", "killdriver", "--storage", str(storage)], cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "dcn_ray", "resume", "killdriver", "--storage", str(storage)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     after = child_runs(mlflow_server.uri, "killdriver")
@@ -119,7 +138,10 @@ def test_killed_driver_then_resume_reruns_nothing_finished(synthetic_stack, mlfl
     for run in after:
         if run.info.run_id in finished:
             assert run.info.end_time == finished[run.info.run_id].info.end_time, "a finished trial was run again"
-            assert _checkpoint_files(storage / "killdriver", run.data.tags["tune_trial_id"]) == checkpoints[run.info.run_id]
+            assert (
+                _checkpoint_files(storage / "killdriver", run.data.tags["tune_trial_id"])
+                == checkpoints[run.info.run_id]
+            )
     assert (storage / "killdriver" / "results.md").read_text().count("| finished |") == 6
 
 
@@ -132,7 +154,9 @@ def test_sweep_completes_when_a_node_is_lost(synthetic_stack, mlflow_server, tmp
     from ray.cluster_utils import Cluster
 
     raw = slow_job(
-        synthetic_stack, "lostnode", mlflow_server.uri,
+        synthetic_stack,
+        "lostnode",
+        mlflow_server.uri,
         sweep={"kernels": [[4, 8, 16], [2, 8, 16], [6, 8, 16]], "resources": {"gpu": 0, "cpu": 1}, "max_failures": 3},
     )
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
@@ -142,7 +166,9 @@ def test_sweep_completes_when_a_node_is_lost(synthetic_stack, mlflow_server, tmp
     def remove_worker_mid_trial():
         def trial_on_worker():
             for run in child_runs(mlflow_server.uri, "lostnode"):
-                if run.data.tags.get("ray_node_id") == worker.node_id and val_iou_steps(mlflow_server.uri, run.info.run_id):
+                if run.data.tags.get("ray_node_id") == worker.node_id and val_iou_steps(
+                    mlflow_server.uri, run.info.run_id
+                ):
                     return run
             return None
 
@@ -154,7 +180,13 @@ def test_sweep_completes_when_a_node_is_lost(synthetic_stack, mlflow_server, tmp
     try:
         ray.init(address=cluster.address, logging_level="ERROR")
         remover.start()
-        outcome = run_sweep(job_from_dict(raw), job_text=yaml.safe_dump(raw), storage=str(tmp_path), address=None, write=lambda line: None)
+        outcome = run_sweep(
+            job_from_dict(raw),
+            job_text=yaml.safe_dump(raw),
+            storage=str(tmp_path),
+            address=None,
+            write=lambda line: None,
+        )
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -200,14 +232,27 @@ def test_a_trial_relaunched_under_a_new_id_adopts_the_run_of_its_kernels(mlflow_
 
     again = TrialRun(mlflow_server.uri, experiment, parent, "bbbb2222", "4-8-14")
     assert again.run_id == first.run_id and again.adopted_from == "aaaa1111"
-    assert TrialRun(mlflow_server.uri, experiment, parent, "bbbb2222", "4-8-14").adopted_from is None, "found by its own id now"
+    assert TrialRun(mlflow_server.uri, experiment, parent, "bbbb2222", "4-8-14").adopted_from is None, (
+        "found by its own id now"
+    )
 
 
 def test_ctrl_c_marks_running_child_runs_killed(synthetic_stack, mlflow_server, tmp_path):
-    raw = slow_job(synthetic_stack, "ctrlc", mlflow_server.uri, sweep={"kernels": [[4, 8, 16], [2, 8, 16], [6, 8, 16]], "resources": {"gpu": 0, "cpu": 1}})
+    raw = slow_job(
+        synthetic_stack,
+        "ctrlc",
+        mlflow_server.uri,
+        sweep={"kernels": [[4, 8, 16], [2, 8, 16], [6, 8, 16]], "resources": {"gpu": 0, "cpu": 1}},
+    )
     raw["train"]["steps"] = 3000  # long enough to still be running when interrupted
     with SweepDriver(raw, tmp_path, tmp_path / "runs") as driver:
-        wait_for(lambda: any(val_iou_steps(mlflow_server.uri, r.info.run_id) for r in child_runs(mlflow_server.uri, "ctrlc")), 180, "a trial to report")
+        wait_for(
+            lambda: any(
+                val_iou_steps(mlflow_server.uri, r.info.run_id) for r in child_runs(mlflow_server.uri, "ctrlc")
+            ),
+            180,
+            "a trial to report",
+        )
         driver.process.send_signal(signal.SIGINT)
         code, stderr = driver.finish(timeout=120)
     assert code == 130, stderr[-2000:]
@@ -220,9 +265,25 @@ def test_ctrl_c_marks_running_child_runs_killed(synthetic_stack, mlflow_server, 
 
 
 def test_a_trial_out_of_retries_ends_failed_and_the_sweep_exits_1(synthetic_stack, mlflow_server, tmp_path):
-    raw = slow_job(synthetic_stack, "outofretries", mlflow_server.uri, sweep={"kernels": [[4, 8, 16]], "resources": {"gpu": 0, "cpu": 1}, "max_failures": 0})
+    raw = slow_job(
+        synthetic_stack,
+        "outofretries",
+        mlflow_server.uri,
+        sweep={"kernels": [[4, 8, 16]], "resources": {"gpu": 0, "cpu": 1}, "max_failures": 0},
+    )
     with SweepDriver(raw, tmp_path, tmp_path / "runs") as driver:
-        run = wait_for(lambda: next((r for r in child_runs(mlflow_server.uri, "outofretries") if val_iou_steps(mlflow_server.uri, r.info.run_id)), None), 180, "the trial to report")
+        run = wait_for(
+            lambda: next(
+                (
+                    r
+                    for r in child_runs(mlflow_server.uri, "outofretries")
+                    if val_iou_steps(mlflow_server.uri, r.info.run_id)
+                ),
+                None,
+            ),
+            180,
+            "the trial to report",
+        )
         os.kill(int(run.data.tags["pid"]), signal.SIGKILL)
         code, stderr = driver.finish(timeout=180)
     assert code == 1, stderr[-2000:]

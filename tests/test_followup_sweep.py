@@ -15,9 +15,14 @@ pytestmark = pytest.mark.integration
 def test_followups_and_controls_are_derived_from_the_reference(synthetic_stack, mlflow_server, tmp_path):
     grid = [[4, 8, 16], [2, 8, 16], [6, 8, 16]]
     raw = small_job(
-        *synthetic_stack, name="guided",
+        *synthetic_stack,
+        name="guided",
         train={"steps": 40, "eval_every": 20, "batch_size": 4, "crop": 64},
-        sweep={"kernels": grid, "resources": {"gpu": 0, "cpu": 1}, "followup": {"enabled": True, "steps": 2, "controls": 2, "seed": 3}},
+        sweep={
+            "kernels": grid,
+            "resources": {"gpu": 0, "cpu": 1},
+            "followup": {"enabled": True, "steps": 2, "controls": 2, "seed": 3},
+        },
         tracking={"uri": mlflow_server.uri, "experiment": "guided"},
     )
     outcome = sweep_on_local_ray(raw, tmp_path)

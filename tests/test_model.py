@@ -9,9 +9,22 @@ import torch.nn.functional as F
 from dcn_ray.core.dcn import DCN, DCNOutput, pad_forward
 
 TABLE1 = [
-    (4, 8, 16), (4, 8, 10), (4, 8, 12), (4, 8, 14), (2, 8, 16), (6, 8, 16), (4, 6, 16),
-    (4, 10, 16), (4, 8, 18), (4, 8, 20), (2, 4, 10), (2, 4, 20), (2, 8, 20), (4, 10, 18),
-    (2, 6, 16), (2, 8, 18),
+    (4, 8, 16),
+    (4, 8, 10),
+    (4, 8, 12),
+    (4, 8, 14),
+    (2, 8, 16),
+    (6, 8, 16),
+    (4, 6, 16),
+    (4, 10, 16),
+    (4, 8, 18),
+    (4, 8, 20),
+    (2, 4, 10),
+    (2, 4, 20),
+    (2, 8, 20),
+    (4, 10, 18),
+    (2, 6, 16),
+    (2, 8, 18),
 ]
 ODD = [(3, 5, 9), (5, 7, 11), (2, 4, 13)]
 
@@ -43,9 +56,7 @@ def test_deconvolution_is_padding_zero_cropped_centrally(kernels: tuple[int, int
         torch.testing.assert_close(branch.upsample(features), expected)
 
 
-@pytest.mark.parametrize(
-    ("kernels", "branch"), [((1, 8, 16), "F1"), ((4, 3, 16), "F2"), ((4, 8, 6), "F3")]
-)
+@pytest.mark.parametrize(("kernels", "branch"), [((1, 8, 16), "F1"), ((4, 3, 16), "F2"), ((4, 8, 6), "F3")])
 def test_kernel_smaller_than_stride_is_refused(kernels: tuple[int, int, int], branch: str) -> None:
     with pytest.raises(ValueError, match=f"invalid for branch {branch}"):
         DCN(kernels=kernels, width=4)
@@ -79,8 +90,11 @@ def test_sides_not_multiple_of_8_are_refused_in_forward() -> None:
 def test_kwargs_rebuild_the_same_architecture(batch_norm: bool) -> None:
     model = DCN(kernels=(2, 6, 18), width=6, batch_norm=batch_norm, in_channels=2, num_classes=3)
     assert model.kwargs == {
-        "kernels": [2, 6, 18], "width": 6, "batch_norm": batch_norm,
-        "in_channels": 2, "num_classes": 3,
+        "kernels": [2, 6, 18],
+        "width": 6,
+        "batch_norm": batch_norm,
+        "in_channels": 2,
+        "num_classes": 3,
     }
     clone = DCN(**model.kwargs)
     shapes = {name: tuple(p.shape) for name, p in model.state_dict().items()}

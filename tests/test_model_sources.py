@@ -28,7 +28,8 @@ def sweep(synthetic_stack, mlflow_server, tmp_path_factory) -> dict:
     """A finished two-trial sweep 'pick' tracked on the MLflow server; its storage and results."""
     storage = tmp_path_factory.mktemp("sweeps") / "runs"
     raw = small_job(
-        *synthetic_stack, name="pick",
+        *synthetic_stack,
+        name="pick",
         train={"steps": 6, "eval_every": 3},
         sweep={"kernels": [[4, 8, 16], [2, 8, 16]], "resources": {"gpu": 0, "cpu": 1}},
         tracking={"uri": mlflow_server.uri, "experiment": "pick"},
@@ -105,7 +106,19 @@ def test_register_then_predict_from_the_registry(sweep, tmp_path, capsys, synthe
         load_source("models:/dcn-pick/9", tracking_uri=sweep["uri"])
 
     out_file = tmp_path / "seg.tif"
-    code = _cli(["predict", "models:/dcn-pick/1", synthetic_stack[0], out_file, "--tracking-uri", sweep["uri"], "--no-tta", "--output", "mask"])
+    code = _cli(
+        [
+            "predict",
+            "models:/dcn-pick/1",
+            synthetic_stack[0],
+            out_file,
+            "--tracking-uri",
+            sweep["uri"],
+            "--no-tta",
+            "--output",
+            "mask",
+        ]
+    )
     assert code == 0 and tifffile.imread(out_file).shape == (12, 128, 128)
 
 

@@ -92,7 +92,13 @@ def test_receptive_radius_bounds_the_reach_of_a_pixel(kernels):
             nudged = x.clone()
             nudged[0, 0, centre, centre] += 5.0
             rows, cols = torch.nonzero((model(nudged).fused - base).abs().amax(1)[0] > 0, as_tuple=True)
-            reach = max(reach, centre - rows.min().item(), rows.max().item() - centre, centre - cols.min().item(), cols.max().item() - centre)
+            reach = max(
+                reach,
+                centre - rows.min().item(),
+                rows.max().item() - centre,
+                centre - cols.min().item(),
+                cols.max().item() - centre,
+            )
     assert 40 < reach <= receptive_radius(kernels)
 
 
@@ -129,7 +135,9 @@ def test_stack_of_odd_size_through_the_cli(model_file, tmp_path, capsys, dtype):
     stack = rng.random((3, 67, 45), dtype=np.float32)
     stored = stack if dtype == "float32" else np.rint(stack * np.iinfo(dtype).max).astype(dtype)
     tifffile.imwrite(tmp_path / "in.tif", stored, photometric="minisblack")
-    code, _, err = run_cli(["predict", model_file, tmp_path / "in.tif", tmp_path / "out.tif", "--no-tta", "--output", "float"], capsys)
+    code, _, err = run_cli(
+        ["predict", model_file, tmp_path / "in.tif", tmp_path / "out.tif", "--no-tta", "--output", "float"], capsys
+    )
     assert code == 0, err
     written = tifffile.imread(tmp_path / "out.tif")
     assert written.shape == (3, 67, 45) and written.dtype == np.float32
@@ -149,7 +157,19 @@ def test_two_dimensional_image_and_the_three_outputs(model_file, tmp_path, capsy
     tifffile.imwrite(tmp_path / "one.tif", image)
     pages, threshold = {}, "0.5"
     for kind in ("float", "probabilities", "mask"):
-        code, _, err = run_cli(["predict", model_file, tmp_path / "one.tif", tmp_path / f"{kind}.tif", "--output", kind, "--threshold", threshold], capsys)
+        code, _, err = run_cli(
+            [
+                "predict",
+                model_file,
+                tmp_path / "one.tif",
+                tmp_path / f"{kind}.tif",
+                "--output",
+                kind,
+                "--threshold",
+                threshold,
+            ],
+            capsys,
+        )
         assert code == 0, err
         pages[kind] = tifffile.imread(tmp_path / f"{kind}.tif")
         threshold = f"{float(np.median(pages['float'])):.6f}"  # splits the mask in about two halves
@@ -170,8 +190,14 @@ def constant_model_file(folder: Path, *, foreground: int) -> Path:
             parameter.zero_()
         for branch in model.branches:
             branch.classify.bias.copy_(torch.tensor([0.0, 1.0]))
-    payload = {"format": checkpoint.FORMAT, "model_kwargs": dict(model.kwargs), "kernels": [4, 8, 16],
-               "weights": model.state_dict(), "config": {"data": {"foreground": foreground}}, "step": 0}
+    payload = {
+        "format": checkpoint.FORMAT,
+        "model_kwargs": dict(model.kwargs),
+        "kernels": [4, 8, 16],
+        "weights": model.state_dict(),
+        "config": {"data": {"foreground": foreground}},
+        "step": 0,
+    }
     checkpoint.save(payload, folder / checkpoint.MODEL_FILE)
     return folder / checkpoint.MODEL_FILE
 
@@ -188,7 +214,19 @@ def test_labels_scores_by_hand(tmp_path, capsys):
     labels[:, 0:4] = labels[:, 8:12] = 7
     tifffile.imwrite(tmp_path / "labels.tif", labels)
     tifffile.imwrite(tmp_path / "image.tif", np.full((8, 16), 128, np.uint8))
-    code, out, err = run_cli(["predict", model, tmp_path / "image.tif", tmp_path / "mask.tif", "--output", "mask", "--labels", tmp_path / "labels.tif"], capsys)
+    code, out, err = run_cli(
+        [
+            "predict",
+            model,
+            tmp_path / "image.tif",
+            tmp_path / "mask.tif",
+            "--output",
+            "mask",
+            "--labels",
+            tmp_path / "labels.tif",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert out.strip() == "IoU 0.5000  Dice 0.6667  pixel error 0.5000  V_rand 0.6667  V_info 0.0000"
     mask = tifffile.imread(tmp_path / "mask.tif").reshape(8, 16) == 255
@@ -199,7 +237,10 @@ def test_labels_scores_by_hand(tmp_path, capsys):
 def test_labels_of_another_shape_are_refused(model_file, tmp_path, capsys):
     tifffile.imwrite(tmp_path / "image.tif", np.zeros((2, 16, 16), np.uint8), photometric="minisblack")
     tifffile.imwrite(tmp_path / "labels.tif", np.zeros((3, 16, 16), np.uint8), photometric="minisblack")
-    code, _, err = run_cli(["predict", model_file, tmp_path / "image.tif", tmp_path / "out.tif", "--labels", tmp_path / "labels.tif"], capsys)
+    code, _, err = run_cli(
+        ["predict", model_file, tmp_path / "image.tif", tmp_path / "out.tif", "--labels", tmp_path / "labels.tif"],
+        capsys,
+    )
     assert code == 2 and "labels" in err and "(3, 16, 16)" in err
     assert not (tmp_path / "out.tif").exists()
 

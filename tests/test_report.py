@@ -9,8 +9,19 @@ from dcn_ray.track import report
 
 
 def row(k, phase, iou, status="finished"):
-    return {"k1": k[0], "k2": k[1], "k3": k[2], "phase": phase, "status": status, "best_val_iou": iou,
-            "val_vrand": 0.9, "val_vinfo": 0.95, "weak_branch": "F3", "mlflow_run_id": "r", "trial_id": f"t{k}"}
+    return {
+        "k1": k[0],
+        "k2": k[1],
+        "k3": k[2],
+        "phase": phase,
+        "status": status,
+        "best_val_iou": iou,
+        "val_vrand": 0.9,
+        "val_vinfo": 0.95,
+        "weak_branch": "F3",
+        "mlflow_run_id": "r",
+        "trial_id": f"t{k}",
+    }
 
 
 ROWS = [
@@ -26,7 +37,14 @@ ROWS = [
 def test_table_orders_like_table1_and_measures_from_the_reference():
     table = report.results_table(ROWS)
     rows = table.to_pylist()
-    assert [(r["k1"], r["k2"], r["k3"]) for r in rows] == [(4, 8, 16), (2, 8, 16), (4, 6, 16), (4, 8, 12), (4, 8, 14), (6, 8, 16)]
+    assert [(r["k1"], r["k2"], r["k3"]) for r in rows] == [
+        (4, 8, 16),
+        (2, 8, 16),
+        (4, 6, 16),
+        (4, 8, 12),
+        (4, 8, 14),
+        (6, 8, 16),
+    ]
     assert [r["phase"] for r in rows] == ["grid", "grid", "grid", "followup", "followup", "control"]
     assert rows[0]["vs_reference"] == 0.0
     assert rows[1]["vs_reference"] == pytest.approx(0.03)

@@ -24,9 +24,15 @@ def _raises(match: str, path: Path | None = None):
 # ---------------------------------------------------------------- file errors
 
 
-@pytest.mark.parametrize("read", [stacks.read_stack, stacks.stack_shape,
-                                  lambda p: list(stacks.iter_slices(p)),
-                                  lambda p: stacks.read_labels(p, 255)])
+@pytest.mark.parametrize(
+    "read",
+    [
+        stacks.read_stack,
+        stacks.stack_shape,
+        lambda p: list(stacks.iter_slices(p)),
+        lambda p: stacks.read_labels(p, 255),
+    ],
+)
 def test_missing_file(tmp_path: Path, read) -> None:
     path = tmp_path / "nope.tif"
     with _raises("no such file", path):
@@ -62,8 +68,12 @@ def test_truncated_tiff_is_detected(tmp_path: Path, writer: str, keep: float) ->
     raw = whole.read_bytes()
     cut = tmp_path / "cut.tif"
     cut.write_bytes(raw[: int(len(raw) * keep)])
-    for read in (stacks.read_stack, stacks.stack_shape, lambda p: list(stacks.iter_slices(p)),
-                 lambda p: stacks.read_labels(p, 255)):
+    for read in (
+        stacks.read_stack,
+        stacks.stack_shape,
+        lambda p: list(stacks.iter_slices(p)),
+        lambda p: stacks.read_labels(p, 255),
+    ):
         with _raises("truncated|damaged", cut):
             read(cut)
 
@@ -144,11 +154,9 @@ def test_float_and_signed_scaling(tmp_path: Path) -> None:
     constant = stacks.read_stack(write_tif(tmp_path, "c.tif", np.full((2, 4, 4), 7.5, np.float32)))
     assert not constant.any()
     signed = np.array([[-100, 0], [50, 100]], np.int16)
-    np.testing.assert_allclose(stacks.read_stack(write_tif(tmp_path, "i16.tif", signed))[0],
-                               (signed + 100) / 200.0)
+    np.testing.assert_allclose(stacks.read_stack(write_tif(tmp_path, "i16.tif", signed))[0], (signed + 100) / 200.0)
     positive = np.array([[0, 32767]], np.int16)
-    np.testing.assert_allclose(stacks.read_stack(write_tif(tmp_path, "p16.tif", positive))[0],
-                               [[0.0, 1.0]])
+    np.testing.assert_allclose(stacks.read_stack(write_tif(tmp_path, "p16.tif", positive))[0], [[0.0, 1.0]])
 
 
 def test_min_is_white_is_inverted(tmp_path: Path) -> None:
@@ -171,8 +179,7 @@ def test_nan_is_refused(tmp_path: Path) -> None:
 def test_rgb_image_becomes_luminance(tmp_path: Path, planar: bool) -> None:
     rgb = RNG.integers(0, 256, (3, 8, 10, 3), dtype=np.uint8)
     stored = np.moveaxis(rgb, -1, 1) if planar else rgb
-    path = write_tif(tmp_path, "rgb.tif", stored, photometric="rgb",
-                planarconfig="separate" if planar else "contig")
+    path = write_tif(tmp_path, "rgb.tif", stored, photometric="rgb", planarconfig="separate" if planar else "contig")
     expected = (rgb @ np.array([0.299, 0.587, 0.114])) / 255.0
     got = stacks.read_stack(path)
     assert got.shape == (3, 8, 10)
@@ -190,8 +197,7 @@ def test_integer_foreground(tmp_path: Path) -> None:
     assert mask.dtype == bool and mask.shape == labels.shape
     np.testing.assert_array_equal(mask, labels == 255)
     np.testing.assert_array_equal(stacks.read_labels(tmp_path / "l.tif", 0), labels == 0)
-    with _raises(r"no pixel has the foreground value 7 \(values present: 0, 255\)",
-                 tmp_path / "l.tif"):
+    with _raises(r"no pixel has the foreground value 7 \(values present: 0, 255\)", tmp_path / "l.tif"):
         stacks.read_labels(tmp_path / "l.tif", 7)
 
 
@@ -245,8 +251,12 @@ def test_stack_shape_isbi() -> None:
 
 @pytest.mark.parametrize("kind", ["uint8", "float-wide", "imagej", "2d"])
 def test_iter_slices_equals_read_stack(tmp_path: Path, kind: str) -> None:
-    data = {"uint8": random_stack(5), "float-wide": RNG.normal(0, 100, (4, 9, 7)),
-            "imagej": random_stack(3), "2d": random_stack(1)[0]}[kind]
+    data = {
+        "uint8": random_stack(5),
+        "float-wide": RNG.normal(0, 100, (4, 9, 7)),
+        "imagej": random_stack(3),
+        "2d": random_stack(1)[0],
+    }[kind]
     path = write_tif(tmp_path, "s.tif", data, imagej=kind == "imagej")
     whole = stacks.read_stack(path)
     slices = list(stacks.iter_slices(path))

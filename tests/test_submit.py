@@ -45,11 +45,33 @@ def test_sweep_entrypoint_quotes_every_option():
         tracking_uri="http://mlflow:5000",
     )
     assert shlex.split(entrypoint) == [
-        "python", "-m", "dcn_ray", "sweep", "table 1.yaml", "--address", "auto",
-        "--name", "t1", "--storage", "/mnt/shared/dcn-ray-runs", "--tracking-uri", "http://mlflow:5000",
-        "--set", "train.steps=40", "--set", "name=it's mine",
+        "python",
+        "-m",
+        "dcn_ray",
+        "sweep",
+        "table 1.yaml",
+        "--address",
+        "auto",
+        "--name",
+        "t1",
+        "--storage",
+        "/mnt/shared/dcn-ray-runs",
+        "--tracking-uri",
+        "http://mlflow:5000",
+        "--set",
+        "train.steps=40",
+        "--set",
+        "name=it's mine",
     ]
-    assert shlex.split(submit.sweep_entrypoint("j.yaml")) == ["python", "-m", "dcn_ray", "sweep", "j.yaml", "--address", "auto"]
+    assert shlex.split(submit.sweep_entrypoint("j.yaml")) == [
+        "python",
+        "-m",
+        "dcn_ray",
+        "sweep",
+        "j.yaml",
+        "--address",
+        "auto",
+    ]
 
 
 def test_job_copy_makes_data_paths_absolute(tmp_path):
@@ -101,11 +123,20 @@ def test_submit_sweep_checks_the_job_before_contacting_the_cluster():
 
 def test_script_refuses_bad_numbers_and_reports_no_cluster(tmp_path):
     script = REPO / "cluster" / "local-cluster.sh"
-    bad = subprocess.run(["bash", str(script), "start", "--workers", "two", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        ["bash", str(script), "start", "--workers", "two", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert bad.returncode == 2 and "two" in bad.stderr
-    status = subprocess.run(["bash", str(script), "status", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=30)
+    status = subprocess.run(
+        ["bash", str(script), "status", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=30
+    )
     assert status.returncode == 1 and "no local cluster" in status.stdout
-    stop = subprocess.run(["bash", str(script), "stop", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=30)
+    stop = subprocess.run(
+        ["bash", str(script), "stop", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=30
+    )
     assert stop.returncode == 0
 
 
@@ -136,7 +167,10 @@ def test_local_cluster_runs_tasks_on_every_node_and_stops_everything():
             def node_id() -> str:
                 return ray.get_runtime_context().get_node_id()
 
-            placed = [node_id.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote() for node in nodes]
+            placed = [
+                node_id.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+                for node in nodes
+            ]
             ran_on = ray.get(placed, timeout=60)
         finally:
             ray.shutdown()

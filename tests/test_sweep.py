@@ -36,7 +36,11 @@ def sweep_runs(uri: str, experiment: str):
 
 
 def overlapping(children):
-    return [(a, b) for a, b in itertools.combinations(children, 2) if a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time]
+    return [
+        (a, b)
+        for a, b in itertools.combinations(children, 2)
+        if a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time
+    ]
 
 
 @pytest.mark.parametrize("local_ray", [2], indirect=True)
@@ -44,7 +48,9 @@ def test_sweep_tracks_one_child_run_per_configuration(local_ray, synthetic_stack
     raw = small_job(*synthetic_stack, name="grid4", tracking={"uri": mlflow_server.uri, "experiment": "grid4"})
     job = job_from_dict(raw)
     lines: list[str] = []
-    outcome = run_sweep(job, job_text=yaml.safe_dump(raw), storage=str(tmp_path / "runs"), address=None, write=lines.append)
+    outcome = run_sweep(
+        job, job_text=yaml.safe_dump(raw), storage=str(tmp_path / "runs"), address=None, write=lines.append
+    )
 
     assert not outcome.interrupted and outcome.errored == 0
     client, parents, children = sweep_runs(mlflow_server.uri, "grid4")
@@ -86,8 +92,15 @@ def test_sweep_tracks_one_child_run_per_configuration(local_ray, synthetic_stack
 @pytest.mark.parametrize("local_ray", [1], indirect=True)
 def test_gpu_fractions_pack_two_trials_on_one_gpu(local_ray, synthetic_stack, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the default embedded store: ./mlflow.db
-    raw = small_job(*synthetic_stack, name="packed", sweep={"kernels": [[4, 8, 16], [2, 8, 16]], "resources": {"gpu": 0.5, "cpu": 1}}, train={"steps": 30, "eval_every": 15})
-    outcome = run_sweep(job_from_dict(raw), job_text=yaml.safe_dump(raw), storage=None, address=None, write=lambda line: None)
+    raw = small_job(
+        *synthetic_stack,
+        name="packed",
+        sweep={"kernels": [[4, 8, 16], [2, 8, 16]], "resources": {"gpu": 0.5, "cpu": 1}},
+        train={"steps": 30, "eval_every": 15},
+    )
+    outcome = run_sweep(
+        job_from_dict(raw), job_text=yaml.safe_dump(raw), storage=None, address=None, write=lambda line: None
+    )
 
     assert outcome.errored == 0
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "dcn-ray-runs" / "packed").is_dir()
@@ -112,7 +125,21 @@ def test_table1_dry_run_lists_exactly_the_paper_grid(capsys):
     captured = capsys.readouterr()
     lines = [line.split() for line in captured.out.splitlines() if line.startswith("grid")]
     assert [line[1] for line in lines] == [
-        "4-8-16", "4-8-10", "4-8-12", "4-8-14", "2-8-16", "6-8-16", "4-6-16", "4-10-16",
-        "4-8-18", "4-8-20", "2-4-10", "2-4-20", "2-8-20", "4-10-18", "2-6-16", "2-8-18",
+        "4-8-16",
+        "4-8-10",
+        "4-8-12",
+        "4-8-14",
+        "2-8-16",
+        "6-8-16",
+        "4-6-16",
+        "4-10-16",
+        "4-8-18",
+        "4-8-20",
+        "2-4-10",
+        "2-4-20",
+        "2-8-20",
+        "4-10-18",
+        "2-6-16",
+        "2-8-18",
     ]
     assert "27 training and 3 validation slices of 512 x 512" in captured.err

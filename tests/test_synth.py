@@ -73,9 +73,13 @@ def test_fast_enough() -> None:
     assert time.perf_counter() - start < 4.0  # the target is well under 2 s; slack for CI
 
 
-@pytest.mark.parametrize("kwargs, problem", [
-    ({"slices": 0}, "slices must be >= 1"), ({"size": 15}, "size must be >= 16"),
-])
+@pytest.mark.parametrize(
+    "kwargs, problem",
+    [
+        ({"slices": 0}, "slices must be >= 1"),
+        ({"size": 15}, "size must be >= 16"),
+    ],
+)
 def test_invalid_arguments(kwargs: dict, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         make_synthetic(**kwargs)

@@ -19,7 +19,13 @@ pytestmark = pytest.mark.usefixtures("two_threads")
 
 def test_narrow_dcn_learns_the_synthetic_stack(synthetic_stack):
     """Validation IoU rises clearly above the untrained network's and the all-foreground prediction's."""
-    job = job_from_dict(small_job(*synthetic_stack, model={"width": 8}, train={"steps": 150, "batch_size": 4, "crop": 64, "eval_every": 50, "threads": None}))
+    job = job_from_dict(
+        small_job(
+            *synthetic_stack,
+            model={"width": 8},
+            train={"steps": 150, "batch_size": 4, "crop": 64, "eval_every": 50, "threads": None},
+        )
+    )
     dataset = load_job_dataset(job)
     torch.manual_seed(job.train.seed)
     untrained = evaluate(build_model(job, (4, 8, 16)), torch.from_numpy(dataset.val_images), dataset.val_masks)
@@ -69,7 +75,13 @@ def test_checkpoints_are_self_describing_and_resume_exactly(synthetic_stack, tmp
 
     # a finished state returns at once, without training
     calls: list = []
-    again = train(job, (2, 8, 16), dataset, state=checkpoint.load(saved[-1][1] / checkpoint.STATE_FILE), report=lambda m, f: calls.append(m))
+    again = train(
+        job,
+        (2, 8, 16),
+        dataset,
+        state=checkpoint.load(saved[-1][1] / checkpoint.STATE_FILE),
+        report=lambda m, f: calls.append(m),
+    )
     assert calls == [] and again.steps == 12 and again.best_iou == full.best_iou
 
 
@@ -99,7 +111,9 @@ def test_step_options_default_per_device_and_channels_last_trains_the_same():
     from dcn_ray.core.train import StepOptions, default_step_options, make_train_step
 
     assert default_step_options(torch.device("cpu")) == StepOptions()
-    assert default_step_options(torch.device("cuda"), compile=True) == StepOptions(bf16=True, channels_last=True, compile=True)
+    assert default_step_options(torch.device("cuda"), compile=True) == StepOptions(
+        bf16=True, channels_last=True, compile=True
+    )
 
     images = torch.rand(2, 1, 32, 32)
     targets = (images[:, 0] > 0.5).long()

@@ -48,21 +48,35 @@ def cli(verbose: bool) -> None:
 @click.option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a job key (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Check the job and list its trials; train nothing.")
-def sweep(job_file: Path, name: str | None, storage: str | None, address: str | None, tracking_uri: str | None, overrides: tuple[str, ...], dry_run: bool) -> None:
+def sweep(
+    job_file: Path,
+    name: str | None,
+    storage: str | None,
+    address: str | None,
+    tracking_uri: str | None,
+    overrides: tuple[str, ...],
+    dry_run: bool,
+) -> None:
     """Run the kernel sweep of JOB_FILE (the grid, then feature-map-guided follow-ups)."""
     keep_local_ray_on_loopback(address)
     from dcn_ray.config import load_job
     from dcn_ray.tune import sweep as sweeps
     from dcn_ray.tune.progress import Progress
 
-    extra = list(overrides) + ([f"name={name}"] if name else []) + ([f"tracking.uri={tracking_uri}"] if tracking_uri else [])
+    extra = (
+        list(overrides)
+        + ([f"name={name}"] if name else [])
+        + ([f"tracking.uri={tracking_uri}"] if tracking_uri else [])
+    )
     job = load_job(job_file, extra)
     if dry_run:  # both checks before any output: a problem is then the only line shown
         summaries = [sweeps.check_data(job), sweeps.check_resources(job, address)]
         _echo("\n".join(summaries))
         click.echo("\n".join(sweeps.planned_trials(job)))
         return
-    outcome = sweeps.run_sweep(job, job_text=job_file.read_text(), storage=storage, address=address, write=_echo, callbacks=[Progress(_echo)])
+    outcome = sweeps.run_sweep(
+        job, job_text=job_file.read_text(), storage=storage, address=address, write=_echo, callbacks=[Progress(_echo)]
+    )
     _done(outcome)
 
 
@@ -105,18 +119,35 @@ def synth(out_dir: Path, slices: int, size: int, seed: int) -> None:
 @click.argument("model")
 @click.argument("stack", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path), help="Labels (default: those of the model's job).")
+@click.option(
+    "--labels",
+    "labels_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Labels (default: those of the model's job).",
+)
 @click.option("--slices", default=None, help="Slices to score, e.g. 27:30 (default: the job's validation split).")
 @click.option("--storage", help="For MODEL sweep:NAME: the sweep's storage (default ./dcn-ray-runs).")
 @click.option("--tracking-uri", help="For MODEL runs:/ or models:/ (default: sqlite:///mlflow.db here).")
-def inspect(model: str, stack: Path, out_dir: Path, labels_path: Path | None, slices: str | None, storage: str | None, tracking_uri: str | None) -> None:
+def inspect(
+    model: str,
+    stack: Path,
+    out_dir: Path,
+    labels_path: Path | None,
+    slices: str | None,
+    storage: str | None,
+    tracking_uri: str | None,
+) -> None:
     """Write the F1-F3 montage and branch scores of MODEL on STACK; print the weak branch and follow-ups.
 
     MODEL: a checkpoint file or folder, runs:/<run_id>, models:/<name>/<version> or sweep:NAME.
     """
     from dcn_ray.predict.inspection import inspect_model
 
-    click.echo(inspect_model(model, stack, out_dir, labels=labels_path, slices=slices, storage=storage, tracking_uri=tracking_uri))
+    click.echo(
+        inspect_model(
+            model, stack, out_dir, labels=labels_path, slices=slices, storage=storage, tracking_uri=tracking_uri
+        )
+    )
 
 
 @cli.command()
@@ -127,11 +158,21 @@ def inspect(model: str, stack: Path, out_dir: Path, labels_path: Path | None, sl
 @click.option("--tracking-uri", help="MLflow tracking URI the cluster can reach.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a job key (repeatable).")
 @click.option("--follow", is_flag=True, help="Stream the sweep's logs until it ends.")
-def submit(job_file: Path, address: str, name: str | None, storage: str | None, tracking_uri: str | None, overrides: tuple[str, ...], follow: bool) -> None:
+def submit(
+    job_file: Path,
+    address: str,
+    name: str | None,
+    storage: str | None,
+    tracking_uri: str | None,
+    overrides: tuple[str, ...],
+    follow: bool,
+) -> None:
     """Submit the sweep of JOB_FILE to a Ray cluster through the Jobs API; print the submission id."""
     from dcn_ray.tune import submit as jobs
 
-    submission = jobs.submit_sweep(job_file, address=address, overrides=overrides, name=name, storage=storage, tracking_uri=tracking_uri)
+    submission = jobs.submit_sweep(
+        job_file, address=address, overrides=overrides, name=name, storage=storage, tracking_uri=tracking_uri
+    )
     click.echo(submission)
     if follow:
         status = jobs.follow_logs(address, submission, click.echo)

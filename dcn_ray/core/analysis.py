@@ -45,13 +45,17 @@ def branch_logits(model: DCN, images: np.ndarray, device: torch.device | str = "
     maps: list[list[np.ndarray]] = [[], [], []]
     with torch.no_grad():
         for image in images:
-            output = pad_forward(model, torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device))
+            output = pad_forward(
+                model, torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+            )
             for index, branch in enumerate(output.branches):
                 maps[index].append(branch[0].float().cpu().numpy())
     return [np.stack(branch) for branch in maps]
 
 
-def analyse(model: DCN, images: np.ndarray, masks: np.ndarray, out_dir: Path, *, device: torch.device | str = "cpu") -> Analysis:
+def analyse(
+    model: DCN, images: np.ndarray, masks: np.ndarray, out_dir: Path, *, device: torch.device | str = "cpu"
+) -> Analysis:
     """Score F1-F3 on (Z, Y, X) validation slices and write their images for the first slice."""
     out_dir.mkdir(parents=True, exist_ok=True)
     branches = branch_logits(model, images, device)

@@ -93,9 +93,7 @@ def _check_branches(branches: Sequence[np.ndarray], truth: np.ndarray) -> None:
             raise ValueError(f"branch {name} must have shape {expected}, got {branch.shape}")
 
 
-def score_branches(
-    branches: Sequence[np.ndarray], truth: np.ndarray
-) -> tuple[BranchScore, BranchScore, BranchScore]:
+def score_branches(branches: Sequence[np.ndarray], truth: np.ndarray) -> tuple[BranchScore, BranchScore, BranchScore]:
     """Contrast, IoU alone and IoU drop of each branch (see :class:`BranchScore`)."""
     _check_branches(branches, truth)
     margins = [_margin(branch) for branch in branches]
@@ -203,9 +201,7 @@ def render_montage(
     return _save(montage, Path(path))
 
 
-def render_overlay(
-    image: np.ndarray, pred: np.ndarray, truth: np.ndarray, path: str | os.PathLike[str]
-) -> Path:
+def render_overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, path: str | os.PathLike[str]) -> Path:
     """RGB PNG of the slice with true positives, false positives and false negatives coloured.
 
     Colours: TRUE_POSITIVE (green), FALSE_POSITIVE (red), FALSE_NEGATIVE (blue),

@@ -35,18 +35,18 @@ def parse_split(spec: SplitSpec, n_slices: int, *, name: str) -> list[int]:
         try:
             spec = [int(part) for part in text.split(",")]
         except ValueError:
-            raise InputError(f"{name}: {spec!r} is neither a slice like '0:27' nor a list of "
-                             f"slice indices") from None
+            raise InputError(f"{name}: {spec!r} is neither a slice like '0:27' nor a list of slice indices") from None
     if isinstance(spec, (bytes, dict)) or not isinstance(spec, (Sequence, np.ndarray)):
-        raise InputError(f"{name} must be a slice like '0:27' or a list of slice indices, "
-                         f"got {spec!r}")
+        raise InputError(f"{name} must be a slice like '0:27' or a list of slice indices, got {spec!r}")
     indices = []
     for item in spec:
         if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
             raise InputError(f"{name}: slice index {item!r} is not an integer")
         if not -n_slices <= item < n_slices:
-            raise InputError(f"{name}: slice index {item} is out of range for a stack of "
-                             f"{n_slices} slices (valid: 0..{n_slices - 1}, or negative)")
+            raise InputError(
+                f"{name}: slice index {item} is out of range for a stack of "
+                f"{n_slices} slices (valid: 0..{n_slices - 1}, or negative)"
+            )
         indices.append(int(item) % n_slices)
     if not indices:
         raise InputError(f"{name}: selects no slice")
@@ -76,14 +76,20 @@ def apply_roi(stack: np.ndarray, roi: Sequence[int] | None) -> np.ndarray:
     """Crop (Z, Y, X) to roi = (y0, x0, height, width); None keeps the whole stack."""
     if roi is None:
         return stack
-    if (isinstance(roi, (str, bytes)) or not isinstance(roi, Sequence) or len(roi) != 4
-            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in roi)):
+    if (
+        isinstance(roi, (str, bytes))
+        or not isinstance(roi, Sequence)
+        or len(roi) != 4
+        or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in roi)
+    ):
         raise InputError(f"ROI must be four integers (y0, x0, height, width), got {roi!r}")
     y0, x0, height, width = (int(v) for v in roi)
     image_y, image_x = stack.shape[-2:]
     if height < 1 or width < 1 or y0 < 0 or x0 < 0 or y0 + height > image_y or x0 + width > image_x:
-        raise InputError(f"ROI (y0, x0, height, width) = ({y0}, {x0}, {height}, {width}) does not "
-                         f"fit in the image of {image_y} x {image_x} pixels (height x width)")
+        raise InputError(
+            f"ROI (y0, x0, height, width) = ({y0}, {x0}, {height}, {width}) does not "
+            f"fit in the image of {image_y} x {image_x} pixels (height x width)"
+        )
     return np.ascontiguousarray(stack[..., y0 : y0 + height, x0 : x0 + width])
 
 
@@ -102,19 +108,29 @@ class Dataset:
     test_slices: list[int]  # [] when there is no test split
 
 
-def load_dataset(images: PathLike, labels: PathLike, *, foreground: int | str,
-                 train: SplitSpec, val: SplitSpec, test: SplitSpec | None = None,
-                 roi: Sequence[int] | None = None) -> Dataset:
+def load_dataset(
+    images: PathLike,
+    labels: PathLike,
+    *,
+    foreground: int | str,
+    train: SplitSpec,
+    val: SplitSpec,
+    test: SplitSpec | None = None,
+    roi: Sequence[int] | None = None,
+) -> Dataset:
     """Read images and labels, crop to ``roi``, and cut them into the train/val/test splits."""
     stack, masks = read_stack(images), read_labels(labels, foreground)
     if stack.shape != masks.shape:
-        raise InputError(f"images {images} have shape {stack.shape} (Z, Y, X) but labels "
-                         f"{labels} have shape {masks.shape}")
+        raise InputError(
+            f"images {images} have shape {stack.shape} (Z, Y, X) but labels {labels} have shape {masks.shape}"
+        )
     stack, masks = apply_roi(stack, roi), apply_roi(masks, roi)
     n_slices = len(stack)
-    splits = {"train": parse_split(train, n_slices, name="data.split.train"),
-              "val": parse_split(val, n_slices, name="data.split.val"),
-              "test": [] if test is None else parse_split(test, n_slices, name="data.split.test")}
+    splits = {
+        "train": parse_split(train, n_slices, name="data.split.train"),
+        "val": parse_split(val, n_slices, name="data.split.val"),
+        "test": [] if test is None else parse_split(test, n_slices, name="data.split.test"),
+    }
     share = float(masks[splits["train"]].mean())
     where = f"labels {labels} (foreground {foreground!r}" + (f", ROI {list(roi)})" if roi else ")")
     if share == 0.0:
@@ -128,13 +144,16 @@ def load_dataset(images: PathLike, labels: PathLike, *, foreground: int | str,
         for second in names[i + 1 :]:
             common = sorted(set(splits[first]) & set(splits[second]))
             if common:
-                log.warning("data.split.%s and data.split.%s share %d slice(s): %s",
-                            first, second, len(common), common)
+                log.warning("data.split.%s and data.split.%s share %d slice(s): %s", first, second, len(common), common)
     test_slices = splits["test"]
     return Dataset(
-        train_images=stack[splits["train"]], train_masks=masks[splits["train"]],
-        val_images=stack[splits["val"]], val_masks=masks[splits["val"]],
+        train_images=stack[splits["train"]],
+        train_masks=masks[splits["train"]],
+        val_images=stack[splits["val"]],
+        val_masks=masks[splits["val"]],
         test_images=stack[test_slices] if test_slices else None,
         test_masks=masks[test_slices] if test_slices else None,
-        train_slices=splits["train"], val_slices=splits["val"], test_slices=test_slices,
+        train_slices=splits["train"],
+        val_slices=splits["val"],
+        test_slices=test_slices,
     )

@@ -23,9 +23,7 @@ class DCNOutput(NamedTuple):
     """The side-branch logits F1, F2, F3 (from 1/2, 1/4 and 1/8 resolution)."""
 
 
-def _conv_block(
-    in_channels: int, out_channels: int, convs: int, batch_norm: bool
-) -> nn.Sequential:
+def _conv_block(in_channels: int, out_channels: int, convs: int, batch_norm: bool) -> nn.Sequential:
     """``convs`` times: 3x3 conv (padding 1) [+ BatchNorm] + ReLU."""
     layers: list[nn.Module] = []
     for index in range(convs):
@@ -143,9 +141,7 @@ class DCN(nn.Module):
         self.pool = nn.MaxPool2d(2)
         mid = max(width // 2, 8)  # few channels at full resolution: keeps the branches cheap
         self.branches = nn.ModuleList(
-            SideBranch(
-                channels, mid, num_classes, kernel=k, stride=s, batch_norm=batch_norm
-            )
+            SideBranch(channels, mid, num_classes, kernel=k, stride=s, batch_norm=batch_norm)
             for channels, k, s in zip((2 * width, 4 * width, 8 * width), kernels, STRIDES)
         )
         self._init_weights()
@@ -160,8 +156,7 @@ class DCN(nn.Module):
     def forward(self, images: Tensor) -> DCNOutput:
         if images.ndim != 4 or images.shape[1] != self.kwargs["in_channels"]:
             raise ValueError(
-                f"DCN expects (N, {self.kwargs['in_channels']}, H, W) input, "
-                f"got shape {tuple(images.shape)}"
+                f"DCN expects (N, {self.kwargs['in_channels']}, H, W) input, got shape {tuple(images.shape)}"
             )
         height, width = images.shape[-2:]
         if height % MULTIPLE or width % MULTIPLE:
@@ -172,9 +167,7 @@ class DCN(nn.Module):
         half = self.block2(self.pool(self.block1(images)))
         quarter = self.block3(self.pool(half))
         eighth = self.block4(self.pool(quarter))
-        f1, f2, f3 = (
-            branch(features) for branch, features in zip(self.branches, (half, quarter, eighth))
-        )
+        f1, f2, f3 = (branch(features) for branch, features in zip(self.branches, (half, quarter, eighth)))
         return DCNOutput(fused=f1 + f2 + f3, branches=(f1, f2, f3))
 
 

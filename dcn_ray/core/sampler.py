@@ -79,10 +79,7 @@ class CropSampler:
         generator: torch.Generator | None = None,
     ) -> None:
         if images.ndim != 3 or not images.is_floating_point():
-            raise ValueError(
-                f"images must be a (Z, H, W) float tensor, "
-                f"got {images.dtype} {tuple(images.shape)}"
-            )
+            raise ValueError(f"images must be a (Z, H, W) float tensor, got {images.dtype} {tuple(images.shape)}")
         if masks.shape != images.shape or masks.device != images.device:
             raise ValueError(
                 f"masks {tuple(masks.shape)} on {masks.device} must match images "
@@ -98,9 +95,7 @@ class CropSampler:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if transforms not in TRANSFORM_SETS:
-            raise ValueError(
-                f"unknown transforms {transforms!r}; choose one of {sorted(TRANSFORM_SETS)}"
-            )
+            raise ValueError(f"unknown transforms {transforms!r}; choose one of {sorted(TRANSFORM_SETS)}")
         self.images = images
         self.masks = (masks != 0).to(torch.uint8)
         self.crop = crop
@@ -109,9 +104,7 @@ class CropSampler:
         self.generator = generator
         # Source (row, column) inside the crop of every output pixel, per transform:
         # transforming the index grid gives the gather indices of the transformed crop.
-        grid = torch.stack(
-            torch.meshgrid(torch.arange(crop), torch.arange(crop), indexing="ij")
-        )
+        grid = torch.stack(torch.meshgrid(torch.arange(crop), torch.arange(crop), indexing="ij"))
         count = TRANSFORM_SETS[transforms]
         self._sources = torch.stack([apply_transform(grid, t) for t in range(count)]).to(
             images.device
@@ -123,10 +116,7 @@ class CropSampler:
         device = self.generator.device if self.generator is not None else self.images.device
         highs = (depth, height - self.crop + 1, width - self.crop + 1, len(self._sources))
         draws = torch.stack(
-            [
-                torch.randint(high, (self.batch_size,), generator=self.generator, device=device)
-                for high in highs
-            ]
+            [torch.randint(high, (self.batch_size,), generator=self.generator, device=device) for high in highs]
         ).to(self.images.device, non_blocking=True)
         z, top, left, t = draws
         source = self._sources[t]  # (B, 2, crop, crop)

@@ -62,7 +62,9 @@ def default_step_options(device: torch.device, *, compile: bool = False) -> Step
     return StepOptions(bf16=cuda, channels_last=cuda, compile=compile)
 
 
-def make_train_step(model: DCN, optimizer: torch.optim.Optimizer, options: StepOptions) -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]:
+def make_train_step(
+    model: DCN, optimizer: torch.optim.Optimizer, options: StepOptions
+) -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]:
     """``step(images, targets, aux) -> loss``: one optimizer step; the loss stays on the device.
 
     With ``options.channels_last`` the model is converted in place here.
@@ -160,7 +162,9 @@ def train(
     started = loop_started = time.perf_counter()
     while step < settings.steps:
         images, targets = sampler.sample()
-        loss_sum += train_step(images, targets, aux_weight(step, settings.steps, start=settings.aux_start, end=settings.aux_end))
+        loss_sum += train_step(
+            images, targets, aux_weight(step, settings.steps, start=settings.aux_start, end=settings.aux_end)
+        )
         losses_since_eval += 1
         step += 1
         if step % settings.eval_every and step < settings.steps:
@@ -213,7 +217,9 @@ def _result(best: dict, step: int, history: list[dict[str, float]]) -> TrainResu
     )
 
 
-def _model_payload(job: JobConfig, model: DCN, kernels: Kernels, step: int, metrics: dict[str, float]) -> dict[str, Any]:
+def _model_payload(
+    job: JobConfig, model: DCN, kernels: Kernels, step: int, metrics: dict[str, float]
+) -> dict[str, Any]:
     return {
         "format": checkpoint.FORMAT,
         "model_kwargs": dict(model.kwargs),
@@ -241,7 +247,9 @@ def _state_payload(model, optimizer, generator, step, history, best, finished) -
 def _optimizer(job: JobConfig, model: DCN) -> torch.optim.Optimizer:
     settings = job.train
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+        )
     return torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
 

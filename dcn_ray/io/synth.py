@@ -35,8 +35,7 @@ def _drifting(rng: np.random.Generator, count: int, slices: int, size: int) -> n
     return start + velocity * np.arange(slices)[:, None, None] + walk
 
 
-def make_synthetic(*, slices: int = 24, size: int = 256,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_synthetic(*, slices: int = 24, size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels, both uint8 (slices, size, size); deterministic for a seed."""
     if slices < 1:
         raise ValueError(f"slices must be >= 1, got {slices}")
@@ -62,8 +61,7 @@ def make_synthetic(*, slices: int = 24, size: int = 256,
         interior[z] = to_border > MEMBRANE_HALF_WIDTH
         blob_dist, blob = cKDTree(blobs[z]).query(pixels)
         in_blob = blob_dist < blob_radius[blob]
-        grey[z] = np.where(interior[z], np.where(in_blob, BLOB_GREY, cell_grey[nearest[:, 0]]),
-                           MEMBRANE_GREY)
+        grey[z] = np.where(interior[z], np.where(in_blob, BLOB_GREY, cell_grey[nearest[:, 0]]), MEMBRANE_GREY)
 
     shape = (slices, size, size)
     texture = gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma=(0.0, 2.0, 2.0))
@@ -75,8 +73,7 @@ def make_synthetic(*, slices: int = 24, size: int = 256,
     return images, labels
 
 
-def write_synthetic(out_dir: str | Path, *, slices: int = 24, size: int = 256,
-                    seed: int = 0) -> tuple[Path, Path]:
+def write_synthetic(out_dir: str | Path, *, slices: int = 24, size: int = 256, seed: int = 0) -> tuple[Path, Path]:
     """Write ``images.tif`` and ``labels.tif`` into ``out_dir`` (created if missing)."""
     images, labels = make_synthetic(slices=slices, size=size, seed=seed)
     folder = Path(out_dir)

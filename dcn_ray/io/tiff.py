@@ -78,8 +78,7 @@ def _reading(path: Path) -> Iterator[None]:
         raise
     except Exception as exc:  # tifffile and its codecs raise many types for damaged data
         lines = str(exc).strip().splitlines() or [""]
-        raise InputError(f"{path}: damaged or truncated TIFF "
-                         f"({type(exc).__name__}: {lines[0]})") from exc
+        raise InputError(f"{path}: damaged or truncated TIFF ({type(exc).__name__}: {lines[0]})") from exc
     finally:
         tiff_log.removeFilter(errors)
     if errors.messages:
@@ -122,8 +121,10 @@ def _open(path: PathLike) -> Iterator[tuple[tifffile.TiffFile, _Layout]]:
 def _layout(tif: tifffile.TiffFile, path: Path) -> _Layout:
     if len(tif.series) != 1:
         shapes = ", ".join(str(s.shape) for s in tif.series[:4])
-        raise InputError(f"{path}: holds {len(tif.series)} images of different shapes or types "
-                         f"({shapes}); expected one stack of equal slices")
+        raise InputError(
+            f"{path}: holds {len(tif.series)} images of different shapes or types "
+            f"({shapes}); expected one stack of equal slices"
+        )
     series = tif.series[0]
     shape, axes, page = tuple(series.shape), series.axes, series.keyframe
     dtype = np.dtype(series.dtype)
@@ -145,8 +146,10 @@ def _layout(tif: tifffile.TiffFile, path: Path) -> _Layout:
     if len(shape) == 2:
         shape = (1, *shape)
     if len(shape) != 3:
-        raise InputError(f"{path}: has {len(shape)}-D images (shape {tuple(series.shape)}, "
-                         f"axes {axes}); expected a 2-D image or a 3-D stack (Z, Y, X)")
+        raise InputError(
+            f"{path}: has {len(shape)}-D images (shape {tuple(series.shape)}, "
+            f"axes {axes}); expected a 2-D image or a 3-D stack (Z, Y, X)"
+        )
     return _Layout(shape, axes, kind, dtype, colormap)  # type: ignore[arg-type]
 
 
@@ -155,13 +158,11 @@ def _check_extent(tif: tifffile.TiffFile, path: Path) -> None:
     size = os.fstat(tif.filehandle.fileno()).st_size
     series = tif.series[0]
     pages = [*series.pages, *tif.pages]  # walking all of tif.pages also checks the IFD chain
-    ends = [o + n for page in pages if page is not None
-            for o, n in zip(page.dataoffsets, page.databytecounts)]
+    ends = [o + n for page in pages if page is not None for o, n in zip(page.dataoffsets, page.databytecounts)]
     if series.dataoffset is not None:
         ends.append(series.dataoffset + series.nbytes)
     if ends and max(ends) > size:
-        raise InputError(f"{path}: truncated TIFF (its image data runs to byte {max(ends)}, "
-                         f"the file has {size} bytes)")
+        raise InputError(f"{path}: truncated TIFF (its image data runs to byte {max(ends)}, the file has {size} bytes)")
 
 
 def _as_zyx(raw: np.ndarray, axes: str, layout: _Layout, z: int) -> np.ndarray:
@@ -278,14 +279,15 @@ def read_labels(path: PathLike, foreground: int | str) -> np.ndarray:
     by_colour = isinstance(foreground, str) and foreground == "color"
     by_value = isinstance(foreground, (int, np.integer)) and not isinstance(foreground, bool)
     if not (by_colour or by_value):
-        raise InputError(f"foreground must be a label value (an integer) or 'color', "
-                         f"got {foreground!r}")
+        raise InputError(f"foreground must be a label value (an integer) or 'color', got {foreground!r}")
     with _open(path) as (tif, layout), _reading(path):
         raw = tif.series[0].asarray()
     if by_colour:
         if layout.kind not in ("rgb", "palette"):
-            raise InputError(f"{path}: foreground 'color' needs RGB labels, but these are "
-                             f"single-channel {layout.dtype}; give the foreground label value")
+            raise InputError(
+                f"{path}: foreground 'color' needs RGB labels, but these are "
+                f"single-channel {layout.dtype}; give the foreground label value"
+            )
         return _coloured(_as_zyx(raw, layout.axes, layout, layout.shape[0]), layout.dtype)
     if layout.kind == "rgb":
         raise InputError(f"{path}: labels are RGB; use foreground 'color', not {foreground!r}")
@@ -293,8 +295,7 @@ def read_labels(path: PathLike, foreground: int | str) -> np.ndarray:
     if not mask.any():
         values = np.unique(raw)
         shown = ", ".join(str(v) for v in values[:10]) + (", ..." if len(values) > 10 else "")
-        raise InputError(f"{path}: no pixel has the foreground value {foreground} "
-                         f"(values present: {shown})")
+        raise InputError(f"{path}: no pixel has the foreground value {foreground} (values present: {shown})")
     return mask
 
 
@@ -353,16 +354,16 @@ class StackWriter:
         if page.dtype == np.bool_:
             page = page.astype(np.uint8) * np.uint8(255)
         if page.ndim != 2 or page.dtype not in _PAGE_DTYPES:
-            raise ValueError(f"a page must be 2-D uint8, uint16, float32 or bool, "
-                             f"got {page.ndim}-D {page.dtype}")
+            raise ValueError(f"a page must be 2-D uint8, uint16, float32 or bool, got {page.ndim}-D {page.dtype}")
         if self._page is None:
             self._page = (page.shape, page.dtype)
         elif (page.shape, page.dtype) != self._page:
-            raise ValueError(f"page {self._count} is {page.shape} {page.dtype}, but the first "
-                             f"page was {self._page[0]} {self._page[1]}")
+            raise ValueError(
+                f"page {self._count} is {page.shape} {page.dtype}, but the first "
+                f"page was {self._page[0]} {self._page[1]}"
+            )
         description = self._description(1) if self._count == 0 else None
-        self._writer.write(page, photometric="minisblack", compression="zlib",
-                           metadata=None, description=description)
+        self._writer.write(page, photometric="minisblack", compression="zlib", metadata=None, description=description)
         self._count += 1
 
     def _description(self, n_pages: int) -> str:

@@ -17,8 +17,14 @@ SCORES_FILE = "branch_scores.json"
 
 
 def inspect_model(
-    source: str, stack: Path, out_dir: Path, *, labels: Path | None = None, slices: str | None = None,
-    storage: str | None = None, tracking_uri: str | None = None,
+    source: str,
+    stack: Path,
+    out_dir: Path,
+    *,
+    labels: Path | None = None,
+    slices: str | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
 ) -> str:
     """Score the branches of a model on labelled slices, write the montage and JSON; return a summary.
 
@@ -50,7 +56,10 @@ def inspect_model(
         "images": [str(p) for p in analysis.images],
     }
     (out_dir / SCORES_FILE).write_text(json.dumps(record, indent=2))
-    lines = [f"{score.name}: contrast {score.contrast:.4f}  alone IoU {score.alone_iou:.4f}  drop {score.drop:+.4f}" for score in analysis.scores]
+    lines = [
+        f"{score.name}: contrast {score.contrast:.4f}  alone IoU {score.alone_iou:.4f}  drop {score.drop:+.4f}"
+        for score in analysis.scores
+    ]
     lines.append(f"weak branch: {analysis.weak_name} (kernel k{analysis.weak + 1}={kernels[analysis.weak]})")
     lines.append("guided follow-ups: " + (", ".join(kernels_text(k) for k in plan.guided) or "none"))
     lines.append("random controls: " + (", ".join(kernels_text(k) for k in plan.controls) or "none"))

@@ -144,9 +144,13 @@ class SlicePredictor:
         radius = receptive_radius(model.kernels)
         self.margin = min(radius, options.overlap // 2)
         if self.margin < radius:
-            log.warning("--overlap %d is below %d, twice the receptive radius of kernels %s: tile seams "
-                        "may differ slightly from whole-slice predictions", options.overlap, 2 * radius,
-                        kernels_text(model.kernels))
+            log.warning(
+                "--overlap %d is below %d, twice the receptive radius of kernels %s: tile seams "
+                "may differ slightly from whole-slice predictions",
+                options.overlap,
+                2 * radius,
+                kernels_text(model.kernels),
+            )
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(Y, X) float32 in [0, 1] -> (Y, X) float32 foreground probability."""
@@ -179,8 +183,13 @@ class SlicePredictor:
         return (total / weight)[:height, :width]
 
     def _weights(self, size: int, start: int, length: int) -> Tensor:
-        weights = edge_weights(size, inner_before=start > 0, inner_after=start + size < length,
-                               overlap=self.options.overlap, margin=self.margin)
+        weights = edge_weights(
+            size,
+            inner_before=start > 0,
+            inner_after=start + size < length,
+            overlap=self.options.overlap,
+            margin=self.margin,
+        )
         return torch.from_numpy(weights).to(self.device)
 
     def _probability(self, tile: Tensor) -> Tensor:
@@ -235,8 +244,10 @@ def predict_stack(
     page_bytes = 4 if options.output == "float" else 1
     bigtiff = math.prod(shape) * page_bytes > _BIGTIFF_ABOVE
     names: list[str] = []
-    with _mapper(loaded, options, workers, address) as mapper, \
-            StackWriter(output_path, metadata=_metadata(loaded, options), bigtiff=bigtiff) as writer:
+    with (
+        _mapper(loaded, options, workers, address) as mapper,
+        StackWriter(output_path, metadata=_metadata(loaded, options), bigtiff=bigtiff) as writer,
+    ):
         started = time.perf_counter()
         if progress is not None:
             progress(0, shape[0])
@@ -252,8 +263,9 @@ def predict_stack(
     return PredictResult(output_path, len(names), seconds, tuple(names), scores)
 
 
-def _mapper(loaded: LoadedModel, options: PredictOptions, workers: int | None,
-            address: str | None) -> AbstractContextManager[SliceMapper]:
+def _mapper(
+    loaded: LoadedModel, options: PredictOptions, workers: int | None, address: str | None
+) -> AbstractContextManager[SliceMapper]:
     if workers is None and address is None:
         return local_mapper(loaded.model, options)
     from dcn_ray.predict.workers import ray_mapper

@@ -62,8 +62,9 @@ def worker_plan(nodes: list[dict[str, float]], workers: int | None, device: str 
 
 
 @contextmanager
-def ray_mapper(payload: dict[str, Any], options: PredictOptions, *, workers: int | None,
-               address: str | None) -> Iterator[SliceMapper]:
+def ray_mapper(
+    payload: dict[str, Any], options: PredictOptions, *, workers: int | None, address: str | None
+) -> Iterator[SliceMapper]:
     """Start the actors (and Ray, if it is not running) for the duration of the block."""
     import ray
 
@@ -80,7 +81,9 @@ def ray_mapper(payload: dict[str, Any], options: PredictOptions, *, workers: int
                 ray.kill(handle)
 
 
-def ordered_map(actors: list, slices: Iterable[np.ndarray], per_worker: int = PER_WORKER) -> Iterator[tuple[np.ndarray, str]]:
+def ordered_map(
+    actors: list, slices: Iterable[np.ndarray], per_worker: int = PER_WORKER
+) -> Iterator[tuple[np.ndarray, str]]:
     """``actor.run`` over ``slices``, results in input order, at most ``per_worker`` per actor in flight."""
     import ray
 

@@ -12,7 +12,20 @@ import pyarrow.parquet as pq
 
 from dcn_ray.core.kernels import REFERENCE
 
-COLUMNS = ("k1", "k2", "k3", "phase", "status", "best_val_iou", "vs_reference", "val_vrand", "val_vinfo", "weak_branch", "mlflow_run_id", "trial_id")
+COLUMNS = (
+    "k1",
+    "k2",
+    "k3",
+    "phase",
+    "status",
+    "best_val_iou",
+    "vs_reference",
+    "val_vrand",
+    "val_vinfo",
+    "weak_branch",
+    "mlflow_run_id",
+    "trial_id",
+)
 PHASE_ORDER = {"grid": 0, "followup": 1, "control": 2}
 PHASE_COLOURS = {"grid": "#4c72b0", "followup": "#dd8452", "control": "#8c8c8c"}
 TABLE_FILE, MARKDOWN_FILE, CHART_FILE = "results.parquet", "results.md", "iou_by_config.png"
@@ -21,20 +34,41 @@ TABLE_FILE, MARKDOWN_FILE, CHART_FILE = "results.parquet", "results.md", "iou_by
 def results_table(rows: Sequence[dict[str, Any]], reference: Sequence[int] = REFERENCE) -> pa.Table:
     """Rows (one per trial) -> a table ordered like Table 1, with the IoU difference from the reference."""
     reference = tuple(reference)
-    reference_iou = next((r["best_val_iou"] for r in rows if (r["k1"], r["k2"], r["k3"]) == reference and _number(r.get("best_val_iou"))), None)
-    ordered = sorted(rows, key=lambda r: (PHASE_ORDER.get(r["phase"], 9), (r["k1"], r["k2"], r["k3"]) != reference, r["k1"], r["k2"], r["k3"]))
+    reference_iou = next(
+        (
+            r["best_val_iou"]
+            for r in rows
+            if (r["k1"], r["k2"], r["k3"]) == reference and _number(r.get("best_val_iou"))
+        ),
+        None,
+    )
+    ordered = sorted(
+        rows,
+        key=lambda r: (
+            PHASE_ORDER.get(r["phase"], 9),
+            (r["k1"], r["k2"], r["k3"]) != reference,
+            r["k1"],
+            r["k2"],
+            r["k3"],
+        ),
+    )
     columns: dict[str, list] = {name: [] for name in COLUMNS}
     for row in ordered:
         iou = row.get("best_val_iou")
         row = {**row, "vs_reference": (iou - reference_iou) if _number(iou) and reference_iou is not None else None}
         for name in COLUMNS:
             columns[name].append(row.get(name))
-    schema = pa.schema([
-        *(pa.field(n, pa.int64()) for n in ("k1", "k2", "k3")),
-        pa.field("phase", pa.string()), pa.field("status", pa.string()),
-        *(pa.field(n, pa.float64()) for n in ("best_val_iou", "vs_reference", "val_vrand", "val_vinfo")),
-        pa.field("weak_branch", pa.string()), pa.field("mlflow_run_id", pa.string()), pa.field("trial_id", pa.string()),
-    ])
+    schema = pa.schema(
+        [
+            *(pa.field(n, pa.int64()) for n in ("k1", "k2", "k3")),
+            pa.field("phase", pa.string()),
+            pa.field("status", pa.string()),
+            *(pa.field(n, pa.float64()) for n in ("best_val_iou", "vs_reference", "val_vrand", "val_vinfo")),
+            pa.field("weak_branch", pa.string()),
+            pa.field("mlflow_run_id", pa.string()),
+            pa.field("trial_id", pa.string()),
+        ]
+    )
     return pa.table(columns, schema=schema)
 
 
@@ -60,10 +94,21 @@ def markdown(table: pa.Table, reference: Sequence[int] = REFERENCE) -> str:
     headers = ["k1, k2, k3", "phase", "status", "best val IoU", "vs reference", "V_rand", "weak branch"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in table.to_pylist():
-        lines.append("| " + " | ".join([
-            f"{r['k1']}, {r['k2']}, {r['k3']}", r["phase"], r["status"], _fmt(r["best_val_iou"]),
-            _fmt(r["vs_reference"], signed=True), _fmt(r["val_vrand"]), r["weak_branch"] or "",
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"{r['k1']}, {r['k2']}, {r['k3']}",
+                    r["phase"],
+                    r["status"],
+                    _fmt(r["best_val_iou"]),
+                    _fmt(r["vs_reference"], signed=True),
+                    _fmt(r["val_vrand"]),
+                    r["weak_branch"] or "",
+                ]
+            )
+            + " |"
+        )
     summary = summary_line(table, reference)
     return "\n".join(lines) + ("\n\n" + summary if summary else "") + "\n"
 
@@ -91,11 +136,19 @@ def chart(table: pa.Table, path: Path, reference: Sequence[int] = REFERENCE) -> 
     rows = [r for r in table.to_pylist() if _number(r["best_val_iou"])]
     figure, axes = plt.subplots(figsize=(max(6.0, 0.5 * len(rows) + 2), 4.0))
     labels = [_triple(r) for r in rows]
-    axes.bar(range(len(rows)), [r["best_val_iou"] for r in rows], color=[PHASE_COLOURS.get(r["phase"], "#555555") for r in rows])
+    axes.bar(
+        range(len(rows)),
+        [r["best_val_iou"] for r in rows],
+        color=[PHASE_COLOURS.get(r["phase"], "#555555") for r in rows],
+    )
     handles = [Patch(color=colour, label=phase) for phase, colour in PHASE_COLOURS.items()]
     ref = next((r for r in rows if (r["k1"], r["k2"], r["k3"]) == tuple(reference)), None)
     if ref:
-        handles.append(axes.axhline(ref["best_val_iou"], color="black", linestyle="--", linewidth=1, label=f"reference {_triple(ref)}"))
+        handles.append(
+            axes.axhline(
+                ref["best_val_iou"], color="black", linestyle="--", linewidth=1, label=f"reference {_triple(ref)}"
+            )
+        )
     axes.set_xticks(range(len(rows)), labels, rotation=60, ha="right")
     axes.set_ylabel("best validation IoU")
     axes.set_title("IoU per kernel configuration (k1-k2-k3)")

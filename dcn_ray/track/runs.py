@@ -52,7 +52,7 @@ def resolve_uri(uri: str | None) -> str:
     if not uri:
         return default_tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri[len('sqlite:///'):]).absolute()}"
+        return f"sqlite:///{Path(uri[len('sqlite:///') :]).absolute()}"
     if "://" not in uri:
         raise InputError(f"tracking URI {uri!r} is not a URI (e.g. http://host:5000 or sqlite:///mlflow.db)")
     return uri
@@ -82,7 +82,7 @@ def prepare_experiment(uri: str, name: str) -> str:
         return experiment.experiment_id
     location = None
     if uri.startswith("sqlite:"):
-        location = (Path(uri[len("sqlite:///"):]).parent / "mlruns").absolute().as_uri()
+        location = (Path(uri[len("sqlite:///") :]).parent / "mlruns").absolute().as_uri()
     return client.create_experiment(name, artifact_location=location)
 
 
@@ -171,12 +171,16 @@ class TrialRun:
         unique within a sweep, so the new trial takes over the old trial's run.
         """
         parent = f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'"
-        runs = self.client.search_runs([experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{self.trial_id}' and {parent}", max_results=2)
+        runs = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.{TRIAL_TAG} = '{self.trial_id}' and {parent}", max_results=2
+        )
         if len(runs) > 1:
             log.warning("trial %s has %d child runs; using the first", self.trial_id, len(runs))
         if runs or not kernels:
             return runs[0].info.run_id if runs else None
-        runs = self.client.search_runs([experiment_id], filter_string=f"tags.kernels = '{kernels}' and {parent}", max_results=1)
+        runs = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.kernels = '{kernels}' and {parent}", max_results=1
+        )
         if not runs:
             return None
         self.adopted_from = runs[0].data.tags.get(TRIAL_TAG)
@@ -228,7 +232,9 @@ def reconcile(uri: str, experiment_id: str, parent_run_id: str, rows: list[dict]
 def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
     """All child runs of a sweep's parent run."""
     client = MlflowClient(uri)
-    return client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10000)
+    return client.search_runs(
+        [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10000
+    )
 
 
 def trial_tags() -> dict[str, str]:

@@ -61,7 +61,7 @@ class BestTrial:
 def load_source(source: str, *, storage: str | None = None, tracking_uri: str | None = None) -> LoadedModel:
     """Load the model of ``source`` (see the module docstring) on the CPU."""
     if source.startswith("runs:/"):
-        run_id, _, artifact = source[len("runs:/"):].strip("/").partition("/")
+        run_id, _, artifact = source[len("runs:/") :].strip("/").partition("/")
         if not run_id:
             raise InputError(f"model {source!r}: give the run id, as runs:/<run_id>")
         return _from_mlflow(source, f"runs:/{run_id}/{artifact or RUN_ARTIFACT}", mlflow_uri(tracking_uri))
@@ -69,7 +69,7 @@ def load_source(source: str, *, storage: str | None = None, tracking_uri: str | 
         uri = mlflow_uri(tracking_uri)
         return _from_mlflow(source, _model_version_location(source, uri), uri)
     if source.startswith("sweep:"):
-        return _from_sweep(source, source[len("sweep:"):], storage)
+        return _from_sweep(source, source[len("sweep:") :], storage)
     path = Path(source)
     if not path.exists():
         raise InputError(f"model {source!r} not found: give {SOURCES}")
@@ -82,7 +82,9 @@ def latest_checkpoint(path: Path) -> Path:
     """The ``model.pt`` of a file or folder: its own, else that of its latest checkpoint_NNNNNN."""
     if path.is_file() or (path / checkpoint.MODEL_FILE).is_file():
         return path if path.is_file() else path / checkpoint.MODEL_FILE
-    numbered = {p: p.parent.name.removeprefix("checkpoint_") for p in path.glob(f"checkpoint_*/{checkpoint.MODEL_FILE}")}
+    numbered = {
+        p: p.parent.name.removeprefix("checkpoint_") for p in path.glob(f"checkpoint_*/{checkpoint.MODEL_FILE}")
+    }
     saved = {p: int(number) for p, number in numbered.items() if number.isdigit()}
     if not saved:
         raise InputError(f"{path}: no {checkpoint.MODEL_FILE} in this folder or its checkpoint_* folders")
@@ -92,8 +94,10 @@ def latest_checkpoint(path: Path) -> Path:
 def mlflow_uri(uri: str | None) -> str:
     """``uri``, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here; the store must exist."""
     resolved = tracking.resolve_uri(uri or os.environ.get("MLFLOW_TRACKING_URI"))
-    if resolved.startswith("sqlite:///") and not Path(resolved[len("sqlite:///"):]).is_file():
-        raise InputError(f"no MLflow store at {resolved[len('sqlite:///'):]} (give --tracking-uri or set MLFLOW_TRACKING_URI)")
+    if resolved.startswith("sqlite:///") and not Path(resolved[len("sqlite:///") :]).is_file():
+        raise InputError(
+            f"no MLflow store at {resolved[len('sqlite:///') :]} (give --tracking-uri or set MLFLOW_TRACKING_URI)"
+        )
     tracking.check_reachable(resolved)
     return resolved
 
@@ -106,15 +110,24 @@ def best_trial(name: str, storage: str | None = None) -> BestTrial:
     if not store.exists(name, TABLE_FILE):
         raise InputError(f"sweep '{name}' in {store.root} has no results yet")
     rows = [
-        row for row in store.read_results(name).to_pylist()
-        if row["status"] == "finished" and isinstance(row["best_val_iou"], float) and not math.isnan(row["best_val_iou"])
+        row
+        for row in store.read_results(name).to_pylist()
+        if row["status"] == "finished"
+        and isinstance(row["best_val_iou"], float)
+        and not math.isnan(row["best_val_iou"])
     ]
     if not rows:
         raise InputError(f"sweep '{name}' in {store.root} has no finished trial")
     best = max(rows, key=lambda row: row["best_val_iou"])  # the first of equals, in table order
     record = store.read_record(name)
-    return BestTrial(name, (best["k1"], best["k2"], best["k3"]), best["best_val_iou"], best["trial_id"],
-                     best["mlflow_run_id"], record["tracking_uri"])
+    return BestTrial(
+        name,
+        (best["k1"], best["k2"], best["k3"]),
+        best["best_val_iou"],
+        best["trial_id"],
+        best["mlflow_run_id"],
+        record["tracking_uri"],
+    )
 
 
 def register_best(name: str, model_name: str, *, storage: str | None = None) -> tuple[int, BestTrial]:
@@ -131,7 +144,9 @@ def register_best(name: str, model_name: str, *, storage: str | None = None) -> 
     try:
         files = [item.path for item in client.list_artifacts(best.mlflow_run_id, RUN_ARTIFACT)]
         if f"{RUN_ARTIFACT}/{checkpoint.MODEL_FILE}" not in files:
-            raise InputError(f"MLflow run {best.mlflow_run_id} of sweep '{name}' has no {RUN_ARTIFACT}/{checkpoint.MODEL_FILE}")
+            raise InputError(
+                f"MLflow run {best.mlflow_run_id} of sweep '{name}' has no {RUN_ARTIFACT}/{checkpoint.MODEL_FILE}"
+            )
         run = client.get_run(best.mlflow_run_id)
         try:
             client.create_registered_model(model_name, description="DCN models registered by dcn-ray")
@@ -139,12 +154,16 @@ def register_best(name: str, model_name: str, *, storage: str | None = None) -> 
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         version = client.create_model_version(
-            model_name, f"{run.info.artifact_uri}/{RUN_ARTIFACT}", run_id=best.mlflow_run_id,
+            model_name,
+            f"{run.info.artifact_uri}/{RUN_ARTIFACT}",
+            run_id=best.mlflow_run_id,
             tags={"sweep": name, "kernels": kernels_text(best.kernels), "best_val_iou": f"{best.best_val_iou:.6f}"},
             description=f"best trial of sweep {name}: kernels {kernels_text(best.kernels)}, val IoU {best.best_val_iou:.4f}",
         )
     except MlflowException as error:
-        raise InputError(f"cannot register sweep '{name}' as {model_name!r} in {best.tracking_uri}: {_first_line(error)}") from None
+        raise InputError(
+            f"cannot register sweep '{name}' as {model_name!r} in {best.tracking_uri}: {_first_line(error)}"
+        ) from None
     return int(version.version), best
 
 
@@ -165,10 +184,18 @@ def _from_sweep(source: str, name: str, storage: str | None) -> LoadedModel:
             except InputError:
                 continue
             model, payload = checkpoint.load_model(file)
-            log.info("%s: trial %s (kernels %s, val IoU %.4f)", source, best.trial_id, kernels_text(best.kernels), best.best_val_iou)
+            log.info(
+                "%s: trial %s (kernels %s, val IoU %.4f)",
+                source,
+                best.trial_id,
+                kernels_text(best.kernels),
+                best.best_val_iou,
+            )
             return LoadedModel(model, payload, source, str(file))
     if not best.mlflow_run_id:
-        raise InputError(f"{source}: the best trial {best.trial_id} has neither a checkpoint in {folder} nor an MLflow run")
+        raise InputError(
+            f"{source}: the best trial {best.trial_id} has neither a checkpoint in {folder} nor an MLflow run"
+        )
     return _from_mlflow(source, f"runs:/{best.mlflow_run_id}/{RUN_ARTIFACT}", best.tracking_uri)
 
 
@@ -180,11 +207,13 @@ def _model_version_location(source: str, uri: str) -> str:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    spec = source[len("models:/"):].strip("/")
+    spec = source[len("models:/") :].strip("/")
     name, alias = spec.split("@", 1) if "@" in spec else (spec, "")
     name, _, version = name.partition("/")
     if not name or not (version or alias) or "/" in version:
-        raise InputError(f"model {source!r}: give a registered model as models:/<name>/<version> or models:/<name>@<alias>")
+        raise InputError(
+            f"model {source!r}: give a registered model as models:/<name>/<version> or models:/<name>@<alias>"
+        )
     client = MlflowClient(uri, registry_uri=uri)
     try:
         if alias:
@@ -207,9 +236,13 @@ def _downloaded(source: str, artifact_uri: str, uri: str) -> Iterator[Path]:
 
     with tempfile.TemporaryDirectory(prefix="dcn-model-") as folder:
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=folder, tracking_uri=uri, registry_uri=uri)
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=artifact_uri, dst_path=folder, tracking_uri=uri, registry_uri=uri
+            )
         except Exception as error:  # MlflowException, OSError, and the stores' own errors
-            raise InputError(f"model {source!r}: cannot download {artifact_uri} from {uri}: {_first_line(error)}") from None
+            raise InputError(
+                f"model {source!r}: cannot download {artifact_uri} from {uri}: {_first_line(error)}"
+            ) from None
         yield Path(local)
 
 

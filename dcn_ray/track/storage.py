@@ -80,7 +80,11 @@ class Storage:
     def finished_trials(self, name: str) -> set[str]:
         """Trial ids that Tune's saved experiment state marks TERMINATED."""
         filesystem, path = self._resolve(self.folder(name))
-        states = [info for info in filesystem.get_file_info(pafs.FileSelector(path)) if info.base_name.startswith("experiment_state") and info.base_name.endswith(".json")]
+        states = [
+            info
+            for info in filesystem.get_file_info(pafs.FileSelector(path))
+            if info.base_name.startswith("experiment_state") and info.base_name.endswith(".json")
+        ]
         if not states:
             return set()
         latest = max(states, key=lambda info: info.base_name)
@@ -97,4 +101,3 @@ class Storage:
         if self.is_local:
             return pafs.LocalFileSystem(), location
         return pafs.FileSystem.from_uri(location)
-

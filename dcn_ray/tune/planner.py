@@ -81,9 +81,7 @@ def control_candidates(
     for branch, stride in enumerate(STRIDES):
         low, high = stride, stride * max_kernel_factor
         kernels = range(base[branch] % step_size, high + 1, step_size)  # same residue as the reference
-        candidates.append(
-            [_with_kernel(base, branch, k) for k in kernels if low <= k <= high and k != base[branch]]
-        )
+        candidates.append([_with_kernel(base, branch, k) for k in kernels if low <= k <= high and k != base[branch]])
     return candidates
 
 
@@ -109,9 +107,7 @@ def propose_controls(
     skip = _excluded(exclude)
     pools = [
         [kernels for kernels in branch_candidates if kernels not in skip]
-        for branch_candidates in control_candidates(
-            reference, max_kernel_factor=max_kernel_factor, step_size=step_size
-        )
+        for branch_candidates in control_candidates(reference, max_kernel_factor=max_kernel_factor, step_size=step_size)
     ]
     rng = random.Random(seed)
     proposals: list[Kernels] = []

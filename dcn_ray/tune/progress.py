@@ -30,7 +30,11 @@ class Progress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         best = (trial.last_result or {}).get("best_val_iou")
-        self.write(f"{self._elapsed()}  finished {_label(trial)}  best val IoU {best:.4f}" if best is not None else f"{self._elapsed()}  finished {_label(trial)}")
+        self.write(
+            f"{self._elapsed()}  finished {_label(trial)}  best val IoU {best:.4f}"
+            if best is not None
+            else f"{self._elapsed()}  finished {_label(trial)}"
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.write(f"{self._elapsed()}  errored  {_label(trial)} (failures so far: {trial.num_failures})")
@@ -41,7 +45,11 @@ class Progress(Callback):
             return
         self.last_summary = now
         counts = Counter(trial.status for trial in trials)
-        running = [f"{kernels_text(t.config['kernels'])}: {self.latest[t.trial_id]:.3f}" for t in trials if t.status == "RUNNING" and t.trial_id in self.latest]
+        running = [
+            f"{kernels_text(t.config['kernels'])}: {self.latest[t.trial_id]:.3f}"
+            for t in trials
+            if t.status == "RUNNING" and t.trial_id in self.latest
+        ]
         self.write(
             f"{self._elapsed()}  pending {counts['PENDING']}  running {counts['RUNNING']}  finished {counts['TERMINATED']}"
             f"  errored {counts['ERROR']}" + (f"  | IoU {', '.join(running)}" if running else "")

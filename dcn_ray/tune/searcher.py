@@ -71,7 +71,13 @@ class GridThenFollowups(Searcher):
             self.set_state(pickle.load(handle))
 
     def get_state(self) -> dict[str, Any]:
-        return {"queue": self.queue, "live": self.live, "done": self.done, "rounds_planned": self.rounds_planned, "followup": self.followup}
+        return {
+            "queue": self.queue,
+            "live": self.live,
+            "done": self.done,
+            "rounds_planned": self.rounds_planned,
+            "followup": self.followup,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.queue, self.live, self.done = state["queue"], state["live"], state["done"]
@@ -93,11 +99,18 @@ class GridThenFollowups(Searcher):
         kernels = tuple(reference["config"]["kernels"])
         weak = int(summary["weak_branch"])
         plan = plan_followups(
-            kernels, weak, steps=self.followup.steps, step_size=self.followup.step_size,
-            controls=self.followup.controls, seed=self.followup.seed + self.rounds_planned, exclude=self.seen(),
+            kernels,
+            weak,
+            steps=self.followup.steps,
+            step_size=self.followup.step_size,
+            controls=self.followup.controls,
+            seed=self.followup.seed + self.rounds_planned,
+            exclude=self.seen(),
         )
         self.rounds_planned += 1
-        scores = ",".join(f"{k}={summary[k]:.4f}" for k in sorted(summary) if k.startswith(("contrast_", "alone_iou_", "drop_")))
+        scores = ",".join(
+            f"{k}={summary[k]:.4f}" for k in sorted(summary) if k.startswith(("contrast_", "alone_iou_", "drop_"))
+        )
         extra = {
             "round": self.rounds_planned,
             "derived_from": summary.get("mlflow_run_id", ""),
@@ -105,9 +118,18 @@ class GridThenFollowups(Searcher):
             "reference_weak": BRANCHES[weak],
             "reference_scores": scores,
         }
-        planned = [trial_config(k, "followup", **extra) for k in plan.guided] + [trial_config(k, "control", **extra) for k in plan.controls]
+        planned = [trial_config(k, "followup", **extra) for k in plan.guided] + [
+            trial_config(k, "control", **extra) for k in plan.controls
+        ]
         self.queue.extend(planned)
-        log.info("round %d from %s: weak branch %s -> follow-ups %s, controls %s", self.rounds_planned, kernels, BRANCHES[weak], plan.guided, plan.controls)
+        log.info(
+            "round %d from %s: weak branch %s -> follow-ups %s, controls %s",
+            self.rounds_planned,
+            kernels,
+            BRANCHES[weak],
+            plan.guided,
+            plan.controls,
+        )
 
     def _next_reference(self) -> dict[str, Any] | None:
         """Round 1: the finished reference trial. Later: the best guided follow-up of the last round."""
@@ -116,7 +138,9 @@ class GridThenFollowups(Searcher):
             reference = tuple(self.followup.reference)
             return next((e for e in finished if tuple(e["config"]["kernels"]) == reference), None)
         last_round = self.rounds_planned
-        still_running = [c for c in [*self.queue, *self.live.values()] if c.get("round") == last_round and c["phase"] == "followup"]
+        still_running = [
+            c for c in [*self.queue, *self.live.values()] if c.get("round") == last_round and c["phase"] == "followup"
+        ]
         guided = [e for e in finished if e["config"].get("round") == last_round and e["config"]["phase"] == "followup"]
         if still_running or not guided:
             return None

@@ -85,7 +85,9 @@ def submit_sweep(
     """Check ``job_file`` here, submit its sweep to the cluster at ``address``; return the job's id."""
     job_file = Path(job_file)
     load_job(job_file, overrides)  # bad keys and values fail here, not after queueing on the cluster
-    entrypoint = sweep_entrypoint(job_file.name, overrides=overrides, name=name, storage=storage, tracking_uri=tracking_uri)
+    entrypoint = sweep_entrypoint(
+        job_file.name, overrides=overrides, name=name, storage=storage, tracking_uri=tracking_uri
+    )
     with tempfile.TemporaryDirectory(prefix="dcn-ray-submit-") as folder:
         write_job_copy(job_file, Path(folder))
         runtime_env = {"working_dir": folder, "py_modules": [str(PACKAGE_DIR)]}
@@ -113,9 +115,7 @@ def job_logs(address: str, submission_id: str) -> str:
     return _call(address, client.get_job_logs, submission_id)
 
 
-def follow_logs(
-    address: str, submission_id: str, write: Callable[[str], None], *, settle_s: float = 30.0
-) -> str:
+def follow_logs(address: str, submission_id: str, write: Callable[[str], None], *, settle_s: float = 30.0) -> str:
     """Pass each line the job prints (without its newline) to ``write`` until it ends; return its final status.
 
     ``settle_s`` bounds the wait, after the log stream closes, for the status to become final.
@@ -146,7 +146,9 @@ def _client(address: str):
     from ray.job_submission import JobSubmissionClient
 
     if address.startswith("ray://"):
-        raise InputError(f"{address} is a Ray Client address; submit needs the dashboard address, e.g. http://HOST:8265")
+        raise InputError(
+            f"{address} is a Ray Client address; submit needs the dashboard address, e.g. http://HOST:8265"
+        )
     for variable in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
         if os.environ.get(variable) and os.environ[variable] != address:
             log.warning("%s=%s is set: Ray uses it instead of %s", variable, os.environ[variable], address)
@@ -166,7 +168,9 @@ def _call(address: str, function: Callable[..., Any], *args: Any, **kwargs: Any)
             "in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
         ) from None
     except (ConnectionError, RpcError):
-        raise InputError(f"cannot reach the Ray Jobs API at {address} (is the cluster's dashboard running there?)") from None
+        raise InputError(
+            f"cannot reach the Ray Jobs API at {address} (is the cluster's dashboard running there?)"
+        ) from None
     except RuntimeError as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if "status code 404" in message:

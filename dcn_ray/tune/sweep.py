@@ -56,7 +56,10 @@ class SweepOutcome:
 def planned_trials(job: JobConfig) -> list[str]:
     """One line per configuration the sweep will run (the dry-run listing)."""
     resources = job.sweep.resources
-    lines = [f"grid  {kernels_text(k):>10}  k1={k[0]} k2={k[1]} k3={k[2]}  gpu={resources.gpu:g} cpu={resources.cpu:g}" for k in kernels_of(job)]
+    lines = [
+        f"grid  {kernels_text(k):>10}  k1={k[0]} k2={k[1]} k3={k[2]}  gpu={resources.gpu:g} cpu={resources.cpu:g}"
+        for k in kernels_of(job)
+    ]
     followup = job.sweep.followup
     if followup.enabled:
         reference = tuple(followup.reference)
@@ -76,8 +79,14 @@ def ensure_data(job: JobConfig) -> None:
         return
     from dcn_ray.io.synth import write_synthetic
 
-    if Path(data.images).parent != Path(data.labels).parent or Path(data.images).name != "images.tif" or Path(data.labels).name != "labels.tif":
-        raise InputError("data.synthetic needs data.images and data.labels to be images.tif and labels.tif in one folder")
+    if (
+        Path(data.images).parent != Path(data.labels).parent
+        or Path(data.images).name != "images.tif"
+        or Path(data.labels).name != "labels.tif"
+    ):
+        raise InputError(
+            "data.synthetic needs data.images and data.labels to be images.tif and labels.tif in one folder"
+        )
     synth = data.synthetic
     write_synthetic(Path(data.images).parent, slices=synth.slices, size=synth.size, seed=synth.seed)
     log.debug("made the synthetic stack %s", Path(data.images).parent)
@@ -130,7 +139,10 @@ def check_resources(job: JobConfig, address: str | None) -> str:
         nodes = [{"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}]
     gpu, slots = trial_resources(job, nodes, notes.append)
     where = f"the cluster at {address}" if address else "this machine"
-    return " ".join(notes + [f"resources: {slots} trial(s) at a time on {where} (gpu {gpu:g}, cpu {job.sweep.resources.cpu:g} each)"])
+    return " ".join(
+        notes
+        + [f"resources: {slots} trial(s) at a time on {where} (gpu {gpu:g}, cpu {job.sweep.resources.cpu:g} each)"]
+    )
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -157,7 +169,9 @@ def ray_session(address: str | None) -> Iterator[None]:
         else:
             ray.init(include_dashboard=False, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
-        raise InputError(f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: {str(error).splitlines()[0][:200]}") from None
+        raise InputError(
+            f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: {str(error).splitlines()[0][:200]}"
+        ) from None
     try:
         yield
     finally:
@@ -190,7 +204,9 @@ def _tuner(context: SweepContext, record: SweepRecord, storage: Storage, searche
         tune.with_parameters(run_trial, context=context), {"cpu": context.job.sweep.resources.cpu, "gpu": record.gpu}
     )
     if restore:
-        return tune.Tuner.restore(storage.folder(record.name), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(
+            storage.folder(record.name), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -214,18 +230,24 @@ def _tuner(context: SweepContext, record: SweepRecord, storage: Storage, searche
 # ----------------------------------------------------------------------------- run / resume
 
 
-def run_sweep(job: JobConfig, *, job_text: str, storage: str | None, address: str | None, write: Write, callbacks=()) -> SweepOutcome:
+def run_sweep(
+    job: JobConfig, *, job_text: str, storage: str | None, address: str | None, write: Write, callbacks=()
+) -> SweepOutcome:
     """Run the job's grid (and follow-ups) as a new sweep named ``job.name``."""
     store = Storage.for_sweeps(storage)
     if store.exists(job.name, SWEEP_FILE):
-        raise InputError(f"sweep '{job.name}' already exists in {store.root}; use `dcn-ray resume {job.name}` (or another --name)")
+        raise InputError(
+            f"sweep '{job.name}' already exists in {store.root}; use `dcn-ray resume {job.name}` (or another --name)"
+        )
     uri = tracking.resolve_uri(job.tracking.uri)
     tracking.check_reachable(uri)
     data_summary = check_data(job)
     with ray_session(address):
         nodes = alive_nodes()
         if len(nodes) > 1 and storage is None:
-            raise InputError("this Ray cluster has several nodes: give --storage on storage every node sees (a shared path, s3:// or gs://)")
+            raise InputError(
+                "this Ray cluster has several nodes: give --storage on storage every node sees (a shared path, s3:// or gs://)"
+            )
         notes: list[str] = []
         gpu, max_concurrent = trial_resources(job, nodes, notes.append)
         for line in [data_summary, *notes]:
@@ -239,7 +261,9 @@ def run_sweep(job: JobConfig, *, job_text: str, storage: str | None, address: st
             tracking.log_parent_file(uri, parent, Path(store.folder(job.name)) / "job.yaml")
         context = SweepContext(job, uri, experiment_id, parent)
         searcher = GridThenFollowups(kernels_of(job), job.sweep.followup)
-        write(f"sweep '{job.name}': {len(kernels_of(job))} grid trials, up to {max_concurrent} at a time; MLflow {uri}, experiment '{job.experiment}'")
+        write(
+            f"sweep '{job.name}': {len(kernels_of(job))} grid trials, up to {max_concurrent} at a time; MLflow {uri}, experiment '{job.experiment}'"
+        )
         tuner = _tuner(context, record, store, searcher, list(callbacks), restore=False)
         return _finish(tuner, record, context, store, write)
 
@@ -265,7 +289,9 @@ def resume_sweep(name: str, *, storage: str | None, address: str | None, write: 
         outcome = _finish(tuner, record, context, store, write)
         after = {row["trial_id"] for row in outcome.table.to_pylist()}
         if not before <= after:
-            raise RuntimeError(f"restoring sweep '{name}' lost finished trials {sorted(before - after)}; refusing to report a restarted sweep")
+            raise RuntimeError(
+                f"restoring sweep '{name}' lost finished trials {sorted(before - after)}; refusing to report a restarted sweep"
+            )
         return outcome
 
 
@@ -285,7 +311,13 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
     errored = sum(1 for row in rows if row["status"] == "errored")
     if interrupted:
         write(f"sweep '{record.name}' interrupted: `dcn-ray resume {record.name}` finishes it")
-    return SweepOutcome(table=table, markdown=report.markdown(table, reference), folder=store.folder(record.name), interrupted=interrupted, errored=errored)
+    return SweepOutcome(
+        table=table,
+        markdown=report.markdown(table, reference),
+        folder=store.folder(record.name),
+        interrupted=interrupted,
+        errored=errored,
+    )
 
 
 def _rows(grid) -> list[dict[str, Any]]:
@@ -296,13 +328,21 @@ def _rows(grid) -> list[dict[str, Any]]:
         finished = bool(metrics.get("finished"))
         status = "finished" if finished else ("errored" if result.error else "unfinished")
         weak = metrics.get("weak_branch")
-        rows.append({
-            "k1": kernels[0], "k2": kernels[1], "k3": kernels[2],
-            "phase": config.get("phase", "grid"), "status": status,
-            "best_val_iou": metrics.get("best_val_iou"), "val_vrand": metrics.get("val_vrand"), "val_vinfo": metrics.get("val_vinfo"),
-            "weak_branch": f"F{int(weak) + 1}" if isinstance(weak, (int, float)) else None,
-            "mlflow_run_id": metrics.get("mlflow_run_id"), "trial_id": metrics.get("trial_id") or Path(result.path).name,
-        })
+        rows.append(
+            {
+                "k1": kernels[0],
+                "k2": kernels[1],
+                "k3": kernels[2],
+                "phase": config.get("phase", "grid"),
+                "status": status,
+                "best_val_iou": metrics.get("best_val_iou"),
+                "val_vrand": metrics.get("val_vrand"),
+                "val_vinfo": metrics.get("val_vinfo"),
+                "weak_branch": f"F{int(weak) + 1}" if isinstance(weak, (int, float)) else None,
+                "mlflow_run_id": metrics.get("mlflow_run_id"),
+                "trial_id": metrics.get("trial_id") or Path(result.path).name,
+            }
+        )
     return rows
 
 

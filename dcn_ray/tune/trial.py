@@ -39,8 +39,13 @@ class SweepContext:
 def load_job_dataset(job: JobConfig) -> Dataset:
     data = job.data
     return load_dataset(
-        data.images, data.labels, foreground=data.foreground, train=data.split.train,
-        val=data.split.val, test=data.split.test, roi=data.roi,
+        data.images,
+        data.labels,
+        foreground=data.foreground,
+        train=data.split.train,
+        val=data.split.val,
+        test=data.split.test,
+        roi=data.roi,
     )
 
 
@@ -48,7 +53,13 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     """Train ``config["kernels"]``; report each evaluation to Tune and MLflow."""
     job = context.job
     kernels = tuple(config["kernels"])
-    run = tracking.TrialRun(context.tracking_uri, context.experiment_id, context.parent_run_id, tune.get_context().get_trial_id(), kernels_text(kernels))
+    run = tracking.TrialRun(
+        context.tracking_uri,
+        context.experiment_id,
+        context.parent_run_id,
+        tune.get_context().get_trial_id(),
+        kernels_text(kernels),
+    )
     tags = {
         "phase": config.get("phase", "grid"),
         "kernels": kernels_text(kernels),
