@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dcn_ray.config import JobConfig, job_from_dict, load_job, parse_override
+from dcn_ray.config import JobConfig, job_from_dict
 from dcn_ray.errors import InputError
+from dcn_ray.job_file import load_job, parse_override
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER_TABLE1 = [

@@ -59,7 +59,7 @@ def sweep(
 ) -> None:
     """Run the kernel sweep of JOB_FILE (the grid, then feature-map-guided follow-ups)."""
     keep_local_ray_on_loopback(address)
-    from dcn_ray.config import load_job
+    from dcn_ray.job_file import load_job
     from dcn_ray.tune import sweep as sweeps
     from dcn_ray.tune.progress import Progress
 

@@ -30,8 +30,8 @@ from typing import Any
 import yaml
 
 import dcn_ray
-from dcn_ray.config import load_job, read_job_file
 from dcn_ray.errors import InputError
+from dcn_ray.job_file import load_job, read_job_file
 
 log = logging.getLogger(__name__)
 
