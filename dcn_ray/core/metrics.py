@@ -1,18 +1,52 @@
-"""Segmentation scores of a binary prediction against a binary truth (numpy only).
+"""Segmentation scores of a prediction against a binary ground truth (numpy, scipy, scikit-image).
 
-Every function takes two numpy bool arrays of equal shape: one slice (Y, X) or a
-stack (Z, Y, X). ``True`` is foreground (cell interior in ISBI 2012).
+Arrays are one slice (Y, X) or a stack (Z, Y, X); ``True`` is foreground (ISBI 2012: cell
+interior, label 255), ``False`` background (membrane).
 
-- :func:`iou` is the paper's metric: foreground Intersection over Union.
-- :func:`rand_info_scores` is the current ISBI 2012 leaderboard metric, the
-  foreground-restricted Rand and information scores V_rand and V_info of
-  Arganda-Carreras et al. (2015), Front. Neuroanat. 9:142. Higher is better, 1 is perfect.
+Pixel scores: :func:`iou` (foreground IoU, the paper's metric), :func:`membrane_iou` (IoU of
+the background class), :func:`dice`, :func:`pixel_error`.
+
+Region scores: :func:`rand_info_scores` gives V_rand and V_info under the ISBI 2012 protocol
+of Arganda-Carreras et al. (2015), Front. Neuroanat. 9:142, as the challenge's Fiji scorer
+(``RandError`` / ``VariationOfInformation``, "after thinning") computes them:
+
+1. Each 2-D slice is scored on its own; nothing joins across slices.
+2. Truth cells are the 4-connected components of the truth's foreground.
+3. The prediction's boundaries are thinned: its 4-connected foreground components are grown
+   over its background by a watershed (flat relief, so by geodesic 4-connected distance) that
+   leaves 1-pixel watershed lines where two cells meet. A slice without predicted foreground
+   becomes one region, as the challenge's watershed makes it.
+4. Only pixels inside truth cells count (foreground restriction). A watershed-line pixel there
+   is a cluster of its own (a singleton).
+5. Pair counts, a pixel paired with itself included (the challenge's N^2 normalisation):
+   TP = sum_ij n_ij^2 (pairs together in truth and prediction), FP = sum_j b_j^2 - TP,
+   FN = sum_i a_i^2 - TP, with n_ij the overlap of truth cell i and predicted cluster j and
+   a_i, b_j their sizes. V_rand = 2 TP / (2 TP + FP + FN), the F-score of Rand split and merge,
+   from the counts summed over slices.
+6. V_info = I(S; T) / (0.5 H(S) + 0.5 H(T)) per slice (S prediction, T truth clusters), the
+   F-score of the information-theoretic split and merge scores; the stack's V_info is the mean
+   over slices that have truth foreground.
+
+Steps 5 and 6 make a stack's score independent of how many slices it has: the same error on
+every slice scores the same on 1 or 30 slices. For probability maps, :func:`probability_scores`
+takes the maximum of each score over thresholds (the challenge uses 0.0, 0.1, ...) and reports
+the threshold that gave it. Both scores are in [0, 1], higher is better.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
+from skimage.segmentation import watershed
+
+#: Thresholds over which V_rand and V_info of a probability map are maximised (foreground where
+#: probability > threshold), the challenge's 0.0, 0.1, ..., 0.9.
+ISBI_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(10))
+#: The keys of :func:`segmentation_scores`.
+SCORE_KEYS = ("iou", "dice", "pixel_error", "membrane_iou", "vrand", "vinfo")
 
 
 def _check_pair(pred: np.ndarray, truth: np.ndarray) -> None:
@@ -26,13 +60,21 @@ def _check_pair(pred: np.ndarray, truth: np.ndarray) -> None:
         raise ValueError(f"pred shape {pred.shape} differs from truth shape {truth.shape}")
 
 
+def _class_iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    union = np.count_nonzero(pred | truth)
+    return 1.0 if union == 0 else float(np.count_nonzero(pred & truth) / union)
+
+
 def iou(pred: np.ndarray, truth: np.ndarray) -> float:
     """Foreground Intersection over Union; 1.0 when both are empty."""
     _check_pair(pred, truth)
-    union = np.count_nonzero(pred | truth)
-    if union == 0:
-        return 1.0
-    return float(np.count_nonzero(pred & truth) / union)
+    return _class_iou(pred, truth)
+
+
+def membrane_iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Background (membrane) Intersection over Union; 1.0 when neither has background."""
+    _check_pair(pred, truth)
+    return _class_iou(~pred, ~truth)
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -50,78 +92,191 @@ def pixel_error(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.count_nonzero(pred != truth) / pred.size)
 
 
-def _components(mask: np.ndarray) -> np.ndarray:
-    """Connected components of ``mask``, 4-connected per 2-D slice, labels unique across slices.
+# ----------------------------------------------------------------------------- regions of a slice
 
-    Background is 0, components are 1, 2, ... (int64, same shape as ``mask``).
+
+def cells(mask: np.ndarray) -> np.ndarray:
+    """4-connected components of a 2-D mask: 0 background, cells 1, 2, ... (int32)."""
+    labels, _ = ndimage.label(mask)  # scipy's default structure is 4-connectivity in 2-D
+    return labels.astype(np.int32, copy=False)
+
+
+def thinned_cells(mask: np.ndarray) -> np.ndarray:
+    """The predicted cells of a 2-D mask grown over its background, 1-pixel lines (label 0) between them.
+
+    A watershed on a flat relief from the 4-connected components floods the background by
+    geodesic distance; a mask without foreground is one region (label 1).
     """
-    stack = mask.reshape((-1,) + mask.shape[-2:])
-    labels = np.zeros(stack.shape, dtype=np.int64)
-    offset = 0
-    for z, plane in enumerate(stack):
-        plane_labels, count = ndimage.label(plane)  # default structure: 4-connectivity in 2-D
-        labels[z] = np.where(plane_labels > 0, plane_labels + offset, 0)
-        offset += count
-    return labels.reshape(mask.shape)
+    markers = cells(mask)
+    if not markers.any():
+        return np.ones(mask.shape, dtype=np.int32)
+    relief = np.zeros(mask.shape, dtype=np.uint8)
+    return watershed(relief, markers, connectivity=1, watershed_line=True).astype(np.int32, copy=False)
 
 
-def _entropy(probabilities: np.ndarray) -> float:
-    """Shannon entropy (nats) of positive probabilities."""
-    return float(-np.sum(probabilities * np.log(probabilities)))
+@dataclass(frozen=True)
+class RandCounts:
+    """Foreground-restricted pair counts (each pixel also paired with itself); they add over slices."""
+
+    true_positives: int = 0  # pairs in one truth cell and one predicted cluster
+    false_positives: int = 0  # pairs in one predicted cluster but different truth cells (merges)
+    false_negatives: int = 0  # pairs in one truth cell but different predicted clusters (splits)
+
+    def __add__(self, other: RandCounts) -> RandCounts:
+        return RandCounts(
+            self.true_positives + other.true_positives,
+            self.false_positives + other.false_positives,
+            self.false_negatives + other.false_negatives,
+        )
+
+    @property
+    def v_rand(self) -> float:
+        """2 TP / (2 TP + FP + FN); 1.0 when nothing was counted."""
+        denominator = 2 * self.true_positives + self.false_positives + self.false_negatives
+        return 1.0 if denominator == 0 else 2 * self.true_positives / denominator
+
+
+def _sizes(labels: np.ndarray) -> np.ndarray:
+    counts = np.bincount(labels) if labels.size and labels.max() < 4 * labels.size + 1024 else None
+    return counts[counts > 0] if counts is not None else np.unique(labels, return_counts=True)[1]
+
+
+def _overlaps(truth_cells: np.ndarray, pred_cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cluster sizes inside truth cells: (truth a_i, predicted b_j, overlaps n_ij).
+
+    Predicted label 0 (a watershed line) there counts as singletons, one cluster per pixel.
+    """
+    inside = truth_cells > 0
+    t, p = truth_cells[inside].astype(np.int64), pred_cells[inside].astype(np.int64)
+    singletons = np.ones(np.count_nonzero(p == 0), dtype=np.int64)
+    lined = p > 0
+    t_in, p_in = t[lined], p[lined]
+    joint_codes = t_in * (int(p_in.max(initial=0)) + 1) + p_in
+    return (
+        _sizes(t),
+        np.concatenate([_sizes(p_in), singletons]),
+        np.concatenate([_sizes(joint_codes), singletons]),
+    )
+
+
+def _rand_counts_of(truth_sizes: np.ndarray, pred_sizes: np.ndarray, joint: np.ndarray) -> RandCounts:
+    tp = int(np.sum(joint * joint))
+    return RandCounts(tp, int(np.sum(pred_sizes * pred_sizes)) - tp, int(np.sum(truth_sizes * truth_sizes)) - tp)
+
+
+def _entropy(sizes: np.ndarray, n: int) -> float:
+    p = sizes / n
+    return float(-np.sum(p * np.log(p)))
+
+
+def _info_of(truth_sizes: np.ndarray, pred_sizes: np.ndarray, joint: np.ndarray) -> float | None:
+    n = int(truth_sizes.sum())
+    if n == 0:
+        return None
+    h_t, h_s = _entropy(truth_sizes, n), _entropy(pred_sizes, n)
+    denominator = 0.5 * (h_s + h_t)
+    if denominator <= 1e-12:
+        return 1.0
+    mutual_information = max(h_s + h_t - _entropy(joint, n), 0.0)
+    return min(mutual_information / denominator, 1.0)
+
+
+def rand_counts(truth_cells: np.ndarray, pred_cells: np.ndarray) -> RandCounts:
+    """Pair counts of one slice's labellings (truth 0: not counted; prediction 0: singletons)."""
+    return _rand_counts_of(*_overlaps(truth_cells, pred_cells))
+
+
+def info_score(truth_cells: np.ndarray, pred_cells: np.ndarray) -> float | None:
+    """V_info of one slice's labellings, or None without truth foreground.
+
+    1.0 when both are a single cluster (zero entropies); 0.0 when only one is.
+    """
+    return _info_of(*_overlaps(truth_cells, pred_cells))
+
+
+# ----------------------------------------------------------------------------- stacks
+
+
+def _slices(array: np.ndarray) -> np.ndarray:
+    return array.reshape((-1,) + array.shape[-2:])
+
+
+def _rand_info(pred_slices: Iterable[np.ndarray], truth_cells: Sequence[np.ndarray]) -> tuple[float, float]:
+    counts, infos = RandCounts(), []
+    for pred, truth in zip(pred_slices, truth_cells):
+        overlaps = _overlaps(truth, thinned_cells(pred))
+        counts = counts + _rand_counts_of(*overlaps)
+        info = _info_of(*overlaps)
+        if info is not None:
+            infos.append(info)
+    return counts.v_rand, float(np.mean(infos))
 
 
 def rand_info_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """The ISBI 2012 foreground-restricted scores ``(V_rand, V_info)``, each in [0, 1].
+    """``(V_rand, V_info)`` of a binary prediction under the ISBI 2012 protocol (module docstring).
 
-    The segmentations S (prediction) and T (truth) are the connected components of
-    the foreground (4-connected, slice by slice for a stack). Only pixels where the
-    truth is foreground are counted; there, prediction background is one more
-    cluster of S (label 0), as in scikit-image's ``adapted_rand_error``. With the
-    joint distribution p_ij of (S, T) labels over those pixels and its marginals
-    s_i and t_j:
-
-    - V_rand = sum p_ij^2 / (0.5 sum s_i^2 + 0.5 sum t_j^2), the F-score of the
-      Rand split and merge scores (1 - adapted Rand error). Like the paper's
-      formula, and unlike scikit-image (which counts pairs of distinct pixels),
-      a pixel also pairs with itself.
-    - V_info = I(S; T) / (0.5 H(S) + 0.5 H(T)).
-
-    Edge cases: with no truth-foreground pixel, both scores are 1.0 if the
-    prediction has no foreground either, else 0.0. When S and T are both a single
-    cluster (zero entropies) V_info is 1.0. A prediction that is all background
-    over the truth's cells scores as one cluster merging all of them (1.0 if the
-    truth has a single cell): these scores judge how cells are split and merged,
-    IoU judges how much of them is found.
+    Without any truth foreground both are 1.0 if the prediction has no foreground either, else 0.0.
     """
     _check_pair(pred, truth)
-    inside = truth
-    if not inside.any():
+    if not truth.any():
         score = 0.0 if pred.any() else 1.0
         return score, score
-    s_labels = _components(pred)[inside]
-    t_labels = _components(truth)[inside]
-    n = t_labels.size
-    s = np.unique(s_labels, return_counts=True)[1] / n
-    t = np.unique(t_labels, return_counts=True)[1] / n
-    pair_codes = s_labels * (int(t_labels.max()) + 1) + t_labels
-    p = np.unique(pair_codes, return_counts=True)[1] / n
-
-    v_rand = float(np.sum(p * p) / (0.5 * np.sum(s * s) + 0.5 * np.sum(t * t)))
-
-    h_s, h_t = _entropy(s), _entropy(t)
-    mutual_information = max(h_s + h_t - _entropy(p), 0.0)
-    denominator = 0.5 * h_s + 0.5 * h_t
-    v_info = 1.0 if denominator <= 0.0 else min(mutual_information / denominator, 1.0)
-    return min(v_rand, 1.0), v_info
+    return _rand_info(_slices(pred), [cells(plane) for plane in _slices(truth)])
 
 
 def segmentation_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """All scores: keys ``iou``, ``dice``, ``pixel_error``, ``vrand``, ``vinfo``."""
+    """All scores of a binary prediction, keyed as :data:`SCORE_KEYS` (python floats)."""
     v_rand, v_info = rand_info_scores(pred, truth)
     return {
         "iou": iou(pred, truth),
         "dice": dice(pred, truth),
         "pixel_error": pixel_error(pred, truth),
+        "membrane_iou": membrane_iou(pred, truth),
         "vrand": v_rand,
         "vinfo": v_info,
+    }
+
+
+def probability_scores(
+    probability: np.ndarray,
+    truth: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    thresholds: Sequence[float] = ISBI_THRESHOLDS,
+) -> dict[str, float]:
+    """Scores of a foreground-probability map in [0, 1] (foreground where probability > threshold).
+
+    IoU, Dice, pixel error and membrane IoU at ``threshold``; V_rand and V_info each maximised
+    over ``thresholds`` as the challenge does, with ``vrand_threshold`` / ``vinfo_threshold``
+    saying which gave them (the lowest on ties). A map holding only 0 and 1 is a segmentation:
+    every threshold in [0, 1) gives the same mask, and ``threshold`` is reported for all three.
+    """
+    if not isinstance(probability, np.ndarray) or probability.dtype.kind != "f":
+        raise ValueError(f"probability must be a float numpy array, got {getattr(probability, 'dtype', None)}")
+    if not thresholds or not all(0.0 <= t < 1.0 for t in thresholds) or not 0.0 <= threshold < 1.0:
+        raise ValueError("thresholds must lie in [0, 1)")
+    scores: dict[str, float] = segmentation_scores(probability > threshold, truth)
+    scores.update(threshold=float(threshold), vrand_threshold=float(threshold), vinfo_threshold=float(threshold))
+    if np.all((probability == 0.0) | (probability == 1.0)) or not truth.any():
+        return scores
+    truth_cells = [cells(plane) for plane in _slices(truth)]
+    best = {"vrand": (-1.0, 0.0), "vinfo": (-1.0, 0.0)}
+    for value in sorted(float(t) for t in thresholds):
+        v_rand, v_info = _rand_info(_slices(probability > value), truth_cells)
+        for key, score in (("vrand", v_rand), ("vinfo", v_info)):
+            if score > best[key][0]:
+                best[key] = (score, value)
+    for key, (score, value) in best.items():
+        scores[key], scores[f"{key}_threshold"] = score, value
+    return scores
+
+
+def baseline_scores(truth: np.ndarray) -> dict[str, dict[str, float]]:
+    """Scores of the trivial predictions on ``truth``: ``all_foreground`` and ``all_background``.
+
+    The floor any model must beat on the same slices (on ISBI 2012 all-foreground IoU is about 0.8).
+    """
+    return {
+        "all_foreground": segmentation_scores(np.ones_like(truth, dtype=bool), truth),
+        "all_background": segmentation_scores(np.zeros_like(truth, dtype=bool), truth),
     }
