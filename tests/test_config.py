@@ -38,7 +38,8 @@ def test_table1_job_holds_exactly_the_paper_grid():
     job = load_job(REPO / "jobs" / "table1.yaml")
     assert list(job.sweep.kernels) == PAPER_TABLE1
     assert job.model.width == 64
-    assert job.data.split.train == "0:27" and job.data.split.val == "27:30"
+    # z-blocked splits with a one-slice gap between blocks (train 0-19, val 21-23, test 25-29)
+    assert (job.data.split.train, job.data.split.val, job.data.split.test) == ("0:20", "21:24", "25:30")
 
 
 def test_data_paths_are_relative_to_the_job_file_and_overrides_to_the_cwd(tmp_path, monkeypatch):

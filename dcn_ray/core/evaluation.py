@@ -1,0 +1,120 @@
+"""Score predictions against ground truth the way ``dcn-ray score`` and ``predict --labels`` report it.
+
+One code path for both: a foreground-probability (or binary) stack and a truth mask go through
+:func:`score_probabilities`, which adds the trivial baselines' IoU on the same slices so the
+floor is always shown beside the score. The metrics themselves are :mod:`dcn_ray.core.metrics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dcn_ray.core.metrics import ISBI_THRESHOLDS, iou, probability_scores
+from dcn_ray.errors import InputError
+
+
+def score_probabilities(
+    probability: np.ndarray,
+    truth: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    thresholds: Sequence[float] = ISBI_THRESHOLDS,
+) -> dict[str, float]:
+    """:func:`~dcn_ray.core.metrics.probability_scores` plus ``slices`` and the baselines' IoU.
+
+    ``baseline_all_foreground_iou`` / ``baseline_all_background_iou``: the IoU of predicting every
+    pixel as foreground / background on the same slices.
+    """
+    if probability.shape != truth.shape:
+        raise InputError(f"the prediction has shape {probability.shape} (Z, Y, X) but the truth has {truth.shape}")
+    scores = probability_scores(probability, truth, threshold=threshold, thresholds=thresholds)
+    scores["baseline_all_foreground_iou"] = iou(np.ones_like(truth), truth)
+    scores["baseline_all_background_iou"] = iou(np.zeros_like(truth), truth)
+    scores["slices"] = int(truth.reshape((-1,) + truth.shape[-2:]).shape[0])
+    return scores
+
+
+def score_stacks(
+    prediction: Path,
+    truth: Path,
+    *,
+    foreground: int | str = 255,
+    threshold: float = 0.5,
+    thresholds: Sequence[float] = ISBI_THRESHOLDS,
+    invert: bool = False,
+) -> dict[str, float]:
+    """Score a prediction stack against a label stack (TIFF files).
+
+    ``prediction`` holds the foreground probability (uint8 0-255, float 0-1, or a 0/255 mask),
+    scaled to [0, 1] as :func:`dcn_ray.io.tiff.read_stack` scales images; with ``invert`` it holds
+    the membrane (background) probability. ``truth`` is a label stack whose ``foreground`` value
+    marks cell interior (ISBI: 255), or ``"color"`` for RGB labels.
+    """
+    from dcn_ray.io.tiff import read_labels, read_stack
+
+    probability = read_stack(prediction)
+    if invert:
+        probability = 1.0 - probability
+    mask = read_labels(truth, foreground)
+    if probability.shape != mask.shape:
+        raise InputError(
+            f"prediction {prediction} has shape {probability.shape} (Z, Y, X) but truth {truth} has {mask.shape}"
+        )
+    return score_probabilities(probability, mask, threshold=threshold, thresholds=thresholds)
+
+
+def parse_foreground(text: str) -> int | str:
+    """``"255"`` -> 255, ``"color"`` -> "color"; anything else: InputError."""
+    text = text.strip()
+    if text == "color":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(
+            f"--foreground {text!r}: give the truth's foreground label value (e.g. 255) or 'color'"
+        ) from None
+
+
+def parse_thresholds(text: str) -> tuple[float, ...]:
+    """``"0.3,0.5"`` -> (0.3, 0.5); each in [0, 1), else InputError."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"--thresholds {text!r}: give comma-separated numbers, e.g. 0.3,0.5") from None
+    if not values or not all(0.0 <= value < 1.0 for value in values):
+        raise InputError(f"--thresholds {text!r}: every threshold must lie in [0, 1)")
+    return values
+
+
+def format_scores(scores: Mapping[str, float]) -> str:
+    """One line: IoU, Dice, membrane IoU, pixel error, V_rand and V_info (with their thresholds).
+
+    A second line gives the trivial baselines' IoU when ``scores`` holds them.
+    """
+    parts = [
+        f"{label} {scores[key]:.4f}"
+        for key, label in (
+            ("iou", "IoU"),
+            ("dice", "Dice"),
+            ("membrane_iou", "membrane IoU"),
+            ("pixel_error", "pixel error"),
+        )
+    ]
+    for key, label in (("vrand", "V_rand"), ("vinfo", "V_info")):
+        at = scores.get(f"{key}_threshold")
+        parts.append(f"{label} {scores[key]:.4f}" + (f" (threshold {at:g})" if at is not None else ""))
+    line = "  ".join(parts)
+    if "threshold" in scores:
+        line = f"threshold {scores['threshold']:g}: " + line
+    if "baseline_all_foreground_iou" in scores:
+        slices = scores.get("slices")
+        where = f" on the same {slices} slice{'s' if slices != 1 else ''}" if slices else ""
+        line += (
+            f"\nbaselines{where}: all-foreground IoU {scores['baseline_all_foreground_iou']:.4f}, "
+            f"all-background IoU {scores['baseline_all_background_iou']:.4f}"
+        )
+    return line
