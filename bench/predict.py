@@ -47,7 +47,7 @@ def make_model(path: Path) -> None:
 
 
 def make_stack(path: Path, depth: int) -> None:
-    from dcn_ray.io.tiff import StackWriter
+    from dcn_ray.io.tiff_writer import StackWriter
 
     rng = np.random.default_rng(depth)
     with StackWriter(path) as writer:

@@ -8,6 +8,7 @@ A job file is YAML whose keys mirror the dataclasses below (``train.steps``,
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -18,6 +19,8 @@ from dcn_ray.core.kernels import REFERENCE, Kernels, kernel_problem
 from dcn_ray.errors import InputError
 
 Split = str | tuple[int, ...]
+#: The largest synthetic stack a job may ask for (slices x size x size).
+MAX_SYNTHETIC_VOXELS = 2**27
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,9 @@ class FollowupConfig:
 @dataclass(frozen=True)
 class SweepConfig:
     kernels: tuple[tuple[int, ...], ...] = (REFERENCE,)
+    #: Training seeds: every configuration runs once per seed. A list of seeds, or a count n
+    #: (seeds 0..n-1); None: the one seed train.seed.
+    seeds: tuple[int, ...] | int | None = None
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     max_concurrent: int | None = None
     max_failures: int = 2
@@ -124,6 +130,14 @@ class JobConfig:
     @property
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The training seeds of every configuration (see SweepConfig.seeds)."""
+        seeds = self.sweep.seeds
+        if seeds is None:
+            return (self.train.seed,)
+        return tuple(range(seeds)) if isinstance(seeds, int) else tuple(seeds)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists for tuples), as YAML or MLflow params want it."""
@@ -206,12 +220,30 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
 # ----------------------------------------------------------------------------- validation
 
 
+def name_problem(name: str) -> str | None:
+    """What makes ``name`` unfit as a sweep name (a folder of the storage), or None.
+
+    A plain name: letters, digits, ``_``, ``-`` and ``.``, starting with a letter or digit
+    (so never ``.``, ``..``, a hidden name, a path or a control character), at most 128 characters.
+    """
+    if not name:
+        return "a sweep name must not be empty"
+    if len(name) > 128:
+        return f"a sweep name must be at most 128 characters, got {len(name)}"
+    if not (name[0].isascii() and name[0].isalnum()) or not all(
+        c.isascii() and (c.isalnum() or c in "_-.") for c in name
+    ):
+        return f"a sweep name must be a plain name (letters, digits, _ - . ; starting with a letter or digit), got {name!r}"
+    return None
+
+
 def _validate(job: JobConfig) -> None:
     def need(condition: bool, message: str) -> None:
         if not condition:
             raise InputError(message)
 
-    need(bool(job.name) and "/" not in job.name, f"name must be a non-empty name without '/', got {job.name!r}")
+    problem = name_problem(job.name)
+    need(problem is None, f"name: {problem}")
     need(bool(job.data.images), "data.images is required (a TIFF stack)")
     need(bool(job.data.labels), "data.labels is required (a TIFF stack)")
     foreground = job.data.foreground
@@ -228,14 +260,23 @@ def _validate(job: JobConfig) -> None:
     need(train.steps >= 1, f"train.steps must be >= 1, got {train.steps}")
     need(train.batch_size >= 1, f"train.batch_size must be >= 1, got {train.batch_size}")
     need(train.crop >= 8 and train.crop % 8 == 0, f"train.crop must be a positive multiple of 8, got {train.crop}")
-    need(train.lr > 0, f"train.lr must be > 0, got {train.lr}")
+    need(math.isfinite(train.lr) and train.lr > 0, f"train.lr must be a finite number > 0, got {train.lr}")
+    need(
+        math.isfinite(train.weight_decay) and train.weight_decay >= 0,
+        f"train.weight_decay must be a finite number >= 0, got {train.weight_decay}",
+    )
+    need(0 <= train.momentum < 1, f"train.momentum must be in [0, 1), got {train.momentum}")
+    need(0 <= train.seed < 2**63, f"train.seed {train.seed} is out of range (0 to 2**63 - 1)")
     need(train.optimizer in ("adam", "sgd"), f"train.optimizer must be 'adam' or 'sgd', got {train.optimizer!r}")
     need(1 <= train.eval_every, f"train.eval_every must be >= 1, got {train.eval_every}")
     need(
         train.transforms in ("paper6", "dihedral8"),
         f"train.transforms must be 'paper6' or 'dihedral8', got {train.transforms!r}",
     )
-    need(0 < train.aux_end <= train.aux_start, "train.aux_end must be in (0, train.aux_start]")
+    need(
+        0 < train.aux_end <= train.aux_start and math.isfinite(train.aux_start),
+        f"train.aux_end must be in (0, train.aux_start] and both finite, got {train.aux_end} and {train.aux_start}",
+    )
     need(train.threads is None or train.threads >= 1, f"train.threads must be >= 1, got {train.threads}")
     sweep = job.sweep
     need(len(sweep.kernels) >= 1, "sweep.kernels must list at least one [k1, k2, k3]")
@@ -243,6 +284,13 @@ def _validate(job: JobConfig) -> None:
         problem = kernel_problem(kernels)
         need(problem is None, f"sweep.kernels[{index}]: {problem}")
     need(len(set(sweep.kernels)) == len(sweep.kernels), "sweep.kernels lists a triple twice")
+    if isinstance(sweep.seeds, int):
+        need(1 <= sweep.seeds <= 1000, f"sweep.seeds as a count must be 1 to 1000, got {sweep.seeds}")
+    elif sweep.seeds is not None:
+        need(len(sweep.seeds) >= 1, "sweep.seeds must list at least one seed")
+        need(len(set(sweep.seeds)) == len(sweep.seeds), f"sweep.seeds lists a seed twice: {list(sweep.seeds)}")
+    for seed in job.seeds:
+        need(0 <= seed < 2**63, f"seed {seed} is out of range (0 to 2**63 - 1)")
     need(sweep.resources.gpu >= 0, f"sweep.resources.gpu must be >= 0, got {sweep.resources.gpu}")
     need(
         sweep.resources.gpu <= 1 or sweep.resources.gpu.is_integer(),
@@ -257,6 +305,17 @@ def _validate(job: JobConfig) -> None:
     need(followup.steps >= 0 and followup.controls >= 0, "sweep.followup.steps and .controls must be >= 0")
     need(followup.step_size >= 1, "sweep.followup.step_size must be >= 1")
     need(followup.rounds >= 1, f"sweep.followup.rounds must be >= 1, got {followup.rounds}")
+    need(0 <= followup.seed < 2**63, f"sweep.followup.seed {followup.seed} is out of range (0 to 2**63 - 1)")
+    synthetic = job.data.synthetic
+    if synthetic is not None:
+        need(synthetic.slices >= 1, f"data.synthetic.slices must be >= 1, got {synthetic.slices}")
+        need(synthetic.size >= 16, f"data.synthetic.size must be >= 16, got {synthetic.size}")
+        need(0 <= synthetic.seed < 2**63, f"data.synthetic.seed {synthetic.seed} is out of range (0 to 2**63 - 1)")
+        need(
+            synthetic.slices * synthetic.size**2 <= MAX_SYNTHETIC_VOXELS,
+            f"data.synthetic: {synthetic.slices} slices of {synthetic.size} x {synthetic.size} exceed "
+            f"{MAX_SYNTHETIC_VOXELS} voxels",
+        )
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -6,6 +6,7 @@ Nothing here imports Ray, MLflow or torch, so the CLI can refuse a bad job file 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import yaml
 
 from dcn_ray.config import JobConfig, job_from_dict
 from dcn_ray.errors import InputError, first_line
+from dcn_ray.io.paths import input_file
+from dcn_ray.strict_yaml import load_yaml, yaml_problem
 
 
 def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
@@ -26,7 +29,7 @@ def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
     for override in overrides:
         key, value = parse_override(override)
         if key in ("data.images", "data.labels") and isinstance(value, str):
-            value = str(Path(value).resolve())
+            value = _absolute(Path(value))
         _set_key(raw, key, value)
     return job_from_dict(raw)
 
@@ -34,12 +37,17 @@ def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
 def read_job_file(path: str | Path) -> dict[str, Any]:
     """The raw mapping of a YAML job file, its relative data paths made absolute (not validated)."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise InputError(f"job file not found: {path}")
+    input_file(path, "job file")  # a FIFO or device would block; a symlink loop is named
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise InputError(f"job file {path} is not readable YAML: {first_line(error)}") from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"job file {path} is not readable: {first_line(error)}") from None
+    try:
+        raw = load_yaml(text)
+    except yaml.YAMLError as error:
+        raise InputError(f"job file {path} is not readable YAML: {yaml_problem(error)}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -54,9 +62,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise InputError(f"--set expects key=value, got {text!r}")
     try:
-        return key, yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        raise InputError(f"--set {key}: value {value!r} is not valid YAML") from None
+        return key, load_yaml(value) if value.strip() else ""
+    except yaml.YAMLError as error:
+        raise InputError(f"--set {key}: value {value!r} is not valid YAML: {yaml_problem(error)}") from None
 
 
 def _set_key(raw: dict, dotted: str, value: Any) -> None:
@@ -78,5 +86,13 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
     for key in ("images", "labels"):
         value = data.get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute():
-            data[key] = str((base / value).resolve())
+            data[key] = _absolute(base / value)
     return {**raw, "data": data}
+
+
+def _absolute(path: Path) -> str:
+    """``path`` made absolute, symlinks resolved where they can be (a loop is reported when it is read)."""
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        return str(path.absolute())

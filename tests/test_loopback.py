@@ -17,7 +17,7 @@ PROBE = """
 import json, subprocess
 from dcn_ray.runtime import keep_local_ray_on_loopback
 keep_local_ray_on_loopback(None)
-from dcn_ray.tune.sweep import ray_session
+from dcn_ray.runtime import ray_session
 import ray
 with ray_session(None):
     address = ray.nodes()[0]["NodeManagerAddress"]

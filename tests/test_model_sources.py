@@ -11,16 +11,13 @@ import torch
 from conftest import small_job, sweep_on_local_ray
 from mlflow.tracking import MlflowClient
 
-from dcn_ray.cli import cli, main
-from dcn_ray.cli.predict import predict, register
+from dcn_ray.cli import main
 from dcn_ray.core import checkpoint
 from dcn_ray.errors import InputError
 from dcn_ray.track.sources import best_trial, latest_checkpoint, load_source, register_best
 
 pytestmark = pytest.mark.integration
 
-cli.add_command(predict)
-cli.add_command(register)
 
 
 @pytest.fixture(scope="module")

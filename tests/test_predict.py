@@ -15,6 +15,7 @@ from dcn_ray import __version__
 from dcn_ray.cli import main
 from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
+from dcn_ray.core.dataset import load_job_dataset
 from dcn_ray.core.dcn import DCN, pad_forward
 from dcn_ray.core.metrics import segmentation_scores
 from dcn_ray.core.train import train
@@ -30,7 +31,6 @@ from dcn_ray.predict.stack import (
 )
 from dcn_ray.predict.workers import SliceWorker, ordered_map
 from dcn_ray.track.sources import load_source
-from dcn_ray.tune.trial import load_job_dataset
 
 pytestmark = pytest.mark.usefixtures("two_threads")
 

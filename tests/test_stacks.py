@@ -13,6 +13,7 @@ from tiffs import ISBI, RNG, membrane_labels, random_stack, write_tif
 
 from dcn_ray.errors import InputError
 from dcn_ray.io import tiff as stacks
+from dcn_ray.io.tiff_writer import StackWriter, write_stack
 
 
 def _raises(match: str, path: Path | None = None):
@@ -62,7 +63,7 @@ def test_empty_file_and_folder(tmp_path: Path) -> None:
 def test_truncated_tiff_is_detected(tmp_path: Path, writer: str, keep: float) -> None:
     whole = tmp_path / "whole.tif"
     if writer == "stackwriter":
-        stacks.write_stack(whole, random_stack(6))
+        write_stack(whole, random_stack(6))
     else:
         write_tif(tmp_path, "whole.tif", random_stack(6), compression="zlib" if "zlib" in writer else None)
     raw = whole.read_bytes()
@@ -270,7 +271,7 @@ def test_stackwriter_round_trip(tmp_path: Path, dtype) -> None:
     data = (RNG.random((11, 6, 9)) * 200).astype(dtype)
     path = tmp_path / "out.tif"
     metadata = {"model": "k4-8-16", "kernels": [4, 8, 16], "iou": 0.71}
-    with stacks.StackWriter(path, metadata=metadata) as writer:
+    with StackWriter(path, metadata=metadata) as writer:
         for page in data:
             writer.write(page)
     back = tifffile.imread(path)
@@ -283,7 +284,7 @@ def test_stackwriter_round_trip(tmp_path: Path, dtype) -> None:
 
 def test_write_stack_single_slice_and_no_metadata(tmp_path: Path) -> None:
     path = tmp_path / "one.tif"
-    stacks.write_stack(path, np.eye(5, dtype=np.uint8))
+    write_stack(path, np.eye(5, dtype=np.uint8))
     assert tifffile.imread(path).shape == (1, 5, 5)
     assert stacks.read_metadata(path) == {}
     assert stacks.read_metadata(write_tif(tmp_path, "plain.tif", random_stack())) == {}
@@ -292,29 +293,29 @@ def test_write_stack_single_slice_and_no_metadata(tmp_path: Path) -> None:
 def test_failing_with_block_leaves_no_file(tmp_path: Path) -> None:
     path = tmp_path / "out.tif"
     with pytest.raises(RuntimeError, match="boom"):
-        with stacks.StackWriter(path) as writer:
+        with StackWriter(path) as writer:
             writer.write(np.zeros((4, 4), np.uint8))
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
     path.write_bytes(b"previous result")
     with pytest.raises(ValueError, match="first page"):
-        with stacks.StackWriter(path) as writer:
+        with StackWriter(path) as writer:
             writer.write(np.zeros((4, 4), np.uint8))
             writer.write(np.zeros((4, 5), np.uint8))
     assert path.read_bytes() == b"previous result"
     assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]
     with pytest.raises(ValueError, match="no slice"):
-        with stacks.StackWriter(tmp_path / "none.tif"):
+        with StackWriter(tmp_path / "none.tif"):
             pass
     assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]
 
 
 def test_writer_argument_errors(tmp_path: Path) -> None:
     with _raises("output folder .* does not exist"):
-        with stacks.StackWriter(tmp_path / "missing" / "out.tif"):
+        with StackWriter(tmp_path / "missing" / "out.tif"):
             pass
     with pytest.raises(ValueError, match="JSON"):
-        stacks.StackWriter(tmp_path / "out.tif", metadata={"bad": object()})
+        StackWriter(tmp_path / "out.tif", metadata={"bad": object()})
     with pytest.raises(ValueError, match="2-D uint8"):
-        stacks.write_stack(tmp_path / "out.tif", np.zeros((2, 3, 3), np.int64))
+        write_stack(tmp_path / "out.tif", np.zeros((2, 3, 3), np.int64))
     assert list(tmp_path.iterdir()) == []

@@ -9,10 +9,10 @@ from conftest import small_job
 
 from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
+from dcn_ray.core.dataset import load_job_dataset
 from dcn_ray.core.metrics import segmentation_scores
 from dcn_ray.core.train import build_model, evaluate, train
 from dcn_ray.errors import InputError
-from dcn_ray.tune.trial import load_job_dataset
 
 pytestmark = pytest.mark.usefixtures("two_threads")
 

@@ -1,4 +1,4 @@
-"""The ``dcn-ray predict`` and ``dcn-ray register`` commands (attached to the group in cli.py)."""
+"""``dcn-ray predict`` and ``dcn-ray inspect``: apply a trained model to a stack."""
 
 from __future__ import annotations
 
@@ -36,10 +36,42 @@ class _ProgressBar:
             self.bar.__exit__(None, None, None)
 
 
+class _BlockBar(_ProgressBar):
+    """Blocks done, voxels per second and the time left; on a terminal only."""
+
+    def __call__(self, done: int, total: int, voxels: int) -> None:  # type: ignore[override]
+        if not sys.stderr.isatty():
+            return
+        if self.bar is None:
+            self.started = time.perf_counter()
+            self.bar = click.progressbar(
+                length=total, label="blocks", file=sys.stderr, show_pos=True, show_eta=True, item_show_func=str
+            )
+            self.bar.__enter__()
+            self.bar.update(done)  # written by an earlier run (--resume)
+        elif done:
+            rate = voxels / max(time.perf_counter() - self.started, 1e-9)
+            self.bar.update(1, f"{rate / 1e6:.2f} Mvoxel/s")
+
+
+def _chunk(text: str | None) -> tuple[int, int, int] | None:
+    from dcn_ray.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise InputError(f"--chunk {text}: give three positive integers Z,Y,X, e.g. 1,512,512")
+    return values  # type: ignore[return-value]
+
+
 @click.command()
 @click.argument("model")
-@click.argument("input_path", metavar="INPUT.tif", type=click.Path(path_type=Path))
-@click.argument("output_path", metavar="OUTPUT.tif", type=click.Path(path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path))
 @click.option("--storage", help="Where sweep:NAME was run (default ./dcn-ray-runs).")
 @click.option(
     "--tracking-uri",
@@ -80,6 +112,21 @@ class _ProgressBar:
 )
 @click.option("--address", help="Ray cluster to predict on (default: this process, or a local Ray with --workers).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda when a GPU is visible.")
+@click.option(
+    "--level", default=0, show_default=True, type=click.IntRange(0), help="Pyramid level of an OME-Zarr input."
+)
+@click.option("--chunk", metavar="Z,Y,X", help="Chunks of an OME-Zarr output (default 1,512,512).")
+@click.option(
+    "--block",
+    type=click.IntRange(1),
+    help="Block side (Y and X, a multiple of the chunk side) of an OME-Zarr output (default: whole slices "
+    "when they fit in a tile, else the largest block whose halo fits).",
+)
+@click.option(
+    "--ngff", type=click.Choice(["0.4", "0.5"]), default="0.4", show_default=True, help="OME-Zarr output version."
+)
+@click.option("--label-image", is_flag=True, help="Also write the mask as the label image labels/mask (OME-Zarr).")
+@click.option("--resume", is_flag=True, help="Finish an interrupted OME-Zarr output, skipping the blocks it wrote.")
 def predict(
     model: str,
     input_path: Path,
@@ -95,28 +142,50 @@ def predict(
     workers: int | None,
     address: str | None,
     device: str | None,
+    level: int,
+    chunk: str | None,
+    block: int | None,
+    ngff: str,
+    label_image: bool,
+    resume: bool,
 ) -> None:
-    """Segment INPUT.tif (a stack or one image) with MODEL into OUTPUT.tif.
+    """Segment INPUT with MODEL into OUTPUT (a TIFF stack, or an OME-Zarr image ending in .zarr).
 
-    MODEL is a checkpoint file or folder, runs:/<run_id>, models:/<name>/<version> or sweep:<name>.
+    INPUT is a TIFF stack or image, an OME-Zarr image (NGFF 0.4 or 0.5), a zarr array, or an HDF5
+    dataset given as file.h5:/path/to/dataset. MODEL is a checkpoint file or folder,
+    runs:/<run_id>, models:/<name>/<version> or sweep:<name>.
     """
     from dcn_ray.runtime import keep_local_ray_on_loopback
 
     keep_local_ray_on_loopback(address)
     from dcn_ray.core.kernels import kernels_text
-    from dcn_ray.predict.stack import PredictOptions, format_scores, predict_stack
+    from dcn_ray.predict.stack import PredictOptions, check_paths, format_scores, predict_stack
     from dcn_ray.track.sources import load_source
 
     options = PredictOptions(
         tile=tile, overlap=overlap, tta=tta, output=output_kind, threshold=threshold, device=device
     )
+    from dcn_ray.io.volumes import is_zarr_path
+
+    if is_zarr_path(output_path):
+        _predict_volume(
+            model, input_path, output_path, options, storage=storage, tracking_uri=tracking_uri,
+            labels=labels_path, workers=workers, address=address, level=level, chunks=_chunk(chunk), block=block,
+            ngff=ngff, label_image=label_image, resume=resume,
+        )  # fmt: skip
+        return
+    _tiff_only(chunk=chunk, block=block, ngff=ngff != "0.4", label_image=label_image, resume=resume)
+    # The files first, then the model (nothing is printed before either could fail)
+    check_paths(input_path, output_path, labels=labels_path, model=model if Path(model).exists() else None, level=level)
     loaded = load_source(model, storage=storage, tracking_uri=tracking_uri)
+    check_paths(input_path, output_path, labels=labels_path, model=loaded.location, level=level)
     _echo(f"model {model}: kernels {kernels_text(loaded.model.kernels)} ({loaded.location})")
     bar = _ProgressBar()
     try:
         result = predict_stack(
-            loaded, input_path, output_path, options, labels=labels_path, workers=workers, address=address, progress=bar
-        )
+            loaded, input_path, output_path, options, labels=labels_path, workers=workers, address=address,
+            progress=bar, level=level,
+        )  # fmt: skip
     finally:
         bar.close()
     rate = result.slices / max(result.seconds, 1e-9)
@@ -125,18 +194,71 @@ def predict(
         click.echo(format_scores(result.scores))
 
 
-@click.command()
-@click.argument("name")
-@click.argument("model_name")
-@click.option("--storage", help="The storage the sweep was run with (default ./dcn-ray-runs).")
-def register(name: str, model_name: str, storage: str | None) -> None:
-    """Register the best trial of sweep NAME as a new version of MODEL_NAME in its MLflow registry."""
-    from dcn_ray.core.kernels import kernels_text
-    from dcn_ray.track.sources import register_best
+def _tiff_only(**given: object) -> None:
+    from dcn_ray.errors import InputError
 
-    version, best = register_best(name, model_name, storage=storage)
+    for name, value in given.items():
+        if value:
+            option = "--" + name.replace("_", "-")
+            raise InputError(f"{option}: only for OME-Zarr outputs (an OUTPUT ending in .zarr)")
+
+
+def _predict_volume(model: str, input_path: Path, output_path: Path, options, **settings) -> None:
+    """The OME-Zarr output of ``predict``: blocks, resumable, on Ray with --workers or --address."""
+    from dcn_ray.core.kernels import kernels_text
+    from dcn_ray.predict.stack import format_scores
+    from dcn_ray.predict.volume import check_volume_paths, predict_volume
+    from dcn_ray.track.sources import load_source
+
+    storage, tracking_uri = settings.pop("storage"), settings.pop("tracking_uri")
+    check_volume_paths(input_path, output_path, labels=settings["labels"], level=settings["level"])
+    loaded = load_source(model, storage=storage, tracking_uri=tracking_uri)
+    _echo(f"model {model}: kernels {kernels_text(loaded.model.kernels)} ({loaded.location})")
+    bar = _BlockBar()
+    try:
+        result = predict_volume(loaded, input_path, output_path, options, progress=bar, **settings)
+    finally:
+        bar.close()
+    rate = result.voxels / max(result.seconds, 1e-9)
+    skipped = f", {result.skipped} written before" if result.skipped else ""
     _echo(
-        f"best trial of sweep '{name}': kernels {kernels_text(best.kernels)}, val IoU {best.best_val_iou:.4f} "
-        f"(MLflow run {best.mlflow_run_id} in {best.tracking_uri})"
+        f"wrote {result.output}: {result.blocks} block(s){skipped}, {result.voxels} voxels predicted in "
+        f"{result.seconds:.1f} s ({rate / 1e6:.2f} Mvoxel/s)"
     )
-    click.echo(f"registered {model_name} version {version}")
+    if result.scores is not None:
+        click.echo(format_scores(result.scores))
+
+
+@click.command()
+@click.argument("model")
+@click.argument("stack", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--labels",
+    "labels_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Labels (default: those of the model's job).",
+)
+@click.option("--slices", default=None, help="Slices to score, e.g. 27:30 (default: the job's validation split).")
+@click.option("--storage", help="For MODEL sweep:NAME: the sweep's storage (default ./dcn-ray-runs).")
+@click.option("--tracking-uri", help="For MODEL runs:/ or models:/ (default: sqlite:///mlflow.db here).")
+def inspect(
+    model: str,
+    stack: Path,
+    out_dir: Path,
+    labels_path: Path | None,
+    slices: str | None,
+    storage: str | None,
+    tracking_uri: str | None,
+) -> None:
+    """Write the F1-F3 montage and branch scores of MODEL on STACK; print the weak branch and follow-ups.
+
+    MODEL: a checkpoint file or folder, runs:/<run_id>, models:/<name>/<version> or sweep:NAME.
+    """
+    from dcn_ray.predict.inspection import inspect_model
+
+    click.echo(
+        inspect_model(
+            model, stack, out_dir, labels=labels_path, slices=slices, storage=storage, tracking_uri=tracking_uri
+        )
+    )

@@ -20,6 +20,9 @@ from dcn_ray.core.branches import (
 from dcn_ray.core.dcn import DCN, pad_forward
 from dcn_ray.core.kernels import BRANCHES
 
+#: The images analyse writes: the F1-F3 maps, their montage, the prediction overlay.
+IMAGE_FILES = (*(f"{name}.png" for name in BRANCHES), "F1-F3_montage.png", "prediction_overlay.png")
+
 
 @dataclass(frozen=True)
 class Analysis:
@@ -62,10 +65,10 @@ def analyse(
     scores = score_branches(branches, masks)
     weak = weak_branch(scores)
     written = []
-    for name, branch in zip(BRANCHES, branches):
-        written.append(save_png(branch_image(branch[0]), out_dir / f"{name}.png"))
-    written.append(render_montage(images[0], [b[0] for b in branches], out_dir / "F1-F3_montage.png", scores=scores))
+    for name, branch in zip(IMAGE_FILES, branches):
+        written.append(save_png(branch_image(branch[0]), out_dir / name))
+    written.append(render_montage(images[0], [b[0] for b in branches], out_dir / IMAGE_FILES[3], scores=scores))
     fused = sum(branches)
     prediction = fused[0].argmax(0) == 1
-    written.append(render_overlay(images[0], prediction, masks[0], out_dir / "prediction_overlay.png"))
+    written.append(render_overlay(images[0], prediction, masks[0], out_dir / IMAGE_FILES[4]))
     return Analysis(scores=scores, weak=weak, images=tuple(Path(p) for p in written))

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from dcn_ray.core.dcn import DCN
-from dcn_ray.errors import InputError
+from dcn_ray.errors import InputError, first_line
 
 FORMAT = "dcn-ray-checkpoint/1"
 MODEL_FILE = "model.pt"
@@ -48,8 +48,7 @@ def load(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, A
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for bad files
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{path} is not a readable dcn-ray checkpoint ({message[:160]})") from None
+        raise InputError(f"{path} is not a readable dcn-ray checkpoint ({first_line(error, 160)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{path} is not a dcn-ray checkpoint (no '{FORMAT}' format tag)")
     return payload
@@ -61,12 +60,64 @@ def model_from_payload(payload: dict[str, Any], *, path: Path | str = "checkpoin
         model = DCN(**payload["model_kwargs"])
         model.load_state_dict(payload["weights"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{path}: checkpoint does not match the DCN ({first[:160]})") from None
+        raise InputError(f"{path}: checkpoint does not match the DCN ({first_line(error, 160)})") from None
     return model.eval()
 
 
 def load_model(path: Path, *, map_location: str | torch.device = "cpu") -> tuple[DCN, dict[str, Any]]:
-    """The model of a ``model.pt`` (or of a checkpoint folder) and its payload."""
+    """The model of a ``model.pt`` (or of a checkpoint folder) and its payload.
+
+    Weights or batch-norm statistics that are NaN or infinite (a diverged training) are refused:
+    such a model predicts nothing useful.
+    """
     payload = load(path, map_location=map_location)
-    return model_from_payload(payload, path=path), payload
+    model = model_from_payload(payload, path=path)
+    for name, tensor in payload["weights"].items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InputError(f"{path}: the model's {name} holds NaN or infinite values (did training diverge?)")
+    return model, payload
+
+
+def _cpu_weights(model: DCN) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def model_payload(model: DCN, *, config: dict[str, Any], step: int, metrics: dict[str, float]) -> dict[str, Any]:
+    """The ``model.pt`` payload: what ``predict`` needs, and the step and metrics it was chosen at."""
+    return {
+        "format": FORMAT,
+        "model_kwargs": dict(model.kwargs),
+        "config": config,
+        "kernels": list(model.kernels),
+        "weights": _cpu_weights(model),
+        "step": step,
+        "metrics": dict(metrics),
+    }
+
+
+def state_payload(
+    model: DCN,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    *,
+    step: int,
+    history: list[dict[str, float]],
+    best: dict[str, Any],
+    finished: bool,
+) -> dict[str, Any]:
+    """The ``state.pt`` payload to resume training from exactly where it stopped."""
+    return {
+        "format": FORMAT,
+        "weights": _cpu_weights(model),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "step": step,
+        "history": list(history),
+        "best": best,
+        "finished": finished,
+    }
+
+
+def finished_state_payload(best: dict[str, Any], *, step: int, history: list[dict[str, float]]) -> dict[str, Any]:
+    """A finished ``state.pt`` payload (no optimizer: nothing is left to train)."""
+    return {"format": FORMAT, "step": step, "history": list(history), "best": best, "finished": True}

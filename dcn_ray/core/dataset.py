@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dcn_ray.config import JobConfig
 from dcn_ray.errors import InputError
 from dcn_ray.io.tiff import PathLike, read_labels, read_stack
 
@@ -157,3 +158,12 @@ def load_dataset(
         val_slices=splits["val"],
         test_slices=test_slices,
     )
+
+
+def load_job_dataset(job: JobConfig) -> Dataset:
+    """The splits of a job's data (``data.images``, ``data.labels``, ``data.split``, ``data.roi``)."""
+    data = job.data
+    return load_dataset(
+        data.images, data.labels, foreground=data.foreground, train=data.split.train,
+        val=data.split.val, test=data.split.test, roi=data.roi,
+    )  # fmt: skip

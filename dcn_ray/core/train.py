@@ -22,6 +22,7 @@ from dcn_ray.config import JobConfig
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import Dataset
 from dcn_ray.core.dcn import DCN, pad_forward
+from dcn_ray.core.device import select_device
 from dcn_ray.core.kernels import Kernels
 from dcn_ray.core.loss import aux_weight, dcn_loss
 from dcn_ray.core.metrics import segmentation_scores
@@ -85,13 +86,6 @@ def make_train_step(
         return loss.detach()
 
     return step
-
-
-def select_device(name: str | None = None) -> torch.device:
-    """``cuda`` when a GPU is visible (or asked for), else ``cpu``."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def build_model(job: JobConfig, kernels: Kernels) -> DCN:
@@ -177,26 +171,22 @@ def train(
         loss_sum.zero_()
         losses_since_eval = 0
         if best is None or metrics["val_iou"] > best["metrics"]["val_iou"]:
-            best = _model_payload(job, model, kernels, step, metrics)
+            best = checkpoint.model_payload(model, config=job.to_dict(), step=step, metrics=metrics)
         metrics["best_val_iou"] = best["metrics"]["val_iou"]
         history.append(metrics)
         log.info("%s step %d: val_iou %.4f (best %.4f)", kernels, step, metrics["val_iou"], metrics["best_val_iou"])
         if report is not None:
             finished = step >= settings.steps
-            _report(report, metrics, best, _state_payload(model, optimizer, generator, step, history, best, finished))
+            _report(
+                report,
+                metrics,
+                best,
+                checkpoint.state_payload(
+                    model, optimizer, generator, step=step, history=history, best=best, finished=finished
+                ),
+            )
         started = time.perf_counter()
     return _result(best, step, history)
-
-
-def state_payload_of(result: TrainResult) -> dict[str, Any]:
-    """A finished ``state.pt`` payload for a result (no optimizer: nothing is left to train)."""
-    return {
-        "format": checkpoint.FORMAT,
-        "step": result.steps,
-        "history": list(result.history),
-        "best": result.model,
-        "finished": True,
-    }
 
 
 def _report(report: Reporter, metrics: dict[str, float], best: dict, state: dict) -> None:
@@ -215,33 +205,6 @@ def _result(best: dict, step: int, history: list[dict[str, float]]) -> TrainResu
         model=best,
         history=tuple(history),
     )
-
-
-def _model_payload(
-    job: JobConfig, model: DCN, kernels: Kernels, step: int, metrics: dict[str, float]
-) -> dict[str, Any]:
-    return {
-        "format": checkpoint.FORMAT,
-        "model_kwargs": dict(model.kwargs),
-        "config": job.to_dict(),
-        "kernels": list(kernels),
-        "weights": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-        "step": step,
-        "metrics": dict(metrics),
-    }
-
-
-def _state_payload(model, optimizer, generator, step, history, best, finished) -> dict[str, Any]:
-    return {
-        "format": checkpoint.FORMAT,
-        "weights": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "generator": generator.get_state(),
-        "step": step,
-        "history": list(history),
-        "best": best,
-        "finished": finished,
-    }
 
 
 def _optimizer(job: JobConfig, model: DCN) -> torch.optim.Optimizer:

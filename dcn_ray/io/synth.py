@@ -19,7 +19,9 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 
-from dcn_ray.io import tiff as stacks
+from dcn_ray.errors import InputError
+from dcn_ray.io.paths import folder_written_whole, output_folder
+from dcn_ray.io.tiff_writer import write_stack
 
 CELL_AREA = 750.0  # pixels per cell on average: about 80 % interior, as in ISBI 2012
 MEMBRANE_HALF_WIDTH = 1.5  # pixels from the cell border that are membrane (3 px bands)
@@ -73,13 +75,21 @@ def make_synthetic(*, slices: int = 24, size: int = 256, seed: int = 0) -> tuple
     return images, labels
 
 
+#: The files write_synthetic writes.
+FILES = ("images.tif", "labels.tif")
+
+
 def write_synthetic(out_dir: str | Path, *, slices: int = 24, size: int = 256, seed: int = 0) -> tuple[Path, Path]:
-    """Write ``images.tif`` and ``labels.tif`` into ``out_dir`` (created if missing)."""
+    """Write ``images.tif`` and ``labels.tif`` into ``out_dir`` (created if missing), both or neither.
+
+    Settings out of range, an ``out_dir`` that is a file or cannot be written: InputError, before any work.
+    """
+    folder = output_folder(out_dir, FILES)
+    if slices < 1 or size < 16:
+        raise InputError(f"synthetic stack: slices must be >= 1 and size >= 16, got slices={slices}, size={size}")
     images, labels = make_synthetic(slices=slices, size=size, seed=seed)
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     settings = {"synthetic": {"slices": slices, "size": size, "seed": seed}}
-    image_path, label_path = folder / "images.tif", folder / "labels.tif"
-    stacks.write_stack(image_path, images, metadata=settings)
-    stacks.write_stack(label_path, labels, metadata=settings)
-    return image_path, label_path
+    with folder_written_whole(folder) as partial:
+        for name, stack in zip(FILES, (images, labels)):
+            write_stack(partial / name, stack, metadata=settings)
+    return folder / FILES[0], folder / FILES[1]

@@ -6,21 +6,20 @@ Every problem with a user's file raises :class:`InputError` with one line naming
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import tifffile
-from tifffile import PHOTOMETRIC
+from tifffile import PHOTOMETRIC, PLANARCONFIG
 
 from dcn_ray.errors import InputError
+from dcn_ray.io.paths import input_file
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +48,8 @@ class _Layout:
     kind: str  # "grey", "inverted" (min-is-white), "rgb" or "palette"
     dtype: np.dtype  # of the grey or colour values (the colormap's for palette images)
     colormap: np.ndarray | None = None  # (3, N) for palette images
+    #: One planar RGB(A) page read as 3 or 4 slices (see _layout).
+    planes_as_slices: bool = False
 
 
 class _ErrorLog(logging.Filter):
@@ -86,11 +87,8 @@ def _reading(path: Path) -> Iterator[None]:
 
 
 def _check_file(path: Path) -> None:
-    """Raise InputError unless ``path`` is a readable file that starts like a TIFF."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a TIFF file")
+    """Raise InputError unless ``path`` is a readable regular file that starts like a TIFF."""
+    input_file(path, "TIFF file")
     try:
         with open(path, "rb") as handle:
             head = handle.read(4)
@@ -111,11 +109,35 @@ def _open(path: PathLike) -> Iterator[tuple[tifffile.TiffFile, _Layout]]:
         tif = tifffile.TiffFile(path)
     try:
         with _reading(path):
+            _check_pages(tif, path)
             layout = _layout(tif, path)
             _check_extent(tif, path)
         yield tif, layout
     finally:
         tif.close()
+
+
+def _check_pages(tif: tifffile.TiffFile, path: Path) -> None:
+    """Refuse pages of different shapes or types, which tifffile would split, cut or refuse obscurely.
+
+    Reduced-resolution pages (previews, pyramid levels) are not slices and are left out.
+    """
+    first: tuple[int, tuple, object] | None = None
+    for index, page in enumerate(tif.pages):
+        if page is None or getattr(page, "subfiletype", 0) & 1:
+            continue
+        key = (tuple(page.shape), page.dtype)
+        if first is None:
+            first = (index, *key)
+        elif key != first[1:]:
+            raise InputError(
+                f"{path}: pages of different shapes or types (page {first[0]} is {_page_text(*first[1:])}, "
+                f"page {index} is {_page_text(*key)}); expected one stack of equal slices"
+            )
+
+
+def _page_text(shape: tuple, dtype: object) -> str:
+    return f"{' x '.join(str(n) for n in shape)} {dtype}"
 
 
 def _layout(tif: tifffile.TiffFile, path: Path) -> _Layout:
@@ -133,6 +155,12 @@ def _layout(tif: tifffile.TiffFile, path: Path) -> _Layout:
     if dtype.kind not in "buif":
         raise InputError(f"{path}: unsupported pixel type {dtype}")
     kind, colormap = "grey", None
+    if _planes_as_slices(page, axes, shape):
+        # tifffile.imwrite stores a (3 or 4, Y, X) array given without photometric as one planar
+        # RGB(A) page, and tifffile.imread gives it back as (3 or 4, Y, X): read it as those slices,
+        # which is what the user wrote (a true planar colour image is indistinguishable from it).
+        log.debug("%s: one planar RGB(A) page of shape %s is read as %d slices", path, shape, shape[0])
+        return _Layout(shape, axes, "grey", dtype, planes_as_slices=True)  # type: ignore[arg-type]
     if page.photometric in (PHOTOMETRIC.RGB, PHOTOMETRIC.YCBCR) and "S" in axes:
         if shape[axes.index("S")] not in (3, 4):
             raise InputError(f"{path}: RGB image with {shape[axes.index('S')]} channels")
@@ -151,6 +179,16 @@ def _layout(tif: tifffile.TiffFile, path: Path) -> _Layout:
             f"axes {axes}); expected a 2-D image or a 3-D stack (Z, Y, X)"
         )
     return _Layout(shape, axes, kind, dtype, colormap)  # type: ignore[arg-type]
+
+
+def _planes_as_slices(page: tifffile.TiffPage, axes: str, shape: tuple[int, ...]) -> bool:
+    """Whether the image is one planar RGB(A) page of 3 or 4 planes (axes SYX): read as slices."""
+    return (
+        axes == "SYX"
+        and page.photometric == PHOTOMETRIC.RGB
+        and page.planarconfig == PLANARCONFIG.SEPARATE
+        and shape[0] in (3, 4)
+    )
 
 
 def _check_extent(tif: tifffile.TiffFile, path: Path) -> None:
@@ -283,6 +321,12 @@ def read_labels(path: PathLike, foreground: int | str) -> np.ndarray:
     with _open(path) as (tif, layout), _reading(path):
         raw = tif.series[0].asarray()
     if by_colour:
+        if layout.planes_as_slices:
+            raise InputError(
+                f"{path}: one planar RGB page is read as {layout.shape[0]} grey slices, as tifffile.imread "
+                "gives it; store colour labels with tifffile.imwrite(path, rgb, photometric='rgb', "
+                "planarconfig='contig') on (Z, Y, X, 3) data, or give the foreground label value"
+            )
         if layout.kind not in ("rgb", "palette"):
             raise InputError(
                 f"{path}: foreground 'color' needs RGB labels, but these are "
@@ -308,97 +352,36 @@ def _coloured(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return mask
 
 
-# ---------------------------------------------------------------- writing
+def stack_scaling(path: PathLike) -> tuple[float, float]:
+    """The (offset, factor) that iter_slices applies to the values of ``path`` (for read_slices).
 
-
-class StackWriter:
-    """Write a stack one slice (page) at a time, atomically.
-
-    Pages go to a hidden ``.<name>.partial-<random>`` file beside ``path`` (zlib-compressed),
-    which is renamed onto ``path`` when the ``with`` block ends cleanly and removed otherwise.
-    ``metadata`` (a JSON-serialisable dict) is stored in the first page's ImageDescription,
-    in tifffile's JSON form, so ``tifffile.imread`` gives back (Z, Y, X); see read_metadata.
-    Pages are uint8, uint16 or float32 as given; bool pages are stored as uint8 0/255.
-    Set ``bigtiff`` for stacks that may exceed 4 GB.
-
-    >>> with StackWriter("out.tif", metadata={"model": "best"}) as writer:  # doctest: +SKIP
-    ...     for mask in masks:
-    ...         writer.write(mask)
+    Floats and signed integers need the stack's range: one pass over the pages.
     """
-
-    def __init__(self, path: PathLike, *, metadata: dict | None = None, bigtiff: bool = False):
-        self.path = Path(path)
-        self._metadata = dict(metadata or {})
-        try:
-            json.dumps(self._metadata)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"metadata must be JSON-serialisable: {exc}") from exc
-        self._bigtiff = bigtiff
-        self._tmp: Path | None = None
-        self._writer: tifffile.TiffWriter | None = None
-        self._page: tuple[tuple[int, ...], np.dtype] | None = None
-        self._count = 0
-
-    def __enter__(self) -> StackWriter:
-        if not self.path.parent.is_dir():
-            raise InputError(f"{self.path}: the output folder {self.path.parent} does not exist")
-        self._tmp = self.path.parent / f".{self.path.name}.partial-{secrets.token_hex(4)}"
-        self._writer = tifffile.TiffWriter(self._tmp, bigtiff=self._bigtiff)
-        return self
-
-    def write(self, slice_2d: np.ndarray) -> None:
-        """Append one (Y, X) page; every page must have the first one's shape and dtype."""
-        if self._writer is None:
-            raise ValueError("StackWriter.write must be called inside its with block")
-        page = np.asarray(slice_2d)
-        if page.dtype == np.bool_:
-            page = page.astype(np.uint8) * np.uint8(255)
-        if page.ndim != 2 or page.dtype not in _PAGE_DTYPES:
-            raise ValueError(f"a page must be 2-D uint8, uint16, float32 or bool, got {page.ndim}-D {page.dtype}")
-        if self._page is None:
-            self._page = (page.shape, page.dtype)
-        elif (page.shape, page.dtype) != self._page:
-            raise ValueError(
-                f"page {self._count} is {page.shape} {page.dtype}, but the first "
-                f"page was {self._page[0]} {self._page[1]}"
-            )
-        description = self._description(1) if self._count == 0 else None
-        self._writer.write(page, photometric="minisblack", compression="zlib", metadata=None, description=description)
-        self._count += 1
-
-    def _description(self, n_pages: int) -> str:
-        assert self._page is not None
-        return json.dumps({"shape": [n_pages, *self._page[0]], "dcn_ray": self._metadata})
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        tmp, writer = self._tmp, self._writer
-        assert tmp is not None and writer is not None
-        self._writer = None
-        try:
-            if exc_type is not None:
-                with suppress(Exception):
-                    writer.close()
-                return
-            writer.close()
-            if self._count == 0:
-                raise ValueError(f"{self.path}: no slice was written")
-            with tifffile.TiffFile(tmp, mode="r+b") as tif:  # now the number of pages is known
-                tif.pages[0].tags["ImageDescription"].overwrite(self._description(self._count))
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+    path = Path(path)
+    with _open(path) as (tif, layout):
+        low, high = np.inf, -np.inf
+        if _needs_range(layout):
+            for raw in _raw_slices(tif, layout, path):
+                grey = _grey(raw)
+                low = float(np.minimum(low, grey.min()))  # np.minimum keeps a NaN
+                high = float(np.maximum(high, grey.max()))
+        return _scaling(layout, low, high, path)
 
 
-def write_stack(path: PathLike, array: np.ndarray, *, metadata: dict | None = None) -> None:
-    """Write a whole (Z, Y, X) or (Y, X) array atomically with StackWriter."""
-    stack = np.asarray(array)
-    if stack.ndim == 2:
-        stack = stack[np.newaxis]
-    if stack.ndim != 3 or 0 in stack.shape:
-        raise ValueError(f"write_stack needs a non-empty (Z, Y, X) array, got shape {stack.shape}")
-    with StackWriter(path, metadata=metadata, bigtiff=stack.nbytes > _BIGTIFF_ABOVE) as writer:
-        for page in stack:
-            writer.write(page)
+def read_slices(path: PathLike, start: int, stop: int, scaling: tuple[float, float]) -> np.ndarray:
+    """Slices ``start:stop`` as float32 (n, Y, X) in [0, 1], scaled with ``scaling`` (stack_scaling's)."""
+    path = Path(path)
+    with _open(path) as (tif, layout):
+        series = tif.series[0]
+        pages = list(series.pages)
+        with _reading(path):
+            if len(pages) == layout.shape[0] and None not in pages:
+                raw = np.concatenate(
+                    [_as_zyx(page.asarray(), series.keyframe.axes, layout, 1) for page in pages[start:stop]]
+                )
+            else:
+                raw = _as_zyx(series.asarray(), layout.axes, layout, layout.shape[0])[start:stop]
+    return _normalise(_grey(raw), layout, scaling)
 
 
 def read_metadata(path: PathLike) -> dict:

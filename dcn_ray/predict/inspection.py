@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dcn_ray.core.analysis import analyse
+from dcn_ray.core.analysis import IMAGE_FILES, analyse
 from dcn_ray.core.dataset import parse_split
 from dcn_ray.core.kernels import kernels_text
 from dcn_ray.errors import InputError
+from dcn_ray.io.paths import folder_written_whole, input_file, output_folder
 from dcn_ray.io.tiff import read_labels, read_stack
 from dcn_ray.track.sources import load_source
-from dcn_ray.tune.planner import plan_followups
+from dcn_ray.tune.proposals import plan_followups
 
 SCORES_FILE = "branch_scores.json"
+#: Everything inspect writes into its output folder.
+OUTPUT_FILES = (*IMAGE_FILES, SCORES_FILE)
 
 
 def inspect_model(
@@ -30,32 +33,39 @@ def inspect_model(
 
     ``source`` is any model source of ``predict``: a checkpoint, runs:/, models:/ or sweep:NAME.
     """
+    inputs = {"the model file": source if Path(source).exists() else None, "the image stack": stack, "--labels": labels}
+    input_file(stack, "TIFF file")
+    if labels is not None:
+        input_file(labels, "TIFF file")
+    output_folder(out_dir, OUTPUT_FILES, inputs)  # before anything is loaded or written
     loaded = load_source(source, storage=storage, tracking_uri=tracking_uri)
     model, payload = loaded.model, loaded.payload
     data = payload.get("config", {}).get("data", {})
     labels = labels or (Path(data["labels"]) if data.get("labels") else None)
     if labels is None:
         raise InputError("inspect needs --labels: the checkpoint names no label stack")
+    output_folder(out_dir, OUTPUT_FILES, {**inputs, "the model file": loaded.location, "the labels": labels})
     images = read_stack(stack)
     masks = read_labels(labels, data.get("foreground", 255))
     if images.shape != masks.shape:
         raise InputError(f"image stack {stack} {images.shape} and labels {labels} {masks.shape} differ in shape")
     spec = slices or data.get("split", {}).get("val") or ":"
     chosen = parse_split(spec, images.shape[0], name="--slices")
-    analysis = analyse(model, images[chosen], masks[chosen], out_dir)
     kernels = tuple(payload["model_kwargs"]["kernels"])
-    plan = plan_followups(kernels, analysis.weak, steps=3, controls=2, seed=0, exclude=[kernels])
-    record = {
-        "model": loaded.location,
-        "kernels": list(kernels),
-        "slices": chosen,
-        "scores": [score.__dict__ for score in analysis.scores],
-        "weak_branch": analysis.weak_name,
-        "guided_followups": [list(k) for k in plan.guided],
-        "controls": [list(k) for k in plan.controls],
-        "images": [str(p) for p in analysis.images],
-    }
-    (out_dir / SCORES_FILE).write_text(json.dumps(record, indent=2))
+    with folder_written_whole(out_dir) as partial:  # all of the files, or none
+        analysis = analyse(model, images[chosen], masks[chosen], partial)
+        plan = plan_followups(kernels, analysis.weak, steps=3, controls=2, seed=0, exclude=[kernels])
+        record = {
+            "model": loaded.location,
+            "kernels": list(kernels),
+            "slices": chosen,
+            "scores": [score.__dict__ for score in analysis.scores],
+            "weak_branch": analysis.weak_name,
+            "guided_followups": [list(k) for k in plan.guided],
+            "controls": [list(k) for k in plan.controls],
+            "images": [str(out_dir / image.name) for image in analysis.images],
+        }
+        (partial / SCORES_FILE).write_text(json.dumps(record, indent=2))
     lines = [
         f"{score.name}: contrast {score.contrast:.4f}  alone IoU {score.alone_iou:.4f}  drop {score.drop:+.4f}"
         for score in analysis.scores

@@ -33,11 +33,14 @@ from torch import Tensor
 
 from dcn_ray import __version__
 from dcn_ray.core.dcn import DCN, MULTIPLE
+from dcn_ray.core.device import select_device
 from dcn_ray.core.kernels import STRIDES, kernels_text
 from dcn_ray.core.metrics import segmentation_scores
 from dcn_ray.core.sampler import apply_transform, invert_transform
 from dcn_ray.errors import InputError
-from dcn_ray.io.tiff import StackWriter, iter_slices, read_labels, stack_shape
+from dcn_ray.io.paths import output_file
+from dcn_ray.io.tiff_writer import StackWriter
+from dcn_ray.io.volumes import input_slices, read_label_volume, volume_shape
 from dcn_ray.track.sources import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -128,12 +131,6 @@ def edge_weights(size: int, *, inner_before: bool, inner_after: bool, overlap: i
     return weights.astype(np.float32)
 
 
-def select_device(name: str | None) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA GPU is visible here")
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 class SlicePredictor:
     """The foreground probability of single slices, by one model on one device."""
 
@@ -215,6 +212,29 @@ def local_mapper(model: DCN, options: PredictOptions) -> Iterator[SliceMapper]:
     yield lambda slices: ((predict(image), "local") for image in slices)
 
 
+def check_paths(
+    input_path: Path,
+    output_path: Path,
+    *,
+    labels: Path | None = None,
+    model: str | Path | None = None,
+    level: int = 0,
+) -> tuple[int, int, int]:
+    """The files of a prediction, checked before any work: the input stack and ``labels`` (same
+    shape), and an output file that can be written and is none of the inputs (``model`` included).
+
+    Returns the input's (Z, Y, X).
+    """
+    shape = volume_shape(input_path, level)
+    if labels is not None and volume_shape(labels, level) != shape:
+        raise InputError(
+            f"--labels {labels} have shape {volume_shape(labels, level)} (Z, Y, X) but the input has {shape}"
+        )
+    inputs = {"the input stack": input_path, "the --labels file": labels, "the model file": model}
+    output_file(output_path, inputs)
+    return shape
+
+
 def predict_stack(
     loaded: LoadedModel,
     input_path: Path,
@@ -225,6 +245,7 @@ def predict_stack(
     workers: int | None = None,
     address: str | None = None,
     progress: Progress | None = None,
+    level: int = 0,
 ) -> PredictResult:
     """Segment the stack (or 2-D image) ``input_path`` into ``output_path``, streamed.
 
@@ -234,12 +255,8 @@ def predict_stack(
     one byte per voxel); the foreground label value comes from the model's config.
     """
     input_path, output_path = Path(input_path), Path(output_path)
-    shape = stack_shape(input_path)
-    if not output_path.parent.is_dir():
-        raise InputError(f"{output_path}: the output folder {output_path.parent} does not exist")
-    if output_path.exists() and output_path.resolve() == input_path.resolve():
-        raise InputError(f"{output_path}: is the input stack; give another output file")
-    truth = _truth(labels, shape, loaded) if labels is not None else None
+    shape = check_paths(input_path, output_path, labels=labels, model=loaded.location, level=level)
+    truth = _truth(labels, shape, loaded, level) if labels is not None else None
     predicted = np.zeros(shape, dtype=bool) if truth is not None else None
     page_bytes = 4 if options.output == "float" else 1
     bigtiff = math.prod(shape) * page_bytes > _BIGTIFF_ABOVE
@@ -251,7 +268,7 @@ def predict_stack(
         started = time.perf_counter()
         if progress is not None:
             progress(0, shape[0])
-        for index, (probability, name) in enumerate(mapper(iter_slices(input_path))):
+        for index, (probability, name) in enumerate(mapper(input_slices(input_path, level))):
             writer.write(encode(probability, options.output, options.threshold))
             if predicted is not None:
                 predicted[index] = probability > options.threshold
@@ -273,12 +290,12 @@ def _mapper(
     return ray_mapper(loaded.payload, options, workers=workers, address=address)
 
 
-def _truth(labels: Path, shape: tuple[int, int, int], loaded: LoadedModel) -> np.ndarray:
-    label_shape = stack_shape(labels)
+def _truth(labels: Path, shape: tuple[int, int, int], loaded: LoadedModel, level: int = 0) -> np.ndarray:
+    label_shape = volume_shape(labels, level)
     if label_shape != shape:
         raise InputError(f"--labels {labels} have shape {label_shape} (Z, Y, X) but the input has {shape}")
     foreground = loaded.payload.get("config", {}).get("data", {}).get("foreground", 255)
-    return read_labels(labels, foreground)
+    return read_label_volume(labels, foreground, level)
 
 
 def _metadata(loaded: LoadedModel, options: PredictOptions) -> dict:

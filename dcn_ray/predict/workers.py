@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from dcn_ray.core.dcn import DCN
+from dcn_ray.core import checkpoint
 from dcn_ray.errors import InputError
 from dcn_ray.predict.stack import PredictOptions, SliceMapper, SlicePredictor
-from dcn_ray.tune.sweep import alive_nodes, ray_session
+from dcn_ray.runtime import alive_nodes, ray_session
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,7 @@ class SliceWorker:
     def __init__(self, model: dict[str, Any], options: PredictOptions) -> None:
         import ray
 
-        dcn = DCN(**model["model_kwargs"])
-        dcn.load_state_dict(model["weights"])
-        self.predict = SlicePredictor(dcn, options)
+        self.predict = SlicePredictor(checkpoint.model_from_payload(model), options)
         gpus = ",".join(str(g) for g in ray.get_gpu_ids())
         self.name = f"pid {os.getpid()}" + (f" gpu {gpus}" if gpus else "") + f" {self.predict.device.type}"
 

@@ -12,16 +12,15 @@ import pyarrow.parquet as pq
 
 from dcn_ray.core.kernels import REFERENCE
 
+#: Final metrics of a trial kept per row (validation chooses; test, where there is one, reports).
+METRIC_COLUMNS = ("best_val_iou", "val_vrand", "val_vinfo")
+IDENTITY_COLUMNS = ("k1", "k2", "k3", "seed")
 COLUMNS = (
-    "k1",
-    "k2",
-    "k3",
+    *IDENTITY_COLUMNS,
     "phase",
     "status",
-    "best_val_iou",
+    *METRIC_COLUMNS,
     "vs_reference",
-    "val_vrand",
-    "val_vinfo",
     "weak_branch",
     "mlflow_run_id",
     "trial_id",
@@ -50,6 +49,7 @@ def results_table(rows: Sequence[dict[str, Any]], reference: Sequence[int] = REF
             r["k1"],
             r["k2"],
             r["k3"],
+            r.get("seed") or 0,
         ),
     )
     columns: dict[str, list] = {name: [] for name in COLUMNS}
@@ -60,10 +60,10 @@ def results_table(rows: Sequence[dict[str, Any]], reference: Sequence[int] = REF
             columns[name].append(row.get(name))
     schema = pa.schema(
         [
-            *(pa.field(n, pa.int64()) for n in ("k1", "k2", "k3")),
+            *(pa.field(n, pa.int64()) for n in IDENTITY_COLUMNS),
             pa.field("phase", pa.string()),
             pa.field("status", pa.string()),
-            *(pa.field(n, pa.float64()) for n in ("best_val_iou", "vs_reference", "val_vrand", "val_vinfo")),
+            *(pa.field(n, pa.float64()) for n in (*METRIC_COLUMNS, "vs_reference")),
             pa.field("weak_branch", pa.string()),
             pa.field("mlflow_run_id", pa.string()),
             pa.field("trial_id", pa.string()),

@@ -11,8 +11,6 @@ import logging
 import os
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +18,7 @@ from typing import Any, TypeVar
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from dcn_ray.errors import InputError
+from dcn_ray.track.uris import fail_fast_http
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -29,46 +27,6 @@ TRIAL_TAG = "tune_trial_id"
 SWEEP_TAG = "dcn_ray_sweep"
 PARENT_TAG = "mlflow.parentRunId"
 RETRY_SECONDS = 120.0
-
-
-def fail_fast_http() -> None:
-    """Make MLflow's HTTP client fail in seconds, not minutes, when the server is down.
-
-    Its default (7 retries with exponential backoff) blocks a trial for about four minutes
-    per call; dcn-ray buffers and retries on its own instead (TrialRun, _retry).
-    """
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-
-
-def default_tracking_uri() -> str:
-    """The embedded store: ``sqlite:///<working dir>/mlflow.db`` (what ``mlflow ui`` opens there)."""
-    return f"sqlite:///{Path('mlflow.db').absolute()}"
-
-
-def resolve_uri(uri: str | None) -> str:
-    """An explicit URI, else the embedded store. Relative sqlite paths are made absolute."""
-    if not uri:
-        return default_tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri[len('sqlite:///') :]).absolute()}"
-    if "://" not in uri:
-        raise InputError(f"tracking URI {uri!r} is not a URI (e.g. http://host:5000 or sqlite:///mlflow.db)")
-    return uri
-
-
-def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
-    """A clear error before any trial runs when an HTTP tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
-            if response.status == 200:
-                return
-    except (urllib.error.URLError, OSError, ValueError):
-        pass
-    raise InputError(f"MLflow tracking server {uri} is not reachable (no answer from {uri.rstrip('/')}/health)")
 
 
 def prepare_experiment(uri: str, name: str) -> str:
@@ -96,15 +54,15 @@ def start_parent_run(uri: str, experiment_id: str, sweep: str, params: Mapping[s
 class TrialRun:
     """The child run of one Tune trial: found again after a retry or resume, else created."""
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, trial_id: str, kernels: str = ""):
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, trial_id: str, trial_key: str = ""):
         fail_fast_http()
         self.client = MlflowClient(uri)
         self.parent_run_id = parent_run_id
         self.trial_id = trial_id
         self._pending: list[Metric] = []
-        #: The Tune trial id of an earlier trial of the same kernels whose run this one adopted.
+        #: The Tune trial id of an earlier launch of the same (kernels, seed) whose run this one adopted.
         self.adopted_from: str | None = None
-        self.run_id = _retry(lambda: self._find(experiment_id, kernels))
+        self.run_id = _retry(lambda: self._find(experiment_id, trial_key))
 
     def open(self, *, name: str, tags: Mapping[str, str], params: Mapping[str, Any], experiment_id: str) -> str:
         """Create the run the first time; on later attempts mark it RUNNING again."""
@@ -120,14 +78,12 @@ class TrialRun:
             self.set_tags(tags)
         return self.run_id
 
-    def finished_result(self) -> dict[str, float] | None:
-        """The final result of a run that already FINISHED (a finished trial launched again), else None."""
+    def finished_metrics(self) -> dict[str, float] | None:
+        """The metrics of this trial's run if it already FINISHED (a finished trial launched again), else None."""
         if self.run_id is None:
             return None
         run = _retry(lambda: self.client.get_run(self.run_id))
-        if run.info.status != "FINISHED" or "best_val_iou" not in run.data.metrics:
-            return None
-        return {**run.data.metrics, "mlflow_run_id": self.run_id, "finished": 1}
+        return dict(run.data.metrics) if run.info.status == "FINISHED" else None
 
     def is_finished(self) -> bool:
         return self.run_id is not None and _retry(lambda: self.client.get_run(self.run_id)).info.status == "FINISHED"
@@ -163,12 +119,12 @@ class TrialRun:
     def end(self, status: str) -> None:
         _retry(lambda: self.client.set_terminated(self.run_id, status=status))
 
-    def _find(self, experiment_id: str, kernels: str) -> str | None:
-        """This trial's run; else the sweep's run of the same kernels, adopted.
+    def _find(self, experiment_id: str, trial_key: str) -> str | None:
+        """This trial's run; else the sweep's run of the same (kernels, seed), adopted.
 
         A trial launched after Tune's last state snapshot is forgotten by a restore, and
-        its configuration is suggested again under a new trial id. Kernel triples are
-        unique within a sweep, so the new trial takes over the old trial's run.
+        its configuration is suggested again under a new trial id. (kernels, seed) is
+        unique within a sweep (the ``trial_key`` tag), so the new trial takes over the old run.
         """
         parent = f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'"
         runs = self.client.search_runs(
@@ -176,15 +132,15 @@ class TrialRun:
         )
         if len(runs) > 1:
             log.warning("trial %s has %d child runs; using the first", self.trial_id, len(runs))
-        if runs or not kernels:
+        if runs or not trial_key:
             return runs[0].info.run_id if runs else None
         runs = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.kernels = '{kernels}' and {parent}", max_results=1
+            [experiment_id], filter_string=f"tags.trial_key = '{trial_key}' and {parent}", max_results=1
         )
         if not runs:
             return None
         self.adopted_from = runs[0].data.tags.get(TRIAL_TAG)
-        log.info("trial %s adopts the run of trial %s (same kernels %s)", self.trial_id, self.adopted_from, kernels)
+        log.info("trial %s adopts the run of trial %s (same trial %s)", self.trial_id, self.adopted_from, trial_key)
         self.client.set_tag(runs[0].info.run_id, TRIAL_TAG, self.trial_id)
         return runs[0].info.run_id
 

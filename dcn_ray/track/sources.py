@@ -25,10 +25,8 @@ from typing import Any
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dcn import DCN
 from dcn_ray.core.kernels import kernels_text
-from dcn_ray.errors import InputError
-from dcn_ray.track import runs as tracking
-from dcn_ray.track.report import TABLE_FILE
-from dcn_ray.track.storage import SWEEP_FILE, Storage
+from dcn_ray.errors import InputError, first_line
+from dcn_ray.track import uris
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +91,16 @@ def latest_checkpoint(path: Path) -> Path:
 
 def mlflow_uri(uri: str | None) -> str:
     """``uri``, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here; the store must exist."""
-    resolved = tracking.resolve_uri(uri or os.environ.get("MLFLOW_TRACKING_URI"))
-    if resolved.startswith("sqlite:///") and not Path(resolved[len("sqlite:///") :]).is_file():
-        raise InputError(
-            f"no MLflow store at {resolved[len('sqlite:///') :]} (give --tracking-uri or set MLFLOW_TRACKING_URI)"
-        )
-    tracking.check_reachable(resolved)
+    resolved = uris.resolve_uri(uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    uris.check_store(resolved, must_exist=True)  # reading never creates a store
     return resolved
 
 
 def best_trial(name: str, storage: str | None = None) -> BestTrial:
     """The finished trial of sweep ``name`` with the highest best_val_iou."""
+    from dcn_ray.track.report import TABLE_FILE  # pyarrow: only for sweep sources
+    from dcn_ray.track.storage import SWEEP_FILE, Storage
+
     store = Storage.for_sweeps(storage)
     if not name or not store.exists(name, SWEEP_FILE):
         raise InputError(f"no sweep '{name}' in {store.root} (give --storage where it was run)")
@@ -111,7 +108,7 @@ def best_trial(name: str, storage: str | None = None) -> BestTrial:
         raise InputError(f"sweep '{name}' in {store.root} has no results yet")
     rows = [
         row
-        for row in store.read_results(name).to_pylist()
+        for row in store.read_table(name, TABLE_FILE).to_pylist()
         if row["status"] == "finished"
         and isinstance(row["best_val_iou"], float)
         and not math.isnan(row["best_val_iou"])
@@ -139,7 +136,7 @@ def register_best(name: str, model_name: str, *, storage: str | None = None) -> 
     best = best_trial(name, storage)
     if not best.mlflow_run_id:
         raise InputError(f"the best trial {best.trial_id} of sweep '{name}' has no MLflow run")
-    tracking.check_reachable(best.tracking_uri)
+    uris.check_store(best.tracking_uri, must_exist=True)
     client = MlflowClient(best.tracking_uri, registry_uri=best.tracking_uri)
     try:
         files = [item.path for item in client.list_artifacts(best.mlflow_run_id, RUN_ARTIFACT)]
@@ -162,7 +159,7 @@ def register_best(name: str, model_name: str, *, storage: str | None = None) -> 
         )
     except MlflowException as error:
         raise InputError(
-            f"cannot register sweep '{name}' as {model_name!r} in {best.tracking_uri}: {_first_line(error)}"
+            f"cannot register sweep '{name}' as {model_name!r} in {best.tracking_uri}: {first_line(error)}"
         ) from None
     return int(version.version), best
 
@@ -172,6 +169,8 @@ def register_best(name: str, model_name: str, *, storage: str | None = None) -> 
 
 def _from_sweep(source: str, name: str, storage: str | None) -> LoadedModel:
     """The best trial's latest local checkpoint; its MLflow run's artifact where there is none."""
+    from dcn_ray.track.storage import Storage
+
     best = best_trial(name, storage)
     store = Storage.for_sweeps(storage)
     folder = Path(store.folder(name))
@@ -196,6 +195,7 @@ def _from_sweep(source: str, name: str, storage: str | None) -> LoadedModel:
         raise InputError(
             f"{source}: the best trial {best.trial_id} has neither a checkpoint in {folder} nor an MLflow run"
         )
+    uris.check_store(best.tracking_uri, must_exist=True)
     return _from_mlflow(source, f"runs:/{best.mlflow_run_id}/{RUN_ARTIFACT}", best.tracking_uri)
 
 
@@ -220,7 +220,7 @@ def _model_version_location(source: str, uri: str) -> str:
             version = client.get_model_version_by_alias(name, alias).version
         return client.get_model_version_download_uri(name, version)
     except MlflowException as error:
-        raise InputError(f"model {source!r} not found in the registry at {uri}: {_first_line(error)}") from None
+        raise InputError(f"model {source!r} not found in the registry at {uri}: {first_line(error)}") from None
 
 
 def _from_mlflow(source: str, artifact_uri: str, uri: str) -> LoadedModel:
@@ -241,11 +241,6 @@ def _downloaded(source: str, artifact_uri: str, uri: str) -> Iterator[Path]:
             )
         except Exception as error:  # MlflowException, OSError, and the stores' own errors
             raise InputError(
-                f"model {source!r}: cannot download {artifact_uri} from {uri}: {_first_line(error)}"
+                f"model {source!r}: cannot download {artifact_uri} from {uri}: {first_line(error)}"
             ) from None
         yield Path(local)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(getattr(error, "message", "") or error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]

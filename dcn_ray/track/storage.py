@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import tempfile
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dcn_ray.track import report
+from dcn_ray.config import name_problem
+from dcn_ray.errors import InputError, first_line
 
 DEFAULT_ROOT = "dcn-ray-runs"
 #: The record of a sweep (its settings, MLflow ids) in its folder; what `resume` reads.
@@ -30,14 +31,23 @@ class Storage:
         """``storage`` as given (a URI stays a URI), else ``./dcn-ray-runs``, made absolute."""
         if storage and "://" in storage:
             return cls(storage.rstrip("/"))
-        return cls(str(Path(storage or DEFAULT_ROOT).absolute()))
+        root = Path(storage or DEFAULT_ROOT).absolute()
+        if root.exists() and not root.is_dir():  # before any run or folder is made
+            raise InputError(f"--storage {root}: is a file, not a folder for sweeps")
+        return cls(str(root))
 
     @property
     def is_local(self) -> bool:
         return "://" not in self.root
 
     def folder(self, name: str) -> str:
-        return f"{self.root}/{name}"
+        """The folder of sweep ``name``, always strictly inside the root (``name`` is a plain name)."""
+        problem = name_problem(name)
+        if problem is not None:
+            raise InputError(f"sweep {name!r}: {problem}")
+        folder = f"{self.root}/{name}"
+        assert posixpath.dirname(posixpath.normpath(folder)) == posixpath.normpath(self.root), folder
+        return folder
 
     def exists(self, name: str, file: str) -> bool:
         filesystem, path = self._resolve(f"{self.folder(name)}/{file}")
@@ -46,11 +56,21 @@ class Storage:
     def read_text(self, name: str, file: str) -> str:
         filesystem, path = self._resolve(f"{self.folder(name)}/{file}")
         with filesystem.open_input_stream(path) as stream:
-            return stream.read().decode()
+            return stream.read().decode(errors="replace")
 
     def read_record(self, name: str) -> dict:
         """The sweep's record (SWEEP_FILE): its settings and MLflow ids, as `dcn-ray sweep` wrote them."""
-        return json.loads(self.read_text(name, SWEEP_FILE))
+        return self._json(name, SWEEP_FILE, self.read_text(name, SWEEP_FILE))
+
+    def _json(self, name: str, file: str, text: str) -> dict:
+        """A JSON object of the sweep's folder; InputError naming the file when it is damaged."""
+        try:
+            value = json.loads(text)
+        except ValueError as error:
+            raise InputError(f"{self.folder(name)}/{file}: damaged sweep file ({first_line(error)})") from None
+        if not isinstance(value, dict):
+            raise InputError(f"{self.folder(name)}/{file}: damaged sweep file (not a JSON object)")
+        return value
 
     def write_text(self, name: str, file: str, text: str) -> None:
         """Write whole or not at all (a temporary name, then a move, where the filesystem allows it)."""
@@ -61,21 +81,19 @@ class Storage:
             stream.write(text.encode())
         filesystem.move(temporary, path)
 
-    def write_results(self, name: str, table: pa.Table, reference: Sequence[int]) -> Path:
-        """The results table (Parquet, Markdown, chart) in the sweep folder; returns a local copy's folder."""
-        if self.is_local:
-            report.write(table, Path(self.folder(name)), reference)
-            return Path(self.folder(name))
-        local = Path(tempfile.mkdtemp(prefix="dcn-results-"))
-        files = report.write(table, local, reference)
+    def upload(self, name: str, files: Sequence[Path]) -> None:
+        """Copy local files into the sweep's folder (for remote storage)."""
         filesystem, path = self._resolve(self.folder(name))
         for file in files:
             pafs.copy_files(str(file), f"{path}/{file.name}", destination_filesystem=filesystem)
-        return local
 
-    def read_results(self, name: str) -> pa.Table:
-        filesystem, path = self._resolve(f"{self.folder(name)}/{report.TABLE_FILE}")
-        return pq.read_table(path, filesystem=filesystem)
+    def read_table(self, name: str, file: str) -> pa.Table:
+        """A Parquet table of the sweep's folder."""
+        filesystem, path = self._resolve(f"{self.folder(name)}/{file}")
+        try:
+            return pq.read_table(path, filesystem=filesystem)
+        except (pa.ArrowException, OSError) as error:
+            raise InputError(f"{self.folder(name)}/{file}: damaged table ({first_line(error)})") from None
 
     def finished_trials(self, name: str) -> set[str]:
         """Trial ids that Tune's saved experiment state marks TERMINATED."""
@@ -89,12 +107,17 @@ class Storage:
             return set()
         latest = max(states, key=lambda info: info.base_name)
         with filesystem.open_input_stream(latest.path) as stream:
-            state = json.loads(stream.read().decode())
+            state = self._json(name, latest.base_name, stream.read().decode(errors="replace"))
         finished = set()
-        for entry in state.get("trial_data", []):
-            trial = json.loads(entry[0]) if isinstance(entry, list) else entry
-            if trial.get("status") == "TERMINATED":
-                finished.add(trial.get("trial_id"))
+        try:
+            for entry in state.get("trial_data", []):
+                trial = json.loads(entry[0]) if isinstance(entry, list) else entry
+                if trial.get("status") == "TERMINATED":
+                    finished.add(trial.get("trial_id"))
+        except (ValueError, TypeError, AttributeError, IndexError) as error:
+            raise InputError(
+                f"{self.folder(name)}/{latest.base_name}: damaged Tune state ({first_line(error)})"
+            ) from None
         return finished
 
     def _resolve(self, location: str) -> tuple[pafs.FileSystem, str]:

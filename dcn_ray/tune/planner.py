@@ -1,154 +1,185 @@
-"""Propose the next kernel configurations: the paper's method, automated (no Ray).
+"""What a sweep runs next: the grid x seeds, then follow-up rounds chosen from F1-F3 (no Ray).
 
-After the reference run, the weak branch (see :func:`dcn_ray.core.branches.weak_branch`)
-gets a smaller deconvolution kernel, step by step (the paper's "proposed" rows of
-Table 1: (4, 8, 16) with F3 weak -> (4, 8, 14), (4, 8, 12), (4, 8, 10)). Random
-one-branch changes are the control the guided choice is compared against.
+Round 1 starts when every seed of the reference configuration (default 4-8-16) has finished:
+the weak branch is the one most of its seeds name (see :func:`dcn_ray.core.branches.weak_branch`);
+guided follow-ups shrink that branch's kernel and controls are drawn beside them
+(:mod:`dcn_ray.tune.proposals`). Each further round takes as its reference the guided follow-up
+with the best mean validation score of the last round. Every planned configuration runs once
+per seed. :class:`dcn_ray.tune.searcher.GridThenFollowups` adapts this planner to Ray Tune.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Collection, Sequence
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import fmean
+from typing import Any
 
-from dcn_ray.core.kernels import BRANCHES, STRIDES, Kernels, kernel_problem
+from dcn_ray.config import FollowupConfig
+from dcn_ray.core.kernels import BRANCHES, Kernels, kernels_text
+from dcn_ray.tune.proposals import plan_followups, propose_controls
+from dcn_ray.tune.spec import METRIC, TrialSpec
 
+log = logging.getLogger(__name__)
 
-def _reference(reference: Sequence[int]) -> Kernels:
-    problem = kernel_problem(reference)
-    if problem:
-        raise ValueError(f"reference: {problem}")
-    return tuple(reference)  # type: ignore[return-value]
-
-
-def _positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _excluded(exclude: Collection[Sequence[int]]) -> set[Kernels]:
-    """``exclude`` as a set of tuples, so that lists (from YAML or JSON) match too."""
-    return {tuple(kernels) for kernels in exclude}  # type: ignore[misc]
-
-
-def _with_kernel(reference: Kernels, branch: int, kernel: int) -> Kernels:
-    changed = list(reference)
-    changed[branch] = kernel
-    return tuple(changed)  # type: ignore[return-value]
-
-
-def propose_guided(
-    reference: Sequence[int],
-    weak: int,
-    *,
-    steps: int = 3,
-    step_size: int = 2,
-    exclude: Collection[Sequence[int]] = (),
-) -> list[Kernels]:
-    """Shrink the weak branch's kernel by ``step_size`` at a time, up to ``steps`` new triples.
-
-    Triples in ``exclude`` (already run or queued) are skipped and the walk goes on
-    down; it stops at the branch stride (k >= stride), so fewer may come out.
-    ``propose_guided((4, 8, 16), 2)`` is ``[(4, 8, 14), (4, 8, 12), (4, 8, 10)]``.
-    """
-    base = _reference(reference)
-    if isinstance(weak, bool) or weak not in range(len(BRANCHES)):
-        raise ValueError(f"weak must be a branch index 0, 1 or 2, got {weak!r}")
-    _positive_int("steps", steps, minimum=0)
-    _positive_int("step_size", step_size)
-    skip = _excluded(exclude)
-    proposals: list[Kernels] = []
-    kernel = base[weak] - step_size
-    while kernel >= STRIDES[weak] and len(proposals) < steps:
-        candidate = _with_kernel(base, weak, kernel)
-        if candidate not in skip:
-            proposals.append(candidate)
-        kernel -= step_size
-    return proposals
-
-
-def control_candidates(
-    reference: Sequence[int], *, max_kernel_factor: int = 3, step_size: int = 2
-) -> list[list[Kernels]]:
-    """Per branch, every one-branch change of ``reference`` by a nonzero multiple of ``step_size``
-    that keeps the kernel within [stride, stride * max_kernel_factor], in ascending order."""
-    base = _reference(reference)
-    _positive_int("max_kernel_factor", max_kernel_factor)
-    _positive_int("step_size", step_size)
-    candidates = []
-    for branch, stride in enumerate(STRIDES):
-        low, high = stride, stride * max_kernel_factor
-        kernels = range(base[branch] % step_size, high + 1, step_size)  # same residue as the reference
-        candidates.append([_with_kernel(base, branch, k) for k in kernels if low <= k <= high and k != base[branch]])
-    return candidates
-
-
-def propose_controls(
-    reference: Sequence[int],
-    count: int,
-    *,
-    seed: int,
-    exclude: Collection[Sequence[int]] = (),
-    max_kernel_factor: int = 3,
-    step_size: int = 2,
-) -> list[Kernels]:
-    """``count`` random one-branch changes of ``reference`` (the paper's controls).
-
-    Each draw picks a branch uniformly among those with candidates left, then one
-    of that branch's candidates (see :func:`control_candidates`) uniformly.
-    Nothing in ``exclude`` and nothing twice; the same ``seed`` gives the same
-    list; fewer than ``count`` when the candidates run out.
-    """
-    _positive_int("count", count, minimum=0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    skip = _excluded(exclude)
-    pools = [
-        [kernels for kernels in branch_candidates if kernels not in skip]
-        for branch_candidates in control_candidates(reference, max_kernel_factor=max_kernel_factor, step_size=step_size)
-    ]
-    rng = random.Random(seed)
-    proposals: list[Kernels] = []
-    while len(proposals) < count:
-        open_pools = [pool for pool in pools if pool]
-        if not open_pools:
-            break
-        pool = rng.choice(open_pools)
-        proposals.append(pool.pop(rng.randrange(len(pool))))
-    return proposals
+#: Result keys kept of a finished trial: what the planner and the summary need.
+SCORE_PREFIXES = ("contrast_", "alone_iou_", "drop_", "smd_")
 
 
 @dataclass(frozen=True)
-class FollowupPlan:
-    """The follow-up trials after a reference run: guided ones, then random controls."""
+class Finished:
+    """A trial that ended: its spec, the summary of its final result, whether it failed."""
 
+    spec: TrialSpec
+    result: Mapping[str, Any]
+    error: bool
+
+
+@dataclass(frozen=True)
+class RoundDecision:
+    """How one follow-up round was chosen (logged, and shown in the sweep's summary)."""
+
+    round: int
+    reference: Kernels
+    #: The weak branch each reference seed named, in seed order (e.g. ("F3", "F3", "F2")).
+    votes: tuple[str, ...]
+    #: The majority weak branch, or None when no branch is weak in most seeds.
+    weak: int | None
     guided: tuple[Kernels, ...]
     controls: tuple[Kernels, ...]
-    weak: int
+
+    @property
+    def agreement(self) -> str:
+        """``F3 in 3 of 3 seeds`` or ``no majority (F2, F3, F1)``."""
+        if self.weak is None:
+            return f"no majority ({', '.join(self.votes)})"
+        return f"{BRANCHES[self.weak]} in {self.votes.count(BRANCHES[self.weak])} of {len(self.votes)} seeds"
 
 
-def plan_followups(
-    reference: Sequence[int],
-    weak: int,
-    *,
-    steps: int = 3,
-    controls: int = 3,
-    seed: int,
-    exclude: Collection[Sequence[int]] = (),
-    step_size: int = 2,
-    max_kernel_factor: int = 3,
-) -> FollowupPlan:
-    """Guided proposals for the ``weak`` branch and ``controls`` random controls that
-    differ from them and from everything in ``exclude``."""
-    guided = propose_guided(reference, weak, steps=steps, step_size=step_size, exclude=exclude)
-    drawn = propose_controls(
-        reference,
-        controls,
-        seed=seed,
-        exclude=_excluded(exclude) | set(guided),
-        max_kernel_factor=max_kernel_factor,
-        step_size=step_size,
-    )
-    return FollowupPlan(guided=tuple(guided), controls=tuple(drawn), weak=weak)
+def majority(votes: Sequence[int]) -> int | None:
+    """The value more than half of ``votes`` name, else None (no silent tie-break)."""
+    if not votes:
+        return None
+    value, count = Counter(votes).most_common(1)[0]
+    return value if count * 2 > len(votes) else None
+
+
+def summary_of(result: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The part of a final Tune result the planner keeps (its checkpoint state stays small)."""
+    if not result:
+        return {}
+    keep = (METRIC, "weak_branch", "mlflow_run_id")
+    return {k: v for k, v in result.items() if k in keep or k.startswith(SCORE_PREFIXES)}
+
+
+class RoundPlanner:
+    """The queue of trials to run, and the follow-up rounds planned as trials finish."""
+
+    def __init__(self, grid: Sequence[Kernels], seeds: Sequence[int], followup: FollowupConfig) -> None:
+        self.followup = followup
+        self.seeds = tuple(seeds)
+        configs = [tuple(k) for k in grid]
+        reference = tuple(followup.reference)
+        if followup.enabled:  # the reference first, so the follow-ups can start early
+            configs = [reference, *(k for k in configs if k != reference)]
+        self.queue: list[TrialSpec] = [TrialSpec(k, seed=s) for k in configs for s in self.seeds]
+        self.live: dict[str, TrialSpec] = {}
+        self.done: dict[str, Finished] = {}
+        self.decisions: list[RoundDecision] = []
+
+    # -- the queue ---------------------------------------------------------------------------
+    def next_trial(self, trial_id: str) -> TrialSpec | None:
+        """The next trial to start as ``trial_id``, or None when nothing is queued now."""
+        if not self.queue:
+            return None
+        spec = self.queue.pop(0)
+        self.live[trial_id] = spec
+        return spec
+
+    @property
+    def finished(self) -> bool:
+        """Nothing queued, nothing running: no more trials will come."""
+        return not self.queue and not self.live
+
+    def complete(self, trial_id: str, result: Mapping[str, Any] | None, error: bool) -> None:
+        """Record the end of ``trial_id``; plan the next round when its inputs are complete."""
+        spec = self.live.pop(trial_id, None)
+        if spec is None:
+            return
+        self.done[trial_id] = Finished(spec, summary_of(result), error or not result)
+        if self.followup.enabled:
+            self._plan_next_round()
+
+    def seen(self) -> set[Kernels]:
+        """Every configuration queued, running or done: never proposed again."""
+        specs = [*self.queue, *self.live.values(), *(f.spec for f in self.done.values())]
+        return {spec.kernels for spec in specs}
+
+    # -- rounds ------------------------------------------------------------------------------
+    def _plan_next_round(self) -> None:
+        if len(self.decisions) >= self.followup.rounds:
+            return
+        reference = self._next_reference()
+        if reference is None:
+            return
+        round_number = len(self.decisions) + 1
+        kernels = reference[0].spec.kernels
+        votes = [int(f.result["weak_branch"]) for f in reference if "weak_branch" in f.result]
+        weak = majority(votes)
+        settings = self.followup
+        seed = settings.seed + len(self.decisions)
+        if weak is None:
+            guided: tuple[Kernels, ...] = ()
+            controls = tuple(propose_controls(kernels, settings.controls, seed=seed, exclude=self.seen()))
+        else:
+            plan = plan_followups(
+                kernels, weak, steps=settings.steps, step_size=settings.step_size,
+                controls=settings.controls, seed=seed, exclude=self.seen(),
+            )  # fmt: skip
+            guided, controls = plan.guided, plan.controls
+        decision = RoundDecision(
+            round_number, kernels, tuple(BRANCHES[v] for v in votes), weak, tuple(guided), tuple(controls)
+        )
+        self.decisions.append(decision)
+        scores = reference[0].result
+        provenance = {
+            "round": round_number,
+            "derived_from": ",".join(str(f.result.get("mlflow_run_id", "")) for f in reference),
+            "reference": kernels,
+            "reference_weak": BRANCHES[weak] if weak is not None else "",
+            "reference_scores": ",".join(
+                f"{k}={scores[k]:.4f}" for k in sorted(scores) if k.startswith(SCORE_PREFIXES)
+            ),
+        }
+        for phase, configs in (("followup", guided), ("control", controls)):
+            self.queue += [TrialSpec(k, seed=s, phase=phase, **provenance) for k in configs for s in self.seeds]
+        log.info(
+            "round %d from %s: weak branch %s -> follow-ups %s, controls %s",
+            round_number, kernels_text(kernels), decision.agreement,
+            [kernels_text(k) for k in guided], [kernels_text(k) for k in controls],
+        )  # fmt: skip
+
+    def _next_reference(self) -> list[Finished] | None:
+        """The finished seeds of this round's reference configuration, once none is pending.
+
+        Round 1: the job's reference. Later rounds: the guided follow-up of the last round with
+        the best mean validation score over its seeds.
+        """
+        if not self.decisions:
+            candidates = [tuple(self.followup.reference)]
+            this_round = 0
+        else:
+            this_round = self.decisions[-1].round
+            candidates = list(self.decisions[-1].guided)
+        pending = [s for s in [*self.queue, *self.live.values()] if s.kernels in candidates and s.round == this_round]
+        if pending:
+            return None
+        finished = [f for f in self.done.values() if not f.error and METRIC in f.result and f.spec.round == this_round]
+        by_config = {k: [f for f in finished if f.spec.kernels == k] for k in candidates}
+        by_config = {k: runs for k, runs in by_config.items() if runs}
+        if not by_config:
+            return None
+        best = max(by_config, key=lambda k: fmean(f.result[METRIC] for f in by_config[k]))
+        return sorted(by_config[best], key=lambda f: f.spec.seed)

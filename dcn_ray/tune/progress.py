@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from ray.tune import Callback
 
-from dcn_ray.core.kernels import kernels_text
+from dcn_ray.tune.spec import METRIC, TrialSpec
 
 
 class Progress(Callback):
@@ -29,7 +29,7 @@ class Progress(Callback):
             self.latest[trial.trial_id] = result["val_iou"]
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        best = (trial.last_result or {}).get("best_val_iou")
+        best = (trial.last_result or {}).get(METRIC)
         self.write(
             f"{self._elapsed()}  finished {_label(trial)}  best val IoU {best:.4f}"
             if best is not None
@@ -46,7 +46,7 @@ class Progress(Callback):
         self.last_summary = now
         counts = Counter(trial.status for trial in trials)
         running = [
-            f"{kernels_text(t.config['kernels'])}: {self.latest[t.trial_id]:.3f}"
+            f"{_label(t)}: {self.latest[t.trial_id]:.3f}"
             for t in trials
             if t.status == "RUNNING" and t.trial_id in self.latest
         ]
@@ -61,5 +61,5 @@ class Progress(Callback):
 
 
 def _label(trial) -> str:
-    config = trial.config or {}
-    return f"{config.get('phase', 'grid'):8} {kernels_text(config.get('kernels', ['?'] * 3))}"
+    """``grid-4-8-16-s0``; ``?`` before Tune has the trial's config."""
+    return TrialSpec.from_config(trial.config).name if (trial.config or {}).get("kernels") else "?"

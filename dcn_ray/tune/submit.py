@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 import dcn_ray
-from dcn_ray.errors import InputError
+from dcn_ray.errors import InputError, first_line
 from dcn_ray.job_file import load_job, read_job_file
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def _call(address: str, function: Callable[..., Any], *args: Any, **kwargs: Any)
             f"cannot reach the Ray Jobs API at {address} (is the cluster's dashboard running there?)"
         ) from None
     except RuntimeError as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = first_line(error)
         if "status code 404" in message:
             raise InputError(f"the Ray cluster at {address} does not know this job: {message[:200]}") from None
         raise

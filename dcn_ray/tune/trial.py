@@ -1,14 +1,16 @@
-"""The Ray Tune function trainable: one kernel configuration, tracked in its own MLflow child run.
+"""The Ray Tune function trainable: one trial (kernels, seed), tracked in its own MLflow child run.
 
 Resume contract (Ray's custom_func_checkpointing example): a restarted trial continues
-from ``tune.get_checkpoint()``; a trial whose checkpoint is already final reports its
-final result again and exits at once (Tune's state snapshot can lag behind a kill).
+from ``tune.get_checkpoint()``; a trial that already finished reports its final result again
+and exits at once (Tune's state snapshot can lag behind a kill).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,11 @@ from ray import tune
 from dcn_ray.config import JobConfig
 from dcn_ray.core import checkpoint
 from dcn_ray.core.analysis import analyse
-from dcn_ray.core.dataset import Dataset, load_dataset
-from dcn_ray.core.kernels import kernels_text
-from dcn_ray.core.train import TrainResult, select_device, state_payload_of, train
-from dcn_ray.track import runs as tracking
+from dcn_ray.core.dataset import load_job_dataset
+from dcn_ray.core.device import select_device
+from dcn_ray.core.train import TrainResult, train
+from dcn_ray.track import runs
+from dcn_ray.tune.spec import METRIC, TrialSpec
 
 log = logging.getLogger(__name__)
 
@@ -36,69 +39,60 @@ class SweepContext:
     parent_run_id: str
 
 
-def load_job_dataset(job: JobConfig) -> Dataset:
-    data = job.data
-    return load_dataset(
-        data.images,
-        data.labels,
-        foreground=data.foreground,
-        train=data.split.train,
-        val=data.split.val,
-        test=data.split.test,
-        roi=data.roi,
-    )
+def already_finished(run_metrics: Mapping[str, float] | None, state: Mapping[str, Any] | None) -> dict | None:
+    """The final result of a trial that finished before this launch, else None.
+
+    ``run_metrics``: the metrics of the trial's MLflow run if that run is FINISHED;
+    ``state``: the newest training state found for it (``final`` once analysed and reported).
+    """
+    if run_metrics is not None and METRIC in run_metrics:
+        return dict(run_metrics)
+    if state is not None and "final" in state:
+        return dict(state["final"])
+    return None
+
+
+def trial_job(job: JobConfig, spec: TrialSpec) -> JobConfig:
+    """The job as this trial trains it: with the trial's seed."""
+    return dataclasses.replace(job, train=dataclasses.replace(job.train, seed=spec.seed))
 
 
 def run_trial(config: dict[str, Any], context: SweepContext) -> None:
-    """Train ``config["kernels"]``; report each evaluation to Tune and MLflow."""
-    job = context.job
-    kernels = tuple(config["kernels"])
-    run = tracking.TrialRun(
-        context.tracking_uri,
-        context.experiment_id,
-        context.parent_run_id,
-        tune.get_context().get_trial_id(),
-        kernels_text(kernels),
-    )
-    tags = {
-        "phase": config.get("phase", "grid"),
-        "kernels": kernels_text(kernels),
-        "derived_from": config.get("derived_from", ""),
-        "weak_branch_of_reference": config.get("reference_weak", ""),
-        "reference_scores": config.get("reference_scores", ""),
-        **tracking.trial_tags(),
-    }
-    params = {"k1": kernels[0], "k2": kernels[1], "k3": kernels[2], "phase": tags["phase"], **job.flat()}
-
-    done = run.finished_result()  # finished before a kill that Tune's lagging snapshot missed
-    if done is not None:
-        log.info("trial %s already finished in MLflow: reporting its result again", kernels_text(kernels))
-        tune.report(done)
-        return
+    """Train the trial of ``config``; report each evaluation to Tune and MLflow."""
+    spec = TrialSpec.from_config(config)
+    job = trial_job(context.job, spec)
+    run = runs.TrialRun(
+        context.tracking_uri, context.experiment_id, context.parent_run_id,
+        tune.get_context().get_trial_id(), spec.tags()["trial_key"],
+    )  # fmt: skip
     state = _state_of(tune.get_checkpoint())
     if state is None and run.adopted_from:
         state = _newest_state_of_trial(run.adopted_from)
-    if state is not None and "final" in state:  # not just trained: analysed and reported too
-        log.info("trial %s already finished: reporting its result again", kernels_text(kernels))
-        tune.report(dict(state["final"]))
-        if not run.is_finished():
+    done = already_finished(run.finished_metrics(), state)
+    if done is not None:
+        log.info("trial %s already finished: reporting its result again", spec.name)
+        tune.report({**done, "mlflow_run_id": run.run_id, "finished": 1})
+        if run.run_id and not run.is_finished():
             run.end("FINISHED")
         return
-    run.open(name=kernels_text(kernels), tags=tags, params=params, experiment_id=context.experiment_id)
+    params = {**spec.params(), **job.flat()}
+    run.open(
+        name=spec.name, tags={**spec.tags(), **runs.trial_tags()}, params=params, experiment_id=context.experiment_id
+    )
     if state is not None:
         run.set_tags({"resumed_from_step": state["step"]})
         run.backfill(state["history"])
     try:
-        result = _train_and_analyse(job, kernels, run, state)
+        result = _train_and_analyse(job, spec, run, state)
     except Exception:  # not SystemExit: Tune stops a trial (Ctrl-C) with sys.exit in tune.report
         _quietly(run.flush, wait=5.0)
         _quietly(run.end, "FAILED")
         raise
     run.end("FINISHED")
-    log.info("trial %s finished: best val IoU %.4f", kernels_text(kernels), result.best_iou)
+    log.info("trial %s finished: best val IoU %.4f", spec.name, result.best_iou)
 
 
-def _train_and_analyse(job: JobConfig, kernels: tuple, run: tracking.TrialRun, state: dict | None) -> TrainResult:
+def _train_and_analyse(job: JobConfig, spec: TrialSpec, run: runs.TrialRun, state: dict | None) -> TrainResult:
     dataset = load_job_dataset(job)
     device = select_device()
 
@@ -106,7 +100,7 @@ def _train_and_analyse(job: JobConfig, kernels: tuple, run: tracking.TrialRun, s
         tune.report({**metrics, "mlflow_run_id": run.run_id}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
         run.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
 
-    result = train(job, kernels, dataset, report=report, state=state, device=device)
+    result = train(job, spec.kernels, dataset, report=report, state=state, device=device)
     model = checkpoint.model_from_payload(result.model)
     with tempfile.TemporaryDirectory(prefix="dcn-trial-") as folder:
         folder = Path(folder)
@@ -122,12 +116,15 @@ def _train_and_analyse(job: JobConfig, kernels: tuple, run: tracking.TrialRun, s
             **result.best_metrics,
             "best_step": result.best_step,
             "step": result.steps,
-            "best_val_iou": result.best_iou,
+            METRIC: result.best_iou,
             **analysis.metrics(),
             "mlflow_run_id": run.run_id,
             "finished": 1,
         }
-        finished = {**state_payload_of(result), "final": final}
+        finished = {
+            **checkpoint.finished_state_payload(result.model, step=result.steps, history=list(result.history)),
+            "final": final,
+        }
         checkpoint.save(result.model, folder / "final" / checkpoint.MODEL_FILE)
         checkpoint.save(finished, folder / "final" / checkpoint.STATE_FILE)
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(folder / "final")))

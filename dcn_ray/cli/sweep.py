@@ -1,0 +1,110 @@
+"""``dcn-ray sweep``, ``resume``, ``report`` and ``register``: run sweeps and use their results.
+
+The job file and the command line are validated before Ray, MLflow or torch is imported.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from dcn_ray.runtime import keep_local_ray_on_loopback
+
+
+def _echo(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.command()
+@click.argument("job_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", help="Sweep name (default: the job's name).")
+@click.option("--storage", help="Where the sweep's Tune state and results go (default ./dcn-ray-runs).")
+@click.option("--address", help="Ray cluster: ray://host:10001 or host:6379 (default: a local Ray).")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a job key (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Check the job and list its trials; train nothing.")
+def sweep(
+    job_file: Path,
+    name: str | None,
+    storage: str | None,
+    address: str | None,
+    tracking_uri: str | None,
+    overrides: tuple[str, ...],
+    dry_run: bool,
+) -> None:
+    """Run the kernel sweep of JOB_FILE (the grid, then feature-map-guided follow-ups)."""
+    from dcn_ray.job_file import load_job  # YAML and dataclasses only: a bad job file is refused at once
+
+    extra = (
+        list(overrides)
+        + ([f"name={name}"] if name else [])
+        + ([f"tracking.uri={tracking_uri}"] if tracking_uri else [])
+    )
+    job = load_job(job_file, extra)
+    keep_local_ray_on_loopback(address)
+    if dry_run:  # both checks before any output: a problem is then the only line shown
+        from dcn_ray.runtime import check_resources
+        from dcn_ray.tune.checks import check_data, planned_trials
+
+        summaries = [check_data(job, make=False), check_resources(job, address)]
+        _echo("\n".join(summaries))
+        click.echo("\n".join(planned_trials(job)))
+        return
+    from dcn_ray.tune import sweep as sweeps
+    from dcn_ray.tune.progress import Progress
+
+    outcome = sweeps.run_sweep(
+        job, job_text=job_file.read_text(), storage=storage, address=address, write=_echo, callbacks=[Progress(_echo)]
+    )
+    _done(outcome)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--storage", help="The storage the sweep was run with (default ./dcn-ray-runs).")
+@click.option("--address", help="Ray cluster to resume on (default: a local Ray).")
+def resume(name: str, storage: str | None, address: str | None) -> None:
+    """Finish sweep NAME after a crash: unfinished and errored trials only, follow-ups included."""
+    keep_local_ray_on_loopback(address)
+    from dcn_ray.tune import sweep as sweeps
+
+    _done(sweeps.resume_sweep(name, storage=storage, address=address, write=_echo))
+
+
+@click.command()
+@click.argument("name")
+@click.option("--storage", help="The storage the sweep was run with (default ./dcn-ray-runs).")
+def report(name: str, storage: str | None) -> None:
+    """Print the results table of sweep NAME again."""
+    from dcn_ray.tune.sweep import load_report
+
+    click.echo(load_report(name, storage))
+
+
+@click.command()
+@click.argument("name")
+@click.argument("model_name")
+@click.option("--storage", help="The storage the sweep was run with (default ./dcn-ray-runs).")
+def register(name: str, model_name: str, storage: str | None) -> None:
+    """Register the best trial of sweep NAME as a new version of MODEL_NAME in its MLflow registry."""
+    from dcn_ray.core.kernels import kernels_text
+    from dcn_ray.track.sources import register_best
+
+    version, best = register_best(name, model_name, storage=storage)
+    _echo(
+        f"best trial of sweep '{name}': kernels {kernels_text(best.kernels)}, val IoU {best.best_val_iou:.4f} "
+        f"(MLflow run {best.mlflow_run_id} in {best.tracking_uri})"
+    )
+    click.echo(f"registered {model_name} version {version}")
+
+
+def _done(outcome) -> None:
+    click.echo(outcome.markdown)
+    _echo(f"results: {outcome.folder}")
+    if outcome.interrupted:
+        sys.exit(130)
+    if outcome.errored:
+        _echo(f"{outcome.errored} trial(s) failed after all retries")
+        sys.exit(1)

@@ -1,0 +1,92 @@
+"""Check a job before it runs: its data, and the trials it will run (no Ray, MLflow or torch).
+
+``dcn-ray sweep --dry-run`` prints what these return and writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from dcn_ray.config import JobConfig, kernels_of
+from dcn_ray.core.kernels import kernels_text
+from dcn_ray.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def planned_trials(job: JobConfig) -> list[str]:
+    """One line per configuration the sweep will run (the dry-run listing)."""
+    resources = job.sweep.resources
+    seeds = ",".join(str(s) for s in job.seeds)
+    lines = [
+        f"grid  {kernels_text(k):>10}  k1={k[0]} k2={k[1]} k3={k[2]}  seeds {seeds}  "
+        f"gpu={resources.gpu:g} cpu={resources.cpu:g}"
+        for k in kernels_of(job)
+    ]
+    followup = job.sweep.followup
+    if followup.enabled:
+        reference = tuple(followup.reference)
+        if reference not in kernels_of(job):
+            lines.insert(
+                0, f"grid  {kernels_text(reference):>10}  (reference, added for the follow-ups)  seeds {seeds}"
+            )
+        lines.append(
+            f"then, per round ({followup.rounds}): up to {followup.steps} guided follow-ups and "
+            f"{followup.controls} controls, chosen from the F1-F3 scores of {kernels_text(reference)}, each run once per seed"
+        )
+    return lines
+
+
+def synthetic_folder(job: JobConfig) -> Path | None:
+    """The folder to make the job's synthetic stack in, or None when the data files exist or none is asked for."""
+    data = job.data
+    if data.synthetic is None or (Path(data.images).exists() and Path(data.labels).exists()):
+        return None
+    images, labels = Path(data.images), Path(data.labels)
+    if images.parent != labels.parent or images.name != "images.tif" or labels.name != "labels.tif":
+        raise InputError(
+            "data.synthetic needs data.images and data.labels to be images.tif and labels.tif in one folder"
+        )
+    return images.parent
+
+
+def ensure_data(job: JobConfig) -> None:
+    """Make the synthetic stack of a job that asks for one (``data.synthetic``) if it is missing."""
+    folder = synthetic_folder(job)
+    if folder is None:
+        return
+    from dcn_ray.io.synth import write_synthetic
+
+    synth = job.data.synthetic
+    assert synth is not None
+    write_synthetic(folder, slices=synth.slices, size=synth.size, seed=synth.seed)
+    log.debug("made the synthetic stack %s", folder)
+
+
+def check_data(job: JobConfig, *, make: bool = True) -> str:
+    """Read and validate the data; the crop must fit the slices. Returns a one-line summary.
+
+    With ``make=False`` (a dry run) a missing synthetic stack is checked, not written.
+    """
+    folder = synthetic_folder(job)
+    if folder is not None and not make:
+        synth = job.data.synthetic
+        assert synth is not None
+        if job.train.crop > synth.size:
+            raise InputError(f"train.crop={job.train.crop} is larger than the synthetic slices ({synth.size})")
+        return (
+            f"data: a synthetic stack of {synth.slices} slices of {synth.size} x {synth.size} will be made in {folder}"
+        )
+    ensure_data(job)
+    from dcn_ray.core.dataset import load_job_dataset
+
+    dataset = load_job_dataset(job)
+    height, width = dataset.train_images.shape[1:]
+    if job.train.crop > min(height, width):
+        raise InputError(f"train.crop={job.train.crop} is larger than the slices ({height} x {width})")
+    test = f", {len(dataset.test_slices)} test slices" if dataset.test_slices else ""
+    return (
+        f"data: {len(dataset.train_slices)} training and {len(dataset.val_slices)} validation slices "
+        f"of {height} x {width}{test} from {job.data.images}"
+    )

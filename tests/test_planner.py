@@ -1,0 +1,117 @@
+"""The round planner and the trial identity, without Ray: grid x seeds, rounds, majority weak branch."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from dcn_ray.config import FollowupConfig
+from dcn_ray.tune.planner import RoundPlanner, majority
+from dcn_ray.tune.spec import METRIC, TrialSpec
+from dcn_ray.tune.trial import already_finished
+
+GRID = [(4, 8, 16), (2, 8, 16), (6, 8, 16)]
+
+
+def _run(planner: RoundPlanner, results) -> list[TrialSpec]:
+    """Start every queued trial and finish it with ``results(spec)``; return all specs in order."""
+    started, counter = [], 0
+    while not planner.finished:
+        live = []
+        while (spec := planner.next_trial(f"t{counter}")) is not None:
+            live.append((f"t{counter}", spec))
+            started.append(spec)
+            counter += 1
+        assert live, "nothing queued although trials remain"
+        for trial_id, spec in live:
+            planner.complete(trial_id, results(spec), error=False)
+    return started
+
+
+def test_trial_spec_round_trips_through_the_tune_config():
+    spec = TrialSpec(
+        (4, 8, 14), seed=2, phase="control", round=1, derived_from="r1", reference=(4, 8, 16), reference_weak="F3"
+    )
+    config = spec.to_config()
+    assert (config["k1"], config["k2"], config["k3"], config["seed"]) == (4, 8, 14, 2)
+    assert TrialSpec.from_config(config) == spec
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    assert spec.name == "control-4-8-14-s2" and spec.config_name == "4-8-14"
+    assert spec.tags()["config"] == "4-8-14" and spec.params()["seed"] == 2
+    with pytest.raises(ValueError, match="k3=6"):
+        TrialSpec((4, 8, 6))
+    with pytest.raises(ValueError, match="phase"):
+        TrialSpec((4, 8, 16), phase="other")
+
+
+def test_grid_runs_every_configuration_once_per_seed():
+    planner = RoundPlanner(GRID, (0, 1), FollowupConfig(enabled=False))
+    started = _run(planner, lambda spec: {METRIC: 0.5, "weak_branch": 2})
+    assert sorted(s.key for s in started) == sorted((k, s) for k in GRID for s in (0, 1))
+    assert all(s.phase == "grid" for s in started)
+
+
+def test_first_round_waits_for_every_reference_seed_and_takes_the_majority():
+    planner = RoundPlanner(GRID, (0, 1, 2), FollowupConfig(enabled=True, steps=2, controls=2, seed=5))
+    first = [planner.next_trial(f"r{s}") for s in range(3)]
+    assert all(spec.kernels == (4, 8, 16) for spec in first)  # the reference comes first
+    weak_by_seed = {0: 2, 1: 1, 2: 2}  # F3, F2, F3: F3 in 2 of 3
+    planner.complete("r0", {METRIC: 0.8, "weak_branch": weak_by_seed[0], "mlflow_run_id": "a"}, False)
+    planner.complete("r1", {METRIC: 0.8, "weak_branch": weak_by_seed[1], "mlflow_run_id": "b"}, False)
+    assert planner.decisions == []  # seed 2 of the reference is still running
+    planner.complete("r2", {METRIC: 0.8, "weak_branch": weak_by_seed[2], "mlflow_run_id": "c"}, False)
+    (decision,) = planner.decisions
+    assert decision.weak == 2 and decision.agreement == "F3 in 2 of 3 seeds"
+    assert decision.guided == ((4, 8, 14), (4, 8, 12))
+    assert len(decision.controls) == 2 and not set(decision.controls) & set(GRID)
+    followups = [s for s in planner.queue if s.phase == "followup"]
+    assert sorted(s.key for s in followups) == sorted((k, s) for k in decision.guided for s in (0, 1, 2))
+    assert all(s.derived_from == "a,b,c" and s.reference == (4, 8, 16) and s.reference_weak == "F3" for s in followups)
+
+
+def test_no_majority_runs_controls_only():
+    planner = RoundPlanner([(4, 8, 16)], (0, 1), FollowupConfig(enabled=True, controls=2))
+    planner.next_trial("a"), planner.next_trial("b")
+    planner.complete("a", {METRIC: 0.8, "weak_branch": 0}, False)
+    planner.complete("b", {METRIC: 0.8, "weak_branch": 2}, False)
+    (decision,) = planner.decisions
+    assert decision.weak is None and decision.guided == () and len(decision.controls) == 2
+    assert decision.agreement == "no majority (F1, F3)"
+    assert {s.phase for s in planner.queue} == {"control"}
+
+
+def test_later_rounds_start_from_the_best_guided_configuration_by_mean_over_seeds():
+    planner = RoundPlanner([(4, 8, 16)], (0, 1), FollowupConfig(enabled=True, steps=2, controls=1, rounds=2))
+    # seed 0 favours 4-8-14, but the mean over both seeds favours 4-8-12
+    scores = {((4, 8, 14), 0): 0.90, ((4, 8, 14), 1): 0.70, ((4, 8, 12), 0): 0.85, ((4, 8, 12), 1): 0.84}
+    started = _run(planner, lambda spec: {METRIC: scores.get(spec.key, 0.8), "weak_branch": 2})
+    assert [d.round for d in planner.decisions] == [1, 2]
+    assert planner.decisions[1].reference == (4, 8, 12)
+    assert planner.decisions[1].guided == ((4, 8, 10), (4, 8, 8))
+    second = [s for s in started if s.round == 2]
+    assert second and all(s.reference == (4, 8, 12) for s in second)
+    assert len({s.key for s in started}) == len(started)  # nothing runs twice
+
+
+def test_planner_survives_pickling_midway():
+    """The searcher saves the planner with pickle for Tuner.restore."""
+    planner = RoundPlanner(GRID, (0,), FollowupConfig(enabled=True, steps=1, controls=1))
+    planner.next_trial("x")
+    restored = pickle.loads(pickle.dumps(planner))
+    restored.complete("x", {METRIC: 0.7, "weak_branch": 1}, False)
+    assert restored.decisions[0].guided == ((4, 6, 16),)
+
+
+def test_majority_needs_more_than_half():
+    assert majority([2, 2, 1]) == 2
+    assert majority([2, 1]) is None
+    assert majority([]) is None
+
+
+def test_already_finished_is_one_decision():
+    assert already_finished(None, None) is None
+    assert already_finished({"val_iou": 0.5}, None) is None  # a FINISHED run without the final metric
+    assert already_finished({METRIC: 0.7}, None) == {METRIC: 0.7}
+    assert already_finished(None, {"step": 10}) is None  # mid-training state: resume, not done
+    assert already_finished(None, {"step": 10, "final": {METRIC: 0.6}}) == {METRIC: 0.6}
