@@ -1,7 +1,7 @@
 """Training data: cut image and label stacks into train/val/test splits, cropped to a ROI.
 
-Reads the stacks with :mod:`dcn_ray.io.tiff`; every problem with the user's split or ROI
-raises :class:`InputError` with one line naming the setting.
+Reads the stacks with :mod:`dcn_ray.io.volumes` (TIFF, OME-Zarr, zarr array, HDF5 ``file.h5:/dataset``);
+every problem with the user's split or ROI raises :class:`InputError` with one line naming the setting.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import numpy as np
 
 from dcn_ray.config import JobConfig
 from dcn_ray.errors import InputError
-from dcn_ray.io.tiff import PathLike, read_labels, read_stack
+from dcn_ray.io.tiff import PathLike
+from dcn_ray.io.volumes import read_label_volume, read_volume
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def load_dataset(
     roi: Sequence[int] | None = None,
 ) -> Dataset:
     """Read images and labels, crop to ``roi``, and cut them into the train/val/test splits."""
-    stack, masks = read_stack(images), read_labels(labels, foreground)
+    stack, masks = read_volume(images), read_label_volume(labels, foreground)
     if stack.shape != masks.shape:
         raise InputError(
             f"images {images} have shape {stack.shape} (Z, Y, X) but labels {labels} have shape {masks.shape}"

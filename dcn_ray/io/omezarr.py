@@ -1,0 +1,170 @@
+"""Write a prediction as an OME-Zarr image, block by block, from any number of processes.
+
+The store is built in a sibling folder ``.NAME.incomplete`` and renamed onto ``NAME`` only when
+every block is in, so a half-written store never appears under the output's name; its attributes
+say ``"complete": false`` until then. The image is level ``0`` of a one-level multiscale image
+(NGFF 0.4 on zarr v2 by default, for the widest reader support; 0.5 on zarr v3 on request), its
+axes and scale copied from the input. An optional label image ``labels/mask`` holds the mask
+(0/1). The metadata is written with ome-zarr-py, the arrays with zarr.
+
+Blocks are written straight into the store by whoever computed them (:class:`OutputStore` is
+plain data that Ray workers open themselves); each block covers whole chunks, so no two writers
+share a chunk. After its chunks, a block sets its own element (its own chunk) of the array
+``dcn_ray_blocks``: that record is what ``--resume`` reads. It is removed when the store is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dcn_ray.errors import InputError
+from dcn_ray.io.paths import signals_held, writable_folder
+
+log = logging.getLogger(__name__)
+
+NGFF_VERSIONS = ("0.4", "0.5")
+IMAGE, LABEL, DONE = "0", "labels/mask/0", "dcn_ray_blocks"
+KEY = "dcn_ray"  # the store's attribute holding provenance, settings and completion
+INCOMPLETE = ".incomplete"
+
+
+@dataclass(frozen=True)
+class OutputStore:
+    """The store being written: where it is and which arrays it has."""
+
+    path: str
+    label: bool = False
+
+    def write(self, core: tuple[slice, slice, slice], image: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Write one block's values (and its mask into the label image), whole chunks only."""
+        import zarr
+
+        zarr.open_array(store=self.path, path=IMAGE, mode="r+")[core] = image
+        if self.label and mask is not None:
+            zarr.open_array(store=self.path, path=LABEL, mode="r+")[core] = mask.astype(np.uint8)
+
+    def mark_done(self, index: Sequence[int]) -> None:
+        """Record that the block at grid position ``index`` is written (after its chunks)."""
+        import zarr
+
+        zarr.open_array(store=self.path, path=DONE, mode="r+")[tuple(index)] = 1
+
+    def done_blocks(self) -> set[tuple[int, int, int]]:
+        import zarr
+
+        done = zarr.open_array(store=self.path, path=DONE, mode="r")[...]
+        return {tuple(int(i) for i in index) for index in np.argwhere(done)}  # type: ignore[misc]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every block is in (the record is dropped then): only the rename is left."""
+        return bool((stored_settings(Path(self.path)) or {}).get("complete"))
+
+
+def incomplete_path(final: Path) -> Path:
+    return final.parent / f".{final.name}{INCOMPLETE}"
+
+
+def stored_settings(path: Path) -> dict[str, Any] | None:
+    """The ``dcn_ray`` attribute of a store dcn-ray wrote; None for anything else."""
+    import zarr
+
+    try:
+        attrs = zarr.open_group(store=str(path), mode="r").attrs.asdict()
+    except Exception:  # not a zarr group, or unreadable
+        return None
+    settings = attrs.get(KEY)
+    return settings if isinstance(settings, dict) else None
+
+
+def check_output(final: Path) -> None:
+    """Before any work: ``final`` is new, or a store dcn-ray wrote (then replaced), in a writable folder."""
+    if final.exists() and stored_settings(final) is None:
+        what = "a folder" if final.is_dir() else "a file"
+        raise InputError(f"{final}: exists and is {what} that dcn-ray did not write; remove it or choose another name")
+    writable_folder(final.parent, final)
+
+
+def create_store(
+    final: Path,
+    *,
+    shape: tuple[int, int, int],
+    chunks: tuple[int, int, int],
+    dtype: str,
+    grid: tuple[int, int, int],
+    axes: Sequence[dict],
+    scale: Sequence[float],
+    ngff: str,
+    label: bool,
+    settings: dict[str, Any],
+) -> OutputStore:
+    """A new, empty store in ``.NAME.incomplete`` (one left by an earlier run is removed first)."""
+    import zarr
+    from ome_zarr.format import FormatV04, FormatV05
+    from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
+
+    if ngff not in NGFF_VERSIONS:
+        raise InputError(f"--ngff {ngff}: choose one of {', '.join(NGFF_VERSIONS)}")
+    fmt = FormatV04() if ngff == "0.4" else FormatV05()
+    path = incomplete_path(final)
+    if path.exists():
+        log.info("removing %s, left by an earlier run (give --resume to continue one)", path)
+        shutil.rmtree(path)
+    root = zarr.open_group(store=str(path), mode="w", zarr_format=fmt.zarr_format)
+    names = [axis["name"] for axis in axes]
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [float(s) for s in scale]}]}]
+    extra = {"dimension_names": names} if fmt.zarr_format == 3 else {}
+    root.create_array(IMAGE, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, **extra)
+    write_multiscales_metadata(root, datasets, fmt=fmt, axes=list(axes), name=final.name)
+    if label:
+        labels = root.create_group("labels")
+        mask = labels.create_group("mask")
+        mask.create_array("0", shape=shape, chunks=chunks, dtype="uint8", fill_value=0, **extra)
+        write_multiscales_metadata(mask, datasets, fmt=fmt, axes=list(axes), name="mask")
+        colors = [{"label-value": 1, "rgba": [255, 0, 255, 160]}]
+        write_label_metadata(labels, "mask", colors=colors, fmt=fmt, source={"image": "../../"})
+    root.create_array(DONE, shape=grid, chunks=(1, 1, 1), dtype="uint8", fill_value=0)
+    root.attrs[KEY] = {**settings, "complete": False}
+    return OutputStore(str(path), label)
+
+
+def resumable_store(final: Path, settings: dict[str, Any], compare: Sequence[str]) -> OutputStore | None:
+    """The ``.NAME.incomplete`` store of an earlier run with the same ``compare`` settings; None if none."""
+    path = incomplete_path(final)
+    stored = stored_settings(path) if path.exists() else None
+    if stored is None:
+        return None
+    changed = [key for key in compare if stored.get(key) != settings.get(key)]
+    if changed:
+        raise InputError(
+            f"{final}: the unfinished run in {path} had other settings ({', '.join(changed)}); "
+            "run without --resume to start again"
+        )
+    return OutputStore(str(path), bool(stored.get("label_image")))
+
+
+def finish_store(store: OutputStore, final: Path) -> None:
+    """Drop the block record, mark the store complete and rename it onto ``final``."""
+    import zarr
+
+    root = zarr.open_group(store=store.path, mode="r+")
+    if DONE in root:
+        del root[DONE]
+    root.attrs[KEY] = {**root.attrs[KEY], "complete": True}
+    with signals_held():
+        old = None
+        if final.exists():
+            old = final.parent / f".{final.name}.replaced-{secrets.token_hex(4)}"
+            os.rename(final, old)
+        os.rename(store.path, final)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()

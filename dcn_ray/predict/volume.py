@@ -1,0 +1,283 @@
+"""Segment a volume of any size into an OME-Zarr store: out of core, in blocks, resumable, on Ray.
+
+The volume is cut into blocks aligned to the output chunks (:mod:`dcn_ray.predict.blocks`); each
+block is read with a halo of at least the receptive radius, predicted slice by slice with the
+tiled, test-time-augmented :class:`~dcn_ray.predict.stack.SlicePredictor`, cropped to its core and
+written straight into the store (:mod:`dcn_ray.io.omezarr`), so the result equals whole-slice
+inference and memory is bounded by the block, whatever the volume's size. With ``workers`` or
+``address`` the blocks go to Ray actors, each writing its own chunks; with ``resume`` the blocks
+an interrupted run recorded as written are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dcn_ray import __version__
+from dcn_ray.core.dcn import DCN
+from dcn_ray.core.metrics import segmentation_scores
+from dcn_ray.errors import InputError
+from dcn_ray.io import omezarr
+from dcn_ray.io.volumes import Volume, is_zarr_path, open_volume, read_label_volume, volume_shape
+from dcn_ray.predict import blocks as blocking
+from dcn_ray.predict.blocks import Block
+from dcn_ray.predict.stack import PredictOptions, SlicePredictor, encode, receptive_radius
+from dcn_ray.track.sources import LoadedModel
+
+log = logging.getLogger(__name__)
+
+#: Called with (blocks done, blocks in all, voxels predicted by this run): once before the first
+#: block (blocks done by an earlier run count as done), then after each block.
+BlockProgress = Callable[[int, int, int], None]
+#: Settings that must match for --resume to continue an unfinished store.
+RESUME_KEYS = (
+    "model_sha256", "input", "level", "shape", "chunks", "block", "halo", "output", "threshold", "tta", "tile",
+    "overlap", "ngff", "label_image",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class VolumeResult:
+    output: Path
+    blocks: int  # blocks in all
+    skipped: int  # blocks an earlier run had written (--resume)
+    voxels: int  # voxels predicted by this run
+    seconds: float
+    workers: tuple[str, ...]  # who predicted each block of this run
+    scores: dict[str, float] | None
+
+
+@dataclass(frozen=True)
+class VolumePlan:
+    """What a prediction writes where: the input, the block grid and the output's settings."""
+
+    volume: Volume
+    chunks: tuple[int, int, int]
+    block: tuple[int, int, int]
+    halo: int
+    options: PredictOptions
+
+    def blocks(self, skip: Iterable[tuple[int, int, int]] = ()) -> Iterator[Block]:
+        skipped = set(skip)
+        for block in blocking.iter_blocks(self.volume.shape, self.block, self.halo):
+            if block.index not in skipped:
+                yield block
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return blocking.grid(self.volume.shape, self.block)
+
+    @property
+    def dtype(self) -> str:
+        return "float32" if self.options.output == "float" else "uint8"
+
+
+class BlockPredictor:
+    """Predict blocks with one model on one device and write each into the store."""
+
+    def __init__(self, model: DCN, plan: VolumePlan, store: omezarr.OutputStore) -> None:
+        self.predict = SlicePredictor(model, plan.options)
+        self.plan, self.store = plan, store
+
+    def __call__(self, block: Block) -> int:
+        """Read, predict, write and record ``block``; its voxel count."""
+        options = self.plan.options
+        region = self.plan.volume.read(block.core[0], block.rows, block.cols)
+        rows, cols = block.inner
+        probability = np.stack([self.predict(image)[rows, cols] for image in region])
+        values = encode(probability, options.output, options.threshold)
+        if values.dtype == np.bool_:
+            values = values.astype(np.uint8) * np.uint8(255)  # a mask is stored 0/255, as in TIFF
+        self.store.write(block.core, values, probability > options.threshold)
+        self.store.mark_done(block.index)
+        return block.voxels
+
+
+def plan_volume(
+    loaded: LoadedModel,
+    input_path: str | Path,
+    options: PredictOptions,
+    *,
+    level: int = 0,
+    chunks: tuple[int, int, int] | None = None,
+    block: int | None = None,
+) -> VolumePlan:
+    volume = open_volume(input_path, level)
+    halo = blocking.halo_for(receptive_radius(loaded.model.kernels))
+    chunk = blocking.default_chunks(volume.shape, chunks)
+    shape = blocking.default_block(volume.shape, chunk, tile=options.tile, halo=halo, block=block)
+    return VolumePlan(volume, chunk, shape, halo, options)
+
+
+def check_volume_paths(
+    input_path: str | Path, output_path: Path, *, labels: str | Path | None = None, level: int = 0
+) -> tuple[int, int, int]:
+    """Before any work: the input (and ``labels``, same shape) can be read and the OME-Zarr
+    ``output_path`` written (new, or a store dcn-ray wrote, which is replaced); the input's (Z, Y, X)."""
+    output_path = Path(output_path)
+    if not is_zarr_path(output_path):
+        raise InputError(f"{output_path}: an OME-Zarr output ends in .zarr (e.g. out.ome.zarr)")
+    volume = open_volume(input_path, level, scan=False)
+    if labels is not None and volume_shape(labels, level) != volume.shape:
+        raise InputError(
+            f"--labels {labels} have shape {volume_shape(labels, level)} (Z, Y, X) but the input has {volume.shape}"
+        )
+    if Path(volume.location).resolve() == output_path.resolve():
+        raise InputError(f"{output_path}: is the input; write the output to another path")
+    omezarr.check_output(output_path)
+    return volume.shape
+
+
+def predict_volume(
+    loaded: LoadedModel,
+    input_path: str | Path,
+    output_path: Path,
+    options: PredictOptions,
+    *,
+    level: int = 0,
+    chunks: tuple[int, int, int] | None = None,
+    block: int | None = None,
+    ngff: str = "0.4",
+    label_image: bool = False,
+    labels: str | Path | None = None,
+    resume: bool = False,
+    workers: int | None = None,
+    address: str | None = None,
+    progress: BlockProgress | None = None,
+) -> VolumeResult:
+    """Segment ``input_path`` (any format of :mod:`dcn_ray.io.volumes`) into the OME-Zarr ``output_path``.
+
+    ``labels`` (ground truth) also scores the prediction; it implies ``label_image``, whose mask
+    is read back for the scores. See the module doc for the rest.
+    """
+    output_path = Path(output_path)
+    if ngff not in omezarr.NGFF_VERSIONS:
+        raise InputError(f"--ngff {ngff}: choose one of {', '.join(omezarr.NGFF_VERSIONS)}")
+    check_volume_paths(input_path, output_path, labels=labels, level=level)
+    plan = plan_volume(loaded, input_path, options, level=level, chunks=chunks, block=block)
+    label_image = label_image or labels is not None
+    truth = _truth(labels, plan.volume.shape, loaded, level) if labels is not None else None
+    settings = _settings(loaded, plan, level=level, ngff=ngff, label_image=label_image)
+    store = omezarr.resumable_store(output_path, settings, RESUME_KEYS) if resume else None
+    if resume and store is None and _finished(output_path, settings):
+        log.info("%s: already complete with these settings; nothing to do", output_path)
+        total = math.prod(plan.grid)
+        return VolumeResult(output_path, total, total, 0, 0.0, (), _scores(output_path, truth))
+    if store is None:
+        if resume:
+            log.info("%s: no unfinished run to resume; starting a new one", output_path)
+        store = omezarr.create_store(
+            output_path, shape=plan.volume.shape, chunks=plan.chunks, dtype=plan.dtype, grid=plan.grid,
+            axes=plan.volume.axes, scale=plan.volume.scale, ngff=ngff, label=label_image, settings=settings,
+        )  # fmt: skip
+    done = store.done_blocks() if not store.complete else set(blocking.iter_indices(plan.grid))
+    todo = list(plan.blocks(skip=done))
+    total = len(done) + len(todo)
+    log.info(
+        "%d block(s) of %s voxels (halo %d)%s",
+        total, "x".join(map(str, plan.block)), plan.halo, f", {len(done)} already written" if done else "",
+    )  # fmt: skip
+    names: list[str] = []
+    voxels = 0
+    started = time.perf_counter()
+    if progress is not None:
+        progress(len(done), total, 0)
+    for index, (count, name) in enumerate(_run(loaded, plan, store, todo, workers=workers, address=address)):
+        voxels += count
+        names.append(name)
+        if progress is not None:
+            progress(len(done) + index + 1, total, voxels)
+    seconds = time.perf_counter() - started
+    omezarr.finish_store(store, output_path)
+    return VolumeResult(output_path, total, len(done), voxels, seconds, tuple(names), _scores(output_path, truth))
+
+
+def _run(
+    loaded: LoadedModel,
+    plan: VolumePlan,
+    store: omezarr.OutputStore,
+    todo: list[Block],
+    *,
+    workers: int | None,
+    address: str | None,
+) -> Iterator[tuple[int, str]]:
+    """(voxels, who) of each block, in the order they finish."""
+    if workers is None and address is None:
+        predict = BlockPredictor(loaded.model, plan, store)
+        for block in todo:
+            yield predict(block), "local"
+        return
+    from dcn_ray.predict.block_workers import ray_blocks
+
+    yield from ray_blocks(loaded.payload, plan, store, todo, workers=workers, address=address)
+
+
+def _truth(labels: str | Path, shape: tuple[int, int, int], loaded: LoadedModel, level: int) -> np.ndarray:
+    truth = read_label_volume(labels, loaded.payload.get("config", {}).get("data", {}).get("foreground", 255), level)
+    if truth.shape != shape:
+        raise InputError(f"--labels {labels} have shape {truth.shape} (Z, Y, X) but the input has {shape}")
+    return truth
+
+
+def _scores(path: Path, truth: np.ndarray | None) -> dict[str, float] | None:
+    """Scores of the label image of the finished store ``path`` against ``truth``."""
+    if truth is None:
+        return None
+    import zarr
+
+    return segmentation_scores(zarr.open_array(store=str(path), path=omezarr.LABEL, mode="r")[...] > 0, truth)
+
+
+def _finished(path: Path, settings: dict[str, Any]) -> bool:
+    """Whether ``path`` is a complete store written with the same settings."""
+    stored = omezarr.stored_settings(path) if path.exists() else None
+    return bool(stored and stored.get("complete") and all(stored.get(k) == settings.get(k) for k in RESUME_KEYS))
+
+
+def _settings(loaded: LoadedModel, plan: VolumePlan, *, level: int, ngff: str, label_image: bool) -> dict[str, Any]:
+    """Provenance and settings, stored in the output's attributes."""
+    options, volume = plan.options, plan.volume
+    source = loaded.source
+    run_id = source[len("runs:/") :].split("/")[0] if source.startswith("runs:/") else None
+    return {
+        "model": source,
+        "model_location": loaded.location,
+        "model_sha256": model_digest(loaded.payload),
+        "mlflow_run_id": run_id or loaded.payload.get("mlflow_run_id"),
+        "kernels": list(loaded.model.kernels),
+        "model_step": loaded.payload.get("step"),
+        "dcn_ray_version": __version__,
+        "input": volume.source,
+        "input_format": volume.kind if volume.version is None else f"{volume.kind} {volume.version}",
+        "level": level,
+        "shape": list(volume.shape),
+        "chunks": list(plan.chunks),
+        "block": list(plan.block),
+        "halo": plan.halo,
+        "output": options.output,
+        "threshold": options.threshold,
+        "tta": options.tta,
+        "tile": options.tile,
+        "overlap": options.overlap,
+        "ngff": ngff,
+        "label_image": label_image,
+    }
+
+
+def model_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's weights (names, shapes and values): which model wrote a store."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(payload["weights"].items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
