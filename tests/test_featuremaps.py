@@ -8,18 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcn_ray.core.branches import (
-    CAPTION_HEIGHT,
-    PANEL_GAP,
-    BranchScore,
-    auc,
-    branch_image,
-    render_montage,
-    render_overlay,
-    save_png,
-    score_branches,
-    weak_branch,
-)
+from dcn_ray.core.branches import BranchScore, auc, score_branches, separation, weak_branch
+from dcn_ray.core.render import CAPTION_HEIGHT, PANEL_GAP, branch_image, render_montage, render_overlay, save_png
 
 
 def logits(margin: np.ndarray) -> np.ndarray:
@@ -84,25 +74,44 @@ def test_weak_branch_picks_the_constant_branch(truth: np.ndarray) -> None:
     assert weak_branch(scores) == 2
 
 
-def test_weak_branch_tie_breaks() -> None:
-    same = [BranchScore(name, 0.8, 0.5, 0.1) for name in ("F1", "F2", "F3")]
-    assert weak_branch(same) == 2  # full tie -> the coarser branch
-    # Rank sums: A = 1 + 2 + 1 = 4, B = 2 + 1 + 1 = 4, C = 0: the tie goes to the lower contrast, B.
-    tied = [
-        BranchScore("F1", 0.9, 0.1, 0.5),
-        BranchScore("F2", 0.5, 0.9, 0.5),
-        BranchScore("F3", 1.0, 1.0, 1.0),
+def test_no_silent_tie_break() -> None:
+    """Separations within the tolerance name no weak branch, whichever slot they are in."""
+    same = [BranchScore(name, 0.8, 0.5, 0.1, separation=0.4) for name in ("F1", "F2", "F3")]
+    assert weak_branch(same) is None
+    near = [
+        BranchScore("F1", 0.9, 0.9, 0.5, 0.30),
+        BranchScore("F2", 0.9, 0.9, 0.5, 0.305),
+        BranchScore("F3", 1, 1, 1, 0.6),
     ]
-    assert weak_branch(tied) == 1
+    assert weak_branch(near) is None
+    clear = [
+        BranchScore("F1", 0.9, 0.9, 0.5, 0.30),
+        BranchScore("F2", 0.5, 0.1, 0.5, 0.5),
+        BranchScore("F3", 1, 1, 1, 0.6),
+    ]
+    assert weak_branch(clear) == 0  # separation decides, not AUC or alone IoU
     with pytest.raises(ValueError):
-        weak_branch(tied[:2])
+        weak_branch(clear[:2])
+
+
+def test_separation_sees_scale_that_auc_ignores(truth: np.ndarray) -> None:
+    """Two maps with the same order of values (same AUC) but different visible contrast."""
+    strong = np.where(truth, 4.0, -4.0)
+    faint = np.where(truth, 0.1, -0.1)
+    assert auc(strong, truth) == auc(faint, truth) == 1.0
+    assert separation(strong, truth) > 0.9 > 0.1 > separation(faint, truth) > 0.0
+    # by hand: sigmoid(0.1) - sigmoid(-0.1)
+    assert separation(faint, truth) == pytest.approx(0.0499584, abs=1e-6)  # 0.5249792 - 0.4750208
+    scores = score_branches([logits(strong), logits(faint), logits(strong)], truth)
+    assert weak_branch(scores) == 1
 
 
 def test_as_metrics_keys() -> None:
-    assert BranchScore("F2", 0.75, 0.5, 0.25).as_metrics() == {
+    assert BranchScore("F2", 0.75, 0.5, 0.25, 0.125).as_metrics() == {
         "contrast_F2": 0.75,
         "alone_iou_F2": 0.5,
         "drop_F2": 0.25,
+        "separation_F2": 0.125,
     }
 
 

@@ -90,18 +90,52 @@ def test_controls_bad_arguments() -> None:
         propose_controls(REFERENCE, 1, seed=0, max_kernel_factor=0)
 
 
-def test_plan_keeps_controls_apart_from_guided_and_done() -> None:
+def test_plan_keeps_random_extras_apart_from_guided_and_done() -> None:
     done = [REFERENCE, (6, 8, 16)]
     for seed in range(20):
-        plan = plan_followups(REFERENCE, 2, steps=3, controls=10, seed=seed, exclude=done)
+        plan = plan_followups(REFERENCE, 2, steps=3, controls=0, random_controls=10, seed=seed, exclude=done)
         assert isinstance(plan, FollowupPlan) and plan.weak == 2
         assert plan.guided == ((4, 8, 14), (4, 8, 12), (4, 8, 10))
-        assert len(plan.controls) == 10
-        proposals = plan.guided + plan.controls
+        assert plan.controls == () and len(plan.extras) == 10
+        proposals = plan.guided + plan.extras
         assert len(set(proposals)) == len(proposals)
         assert not set(proposals) & set(done)
-        for kernels in plan.controls:
+        for kernels in plan.extras:
             assert kernel_problem(kernels) is None
             assert len(changed_branches(kernels, REFERENCE)) == 1
     # 14 candidates - 3 guided - 1 done = 10 left: asking for more gives exactly those.
-    assert len(plan_followups(REFERENCE, 2, controls=50, seed=0, exclude=done).controls) == 10
+    assert len(plan_followups(REFERENCE, 2, controls=0, random_controls=50, seed=0, exclude=done).extras) == 10
+
+
+def test_matched_controls_change_as_much_as_the_guided_ones_in_another_direction() -> None:
+    for seed in range(30):
+        plan = plan_followups(REFERENCE, 2, steps=3, seed=seed)
+        assert plan.guided == ((4, 8, 14), (4, 8, 12), (4, 8, 10))
+        assert len(plan.controls) == len(plan.guided)  # equal numbers by default
+        for guided, control in zip(plan.guided, plan.controls):
+            size = 16 - guided[2]
+            (branch,) = changed_branches(control, REFERENCE)
+            change = control[branch] - REFERENCE[branch]
+            assert abs(change) == size  # the same change size
+            assert (branch != 2 and change < 0) or (branch == 2 and change > 0)  # another direction
+            assert kernel_problem(control) is None
+    kinds = {
+        (
+            changed_branches(c, REFERENCE)[0],
+            c[changed_branches(c, REFERENCE)[0]] > REFERENCE[changed_branches(c, REFERENCE)[0]],
+        )
+        for seed in range(30)
+        for c in plan_followups(REFERENCE, 2, steps=3, seed=seed).controls
+    }
+    assert {(0, False), (1, False), (2, True)} <= kinds  # both kinds are drawn
+    # the F1 kernel 4 can only shrink by 2 (stride 2): a shrink by 4 or 6 goes to F2 or enlarges F3
+    assert all(c[0] == 4 for c in plan_followups(REFERENCE, 2, steps=3, seed=1).controls[1:])
+
+
+def test_matched_controls_respect_exclusions_and_seed() -> None:
+    a = plan_followups(REFERENCE, 2, steps=3, seed=7, exclude=[(4, 8, 18), (4, 6, 16)])
+    b = plan_followups(REFERENCE, 2, steps=3, seed=7, exclude=[(4, 8, 18), (4, 6, 16)])
+    assert a == b
+    assert not {(4, 8, 18), (4, 6, 16)} & set(a.controls)
+    assert len(a.controls) == 3  # (2, 8, 16) or (4, 8, 18) were the size-2 options: (2, 8, 16) is left
+    assert a.controls[0] == (2, 8, 16)

@@ -64,7 +64,7 @@ def test_first_round_waits_for_every_reference_seed_and_takes_the_majority():
     (decision,) = planner.decisions
     assert decision.weak == 2 and decision.agreement == "F3 in 2 of 3 seeds"
     assert decision.guided == ((4, 8, 14), (4, 8, 12))
-    assert len(decision.controls) == 2 and not set(decision.controls) & set(GRID)
+    assert len(decision.controls) == 2 and not set(decision.controls) & set(GRID)  # matched: as many as guided
     followups = [s for s in planner.queue if s.phase == "followup"]
     assert sorted(s.key for s in followups) == sorted((k, s) for k in decision.guided for s in (0, 1, 2))
     assert all(s.derived_from == "a,b,c" and s.reference == (4, 8, 16) and s.reference_weak == "F3" for s in followups)
@@ -76,9 +76,9 @@ def test_no_majority_runs_controls_only():
     planner.complete("a", {METRIC: 0.8, "weak_branch": 0}, False)
     planner.complete("b", {METRIC: 0.8, "weak_branch": 2}, False)
     (decision,) = planner.decisions
-    assert decision.weak is None and decision.guided == () and len(decision.controls) == 2
-    assert decision.agreement == "no majority (F1, F3)"
-    assert {s.phase for s in planner.queue} == {"control"}
+    assert decision.weak is None and decision.guided == () and decision.controls == ()
+    assert len(decision.extras) == 2 and decision.agreement == "no majority (F1, F3)"
+    assert {s.phase for s in planner.queue} == {"random"} and len(planner.queue) == 4  # 2 x 2 seeds
 
 
 def test_later_rounds_start_from_the_best_guided_configuration_by_mean_over_seeds():

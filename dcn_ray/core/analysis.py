@@ -8,17 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dcn_ray.core.branches import (
-    BranchScore,
-    branch_image,
-    render_montage,
-    render_overlay,
-    save_png,
-    score_branches,
-    weak_branch,
-)
+from dcn_ray.core.branches import BranchScore, score_branches, weak_branch
 from dcn_ray.core.dcn import DCN, pad_forward
 from dcn_ray.core.kernels import BRANCHES
+from dcn_ray.core.render import branch_image, render_montage, render_overlay, save_png
 
 #: The images analyse writes: the F1-F3 maps, their montage, the prediction overlay.
 IMAGE_FILES = (*(f"{name}.png" for name in BRANCHES), "F1-F3_montage.png", "prediction_overlay.png")
@@ -27,16 +20,18 @@ IMAGE_FILES = (*(f"{name}.png" for name in BRANCHES), "F1-F3_montage.png", "pred
 @dataclass(frozen=True)
 class Analysis:
     scores: tuple[BranchScore, BranchScore, BranchScore]
-    weak: int
+    #: The weak branch's index, or None when no branch is clearly the weakest.
+    weak: int | None
     #: The images written: F1-F3 maps, montage, overlay.
     images: tuple[Path, ...]
 
     @property
     def weak_name(self) -> str:
-        return BRANCHES[self.weak]
+        """``F3``, or ``none`` when no branch is clearly the weakest."""
+        return BRANCHES[self.weak] if self.weak is not None else "none"
 
     def metrics(self) -> dict[str, float]:
-        merged: dict[str, float] = {"weak_branch": float(self.weak)}
+        merged: dict[str, float] = {"weak_branch": float(self.weak if self.weak is not None else -1)}
         for score in self.scores:
             merged.update(score.as_metrics())
         return merged

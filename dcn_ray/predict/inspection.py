@@ -54,24 +54,31 @@ def inspect_model(
     kernels = tuple(payload["model_kwargs"]["kernels"])
     with folder_written_whole(out_dir) as partial:  # all of the files, or none
         analysis = analyse(model, images[chosen], masks[chosen], partial)
-        plan = plan_followups(kernels, analysis.weak, steps=3, controls=2, seed=0, exclude=[kernels])
+        weak = analysis.weak
+        plan = (
+            plan_followups(kernels, weak, steps=3, controls=2, seed=0, exclude=[kernels]) if weak is not None else None
+        )
         record = {
             "model": loaded.location,
             "kernels": list(kernels),
             "slices": chosen,
             "scores": [score.__dict__ for score in analysis.scores],
             "weak_branch": analysis.weak_name,
-            "guided_followups": [list(k) for k in plan.guided],
-            "controls": [list(k) for k in plan.controls],
+            "guided_followups": [list(k) for k in plan.guided] if plan else [],
+            "controls": [list(k) for k in plan.controls] if plan else [],
             "images": [str(out_dir / image.name) for image in analysis.images],
         }
         (partial / SCORES_FILE).write_text(json.dumps(record, indent=2))
     lines = [
-        f"{score.name}: contrast {score.contrast:.4f}  alone IoU {score.alone_iou:.4f}  drop {score.drop:+.4f}"
+        f"{score.name}: separation {score.separation:.4f}  contrast (AUC) {score.contrast:.4f}  "
+        f"alone IoU {score.alone_iou:.4f}  drop {score.drop:+.4f}"
         for score in analysis.scores
     ]
-    lines.append(f"weak branch: {analysis.weak_name} (kernel k{analysis.weak + 1}={kernels[analysis.weak]})")
-    lines.append("guided follow-ups: " + (", ".join(kernels_text(k) for k in plan.guided) or "none"))
-    lines.append("random controls: " + (", ".join(kernels_text(k) for k in plan.controls) or "none"))
+    if weak is None:
+        lines.append("weak branch: none (no branch's separation is clearly the lowest)")
+    else:
+        lines.append(f"weak branch: {analysis.weak_name} (kernel k{weak + 1}={kernels[weak]})")
+    lines.append("guided follow-ups: " + (", ".join(kernels_text(k) for k in plan.guided) if plan else "") or "none")
+    lines.append("matched controls: " + (", ".join(kernels_text(k) for k in plan.controls) if plan else "") or "none")
     lines.append(f"wrote {out_dir / SCORES_FILE} and the F1-F3 montage in {out_dir}")
     return "\n".join(lines)

@@ -49,6 +49,7 @@ class RoundDecision:
     weak: int | None
     guided: tuple[Kernels, ...]
     controls: tuple[Kernels, ...]
+    extras: tuple[Kernels, ...] = ()
 
     @property
     def agreement(self) -> str:
@@ -127,21 +128,23 @@ class RoundPlanner:
         round_number = len(self.decisions) + 1
         kernels = reference[0].spec.kernels
         votes = [int(f.result["weak_branch"]) for f in reference if "weak_branch" in f.result]
-        weak = majority(votes)
+        weak = majority(votes)  # -1 (no clear weak branch in that seed) is a vote too
+        weak = None if weak is None or weak < 0 else weak
         settings = self.followup
         seed = settings.seed + len(self.decisions)
-        if weak is None:
-            guided: tuple[Kernels, ...] = ()
-            controls = tuple(propose_controls(kernels, settings.controls, seed=seed, exclude=self.seen()))
+        if weak is None:  # no branch to guide by: random one-branch changes only
+            count = settings.steps if settings.controls is None else settings.controls
+            count += settings.random_controls
+            guided, controls = (), ()
+            extras = tuple(propose_controls(kernels, count, seed=seed, exclude=self.seen()))
         else:
             plan = plan_followups(
-                kernels, weak, steps=settings.steps, step_size=settings.step_size,
-                controls=settings.controls, seed=seed, exclude=self.seen(),
+                kernels, weak, steps=settings.steps, step_size=settings.step_size, controls=settings.controls,
+                random_controls=settings.random_controls, seed=seed, exclude=self.seen(),
             )  # fmt: skip
-            guided, controls = plan.guided, plan.controls
-        decision = RoundDecision(
-            round_number, kernels, tuple(BRANCHES[v] for v in votes), weak, tuple(guided), tuple(controls)
-        )
+            guided, controls, extras = plan.guided, plan.controls, plan.extras
+        names = tuple(BRANCHES[v] if v >= 0 else "none" for v in votes)
+        decision = RoundDecision(round_number, kernels, names, weak, tuple(guided), tuple(controls), tuple(extras))
         self.decisions.append(decision)
         scores = reference[0].result
         provenance = {
@@ -153,12 +156,12 @@ class RoundPlanner:
                 f"{k}={scores[k]:.4f}" for k in sorted(scores) if k.startswith(SCORE_PREFIXES)
             ),
         }
-        for phase, configs in (("followup", guided), ("control", controls)):
+        for phase, configs in (("followup", guided), ("control", controls), ("random", extras)):
             self.queue += [TrialSpec(k, seed=s, phase=phase, **provenance) for k in configs for s in self.seeds]
         log.info(
-            "round %d from %s: weak branch %s -> follow-ups %s, controls %s",
-            round_number, kernels_text(kernels), decision.agreement,
-            [kernels_text(k) for k in guided], [kernels_text(k) for k in controls],
+            "round %d from %s: weak branch %s -> follow-ups %s, matched controls %s, random %s",
+            round_number, kernels_text(kernels), decision.agreement, [kernels_text(k) for k in guided],
+            [kernels_text(k) for k in controls], [kernels_text(k) for k in extras],
         )  # fmt: skip
 
     def _next_reference(self) -> list[Finished] | None:

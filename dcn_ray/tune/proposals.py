@@ -2,8 +2,10 @@
 
 After the reference run, the weak branch (see :func:`dcn_ray.core.branches.weak_branch`)
 gets a smaller deconvolution kernel, step by step (the paper's "proposed" rows of
-Table 1: (4, 8, 16) with F3 weak -> (4, 8, 14), (4, 8, 12), (4, 8, 10)). Random
-one-branch changes are the control the guided choice is compared against.
+Table 1: (4, 8, 16) with F3 weak -> (4, 8, 14), (4, 8, 12), (4, 8, 10)). The guided
+choice is compared with controls matched to it: as many configurations, changed by the same
+sizes, but in another direction (another branch shrunk, or the weak branch enlarged).
+Purely random one-branch changes may run beside them as extras.
 """
 
 from __future__ import annotations
@@ -120,13 +122,51 @@ def propose_controls(
     return proposals
 
 
+def propose_matched_controls(
+    reference: Sequence[int],
+    weak: int,
+    guided: Sequence[Sequence[int]],
+    *,
+    seed: int,
+    exclude: Collection[Sequence[int]] = (),
+    count: int | None = None,
+) -> list[Kernels]:
+    """Controls matched to the guided follow-ups: the same change sizes, another direction.
+
+    For the i-th guided follow-up, which shrinks the weak branch by d_i, the control is drawn
+    (seeded) from the changes of the same size d_i that are not the guided one: another branch
+    shrunk by d_i (where its kernel stays >= its stride), or the weak branch enlarged by d_i.
+    ``count`` controls (default: one per guided follow-up, cycling through their sizes);
+    nothing in ``exclude``, nothing twice.
+    """
+    base = _reference(reference)
+    sizes = [base[weak] - tuple(g)[weak] for g in guided]
+    count = len(sizes) if count is None else _positive_int("count", count, minimum=0)
+    skip = _excluded(exclude) | _excluded(guided)
+    rng = random.Random(seed)
+    proposals: list[Kernels] = []
+    for index in range(count if sizes else 0):
+        size = sizes[index % len(sizes)]
+        options = [
+            _with_kernel(base, branch, base[branch] - size)
+            for branch in range(len(BRANCHES))
+            if branch != weak and base[branch] - size >= STRIDES[branch]
+        ] + [_with_kernel(base, weak, base[weak] + size)]
+        options = [kernels for kernels in options if kernels not in skip and kernels not in proposals]
+        if options:
+            proposals.append(rng.choice(options))
+    return proposals
+
+
 @dataclass(frozen=True)
 class FollowupPlan:
-    """The follow-up trials after a reference run: guided ones, then random controls."""
+    """The follow-up trials after a reference run: guided ones, matched controls, random extras."""
 
     guided: tuple[Kernels, ...]
     controls: tuple[Kernels, ...]
     weak: int
+    #: Purely random one-branch changes (not part of the matched comparison).
+    extras: tuple[Kernels, ...] = ()
 
 
 def plan_followups(
@@ -134,21 +174,23 @@ def plan_followups(
     weak: int,
     *,
     steps: int = 3,
-    controls: int = 3,
+    controls: int | None = None,
+    random_controls: int = 0,
     seed: int,
     exclude: Collection[Sequence[int]] = (),
     step_size: int = 2,
     max_kernel_factor: int = 3,
 ) -> FollowupPlan:
-    """Guided proposals for the ``weak`` branch and ``controls`` random controls that
-    differ from them and from everything in ``exclude``."""
+    """Guided proposals for the ``weak`` branch, ``controls`` matched controls (default: as
+    many as guided) and ``random_controls`` random one-branch changes, all new and distinct."""
     guided = propose_guided(reference, weak, steps=steps, step_size=step_size, exclude=exclude)
-    drawn = propose_controls(
+    matched = propose_matched_controls(reference, weak, guided, seed=seed, exclude=exclude, count=controls)
+    extras = propose_controls(
         reference,
-        controls,
+        random_controls,
         seed=seed,
-        exclude=_excluded(exclude) | set(guided),
+        exclude=_excluded(exclude) | set(guided) | set(matched),
         max_kernel_factor=max_kernel_factor,
         step_size=step_size,
     )
-    return FollowupPlan(guided=tuple(guided), controls=tuple(drawn), weak=weak)
+    return FollowupPlan(guided=tuple(guided), controls=tuple(matched), weak=weak, extras=tuple(extras))

@@ -22,8 +22,10 @@ from dcn_ray.core.kernels import Kernels, check_kernels, kernels_text
 #: The metric a sweep optimises: the best validation IoU of a trial. Test scores are never used
 #: for a choice; they are reported beside it.
 METRIC = "best_val_iou"
-Phase = Literal["grid", "followup", "control"]
-PHASES: tuple[str, ...] = ("grid", "followup", "control")
+Phase = Literal["grid", "followup", "control", "random"]
+#: grid: the job's configurations; followup: guided by F1-F3; control: matched to the guided
+#: changes; random: extra random one-branch changes.
+PHASES: tuple[str, ...] = ("grid", "followup", "control", "random")
 
 
 @dataclass(frozen=True)
