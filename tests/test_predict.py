@@ -205,9 +205,10 @@ def constant_model_file(folder: Path, *, foreground: int) -> Path:
 def test_labels_scores_by_hand(tmp_path, capsys):
     """All-foreground prediction against two 8x4 cells in an 8x16 slice (label value 7, from the model's config).
 
-    IoU 64/128 = 0.5; Dice 2*64/(128+64) = 2/3; pixel error 0.5; inside the cells the prediction is
-    one cluster and the truth two halves: V_rand = (0.25+0.25) / (0.5*1 + 0.5*0.5) = 2/3;
-    I(S;T) = 0 so V_info = 0.
+    IoU 64/128 = 0.5; Dice 2*64/(128+64) = 2/3; membrane IoU 0; pixel error 0.5; inside the cells
+    the prediction is one cluster and the truth two cells of 32: TP = 2 * 32^2, FP = 64^2 - TP,
+    FN = 0, so V_rand = 2 TP / (2 TP + FP) = 2/3; I(S;T) = 0 so V_info = 0. A mask: every threshold
+    gives the same, so 0.5 is reported. The baseline line: all-foreground is this very prediction.
     """
     model = constant_model_file(tmp_path, foreground=7)
     labels = np.zeros((8, 16), np.uint8)
@@ -228,10 +229,24 @@ def test_labels_scores_by_hand(tmp_path, capsys):
         capsys,
     )
     assert code == 0, err
-    assert out.strip() == "IoU 0.5000  Dice 0.6667  pixel error 0.5000  V_rand 0.6667  V_info 0.0000"
+    assert out.strip().splitlines() == [
+        "threshold 0.5: IoU 0.5000  Dice 0.6667  membrane IoU 0.0000  pixel error 0.5000  "
+        "V_rand 0.6667 (threshold 0.5)  V_info 0.0000 (threshold 0.5)",
+        "baselines on the same 1 slice: all-foreground IoU 0.5000, all-background IoU 0.0000",
+    ]
     mask = tifffile.imread(tmp_path / "mask.tif").reshape(8, 16) == 255
     assert mask.all()
     assert segmentation_scores(mask, labels == 7)["dice"] == pytest.approx(2 / 3)
+
+
+def test_labels_scores_are_those_of_dcn_ray_score_on_the_output(model_file, synthetic_stack, tmp_path, capsys):
+    images, labels = synthetic_stack
+    out = tmp_path / "probabilities.tif"
+    code, predicted, err = run_cli(["predict", model_file, images, out, "--no-tta", "--labels", labels], capsys)
+    assert code == 0, err
+    code, scored, err = run_cli(["score", out, labels], capsys)
+    assert code == 0, err
+    assert predicted == scored and "V_rand" in scored and "all-foreground IoU" in scored
 
 
 def test_labels_of_another_shape_are_refused(model_file, tmp_path, capsys):

@@ -54,8 +54,8 @@ def test_table_orders_like_table1_and_measures_from_the_reference():
 def test_summary_compares_guided_random_and_reference():
     line = report.summary_line(report.results_table(ROWS))
     assert line == (
-        "reference 4-8-16 IoU 0.6500; best guided follow-up 4-8-12 IoU 0.7000 (+0.0500 vs reference); "
-        "best random control 6-8-16 IoU 0.7100 (+0.0600 vs reference)"
+        "reference 4-8-16 best val IoU 0.6500; best guided follow-up 4-8-12 best val IoU 0.7000 "
+        "(+0.0500 vs reference); best random control 6-8-16 best val IoU 0.7100 (+0.0600 vs reference)"
     )
     assert report.summary_line(report.results_table([row((4, 8, 16), "grid", 0.6)])) == ""
 
@@ -69,3 +69,56 @@ def test_written_files_round_trip(tmp_path: Path):
     assert "| 4, 8, 16 | grid | finished | 0.6500 | +0.0000 |" in markdown
     assert "| 4, 6, 16 | grid | errored |  |  |" in markdown
     assert Image.open(tmp_path / "iou_by_config.png").size[0] >= 600
+
+
+EVALUATION = {
+    "split": "test",
+    "slices": [25, 26, 27, 28, 29],
+    "baselines": {
+        "all_foreground": {"iou": 0.8036, "dice": 0.89, "pixel_error": 0.196, "membrane_iou": 0.0, "vrand": 0.09},
+        "all_background": {"iou": 0.0, "dice": 0.0, "pixel_error": 0.804, "membrane_iou": 0.196, "vrand": 0.09},
+    },
+}
+
+
+def with_test_scores(k, phase, val_iou, test_iou):
+    scores = {"test_dice": 0.9, "test_pixel_error": 0.1, "test_membrane_iou": 0.6, "test_vrand": 0.8}
+    return {**row(k, phase, val_iou), "test_iou": test_iou, "test_vinfo": 0.85, **scores}
+
+
+TESTED = [
+    with_test_scores((4, 8, 16), "grid", 0.90, 0.85),
+    with_test_scores((2, 8, 16), "grid", 0.93, 0.84),  # the better validation score, the worse test score
+    with_test_scores((4, 8, 12), "followup", 0.91, 0.87),
+]
+
+
+def test_with_a_test_split_the_table_leads_with_test_scores_and_baselines(tmp_path: Path):
+    table = report.results_table(TESTED, evaluation=EVALUATION)
+    assert report.headline(table) == ("test_iou", "test IoU")
+    rows = {(r["k1"], r["k2"], r["k3"]): r for r in table.to_pylist()}
+    assert rows[(2, 8, 16)]["vs_reference"] == pytest.approx(-0.01)  # measured on test IoU, not validation
+    assert rows[(2, 8, 16)]["test_membrane_iou"] == 0.6 and rows[(2, 8, 16)]["best_val_iou"] == 0.93
+    text = report.markdown(table)
+    assert "| k1, k2, k3 | phase | status | test IoU | vs reference | test Dice |" in text
+    assert "| 2, 8, 16 | grid | finished | 0.8400 | -0.0100 | 0.9000 |" in text
+    assert "Scores on the test split (5 slices: 25-29)" in text
+    assert "all-foreground IoU 0.8036 (V_rand 0.0900), all-background IoU 0.0000" in text
+    assert "best guided follow-up 4-8-12 test IoU 0.8700 (+0.0200 vs reference)" in text
+    # The split and its baselines survive the Parquet file (dcn-ray report reads it back).
+    report.write(table, tmp_path)
+    assert report.evaluation_of(report.read(tmp_path)) == EVALUATION
+    assert report.markdown(report.read(tmp_path)) == text
+
+
+def test_without_a_test_split_the_table_says_validation_plainly():
+    evaluation = {**EVALUATION, "split": "validation", "slices": [21, 22, 23]}
+    table = report.results_table(ROWS, evaluation=evaluation)
+    assert report.headline(table) == ("best_val_iou", "best val IoU")
+    text = report.markdown(table)
+    assert "| k1, k2, k3 | phase | status | best val IoU | vs reference | val V_rand |" in text
+    assert "Scores on the validation split (3 slices: 21-23): no test split" in text
+    assert "biased upwards" in text and "test IoU" not in text
+    # A table from before test splits (no metadata) reads as validation.
+    plain = report.results_table(ROWS).replace_schema_metadata(None)
+    assert report.evaluation_of(plain) == {"split": "validation"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 import yaml
@@ -13,6 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from dcn_ray.cli import main
 from dcn_ray.config import job_from_dict
+from dcn_ray.io.tiff import read_labels
+from dcn_ray.track.report import TEST_COLUMNS
 from dcn_ray.tune.sweep import run_sweep
 
 pytestmark = pytest.mark.integration
@@ -46,6 +49,7 @@ def overlapping(children):
 @pytest.mark.parametrize("local_ray", [2], indirect=True)
 def test_sweep_tracks_one_child_run_per_configuration(local_ray, synthetic_stack, mlflow_server, tmp_path):
     raw = small_job(*synthetic_stack, name="grid4", tracking={"uri": mlflow_server.uri, "experiment": "grid4"})
+    raw["data"]["split"] = {"train": "0:6", "val": "7:9", "test": "10:12"}  # z-blocked, one-slice gaps
     job = job_from_dict(raw)
     lines: list[str] = []
     outcome = run_sweep(
@@ -69,6 +73,9 @@ def test_sweep_tracks_one_child_run_per_configuration(local_ray, synthetic_stack
         assert [m.step for m in history] == [6, 12]
         for key in ("val_dice", "val_pixel_error", "val_vrand", "val_vinfo", "train_loss", "contrast_F1", "drop_F3"):
             assert key in run.data.metrics
+        # the test split: scored once, after training, with the chosen checkpoint
+        assert all(0.0 <= run.data.metrics[key] <= 1.0 for key in TEST_COLUMNS)
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "test_iou")] == [12]
         assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
         images = [Path(a.path).name for a in client.list_artifacts(run.info.run_id, "feature_maps")]
         assert all(any(branch in name for name in images) for branch in ("F1", "F2", "F3"))
@@ -81,7 +88,17 @@ def test_sweep_tracks_one_child_run_per_configuration(local_ray, synthetic_stack
         assert a.data.tags["cuda_visible_devices"] != b.data.tags["cuda_visible_devices"]
     assert {r.data.tags["cuda_visible_devices"] for r in children} <= {"0", "1"}
 
-    # results: a Table-1-like table, in storage and on the parent run
+    # results: a Table-1-like table of test scores beside the baselines, in storage and on the parent run
+    rows = {row["mlflow_run_id"]: row for row in outcome.table.to_pylist()}
+    for run in children:
+        assert rows[run.info.run_id]["test_iou"] == pytest.approx(run.data.metrics["test_iou"])
+        assert rows[run.info.run_id]["best_val_iou"] == pytest.approx(run.data.metrics["best_val_iou"])
+    floor = float(np.mean(read_labels(synthetic_stack[1], 255)[10:12]))  # all-foreground IoU = interior share
+    assert "| k1, k2, k3 | phase | status | test IoU | vs reference |" in outcome.markdown
+    assert "Scores on the test split (2 slices: 10-11)" in outcome.markdown
+    assert f"all-foreground IoU {floor:.4f}" in outcome.markdown
+    assert parents[0].data.metrics["baseline_all_foreground_iou"] == pytest.approx(floor)
+    assert parents[0].data.tags["reported_split"] == "test"
     assert (Path(outcome.folder) / "results.parquet").is_file()
     assert (Path(outcome.folder) / "results.md").read_text().count("| grid |") == 4
     parent_files = {a.path for a in client.list_artifacts(parents[0].info.run_id, "results")}
@@ -114,6 +131,7 @@ def test_gpu_fractions_pack_two_trials_on_one_gpu(local_ray, synthetic_stack, tm
     main(["report", "packed"])
     table = capsys.readouterr().out
     assert "| 4, 8, 16 | grid | finished |" in table and "| 2, 8, 16 | grid | finished |" in table
+    assert "Scores on the validation split (2 slices: 10-11): no test split" in table
 
 
 ISBI = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "isbi2012"
@@ -142,4 +160,4 @@ def test_table1_dry_run_lists_exactly_the_paper_grid(capsys):
         "2-6-16",
         "2-8-18",
     ]
-    assert "27 training and 3 validation slices of 512 x 512" in captured.err
+    assert "20 training and 3 validation slices of 512 x 512, 5 test slices" in captured.err

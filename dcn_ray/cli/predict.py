@@ -158,8 +158,9 @@ def predict(
     from dcn_ray.runtime import keep_local_ray_on_loopback
 
     keep_local_ray_on_loopback(address)
+    from dcn_ray.core.evaluation import format_scores
     from dcn_ray.core.kernels import kernels_text
-    from dcn_ray.predict.stack import PredictOptions, check_paths, format_scores, predict_stack
+    from dcn_ray.predict.stack import PredictOptions, check_paths, predict_stack
     from dcn_ray.track.sources import load_source
 
     options = PredictOptions(
@@ -205,8 +206,8 @@ def _tiff_only(**given: object) -> None:
 
 def _predict_volume(model: str, input_path: Path, output_path: Path, options, **settings) -> None:
     """The OME-Zarr output of ``predict``: blocks, resumable, on Ray with --workers or --address."""
+    from dcn_ray.core.evaluation import format_scores
     from dcn_ray.core.kernels import kernels_text
-    from dcn_ray.predict.stack import format_scores
     from dcn_ray.predict.volume import check_volume_paths, predict_volume
     from dcn_ray.track.sources import load_source
 

@@ -9,11 +9,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dcn_ray.core.metrics import ISBI_THRESHOLDS, iou, probability_scores
+from dcn_ray.core.metrics import ISBI_THRESHOLDS, baseline_scores, iou, probability_scores
 from dcn_ray.errors import InputError
+
+if TYPE_CHECKING:
+    from dcn_ray.core.dataset import Dataset
+
+
+def reported_split(dataset: Dataset) -> dict[str, Any]:
+    """Which split a sweep's table reports, and the trivial baselines' scores on it (JSON-able).
+
+    ``{"split": "test" | "validation", "slices": [...], "baselines": {"all_foreground": {...},
+    "all_background": {...}}}``: the test split when the dataset has one, else the validation split
+    (which also chose the checkpoints, so its scores are biased upwards).
+    """
+    if dataset.test_masks is not None:
+        split, slices, masks = "test", dataset.test_slices, dataset.test_masks
+    else:
+        split, slices, masks = "validation", dataset.val_slices, dataset.val_masks
+    return {"split": split, "slices": [int(z) for z in slices], "baselines": baseline_scores(masks)}
 
 
 def score_probabilities(

@@ -105,6 +105,18 @@ def evaluate(model: DCN, images: torch.Tensor, masks: np.ndarray) -> dict[str, f
     return segmentation_scores(predictions, masks)
 
 
+def score_test_split(model: DCN, dataset: Dataset, device: torch.device) -> dict[str, float]:
+    """The test split scored once with ``model`` (the chosen checkpoint): ``test_iou``, ``test_dice``...
+
+    Keys are ``test_`` + :data:`~dcn_ray.core.metrics.SCORE_KEYS`; {} when the dataset has no test split.
+    The prediction is the argmax, as for validation: no threshold is chosen on the test slices.
+    """
+    if dataset.test_images is None or dataset.test_masks is None:
+        return {}
+    scores = evaluate(model.to(device), torch.from_numpy(dataset.test_images).to(device), dataset.test_masks)
+    return {f"test_{name}": value for name, value in scores.items()}
+
+
 def train(
     job: JobConfig,
     kernels: Kernels,

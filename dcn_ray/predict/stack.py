@@ -34,13 +34,13 @@ from torch import Tensor
 from dcn_ray import __version__
 from dcn_ray.core.dcn import DCN, MULTIPLE
 from dcn_ray.core.device import select_device
+from dcn_ray.core.evaluation import score_probabilities
 from dcn_ray.core.kernels import STRIDES, kernels_text
-from dcn_ray.core.metrics import segmentation_scores
 from dcn_ray.core.sampler import apply_transform, invert_transform
 from dcn_ray.errors import InputError
 from dcn_ray.io.paths import output_file
 from dcn_ray.io.tiff_writer import StackWriter
-from dcn_ray.io.volumes import input_slices, read_label_volume, volume_shape
+from dcn_ray.io.volumes import input_slices, read_label_volume, read_volume, volume_shape
 from dcn_ray.track.sources import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class PredictResult:
     seconds: float  # from the first slice read to the last one written
     #: Who predicted each slice ("local", or a Ray worker's name).
     workers: tuple[str, ...]
-    #: IoU, Dice, pixel error, V_rand, V_info against --labels; None without labels.
+    #: Scores against --labels as ``dcn-ray score`` gives them (core.evaluation.score_probabilities); None without.
     scores: dict[str, float] | None
 
 
@@ -251,13 +251,14 @@ def predict_stack(
 
     One slice at a time is read, predicted and written (to a temporary name, renamed at the
     end). ``workers`` or ``address`` spread the slices over Ray actors, one GPU each where the
-    cluster has GPUs. With ``labels`` the predicted masks are also scored (kept in memory as
-    one byte per voxel); the foreground label value comes from the model's config.
+    cluster has GPUs. With ``labels`` the written output is read back and scored exactly as
+    ``dcn-ray score OUTPUT LABELS`` scores it (a probability map: pixel scores at
+    ``options.threshold``, V_rand and V_info at their best threshold; a mask: as it is). The
+    foreground label value comes from the model's config.
     """
     input_path, output_path = Path(input_path), Path(output_path)
     shape = check_paths(input_path, output_path, labels=labels, model=loaded.location, level=level)
     truth = _truth(labels, shape, loaded, level) if labels is not None else None
-    predicted = np.zeros(shape, dtype=bool) if truth is not None else None
     page_bytes = 4 if options.output == "float" else 1
     bigtiff = math.prod(shape) * page_bytes > _BIGTIFF_ABOVE
     names: list[str] = []
@@ -270,13 +271,13 @@ def predict_stack(
             progress(0, shape[0])
         for index, (probability, name) in enumerate(mapper(input_slices(input_path, level))):
             writer.write(encode(probability, options.output, options.threshold))
-            if predicted is not None:
-                predicted[index] = probability > options.threshold
             names.append(name)
             if progress is not None:
                 progress(index + 1, shape[0])
         seconds = time.perf_counter() - started
-    scores = segmentation_scores(predicted, truth) if truth is not None and predicted is not None else None
+    scores = None
+    if truth is not None:  # what `dcn-ray score` reads: the output as written
+        scores = score_probabilities(read_volume(output_path), truth, threshold=options.threshold)
     return PredictResult(output_path, len(names), seconds, tuple(names), scores)
 
 
@@ -311,9 +312,3 @@ def _metadata(loaded: LoadedModel, options: PredictOptions) -> dict:
         "tile": options.tile,
         "overlap": options.overlap,
     }
-
-
-def format_scores(scores: dict[str, float]) -> str:
-    """One line: ``IoU 0.8123  Dice 0.8965  pixel error 0.0712  V_rand 0.9012  V_info 0.9345``."""
-    names = {"iou": "IoU", "dice": "Dice", "pixel_error": "pixel error", "vrand": "V_rand", "vinfo": "V_info"}
-    return "  ".join(f"{label} {scores[key]:.4f}" for key, label in names.items())

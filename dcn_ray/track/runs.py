@@ -154,6 +154,20 @@ def reopen_parent(uri: str, parent_run_id: str) -> None:
     _retry(lambda: MlflowClient(uri).update_run(parent_run_id, status="RUNNING"))
 
 
+def log_parent_evaluation(uri: str, parent_run_id: str, evaluation: Mapping[str, Any]) -> None:
+    """The reported split (tag ``reported_split``) and its baselines (``baseline_all_foreground_iou``...) on the parent run."""
+    metrics = [
+        Metric(f"baseline_{prediction}_{name}", float(value), int(time.time() * 1000), 0)
+        for prediction, scores in evaluation.get("baselines", {}).items()
+        for name, value in scores.items()
+    ]
+    tags = [
+        RunTag("reported_split", str(evaluation["split"])),
+        RunTag("reported_slices", str(evaluation.get("slices"))),
+    ]
+    _retry(lambda: MlflowClient(uri).log_batch(parent_run_id, metrics=metrics, tags=tags))
+
+
 def log_results(uri: str, parent_run_id: str, folder: Path, *, finished: bool) -> None:
     """The results table and chart on the parent run, which ends FINISHED (or KILLED if interrupted)."""
     client = MlflowClient(uri)

@@ -179,11 +179,14 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
     interrupted = interrupted or any(row["status"] == "unfinished" for row in rows)
     tracking.reconcile(record.tracking_uri, record.experiment_id, record.parent_run_id, rows, interrupted=interrupted)
     reference = tuple(context.job.sweep.followup.reference)
-    table = report.results_table(rows, reference)
+    evaluation = _reported_split(context.job)
+    table = report.results_table(rows, reference, evaluation)
     folder = Path(store.folder(record.name)) if store.is_local else Path(tempfile.mkdtemp(prefix="dcn-results-"))
     files = report.write(table, folder, reference)
     if not store.is_local:
         store.upload(record.name, files)
+    if evaluation is not None:
+        tracking.log_parent_evaluation(record.tracking_uri, record.parent_run_id, evaluation)
     tracking.log_results(record.tracking_uri, record.parent_run_id, folder, finished=not interrupted)
     errored = sum(1 for row in rows if row["status"] == "errored")
     if interrupted:
@@ -195,6 +198,18 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
         interrupted=interrupted,
         errored=errored,
     )
+
+
+def _reported_split(job: JobConfig) -> dict[str, Any] | None:
+    """The split the table reports (test, else validation) and its baselines; None if the data is unreadable now."""
+    from dcn_ray.core.dataset import load_job_dataset
+    from dcn_ray.core.evaluation import reported_split
+
+    try:
+        return reported_split(load_job_dataset(job))
+    except InputError as error:
+        log.warning("results table without baselines: %s", error)
+        return None
 
 
 def _rows(grid) -> list[dict[str, Any]]:

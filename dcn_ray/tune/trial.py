@@ -22,7 +22,7 @@ from dcn_ray.core import checkpoint
 from dcn_ray.core.analysis import analyse
 from dcn_ray.core.dataset import load_job_dataset
 from dcn_ray.core.device import select_device
-from dcn_ray.core.train import TrainResult, train
+from dcn_ray.core.train import TrainResult, score_test_split, train
 from dcn_ray.track import runs
 from dcn_ray.tune.spec import METRIC, TrialSpec
 
@@ -102,6 +102,9 @@ def _train_and_analyse(job: JobConfig, spec: TrialSpec, run: runs.TrialRun, stat
 
     result = train(job, spec.kernels, dataset, report=report, state=state, device=device)
     model = checkpoint.model_from_payload(result.model)
+    test = score_test_split(model, dataset, device)  # once, with the chosen checkpoint; {} without a test split
+    if test:
+        run.log_metrics(test, step=result.steps)
     with tempfile.TemporaryDirectory(prefix="dcn-trial-") as folder:
         folder = Path(folder)
         analysis = analyse(model, dataset.val_images, dataset.val_masks, folder / "feature_maps", device=device)
@@ -117,6 +120,7 @@ def _train_and_analyse(job: JobConfig, spec: TrialSpec, run: runs.TrialRun, stat
             "best_step": result.best_step,
             "step": result.steps,
             METRIC: result.best_iou,
+            **test,
             **analysis.metrics(),
             "mlflow_run_id": run.run_id,
             "finished": 1,
