@@ -108,6 +108,18 @@ def test_load_dataset_warns_on_overlap(tmp_path: Path, caplog) -> None:
     assert "val and data.split.test share 1 slice(s): [5]" in text
 
 
+def test_load_dataset_warns_when_the_test_block_has_no_gap(tmp_path: Path, caplog) -> None:
+    image_path, label_path = _pair(tmp_path, random_stack(8), membrane_labels(8))
+    with caplog.at_level(logging.WARNING, logger="dcn_ray.core.dataset"):
+        dataset.load_dataset(image_path, label_path, foreground=255, train="0:3", val="4:6", test="6:8")
+    assert "data.split.test has no gap to data.split.val: its slice(s) [5]" in caplog.text
+    assert "data.split.train" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dcn_ray.core.dataset"):
+        dataset.load_dataset(image_path, label_path, foreground=255, train="0:3", val="4:5", test="6:8")
+    assert not caplog.records  # one-slice gaps (3 and 5): z-blocked as jobs/table1.yaml
+
+
 def test_load_dataset_shape_mismatch(tmp_path: Path) -> None:
     image_path, label_path = _pair(tmp_path, random_stack(6), membrane_labels(5))
     with _raises(r"\(6, 24, 32\).*labels.*\(5, 24, 32\)"):

@@ -147,6 +147,16 @@ def load_dataset(
             common = sorted(set(splits[first]) & set(splits[second]))
             if common:
                 log.warning("data.split.%s and data.split.%s share %d slice(s): %s", first, second, len(common), common)
+    held_out = set(splits["test"])
+    for other in ("train", "val"):  # neighbouring sections look alike: a held-out block needs a gap
+        touching = sorted(z for z in splits[other] if z not in held_out and {z - 1, z + 1} & held_out)
+        if touching:
+            log.warning(
+                "data.split.test has no gap to data.split.%s: its slice(s) %s neighbour test slices in z; "
+                "leave a slice out between the blocks",
+                other,
+                touching,
+            )
     test_slices = splits["test"]
     return Dataset(
         train_images=stack[splits["train"]],

@@ -30,8 +30,10 @@ class Progress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         best = (trial.last_result or {}).get(METRIC)
+        test = (trial.last_result or {}).get("test_iou")  # scored once after training, where a test split exists
         self.write(
             f"{self._elapsed()}  finished {_label(trial)}  best val IoU {best:.4f}"
+            + (f"  test IoU {test:.4f}" if test is not None else "")
             if best is not None
             else f"{self._elapsed()}  finished {_label(trial)}"
         )
