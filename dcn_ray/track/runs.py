@@ -27,21 +27,50 @@ TRIAL_TAG = "tune_trial_id"
 SWEEP_TAG = "dcn_ray_sweep"
 PARENT_TAG = "mlflow.parentRunId"
 RETRY_SECONDS = 120.0
+#: MLflow 3 opens experiments without this tag on its GenAI pages.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def prepare_experiment(uri: str, name: str) -> str:
-    """Create the store and the experiment (driver side, before any trial); return its id."""
+    """Create the store and the experiment (driver side, before any trial); return its id.
+
+    The experiment is tagged as model training (EXPERIMENT_KIND), so MLflow 3's UI opens it on
+    its runs view instead of its GenAI pages.
+    """
     fail_fast_http()
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    location = None
-    if uri.startswith("sqlite:"):
-        location = (Path(uri[len("sqlite:///") :]).parent / "mlruns").absolute().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+        experiment_id = experiment.experiment_id
+    else:
+        location = None
+        if uri.startswith("sqlite:"):
+            location = (Path(uri[len("sqlite:///") :]).parent / "mlruns").absolute().as_uri()
+        experiment_id = client.create_experiment(name, artifact_location=location)
+    client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+    return experiment_id
+
+
+def runs_view_url(uri: str, experiment_id: str) -> str:
+    """Where to look at a sweep: the experiment's runs view (and, for a local store, how to serve it)."""
+    path = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{path}"
+    return f"http://127.0.0.1:5000/{path}  (after: mlflow ui --backend-store-uri {uri})"
+
+
+def log_child_values(
+    uri: str, values: Mapping[str, Mapping[str, float]], tags: Mapping[str, Mapping[str, str]]
+) -> None:
+    """Metrics and tags computed after the sweep (e.g. the mechanism check) onto child runs, by run id."""
+    client = MlflowClient(uri)
+    for run_id, metrics in values.items():
+        for key, value in metrics.items():
+            _retry(lambda: client.log_metric(run_id, key, float(value)))
+    for run_id, run_tags in tags.items():
+        _retry(lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in run_tags.items()]))
 
 
 def start_parent_run(uri: str, experiment_id: str, sweep: str, params: Mapping[str, Any]) -> str:

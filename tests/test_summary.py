@@ -1,0 +1,128 @@
+"""Per-configuration statistics, the guided-vs-control verdict and the mechanism, on worked values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from scipy import stats
+
+from dcn_ray.core.stats import holm, mean_interval, paired_difference, stratified_permutation_test
+from dcn_ray.track.charts import interval_chart, kernel_chart
+from dcn_ray.track.summary import configuration_markdown, configuration_results, guided_vs_controls, mechanism
+
+REF = (4, 8, 16)
+
+
+def row(kernels, seed, score, phase="grid", **extra):
+    return {"k1": kernels[0], "k2": kernels[1], "k3": kernels[2], "seed": seed, "phase": phase,
+            "status": "finished", "test_iou": score, **extra}  # fmt: skip
+
+
+def test_mean_interval_matches_the_t_formula():
+    estimate = mean_interval([0.80, 0.82, 0.84])
+    half = stats.t.ppf(0.975, 2) * 0.02 / math.sqrt(3)  # sd 0.02
+    assert estimate.n == 3 and estimate.mean == pytest.approx(0.82)
+    assert (estimate.low, estimate.high) == (pytest.approx(0.82 - half), pytest.approx(0.82 + half))
+    assert half == pytest.approx(0.04968, abs=1e-5)
+    single = mean_interval([0.5])
+    assert single.n == 1 and math.isnan(single.low) and single.text() == "0.500"
+
+
+def test_paired_difference_is_the_paired_t_test():
+    scores = {0: 0.81, 1: 0.84, 2: 0.80, 3: 0.83}
+    reference = {0: 0.80, 1: 0.81, 2: 0.80, 3: 0.80, 9: 0.99}  # seed 9 has no pair: ignored
+    paired = paired_difference(scores, reference)
+    expected = stats.ttest_rel([0.81, 0.84, 0.80, 0.83], [0.80, 0.81, 0.80, 0.80])
+    assert paired.p_value == pytest.approx(expected.pvalue)
+    assert paired.estimate.n == 4 and paired.estimate.mean == pytest.approx(0.0175)
+    # differences 0.01, 0.03, 0.00, 0.03: sd 0.015, t(3) 3.182 -> half width 0.02387
+    assert paired.estimate.high - paired.estimate.mean == pytest.approx(0.023868, abs=1e-5)
+
+
+def test_holm_by_hand():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+    assert holm([]) == []
+
+
+def test_permutation_test_exact_and_null():
+    # one stratum, A = (3, 4), B = (1, 2): of the 6 labellings 2 are as extreme (|diff| = 2)
+    assert stratified_permutation_test({0: ([3, 4], [1, 2])}) == pytest.approx(2 / 6)
+    # identical groups: every labelling is as extreme as the observed 0
+    assert stratified_permutation_test({0: ([1, 1], [1, 1]), 1: ([2], [2])}) == 1.0
+    # labels shuffle only within seeds: a seed offset cannot create a difference
+    assert stratified_permutation_test({0: ([0.1], [0.1]), 1: ([0.9], [0.9])}) == 1.0
+
+
+def test_configuration_results_pair_by_seed_and_adjust_across_rows():
+    rows = [row(REF, s, v) for s, v in enumerate([0.80, 0.81, 0.80])]
+    rows += [row((2, 8, 16), s, v) for s, v in enumerate([0.82, 0.84, 0.83])]
+    rows += [row((6, 8, 16), s, v) for s, v in enumerate([0.79, 0.80, 0.81])]
+    rows.append({**row((6, 8, 16), 3, 0.99), "status": "errored"})  # not counted
+    results = configuration_results(rows, "test_iou", REF)
+    assert [r.kernels for r in results] == [REF, (2, 8, 16), (6, 8, 16)]
+    ref, better, same = results
+    assert ref.difference is None and ref.score.n == 3
+    assert better.difference.mean == pytest.approx(0.026667, abs=1e-6)
+    assert better.p_value == pytest.approx(stats.ttest_rel([0.82, 0.84, 0.83], [0.80, 0.81, 0.80]).pvalue)
+    assert same.score.n == 3
+    assert [better.p_holm, same.p_holm] == pytest.approx(holm([better.p_value, same.p_value]))
+    table = configuration_markdown(results, "test IoU", REF)
+    assert "| 2, 8, 16 | grid | 3 |" in table and "reference" in table
+
+
+def test_guided_vs_matched_controls_by_mean_gain_not_best_of():
+    rows = [row(REF, s, 0.80) for s in range(3)]
+    # guided: one big winner and one loser; controls: two small gains. Best-of favours guided,
+    # the means do not differ much.
+    for s in range(3):
+        rows += [
+            row((4, 8, 14), s, 0.86, "followup", reference="4-8-16"),
+            row((4, 8, 12), s, 0.76, "followup", reference="4-8-16"),
+        ]
+        rows += [
+            row((2, 8, 16), s, 0.81, "control", reference="4-8-16"),
+            row((4, 8, 18), s, 0.81, "control", reference="4-8-16"),
+        ]
+    comparison = guided_vs_controls(rows, "test_iou", "test IoU", REF)
+    assert comparison.seeds == 3 and comparison.guided_configs == 2 and comparison.control_configs == 2
+    assert comparison.guided.mean == pytest.approx(0.01) and comparison.controls.mean == pytest.approx(0.01)
+    assert comparison.difference.mean == pytest.approx(0.0, abs=1e-12)
+    assert comparison.p_value == 1.0
+    sentence = comparison.sentence()
+    assert sentence.startswith("guided +0.010") and "p = 1" in sentence and "3 seeds" in sentence
+
+
+def test_a_real_guided_effect_is_detected():
+    rows = [row(REF, s, 0.80 + 0.01 * s) for s in range(4)]
+    for s in range(4):
+        base = 0.80 + 0.01 * s
+        rows += [row((4, 8, 14), s, base + 0.03 + 0.001 * s, "followup"), row((4, 8, 12), s, base + 0.02, "followup")]
+        rows += [row((2, 8, 16), s, base - 0.01, "control"), row((4, 8, 18), s, base - 0.002 * s, "control")]
+    comparison = guided_vs_controls(rows, "test_iou", "test IoU", REF)
+    assert comparison.difference.low > 0
+    assert comparison.p_value < 0.05  # within-seed shuffles: 6^4 = 1296 labellings, exact
+
+
+def test_mechanism_reads_the_weak_branch_separation_change():
+    rows = [row(REF, s, 0.8, separation_F3=0.30 + 0.01 * s, mlflow_run_id=f"r{s}") for s in range(3)]
+    rows += [
+        row((4, 8, 14), s, 0.8, "followup", reference_weak="F3", separation_F3=0.35 + 0.01 * s, mlflow_run_id=f"g{s}")
+        for s in range(3)
+    ]
+    found = mechanism(rows, REF)
+    assert found.branch == "F3" and found.change.mean == pytest.approx(0.05)
+    assert found.observed == "rose" and found.per_run == pytest.approx({"g0": 0.05, "g1": 0.05, "g2": 0.05})
+    assert "predicted F3 separation rises" in found.sentence()
+    assert mechanism([row(REF, 0, 0.8)], REF) is None
+
+
+def test_charts_are_written(tmp_path):
+    rows = [row(REF, s, 0.8 + 0.01 * s) for s in range(3)] + [row((4, 8, 14), s, 0.82, "followup") for s in range(3)]
+    results = configuration_results(rows, "test_iou", REF)
+    for path in (
+        interval_chart(results, tmp_path / "a.png", REF, "test IoU"),
+        kernel_chart(results, tmp_path / "b.png", "test IoU"),
+    ):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
