@@ -8,7 +8,6 @@ A job file is YAML whose keys mirror the dataclasses below (``train.steps``,
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from typing import Any, Union
 
 from dcn_ray.core.kernels import REFERENCE, Kernels, kernel_problem
 from dcn_ray.errors import InputError
+from dcn_ray.train_config import TrainConfig, apply_preset, validate_train
 
 Split = str | tuple[int, ...]
 #: The largest synthetic stack a job may ask for (slices x size x size).
@@ -57,28 +57,6 @@ class DataConfig:
 class ModelConfig:
     width: int = 64
     batch_norm: bool = True
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 8
-    crop: int = 256
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    eval_every: int = 200
-    #: Auxiliary branch-loss weight, decaying from aux_start to aux_end.
-    aux_start: float = 1.0
-    aux_end: float = 0.01
-    #: "paper6": the paper's 6 transforms; "dihedral8": all 8 dihedral ones.
-    transforms: str = "paper6"
-    seed: int = 0
-    #: torch intra-op threads in a trial (None: torch's default).
-    threads: int | None = None
-    #: torch.compile the model (GPU runs; see bench/gpu_train.py).
-    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,7 +128,7 @@ class JobConfig:
 
 def job_from_dict(raw: Mapping[str, Any]) -> JobConfig:
     """Build and validate a JobConfig from a nested mapping."""
-    job = _build(JobConfig, raw, "")
+    job = _build(JobConfig, apply_preset(raw), "")
     _validate(job)
     return job
 
@@ -256,28 +234,7 @@ def _validate(job: JobConfig) -> None:
         f"data.roi must be [y0, x0, height, width], got {job.data.roi!r}",
     )
     need(job.model.width >= 1, f"model.width must be >= 1, got {job.model.width}")
-    train = job.train
-    need(train.steps >= 1, f"train.steps must be >= 1, got {train.steps}")
-    need(train.batch_size >= 1, f"train.batch_size must be >= 1, got {train.batch_size}")
-    need(train.crop >= 8 and train.crop % 8 == 0, f"train.crop must be a positive multiple of 8, got {train.crop}")
-    need(math.isfinite(train.lr) and train.lr > 0, f"train.lr must be a finite number > 0, got {train.lr}")
-    need(
-        math.isfinite(train.weight_decay) and train.weight_decay >= 0,
-        f"train.weight_decay must be a finite number >= 0, got {train.weight_decay}",
-    )
-    need(0 <= train.momentum < 1, f"train.momentum must be in [0, 1), got {train.momentum}")
-    need(0 <= train.seed < 2**63, f"train.seed {train.seed} is out of range (0 to 2**63 - 1)")
-    need(train.optimizer in ("adam", "sgd"), f"train.optimizer must be 'adam' or 'sgd', got {train.optimizer!r}")
-    need(1 <= train.eval_every, f"train.eval_every must be >= 1, got {train.eval_every}")
-    need(
-        train.transforms in ("paper6", "dihedral8"),
-        f"train.transforms must be 'paper6' or 'dihedral8', got {train.transforms!r}",
-    )
-    need(
-        0 < train.aux_end <= train.aux_start and math.isfinite(train.aux_start),
-        f"train.aux_end must be in (0, train.aux_start] and both finite, got {train.aux_end} and {train.aux_start}",
-    )
-    need(train.threads is None or train.threads >= 1, f"train.threads must be >= 1, got {train.threads}")
+    validate_train(job.train, need)
     sweep = job.sweep
     need(len(sweep.kernels) >= 1, "sweep.kernels must list at least one [k1, k2, k3]")
     for index, kernels in enumerate(sweep.kernels):

@@ -93,6 +93,6 @@ def test_write_synthetic(tmp_path: Path) -> None:
     np.testing.assert_array_equal(tifffile.imread(image_path), images)
     np.testing.assert_array_equal(stacks.read_labels(label_path, 255), labels == 255)
     np.testing.assert_allclose(stacks.read_stack(image_path), images / 255.0, atol=1e-6)
-    assert stacks.read_metadata(image_path) == {"synthetic": {"slices": 3, "size": 48, "seed": 2}}
+    assert stacks.read_metadata(image_path) == {"synthetic": {"slices": 3, "size": 48, "seed": 2, "task": "cells"}}
     data = load_dataset(image_path, label_path, foreground=255, train="0:2", val="2:")
     assert data.train_masks.shape == (2, 48, 48)

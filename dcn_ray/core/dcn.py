@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -147,11 +148,25 @@ class DCN(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        """He initialisation; a deconvolution's fan is the inputs that reach one output pixel.
+
+        A stride-s transposed convolution with kernel k sums in_channels x (k / s)^2 inputs into
+        each output pixel (on average: k / s positions per axis), not in_channels x k^2 as
+        ``kaiming_normal_`` counts for its weight (in, out, k, k). Drawing its weights with variance
+        2 s^2 / (in_channels k^2) keeps the second moment of the activations from block to branch,
+        as the convolutions do (checked with batch_norm=False in tests/test_training_options.py);
+        the plain count would start every branch s^2 times too weak.
+        """
         for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            if isinstance(module, nn.ConvTranspose2d):
+                in_channels, _, kh, kw = module.weight.shape
+                sh, sw = module.stride
+                fan = in_channels * kh * kw / (sh * sw)
+                nn.init.normal_(module.weight, std=math.sqrt(2.0 / fan))
+            elif isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     def forward(self, images: Tensor) -> DCNOutput:
         if images.ndim != 4 or images.shape[1] != self.kwargs["in_channels"]:

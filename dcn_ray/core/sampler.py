@@ -10,6 +10,9 @@ Transform numbering (``t``), used by training and by test-time augmentation:
 
 from __future__ import annotations
 
+import logging
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -28,6 +31,17 @@ DIHEDRAL: tuple[str, ...] = (
 TRANSFORM_SETS: dict[str, int] = {"paper6": 6, "dihedral8": 8}
 #: The transform that undoes ``t``.
 INVERSE: tuple[int, ...] = (0, 3, 2, 1, 4, 5, 6, 7)
+
+log = logging.getLogger(__name__)
+
+
+class Crops(NamedTuple):
+    """Where a batch's crops come from, each (B,) int64: slice, top row, left column, transform."""
+
+    z: Tensor
+    top: Tensor
+    left: Tensor
+    t: Tensor
 
 
 def apply_transform(x: Tensor, t: int) -> Tensor:
@@ -60,6 +74,13 @@ class CropSampler:
     ``images`` (Z, H, W) float and ``masks`` (Z, H, W) bool/int (nonzero = foreground) must
     already be on the training device; a sample copies at most one small index tensor there.
 
+    With ``foreground_crops`` f > 0 each crop is, with probability f, centred on a foreground
+    pixel drawn uniformly from those whose centred crop fits in the slice (nnU-Net's oversampling;
+    when no foreground pixel is that far from the border, the crop is shifted inside the slice
+    and merely contains the pixel); the others are uniform. Every draw comes from ``generator``,
+    a fixed number per batch, so a run is repeatable and resumes exactly from the generator's state;
+    with f = 0 the draws are those of a sampler without the option.
+
     Example:
         >>> sampler = CropSampler(torch.rand(3, 64, 64), torch.rand(3, 64, 64) > 0.5,
         ...                       crop=32, batch_size=4)
@@ -77,6 +98,7 @@ class CropSampler:
         batch_size: int,
         transforms: str = "paper6",
         generator: torch.Generator | None = None,
+        foreground_crops: float = 0.0,
     ) -> None:
         if images.ndim != 3 or not images.is_floating_point():
             raise ValueError(f"images must be a (Z, H, W) float tensor, got {images.dtype} {tuple(images.shape)}")
@@ -96,12 +118,16 @@ class CropSampler:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if transforms not in TRANSFORM_SETS:
             raise ValueError(f"unknown transforms {transforms!r}; choose one of {sorted(TRANSFORM_SETS)}")
+        if not 0.0 <= foreground_crops <= 1.0:
+            raise ValueError(f"foreground_crops must be a fraction in [0, 1], got {foreground_crops}")
         self.images = images
         self.masks = (masks != 0).to(torch.uint8)
         self.crop = crop
         self.batch_size = batch_size
         self.transforms = transforms
         self.generator = generator
+        self.foreground_crops = float(foreground_crops)
+        self._centres = self._foreground_centres() if foreground_crops > 0 else None
         # Source (row, column) inside the crop of every output pixel, per transform:
         # transforming the index grid gives the gather indices of the transformed crop.
         grid = torch.stack(torch.meshgrid(torch.arange(crop), torch.arange(crop), indexing="ij"))
@@ -110,19 +136,49 @@ class CropSampler:
             images.device
         )  # (transforms, 2, crop, crop)
 
-    def sample(self) -> tuple[Tensor, Tensor]:
-        """A batch: x (B, 1, crop, crop) float and y (B, crop, crop) int64 in {0, 1}."""
+    def _foreground_centres(self) -> Tensor:
+        """Flat (z, y, x) indices of the foreground pixels a crop can be centred on (int64, on the device)."""
+        half, (height, width) = self.crop // 2, self.masks.shape[1:]
+        fits = torch.zeros_like(self.masks, dtype=torch.bool)
+        fits[:, half : height - self.crop + half + 1, half : width - self.crop + half + 1] = True
+        centres = torch.nonzero((self.masks != 0) & fits).T
+        if centres.shape[1] == 0:
+            log.warning("no foreground pixel is %d px inside the slices: foreground crops only contain one", half)
+            centres = torch.nonzero(self.masks).T
+        if centres.shape[1] == 0:
+            raise ValueError("foreground_crops > 0 needs foreground pixels in the masks")
+        return (centres[0] * height + centres[1]) * width + centres[2]
+
+    def draw(self) -> Crops:
+        """Where the next batch's crops come from (advances the generator)."""
         depth, height, width = self.images.shape
         device = self.generator.device if self.generator is not None else self.images.device
         highs = (depth, height - self.crop + 1, width - self.crop + 1, len(self._sources))
-        draws = torch.stack(
-            [torch.randint(high, (self.batch_size,), generator=self.generator, device=device) for high in highs]
-        ).to(self.images.device, non_blocking=True)
-        z, top, left, t = draws
-        source = self._sources[t]  # (B, 2, crop, crop)
-        rows = top[:, None, None] + source[:, 0]
-        cols = left[:, None, None] + source[:, 1]
-        slices = z[:, None, None]
+        draws = [torch.randint(high, (self.batch_size,), generator=self.generator, device=device) for high in highs]
+        if self._centres is not None:
+            chosen = torch.rand(self.batch_size, generator=self.generator, device=device) < self.foreground_crops
+            pick = torch.randint(len(self._centres), (self.batch_size,), generator=self.generator, device=device)
+            draws += [chosen.long(), pick]
+        draws = torch.stack(draws).to(self.images.device, non_blocking=True)
+        z, top, left, t = draws[:4]
+        if self._centres is not None:
+            chosen, centre = draws[4].bool(), self._centres[draws[5]]
+            half = self.crop // 2
+            z = torch.where(chosen, centre // (height * width), z)
+            top = torch.where(chosen, (centre // width % height - half).clamp(0, height - self.crop), top)
+            left = torch.where(chosen, (centre % width - half).clamp(0, width - self.crop), left)
+        return Crops(z, top, left, t)
+
+    def cut(self, crops: Crops) -> tuple[Tensor, Tensor]:
+        """The batch of ``crops``: x (B, 1, crop, crop) float and y (B, crop, crop) int64 in {0, 1}."""
+        source = self._sources[crops.t]  # (B, 2, crop, crop)
+        rows = crops.top[:, None, None] + source[:, 0]
+        cols = crops.left[:, None, None] + source[:, 1]
+        slices = crops.z[:, None, None]
         x = self.images[slices, rows, cols].unsqueeze(1)
         y = self.masks[slices, rows, cols].long()
         return x, y
+
+    def sample(self) -> tuple[Tensor, Tensor]:
+        """A batch: x (B, 1, crop, crop) float and y (B, crop, crop) int64 in {0, 1}."""
+        return self.cut(self.draw())

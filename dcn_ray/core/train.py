@@ -24,9 +24,10 @@ from dcn_ray.core.dataset import Dataset
 from dcn_ray.core.dcn import DCN, pad_forward
 from dcn_ray.core.device import select_device
 from dcn_ray.core.kernels import Kernels
-from dcn_ray.core.loss import aux_weight, dcn_loss
+from dcn_ray.core.loss import Loss, aux_weight, dcn_loss, make_loss
 from dcn_ray.core.metrics import segmentation_scores
 from dcn_ray.core.sampler import CropSampler
+from dcn_ray.core.schedule import lr_factor, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,9 @@ def default_step_options(device: torch.device, *, compile: bool = False) -> Step
 
 
 def make_train_step(
-    model: DCN, optimizer: torch.optim.Optimizer, options: StepOptions
+    model: DCN, optimizer: torch.optim.Optimizer, options: StepOptions, *, loss: Loss = dcn_loss
 ) -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]:
-    """``step(images, targets, aux) -> loss``: one optimizer step; the loss stays on the device.
+    """``step(images, targets, aux) -> loss``: one optimizer step of ``loss``; the loss stays on the device.
 
     With ``options.channels_last`` the model is converted in place here.
     """
@@ -79,11 +80,11 @@ def make_train_step(
         if options.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with _autocast(device, options.bf16):
-            loss, _ = dcn_loss(forward(images), targets, aux)
+            total, _ = loss(forward(images), targets, aux)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         optimizer.step()
-        return loss.detach()
+        return total.detach()
 
     return step
 
@@ -137,7 +138,7 @@ def train(
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     model = build_model(job, kernels).to(device)
-    optimizer = _optimizer(job, model)
+    optimizer = make_optimizer(job, model)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     train_images = torch.from_numpy(dataset.train_images).to(device)
     sampler = CropSampler(
@@ -147,6 +148,7 @@ def train(
         batch_size=settings.batch_size,
         transforms=settings.transforms,
         generator=generator,
+        foreground_crops=settings.foreground_crops,
     )
     val_images = torch.from_numpy(dataset.val_images).to(device)
 
@@ -161,13 +163,17 @@ def train(
             return _result(best, step, history)
 
     model.train()
-    train_step = make_train_step(model, optimizer, default_step_options(device, compile=settings.compile))
+    loss = make_loss(settings.loss, foreground_fraction=float(dataset.train_masks.mean()), device=device)
+    options = default_step_options(device, compile=settings.compile)
+    train_step = make_train_step(model, optimizer, options, loss=loss)
     loss_sum = torch.zeros((), device=device)
     losses_since_eval = 0
     elapsed = history[-1].get("elapsed_s", 0.0) if history else 0.0
     started = loop_started = time.perf_counter()
     while step < settings.steps:
         images, targets = sampler.sample()
+        factor = lr_factor(step, settings.steps, schedule=settings.schedule, warmup=settings.warmup)
+        set_lr(optimizer, settings.lr * factor)
         loss_sum += train_step(
             images, targets, aux_weight(step, settings.steps, start=settings.aux_start, end=settings.aux_end)
         )
@@ -219,12 +225,16 @@ def _result(best: dict, step: int, history: list[dict[str, float]]) -> TrainResu
     )
 
 
-def _optimizer(job: JobConfig, model: DCN) -> torch.optim.Optimizer:
+def make_optimizer(job: JobConfig, model: DCN) -> torch.optim.Optimizer:
+    """The optimizer of ``train.optimizer`` over every parameter, with ``train.weight_decay``."""
     settings = job.train
     if settings.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
         )
+    if settings.optimizer == "adamw":  # decoupled: each step multiplies every weight by 1 - lr * weight_decay
+        return torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    # Adam's weight_decay adds weight_decay * weight to the gradient: L2 regularisation, as the DCN paper had it
     return torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
 
