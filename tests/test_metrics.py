@@ -150,6 +150,10 @@ def test_counts_sum_over_slices_and_info_is_the_slice_mean() -> None:
     assert v_rand == pytest.approx(50 / 66)
     assert v_rand != pytest.approx((1 + 9 / 17) / 2)  # not a mean of slice scores
     assert v_info == pytest.approx(0.5)
+    # The challenge script's macro average, reported beside it for probability maps.
+    scores = probability_scores(pred.astype(np.float32), truth)
+    assert scores["vrand"] == pytest.approx(50 / 66)
+    assert scores["vrand_slice_mean"] == pytest.approx((1 + 9 / 17) / 2)
 
 
 def test_slices_without_truth_foreground() -> None:

@@ -231,7 +231,7 @@ def test_labels_scores_by_hand(tmp_path, capsys):
     assert code == 0, err
     assert out.strip().splitlines() == [
         "threshold 0.5: IoU 0.5000  Dice 0.6667  membrane IoU 0.0000  pixel error 0.5000  "
-        "V_rand 0.6667 (threshold 0.5)  V_info 0.0000 (threshold 0.5)",
+        "V_rand 0.6667 (threshold 0.5)  V_rand slice mean 0.6667 (threshold 0.5)  V_info 0.0000 (threshold 0.5)",
         "baselines on the same 1 slice: all-foreground IoU 0.5000, all-background IoU 0.0000",
     ]
     mask = tifffile.imread(tmp_path / "mask.tif").reshape(8, 16) == 255

@@ -122,7 +122,9 @@ def format_scores(scores: Mapping[str, float]) -> str:
             ("pixel_error", "pixel error"),
         )
     ]
-    for key, label in (("vrand", "V_rand"), ("vinfo", "V_info")):
+    for key, label in (("vrand", "V_rand"), ("vrand_slice_mean", "V_rand slice mean"), ("vinfo", "V_info")):
+        if key not in scores:  # the slice mean: only for probability maps
+            continue
         at = scores.get(f"{key}_threshold")
         parts.append(f"{label} {scores[key]:.4f}" + (f" (threshold {at:g})" if at is not None else ""))
     line = "  ".join(parts)

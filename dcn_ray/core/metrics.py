@@ -31,6 +31,13 @@ Steps 5 and 6 make a stack's score independent of how many slices it has: the sa
 every slice scores the same on 1 or 30 slices. For probability maps, :func:`probability_scores`
 takes the maximum of each score over thresholds (the challenge uses 0.0, 0.1, ...) and reports
 the threshold that gave it. Both scores are in [0, 1], higher is better.
+
+Averaging V_rand: dcn-ray pools the pair counts of all slices (step 5), so a slice weighs by its
+pairs. The challenge's Fiji script (``getMaximalVRandAfterThinning(0.0, 1.0, 0.1, true)``) takes
+the mean of the per-slice F-scores instead; :func:`probability_scores` reports that one too, as
+``vrand_slice_mean``, for comparison with the leaderboard. On one slice the two are equal.
+Differences from the Fiji code: a slice whose truth and prediction are each one cluster scores
+V_info 1 (Fiji: 0), and slices without truth foreground are left out of the means.
 """
 
 from __future__ import annotations
@@ -201,15 +208,18 @@ def _slices(array: np.ndarray) -> np.ndarray:
     return array.reshape((-1,) + array.shape[-2:])
 
 
-def _rand_info(pred_slices: Iterable[np.ndarray], truth_cells: Sequence[np.ndarray]) -> tuple[float, float]:
-    counts, infos = RandCounts(), []
+def _rand_info(pred_slices: Iterable[np.ndarray], truth_cells: Sequence[np.ndarray]) -> tuple[float, float, float]:
+    """(V_rand from pooled counts, mean of per-slice V_rand, mean of per-slice V_info)."""
+    counts, slice_rands, infos = RandCounts(), [], []
     for pred, truth in zip(pred_slices, truth_cells):
         overlaps = _overlaps(truth, thinned_cells(pred))
-        counts = counts + _rand_counts_of(*overlaps)
+        slice_counts = _rand_counts_of(*overlaps)
+        counts = counts + slice_counts
         info = _info_of(*overlaps)
         if info is not None:
             infos.append(info)
-    return counts.v_rand, float(np.mean(infos))
+            slice_rands.append(slice_counts.v_rand)
+    return counts.v_rand, float(np.mean(slice_rands)), float(np.mean(infos))
 
 
 def rand_info_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -221,7 +231,8 @@ def rand_info_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]
     if not truth.any():
         score = 0.0 if pred.any() else 1.0
         return score, score
-    return _rand_info(_slices(pred), [cells(plane) for plane in _slices(truth)])
+    v_rand, _, v_info = _rand_info(_slices(pred), [cells(plane) for plane in _slices(truth)])
+    return v_rand, v_info
 
 
 def segmentation_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -248,24 +259,26 @@ def probability_scores(
 
     IoU, Dice, pixel error and membrane IoU at ``threshold``; V_rand and V_info each maximised
     over ``thresholds`` as the challenge does, with ``vrand_threshold`` / ``vinfo_threshold``
-    saying which gave them (the lowest on ties). A map holding only 0 and 1 is a segmentation:
-    every threshold in [0, 1) gives the same mask, and ``threshold`` is reported for all three.
+    saying which gave them (the lowest on ties); ``vrand_slice_mean`` (and its threshold): the
+    challenge script's mean of per-slice V_rand, maximised alike. A map holding only 0 and 1 is a
+    segmentation: every threshold in [0, 1) gives the same mask, and ``threshold`` is reported.
     """
     if not isinstance(probability, np.ndarray) or probability.dtype.kind != "f":
         raise ValueError(f"probability must be a float numpy array, got {getattr(probability, 'dtype', None)}")
     if not thresholds or not all(0.0 <= t < 1.0 for t in thresholds) or not 0.0 <= threshold < 1.0:
         raise ValueError("thresholds must lie in [0, 1)")
-    scores: dict[str, float] = segmentation_scores(probability > threshold, truth)
-    scores.update(threshold=float(threshold), vrand_threshold=float(threshold), vinfo_threshold=float(threshold))
-    if np.all((probability == 0.0) | (probability == 1.0)) or not truth.any():
-        return scores
-    truth_cells = [cells(plane) for plane in _slices(truth)]
-    best = {"vrand": (-1.0, 0.0), "vinfo": (-1.0, 0.0)}
-    for value in sorted(float(t) for t in thresholds):
-        v_rand, v_info = _rand_info(_slices(probability > value), truth_cells)
-        for key, score in (("vrand", v_rand), ("vinfo", v_info)):
-            if score > best[key][0]:
-                best[key] = (score, value)
+    scores: dict[str, float] = {**segmentation_scores(probability > threshold, truth), "threshold": float(threshold)}
+    at = float(threshold)  # without truth foreground there is nothing to choose
+    best = {"vrand": (scores["vrand"], at), "vrand_slice_mean": (scores["vrand"], at), "vinfo": (scores["vinfo"], at)}
+    if truth.any():
+        binary = bool(np.all((probability == 0.0) | (probability == 1.0)))
+        truth_cells = [cells(plane) for plane in _slices(truth)]
+        best = {key: (-1.0, 0.0) for key in best}
+        for value in [float(threshold)] if binary else sorted(float(t) for t in thresholds):
+            measured = _rand_info(_slices(probability > value), truth_cells)
+            for key, score in zip(best, measured):
+                if score > best[key][0]:
+                    best[key] = (score, value)
     for key, (score, value) in best.items():
         scores[key], scores[f"{key}_threshold"] = score, value
     return scores
