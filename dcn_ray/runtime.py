@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -19,6 +22,8 @@ log = logging.getLogger(__name__)
 #: Ray's single-machine mode (its default on macOS and Windows): the node takes the loopback
 #: address and every Ray server listens there. Read once, when Ray is imported.
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: How long connecting to a Ray cluster may take before dcn-ray gives up with one line.
+CONNECT_TIMEOUT_S = 30.0
 
 
 def keep_local_ray_on_loopback(address: str | None) -> None:
@@ -49,6 +54,7 @@ def ray_session(address: str | None) -> Iterator[None]:
         yield
         return
     options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    check_answers(address or os.environ.get("RAY_ADDRESS"))  # ray.init waits forever for a silent address
     try:
         if address:
             ray.init(address=address, **options)
@@ -64,6 +70,52 @@ def ray_session(address: str | None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def check_answers(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """InputError within about ``timeout`` seconds unless a Ray cluster answers at ``address``.
+
+    ``ray.init`` retries a silent or foreign address for minutes: nothing listening, a firewall
+    that drops packets, another service on the port. So the address is tried first: a TCP
+    connection, then (for a GCS address, host:port) the cluster id asked of the GCS, each bounded.
+    ``None``, ``auto`` and ``local`` are left to Ray.
+    """
+    if not address or address in ("auto", "local"):
+        return
+    deadline = time.monotonic() + timeout
+    client = address.startswith("ray://")
+    target = address[len("ray://") :] if client else address
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"Ray address {address!r}: expected host:port (the head's GCS) or ray://host:port")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=min(10.0, timeout)):
+            pass
+    except OSError as error:
+        raise InputError(f"cannot reach the Ray cluster at {address}: {error.strerror or first_line(error)}") from None
+    if client:
+        return  # the Ray Client bounds its own connection attempts
+    # In a child process: Ray's client logs its retries to stderr, and a hung one can be killed
+    try:
+        asked = subprocess.run(
+            [sys.executable, "-c", _ASK_GCS, target],
+            capture_output=True,
+            text=True,
+            timeout=max(1.0, deadline - time.monotonic()),
+        )
+    except subprocess.TimeoutExpired:
+        raise InputError(
+            f"no Ray cluster answers at {address} within {timeout:.0f} s "
+            "(is it the head node's GCS address, host:6379, and is the cluster up?)"
+        ) from None
+    if asked.returncode != 0:
+        reasons = [line for line in asked.stderr.splitlines() if line.strip() and not line.startswith("[")]
+        reason = reasons[-1].strip() if reasons else f"exit code {asked.returncode}"
+        raise InputError(f"cannot connect to the Ray cluster at {address}: {reason[:200]}")
+
+
+#: Asks the GCS at argv[1] for the cluster id (what ray.init does first).
+_ASK_GCS = "import sys; from ray._raylet import GcsClient; GcsClient(address=sys.argv[1]).cluster_id"
 
 
 def alive_nodes() -> list[dict[str, float]]:

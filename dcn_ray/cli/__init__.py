@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
+import warnings
 
 import click
 
@@ -34,9 +37,16 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
     for noisy in ("ray", "mlflow", "alembic", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # Library warnings (torch, tifffile, numpy, Ray) only with -v: dcn-ray says what matters itself.
+    # tifffile logs damage at ERROR, which io/tiff.py turns into the one error line.
+    logging.getLogger("tifffile").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    if not verbose:
+        warnings.simplefilter("ignore")
+    logging.captureWarnings(True)
     quiet = {
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_LOGGING_LEVEL": "DEBUG" if verbose else "WARNING",
+        "RAY_BACKEND_LOG_LEVEL": "debug" if verbose else "error",  # Ray's C++ log lines on stderr
     }
     for name, value in quiet.items():
         os.environ.setdefault(name, value)
@@ -46,9 +56,23 @@ for command in (sweep, resume, report, register, predict, inspect, score, synth,
     cli.add_command(command)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: temporary files removed, child runs marked, then exit."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: exit 2 with one line for bad input, 1 with one line for a failure."""
+    """Entry point: exit 2 with one line for bad input, 1 with one line for a failure.
+
+    SIGTERM (from ``kill``, a job scheduler, a container stop) is handled as Ctrl-C: it raises
+    KeyboardInterrupt, so every ``with`` block cleans up on the way out; exit code 143.
+    """
     verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(args=argv, prog_name="dcn-ray", standalone_mode=False)
     except click.exceptions.Exit as done:
@@ -59,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as error:
         _echo(f"dcn-ray: error: {error}")
         sys.exit(2)
+    except Terminated:
+        _echo("dcn-ray: terminated (SIGTERM)")
+        sys.exit(143)
     except (KeyboardInterrupt, click.exceptions.Abort):
         _echo("dcn-ray: interrupted")
         sys.exit(130)

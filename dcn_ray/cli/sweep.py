@@ -5,6 +5,7 @@ The job file and the command line are validated before Ray, MLflow or torch is i
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -37,10 +38,11 @@ def sweep(
     """Run the kernel sweep of JOB_FILE (the grid, then feature-map-guided follow-ups)."""
     from dcn_ray.job_file import load_job  # YAML and dataclasses only: a bad job file is refused at once
 
+    # --name and --tracking-uri are strings as given: JSON-quoted, YAML reads them back unchanged
     extra = (
         list(overrides)
-        + ([f"name={name}"] if name else [])
-        + ([f"tracking.uri={tracking_uri}"] if tracking_uri else [])
+        + ([f"name={json.dumps(name)}"] if name is not None else [])
+        + ([f"tracking.uri={json.dumps(tracking_uri)}"] if tracking_uri is not None else [])
     )
     job = load_job(job_file, extra)
     keep_local_ray_on_loopback(address)

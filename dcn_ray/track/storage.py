@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pyarrow.parquet as pq
 
 from dcn_ray.config import name_problem
 from dcn_ray.errors import InputError, first_line
+from dcn_ray.io.paths import writable_folder
 
 DEFAULT_ROOT = "dcn-ray-runs"
 #: The record of a sweep (its settings, MLflow ids) in its folder; what `resume` reads.
@@ -35,6 +38,18 @@ class Storage:
         if root.exists() and not root.is_dir():  # before any run or folder is made
             raise InputError(f"--storage {root}: is a file, not a folder for sweeps")
         return cls(str(root))
+
+    def check_writable(self) -> None:
+        """InputError unless new sweep folders can be made here (local roots; a URI is tried by use)."""
+        if not self.is_local:
+            return
+        root = Path(self.root)
+        existing = root
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise InputError(f"--storage {root}: {existing} is a file, not a folder")
+        writable_folder(existing, root)
 
     @property
     def is_local(self) -> bool:
@@ -119,6 +134,38 @@ class Storage:
                 f"{self.folder(name)}/{latest.base_name}: damaged Tune state ({first_line(error)})"
             ) from None
         return finished
+
+    def checkpoints_of(self, name: str, trial_id: str) -> list[str]:
+        """The ``checkpoint_NNNNNN`` folders that trial ``trial_id`` persisted in sweep ``name``.
+
+        Paths on the storage's filesystem (see :meth:`local_copy`), oldest first. Tune names a
+        trial's folder ``<trial name>_<trial id>`` (dcn_ray.tune.sweep.trial_dirname).
+        """
+        filesystem, path = self._resolve(self.folder(name))
+        selector = pafs.FileSelector(path, allow_not_found=True)
+        trials = [
+            info.path
+            for info in filesystem.get_file_info(selector)
+            if info.type == pafs.FileType.Directory and info.base_name.endswith(f"_{trial_id}")
+        ]
+        found = [
+            info.path
+            for trial in trials
+            for info in filesystem.get_file_info(pafs.FileSelector(trial))
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_")
+        ]
+        return sorted(found, key=lambda folder: folder.rsplit("/", 1)[-1])
+
+    @contextmanager
+    def local_copy(self, path: str) -> Iterator[Path]:
+        """A folder of the storage (a path from :meth:`checkpoints_of`) on the local disk for the block."""
+        if self.is_local:
+            yield Path(path)
+            return
+        filesystem, _ = self._resolve(self.root)
+        with tempfile.TemporaryDirectory(prefix="dcn-storage-") as local:
+            pafs.copy_files(path, local, source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())
+            yield Path(local)
 
     def _resolve(self, location: str) -> tuple[pafs.FileSystem, str]:
         if self.is_local:
