@@ -145,6 +145,46 @@ def test_killed_driver_then_resume_reruns_nothing_finished(synthetic_stack, mlfl
     assert (storage / "killdriver" / "results.md").read_text().count("| finished |") == 6
 
 
+def test_killed_driver_then_resume_continues_the_running_trial_where_it_stopped(
+    synthetic_stack, mlflow_server, tmp_path, monkeypatch
+):
+    """The trial running when the driver died goes on from the newest checkpoint it persisted in the
+    sweep's storage: its MLflow metric history has every step once, none twice."""
+    uri = mlflow_server.uri
+    raw = slow_job(
+        synthetic_stack, "keepprogress", uri, sweep={"kernels": [[4, 8, 16]], "resources": {"gpu": 0, "cpu": 1}}
+    )
+    raw["train"]["steps"] = 600
+    storage = tmp_path / "runs"
+    # Tune's experiment snapshot lags behind the trial (at the kill it may know neither the trial nor
+    # its newest checkpoint): only the storage has them. Deterministic here by a long snapshot period.
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "3600")
+    with SweepDriver(raw, tmp_path, storage) as driver:
+
+        def evaluated_three_times():
+            runs = child_runs(uri, "keepprogress")
+            return runs[0] if runs and len(val_iou_steps(uri, runs[0].info.run_id)) >= 3 else None
+
+        run = wait_for(evaluated_three_times, 240, "three evaluations of the trial", interval=0.05)
+        driver.kill()
+    stopped_at = val_iou_steps(uri, run.info.run_id)[-1]
+    assert stopped_at < 600, "the trial finished before the kill"
+    monkeypatch.delenv("TUNE_GLOBAL_CHECKPOINT_S")
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "dcn_ray", "resume", "keepprogress", "--storage", str(storage)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (after,) = child_runs(uri, "keepprogress")
+    assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
+    assert val_iou_steps(uri, after.info.run_id) == list(range(30, 601, 30)), "every step once, none twice"
+    assert int(after.data.tags["resumed_from_step"]) >= stopped_at, "continued from its newest checkpoint"
+
+
 def _checkpoint_files(sweep_folder: Path, trial_id: str) -> dict[str, int]:
     (trial_folder,) = [p for p in sweep_folder.iterdir() if p.is_dir() and p.name.endswith(trial_id)]
     return {str(p.relative_to(trial_folder)): p.stat().st_mtime_ns for p in trial_folder.glob("checkpoint_*/*.pt")}

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from dcn_ray.config import JobConfig, job_from_dict, kernels_of
-from dcn_ray.errors import InputError
+from dcn_ray.errors import InputError, first_line
 from dcn_ray.runtime import alive_nodes, ray_session, trial_resources
 from dcn_ray.track import report, uris
 from dcn_ray.track import runs as tracking
@@ -111,8 +111,9 @@ def run_sweep(
         raise InputError(
             f"sweep '{job.name}' already exists in {store.root}; use `dcn-ray resume {job.name}` (or another --name)"
         )
+    store.check_writable()
     uri = uris.resolve_uri(job.tracking.uri)
-    uris.check_reachable(uri)
+    uris.check_store(uri)  # a database of another program is refused before MLflow adds its tables
     data_summary = check_data(job)
     with ray_session(address):
         nodes = alive_nodes()
@@ -131,7 +132,7 @@ def run_sweep(
         store.write_text(job.name, SWEEP_FILE, json.dumps(record.__dict__, indent=2))
         if store.is_local:
             tracking.log_parent_file(uri, parent, Path(store.folder(job.name)) / "job.yaml")
-        context = SweepContext(job, uri, experiment_id, parent)
+        context = SweepContext(job, uri, experiment_id, parent, storage_root=store.root, sweep=job.name)
         planner = RoundPlanner(kernels_of(job), job.seeds, job.sweep.followup)
         write(
             f"sweep '{job.name}': {len(planner.queue)} grid trials ({len(kernels_of(job))} configurations x "
@@ -149,14 +150,15 @@ def resume_sweep(name: str, *, storage: str | None, address: str | None, write: 
     store = Storage.for_sweeps(storage)
     if not store.exists(name, SWEEP_FILE):
         raise InputError(f"no sweep '{name}' in {store.root} (nothing to resume)")
-    record = SweepRecord(**store.read_record(name))
-    job = job_from_dict(record.job)
-    uris.check_reachable(record.tracking_uri)
+    record, job = _read_record(store, name)
+    uris.check_store(record.tracking_uri, must_exist=True)
     with ray_session(address):
         if not tune.Tuner.can_restore(store.folder(name)):
             raise InputError(f"sweep '{name}' in {store.root} has no Tune state to restore from")
         before = store.finished_trials(name)
-        context = SweepContext(job, record.tracking_uri, record.experiment_id, record.parent_run_id)
+        context = SweepContext(
+            job, record.tracking_uri, record.experiment_id, record.parent_run_id, storage_root=store.root, sweep=name
+        )
         tracking.reopen_parent(record.tracking_uri, record.parent_run_id)
         write(f"resuming sweep '{name}' ({len(before)} trials already finished)")
         tuner = _tuner(context, record, store, None, [], restore=True)
@@ -167,6 +169,19 @@ def resume_sweep(name: str, *, storage: str | None, address: str | None, write: 
                 f"restoring sweep '{name}' lost finished trials {sorted(before - after)}; refusing to report a restarted sweep"
             )
         return outcome
+
+
+def _read_record(store: Storage, name: str) -> tuple[SweepRecord, JobConfig]:
+    """The sweep's record and its job; InputError naming the file when either is damaged."""
+    where = f"{store.folder(name)}/{SWEEP_FILE}"
+    try:
+        record = SweepRecord(**store.read_record(name))
+    except TypeError as error:
+        raise InputError(f"{where}: damaged sweep record ({first_line(error)})") from None
+    try:
+        return record, job_from_dict(record.job)
+    except InputError as error:
+        raise InputError(f"{where}: damaged sweep record ({error})") from None
 
 
 def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, write: Write) -> SweepOutcome:
@@ -240,6 +255,6 @@ def load_report(name: str, storage: str | None) -> str:
     store = Storage.for_sweeps(storage)
     if not store.exists(name, report.TABLE_FILE):
         raise InputError(f"no results for sweep '{name}' in {store.root}")
-    record = SweepRecord(**store.read_record(name))
-    reference = tuple(job_from_dict(record.job).sweep.followup.reference)
+    _, job = _read_record(store, name)
+    reference = tuple(job.sweep.followup.reference)
     return report.markdown(store.read_table(name, report.TABLE_FILE), reference)

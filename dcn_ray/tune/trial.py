@@ -24,6 +24,7 @@ from dcn_ray.core.dataset import load_job_dataset
 from dcn_ray.core.device import select_device
 from dcn_ray.core.train import TrainResult, score_test_split, train
 from dcn_ray.track import runs
+from dcn_ray.track.storage import Storage
 from dcn_ray.tune.spec import METRIC, TrialSpec
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ class SweepContext:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
+    #: The storage root and the sweep's name: where relaunched trials find their checkpoints.
+    storage_root: str = ""
+    sweep: str = ""
 
 
 def already_finished(run_metrics: Mapping[str, float] | None, state: Mapping[str, Any] | None) -> dict | None:
@@ -65,9 +69,10 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         context.tracking_uri, context.experiment_id, context.parent_run_id,
         tune.get_context().get_trial_id(), spec.tags()["trial_key"],
     )  # fmt: skip
-    state = _state_of(tune.get_checkpoint())
-    if state is None and run.adopted_from:
-        state = _newest_state_of_trial(run.adopted_from)
+    # The newest state of this trial: Tune's checkpoint lags behind a killed driver (its state
+    # snapshot), and a trial it forgot comes back under a new id that adopted the old one's run.
+    ids = [tune.get_context().get_trial_id(), *([run.adopted_from] if run.adopted_from else [])]
+    state = newest_state([_state_of(tune.get_checkpoint()), *(persisted_state(context, i) for i in ids)])
     done = already_finished(run.finished_metrics(), state)
     if done is not None:
         log.info("trial %s already finished: reporting its result again", spec.name)
@@ -142,16 +147,29 @@ def _state_of(saved: tune.Checkpoint | None) -> dict[str, Any] | None:
         return checkpoint.load(Path(folder) / checkpoint.STATE_FILE)
 
 
-def _newest_state_of_trial(trial_id: str) -> dict[str, Any] | None:
-    """The most advanced checkpoint that trial ``trial_id`` left in this sweep's folder (local storage)."""
-    sweep_folder = Path(tune.get_context().get_trial_dir()).parent
+def newest_state(states: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The most advanced of the training states found (the highest step; a finished one wins)."""
+    found = [state for state in states if state is not None]
+    return max(found, key=lambda state: ("final" in state, state["step"]), default=None)
+
+
+def persisted_state(context: SweepContext, trial_id: str) -> dict[str, Any] | None:
+    """The newest checkpoint that trial ``trial_id`` persisted in the sweep's storage.
+
+    Through :class:`Storage`: a local folder, a shared path or a pyarrow URI (s3://, gs://). In
+    Ray 2.60 ``tune.get_context().get_trial_dir()`` is a local session folder, not this.
+    """
+    if not context.storage_root:
+        return None
+    store = Storage(context.storage_root)
     states = []
-    for folder in sweep_folder.glob(f"*_{trial_id}/checkpoint_*"):
+    for folder in store.checkpoints_of(context.sweep, trial_id):
         try:
-            states.append(checkpoint.load(folder / checkpoint.STATE_FILE))
+            with store.local_copy(folder) as local:
+                states.append(checkpoint.load(local / checkpoint.STATE_FILE))
         except Exception as error:  # a checkpoint cut short by the kill: skip it
             log.warning("skipping checkpoint %s: %s", folder, error)
-    return max(states, key=lambda state: state["step"], default=None)
+    return newest_state(states)
 
 
 def _quietly(call, *args, **kwargs) -> None:
