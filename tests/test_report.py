@@ -51,23 +51,39 @@ def test_table_orders_like_table1_and_measures_from_the_reference():
     assert rows[2]["vs_reference"] is None and rows[2]["status"] == "errored"
 
 
-def test_summary_compares_guided_random_and_reference():
-    line = report.summary_line(report.results_table(ROWS))
-    assert line == (
-        "reference 4-8-16 best val IoU 0.6500; best guided follow-up 4-8-12 best val IoU 0.7000 "
-        "(+0.0500 vs reference); best random control 6-8-16 best val IoU 0.7100 (+0.0600 vs reference)"
+def seeded(k, phase, iou, seed, **extra):
+    return {**row(k, phase, iou), "seed": seed, "trial_id": f"t{k}{seed}", **extra}
+
+
+def test_markdown_leads_with_configurations_over_seeds_and_the_findings():
+    rows = []
+    for seed, base in enumerate([0.80, 0.81, 0.79]):
+        rows.append(seeded((4, 8, 16), "grid", base, seed, weak_branch="F3" if seed < 2 else "F2"))
+        rows.append(seeded((4, 8, 14), "followup", base + 0.02, seed, reference="4-8-16", reference_weak="F3"))
+        rows.append(seeded((4, 8, 18), "control", base - 0.01 * seed, seed, reference="4-8-16", reference_weak="F3"))
+    table = report.results_table(rows)
+    by_trial = {(r["k1"], r["k2"], r["k3"], r["seed"]): r for r in table.to_pylist()}
+    assert by_trial[(4, 8, 18, 2)]["vs_reference"] == pytest.approx(-0.02)  # against the reference of its own seed
+    text = report.markdown(table)
+    assert (
+        "| k1, k2, k3 | phase | n | best val IoU mean [95 % CI] | vs 4-8-16 (paired by seed) | p | p (Holm) |" in text
     )
-    assert report.summary_line(report.results_table([row((4, 8, 16), "grid", 0.6)])) == ""
+    assert "| 4, 8, 16 | grid | 3 | 0.800 [" in text and "| 4, 8, 14 | followup | 3 | 0.820 [" in text
+    assert "weak branch of 4-8-16 (lowest separation): F3 in 2 of 3 seeds" in text
+    assert "guided +0.020 [+0.020, +0.020] vs matched controls -0.010 [-0.035, +0.015]" in text
+    assert "p = 0.25 (permutation test within seeds), 3 seeds" in text  # 2 of the 2^3 labellings
+    assert "### Trials" in text and "| 4, 8, 14 | 1 | followup | finished | 0.8300 | +0.0200 |" in text
+    assert "best guided" not in text  # no best-of comparison any more
 
 
 def test_written_files_round_trip(tmp_path: Path):
     table = report.results_table(ROWS)
     files = report.write(table, tmp_path)
-    assert {f.name for f in files} == {"results.parquet", "results.md", "iou_by_config.png"}
+    assert {f.name for f in files} == {"results.parquet", "results.md", "iou_by_config.png", "iou_by_kernel.png"}
     assert report.read(tmp_path).equals(table)
     markdown = (tmp_path / "results.md").read_text()
-    assert "| 4, 8, 16 | grid | finished | 0.6500 | +0.0000 |" in markdown
-    assert "| 4, 6, 16 | grid | errored |  |  |" in markdown
+    assert "| 4, 8, 16 |  | grid | finished | 0.6500 | +0.0000 |" in markdown
+    assert "| 4, 6, 16 |  | grid | errored |  |  |" in markdown
     assert Image.open(tmp_path / "iou_by_config.png").size[0] >= 600
 
 
@@ -100,11 +116,11 @@ def test_with_a_test_split_the_table_leads_with_test_scores_and_baselines(tmp_pa
     assert rows[(2, 8, 16)]["vs_reference"] == pytest.approx(-0.01)  # measured on test IoU, not validation
     assert rows[(2, 8, 16)]["test_membrane_iou"] == 0.6 and rows[(2, 8, 16)]["best_val_iou"] == 0.93
     text = report.markdown(table)
-    assert "| k1, k2, k3 | phase | status | test IoU | vs reference | test Dice |" in text
-    assert "| 2, 8, 16 | grid | finished | 0.8400 | -0.0100 | 0.9000 |" in text
+    assert "| k1, k2, k3 | seed | phase | status | test IoU | vs reference | test Dice |" in text
+    assert "| 2, 8, 16 |  | grid | finished | 0.8400 | -0.0100 | 0.9000 |" in text
     assert "Scores on the test split (5 slices: 25-29)" in text
     assert "all-foreground IoU 0.8036 (V_rand 0.0900), all-background IoU 0.0000" in text
-    assert "best guided follow-up 4-8-12 test IoU 0.8700 (+0.0200 vs reference)" in text
+    assert "| 4, 8, 12 | followup | 1 | 0.870 | +0.020 |" in text  # per configuration, on test IoU
     # The split and its baselines survive the Parquet file (dcn-ray report reads it back).
     report.write(table, tmp_path)
     assert report.evaluation_of(report.read(tmp_path)) == EVALUATION
@@ -116,7 +132,7 @@ def test_without_a_test_split_the_table_says_validation_plainly():
     table = report.results_table(ROWS, evaluation=evaluation)
     assert report.headline(table) == ("best_val_iou", "best val IoU")
     text = report.markdown(table)
-    assert "| k1, k2, k3 | phase | status | best val IoU | vs reference | val V_rand |" in text
+    assert "| k1, k2, k3 | seed | phase | status | best val IoU | vs reference | val V_rand |" in text
     assert "Scores on the validation split (3 slices: 21-23): no test split" in text
     assert "biased upwards" in text and "test IoU" not in text
     # A table from before test splits (no metadata) reads as validation.

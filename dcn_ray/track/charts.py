@@ -29,8 +29,11 @@ def _bounds(result: ConfigResult) -> tuple[float, float]:
     return result.score.mean - result.score.low, result.score.high - result.score.mean
 
 
-def interval_chart(results: Sequence[ConfigResult], path: Path, reference: Sequence[int], label: str) -> Path:
-    """Mean and 95 % interval per configuration, coloured by phase, the reference marked."""
+def interval_chart(
+    results: Sequence[ConfigResult], path: Path, reference: Sequence[int], label: str, *, floor: float | None = None
+) -> Path:
+    """Mean and 95 % interval per configuration, coloured by phase, the reference (and the
+    all-foreground baseline ``floor``, where given) marked."""
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
@@ -52,6 +55,9 @@ def interval_chart(results: Sequence[ConfigResult], path: Path, reference: Seque
         handles.append(
             Line2D([], [], color="black", linestyle="--", marker="*", label=f"reference {kernels_text(reference)}")
         )
+    if floor is not None:
+        axes.axhline(floor, color="#c44e52", linestyle=":", linewidth=1.5)
+        handles.append(Line2D([], [], color="#c44e52", linestyle=":", label="all-foreground baseline"))
     axes.set_xticks(range(len(shown)), [kernels_text(r.kernels) for r in shown], rotation=60, ha="right")
     seeds = max((r.score.n for r in shown), default=0)
     axes.set_ylabel(f"{label} (mean, 95 % CI)")

@@ -1,4 +1,4 @@
-"""A sweep's results as the paper's Table 1: Parquet, Markdown, a chart, and the guided-vs-random line.
+"""A sweep's results as the paper's Table 1: per configuration over seeds, the findings, every trial, charts.
 
 The headline score is the test IoU when the job has a test split (each trial scored it once, with
 its best-validation checkpoint), else the best validation IoU, said plainly: those slices also chose
@@ -17,13 +17,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dcn_ray.core.kernels import REFERENCE
+from dcn_ray.core.kernels import BRANCHES, REFERENCE
+from dcn_ray.track import charts, summary
 
 #: Test-split scores of a trial (empty without a test split): dcn_ray.core.metrics.SCORE_KEYS, prefixed.
 TEST_COLUMNS = ("test_iou", "test_dice", "test_pixel_error", "test_membrane_iou", "test_vrand", "test_vinfo")
+#: Branch separations of a trial's model (the weak-branch score; the mechanism check reads them).
+SEPARATION_COLUMNS = tuple(f"separation_{name}" for name in BRANCHES)
 #: Final metrics of a trial kept per row (validation chooses; test, where there is one, reports).
-METRIC_COLUMNS = ("best_val_iou", "val_vrand", "val_vinfo", *TEST_COLUMNS)
-IDENTITY_COLUMNS = ("k1", "k2", "k3", "seed")
+METRIC_COLUMNS = ("best_val_iou", "val_vrand", "val_vinfo", *TEST_COLUMNS, *SEPARATION_COLUMNS)
+IDENTITY_COLUMNS = ("k1", "k2", "k3", "seed", "round")
+#: Where a follow-up comes from: its reference configuration (``4-8-16``) and that one's weak branch.
+PROVENANCE_COLUMNS = ("reference", "reference_weak")
 COLUMNS = (
     *IDENTITY_COLUMNS,
     "phase",
@@ -31,12 +36,13 @@ COLUMNS = (
     *METRIC_COLUMNS,
     "vs_reference",
     "weak_branch",
+    *PROVENANCE_COLUMNS,
     "mlflow_run_id",
     "trial_id",
 )
-PHASE_ORDER = {"grid": 0, "followup": 1, "control": 2}
-PHASE_COLOURS = {"grid": "#4c72b0", "followup": "#dd8452", "control": "#8c8c8c"}
-TABLE_FILE, MARKDOWN_FILE, CHART_FILE = "results.parquet", "results.md", "iou_by_config.png"
+PHASE_ORDER = {"grid": 0, "followup": 1, "control": 2, "random": 3}
+TABLE_FILE, MARKDOWN_FILE = "results.parquet", "results.md"
+CHART_FILE, KERNEL_CHART_FILE = "iou_by_config.png", "iou_by_kernel.png"
 EVALUATION_KEY = b"dcn_ray.evaluation"
 
 
@@ -54,10 +60,9 @@ def results_table(
     reference = tuple(reference)
     test = evaluation["split"] == "test" if evaluation else any(_number(r.get("test_iou")) for r in rows)
     key = "test_iou" if test else "best_val_iou"
-    reference_iou = next(
-        (r[key] for r in rows if (r["k1"], r["k2"], r["k3"]) == reference and _number(r.get(key))),
-        None,
-    )
+    reference_iou = {  # by seed: a trial is compared with the reference trial of its own seed
+        r.get("seed") or 0: r[key] for r in rows if (r["k1"], r["k2"], r["k3"]) == reference and _number(r.get(key))
+    }
     ordered = sorted(
         rows,
         key=lambda r: (
@@ -71,8 +76,8 @@ def results_table(
     )
     columns: dict[str, list] = {name: [] for name in COLUMNS}
     for row in ordered:
-        iou = row.get(key)
-        row = {**row, "vs_reference": (iou - reference_iou) if _number(iou) and reference_iou is not None else None}
+        iou, base = row.get(key), reference_iou.get(row.get("seed") or 0)
+        row = {**row, "vs_reference": (iou - base) if _number(iou) and base is not None else None}
         for name in COLUMNS:
             columns[name].append(row.get(name))
     schema = pa.schema(
@@ -82,6 +87,7 @@ def results_table(
             pa.field("status", pa.string()),
             *(pa.field(n, pa.float64()) for n in (*METRIC_COLUMNS, "vs_reference")),
             pa.field("weak_branch", pa.string()),
+            *(pa.field(n, pa.string()) for n in PROVENANCE_COLUMNS),
             pa.field("mlflow_run_id", pa.string()),
             pa.field("trial_id", pa.string()),
         ],
@@ -130,27 +136,32 @@ def evaluation_note(table: pa.Table) -> str:
     return text
 
 
-def summary_line(table: pa.Table, reference: Sequence[int] = REFERENCE) -> str:
-    """The paper's comparison: best guided follow-up vs best random control vs the reference."""
-    rows = table.to_pylist()
-    reference = tuple(reference)
-    key, label_iou = headline(table)
-    ref = next((r for r in rows if (r["k1"], r["k2"], r["k3"]) == reference and _number(r[key])), None)
-    parts = []
-    for phase, label in (("followup", "best guided follow-up"), ("control", "best random control")):
-        candidates = [r for r in rows if r["phase"] == phase and _number(r[key])]
-        if candidates:
-            best = max(candidates, key=lambda r: r[key])
-            delta = f" ({best[key] - ref[key]:+.4f} vs reference)" if ref else ""
-            parts.append(f"{label} {_triple(best)} {label_iou} {best[key]:.4f}{delta}")
-    if not parts:
-        return ""
-    head = f"reference {_triple(ref)} {label_iou} {ref[key]:.4f}; " if ref else ""
-    return head + "; ".join(parts)
+def statistics(table: pa.Table, reference: Sequence[int] = REFERENCE) -> list[summary.ConfigResult]:
+    """Per-configuration results over seeds, on the headline score."""
+    return summary.configuration_results(table.to_pylist(), headline(table)[0], reference)
+
+
+def findings(table: pa.Table, reference: Sequence[int] = REFERENCE) -> list[str]:
+    """The sentences a reader wants: the weak branch's agreement, guided vs matched controls, the mechanism."""
+    rows, (key, label) = table.to_pylist(), headline(table)
+    lines = [summary.weak_branch_agreement(rows, reference)]
+    comparison = summary.guided_vs_controls(rows, key, label, reference)
+    lines.append(comparison.sentence() if comparison else None)
+    mechanism = summary.mechanism(rows, reference)
+    lines.append(mechanism.sentence() if mechanism else None)
+    return [line for line in lines if line]
 
 
 def markdown(table: pa.Table, reference: Sequence[int] = REFERENCE) -> str:
-    """The table as Markdown, the note on its split and baselines, and the guided-vs-random line."""
+    """Per configuration over seeds (mean, interval, paired difference, p), the findings, then every trial."""
+    label = headline(table)[1]
+    parts = [summary.configuration_markdown(statistics(table, reference), label, reference), evaluation_note(table)]
+    parts += findings(table, reference)
+    return "\n\n".join(parts) + "\n\n### Trials\n\n" + trials_markdown(table) + "\n"
+
+
+def trials_markdown(table: pa.Table) -> str:
+    """One row per trial (seed), with every score."""
     if headline(table)[0] == "test_iou":
         scores = [("test IoU", "test_iou"), ("vs reference", "vs_reference"), ("test Dice", "test_dice")]
         scores += [("test pixel error", "test_pixel_error"), ("test membrane IoU", "test_membrane_iou")]
@@ -158,68 +169,34 @@ def markdown(table: pa.Table, reference: Sequence[int] = REFERENCE) -> str:
     else:
         scores = [("best val IoU", "best_val_iou"), ("vs reference", "vs_reference")]
         scores += [("val V_rand", "val_vrand"), ("val V_info", "val_vinfo")]
-    headers = ["k1, k2, k3", "phase", "status", *(label for label, _ in scores), "weak branch"]
+    headers = ["k1, k2, k3", "seed", "phase", "status", *(label for label, _ in scores), "weak branch"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in table.to_pylist():
-        cells = [f"{r['k1']}, {r['k2']}, {r['k3']}", r["phase"], r["status"]]
+        seed = "" if r.get("seed") is None else str(r["seed"])
+        cells = [f"{r['k1']}, {r['k2']}, {r['k3']}", seed, r["phase"], r["status"]]
         cells += [_fmt(r[name], signed=name == "vs_reference") for _, name in scores]
         lines.append("| " + " | ".join([*cells, r["weak_branch"] or ""]) + " |")
-    summary = summary_line(table, reference)
-    return "\n".join(lines) + "\n\n" + evaluation_note(table) + ("\n\n" + summary if summary else "") + "\n"
+    return "\n".join(lines)
 
 
 def write(table: pa.Table, folder: Path, reference: Sequence[int] = REFERENCE) -> list[Path]:
-    """Write results.parquet, results.md and the chart into ``folder``."""
+    """Write results.parquet, results.md and the two charts into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, folder / TABLE_FILE)
     (folder / MARKDOWN_FILE).write_text(markdown(table, reference))
-    return [folder / TABLE_FILE, folder / MARKDOWN_FILE, chart(table, folder / CHART_FILE, reference)]
+    results, label = statistics(table, reference), headline(table)[1]
+    baselines = evaluation_of(table).get("baselines")
+    floor = baselines["all_foreground"]["iou"] if baselines else None
+    return [
+        folder / TABLE_FILE,
+        folder / MARKDOWN_FILE,
+        charts.interval_chart(results, folder / CHART_FILE, reference, label, floor=floor),
+        charts.kernel_chart(results, folder / KERNEL_CHART_FILE, label),
+    ]
 
 
 def read(folder: Path) -> pa.Table:
     return pq.read_table(folder / TABLE_FILE)
-
-
-def chart(table: pa.Table, path: Path, reference: Sequence[int] = REFERENCE) -> Path:
-    """Bar chart of the headline IoU per configuration, coloured by phase; reference and baseline marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    key, label = headline(table)
-    rows = [r for r in table.to_pylist() if _number(r[key])]
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.5 * len(rows) + 2), 4.0))
-    labels = [_triple(r) for r in rows]
-    axes.bar(
-        range(len(rows)),
-        [r[key] for r in rows],
-        color=[PHASE_COLOURS.get(r["phase"], "#555555") for r in rows],
-    )
-    handles = [Patch(color=colour, label=phase) for phase, colour in PHASE_COLOURS.items()]
-    ref = next((r for r in rows if (r["k1"], r["k2"], r["k3"]) == tuple(reference)), None)
-    if ref:
-        handles.append(
-            axes.axhline(ref[key], color="black", linestyle="--", linewidth=1, label=f"reference {_triple(ref)}")
-        )
-    values = [r[key] for r in rows] or [0.0, 1.0]
-    baselines = evaluation_of(table).get("baselines")
-    if baselines:
-        floor = baselines["all_foreground"]["iou"]
-        handles.append(
-            axes.axhline(floor, color="#c44e52", linestyle=":", linewidth=1.5, label="all-foreground baseline")
-        )
-        values.append(floor)
-    axes.set_xticks(range(len(rows)), labels, rotation=60, ha="right")
-    axes.set_ylabel(label.replace("val", "validation"))
-    axes.set_title(f"{label} per kernel configuration (k1-k2-k3)")
-    axes.set_ylim(max(0.0, min(values) - 0.05), min(1.0, max(values) + 0.05))
-    axes.legend(handles=handles, loc="lower right", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
 
 
 def _column(table: pa.Table, name: str) -> list:
@@ -235,10 +212,6 @@ def _ranges(slices: Sequence[int]) -> str:
         else:
             parts.append(str(z))
     return ", ".join(parts)
-
-
-def _triple(row: dict[str, Any]) -> str:
-    return f"{row['k1']}-{row['k2']}-{row['k3']}"
 
 
 def _number(value: Any) -> bool:

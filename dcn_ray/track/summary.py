@@ -185,6 +185,22 @@ def mechanism(rows: Sequence[Row], reference: Sequence[int]) -> Mechanism | None
     return Mechanism(weak, mean_interval([fmean(v) for v in per_seed.values()]), per_run)
 
 
+def weak_branch_agreement(rows: Sequence[Row], reference: Sequence[int]) -> str | None:
+    """``weak branch of 4-8-16: F3 in 3 of 3 seeds`` from the reference's finished grid trials."""
+    votes = [
+        r.get("weak_branch") or "none"
+        for r in sorted(rows, key=lambda r: r.get("seed") or 0)
+        if r.get("status") == "finished" and r.get("phase") == "grid" and _kernels(r) == tuple(reference)
+    ]
+    if not votes:
+        return None
+    top = max(set(votes), key=votes.count)
+    where = f"weak branch of {kernels_text(reference)} (lowest separation)"
+    if top == "none" or votes.count(top) * 2 <= len(votes):
+        return f"{where}: no majority ({', '.join(votes)})"
+    return f"{where}: {top} in {votes.count(top)} of {len(votes)} seeds"
+
+
 def configuration_markdown(results: Sequence[ConfigResult], label: str, reference: Sequence[int]) -> str:
     """The per-configuration table: n, mean [95 % CI], difference from the reference, p, Holm p."""
     head = [

@@ -25,7 +25,7 @@ from dcn_ray.tune.spec import METRIC, TrialSpec
 log = logging.getLogger(__name__)
 
 #: Result keys kept of a finished trial: what the planner and the summary need.
-SCORE_PREFIXES = ("contrast_", "alone_iou_", "drop_", "smd_")
+SCORE_PREFIXES = ("contrast_", "alone_iou_", "drop_", "separation_")
 
 
 @dataclass(frozen=True)

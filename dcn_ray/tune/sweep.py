@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from dcn_ray.config import JobConfig, job_from_dict, kernels_of
+from dcn_ray.core.kernels import kernels_text
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.runtime import alive_nodes, ray_session, trial_resources
 from dcn_ray.track import report, uris
@@ -202,7 +203,11 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
         store.upload(record.name, files)
     if evaluation is not None:
         tracking.log_parent_evaluation(record.tracking_uri, record.parent_run_id, evaluation)
+    _log_mechanism(record.tracking_uri, table, reference)
     tracking.log_results(record.tracking_uri, record.parent_run_id, folder, finished=not interrupted)
+    for line in report.findings(table, reference):
+        write(line)
+    write(f"MLflow runs view: {tracking.runs_view_url(record.tracking_uri, record.experiment_id)}")
     errored = sum(1 for row in rows if row["status"] == "errored")
     if interrupted:
         write(f"sweep '{record.name}' interrupted: `dcn-ray resume {record.name}` finishes it")
@@ -212,6 +217,21 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
         folder=store.folder(record.name),
         interrupted=interrupted,
         errored=errored,
+    )
+
+
+def _log_mechanism(uri: str, table, reference: tuple[int, ...]) -> None:
+    """On each guided follow-up's run: how its weak branch's separation moved against its reference."""
+    from dcn_ray.track.summary import mechanism
+
+    found = mechanism(table.to_pylist(), reference)
+    if found is None:
+        return
+    prediction = f"{found.branch} separation rises when its kernel shrinks"
+    tracking.log_child_values(
+        uri,
+        {run: {"weak_separation_change": change} for run, change in found.per_run.items()},
+        {run: {"mechanism_prediction": prediction, "mechanism_observed": found.observed} for run in found.per_run},
     )
 
 
@@ -235,15 +255,28 @@ def _rows(grid) -> list[dict[str, Any]]:
         spec = TrialSpec.from_config(config) if config.get("kernels") else None
         status = "finished" if metrics.get("finished") else ("errored" if result.error else "unfinished")
         weak = metrics.get("weak_branch")
-        identity = {"k1": None, "k2": None, "k3": None, "seed": None, "phase": config.get("phase", "grid")}
+        identity: dict[str, Any] = {
+            "k1": None,
+            "k2": None,
+            "k3": None,
+            "seed": None,
+            "phase": config.get("phase", "grid"),
+        }
         if spec is not None:
-            identity = {**dict(zip(("k1", "k2", "k3"), spec.kernels)), "seed": spec.seed, "phase": spec.phase}
+            identity = {
+                **dict(zip(("k1", "k2", "k3"), spec.kernels)),
+                "seed": spec.seed,
+                "round": spec.round,
+                "phase": spec.phase,
+                "reference": kernels_text(spec.reference) if spec.reference else None,
+                "reference_weak": spec.reference_weak or None,
+            }
         rows.append(
             {
                 **identity,
                 "status": status,
                 **{key: metrics.get(key) for key in report.METRIC_COLUMNS},
-                "weak_branch": f"F{int(weak) + 1}" if isinstance(weak, (int, float)) else None,
+                "weak_branch": _branch_name(weak),
                 "mlflow_run_id": metrics.get("mlflow_run_id"),
                 "trial_id": metrics.get("trial_id") or Path(result.path).name,
             }
@@ -258,3 +291,10 @@ def load_report(name: str, storage: str | None) -> str:
     _, job = _read_record(store, name)
     reference = tuple(job.sweep.followup.reference)
     return report.markdown(store.read_table(name, report.TABLE_FILE), reference)
+
+
+def _branch_name(weak: Any) -> str | None:
+    """``F3`` for a weak-branch index, ``none`` for -1 (no clear weak branch), None when unknown."""
+    if not isinstance(weak, (int, float)):
+        return None
+    return f"F{int(weak) + 1}" if weak >= 0 else "none"
