@@ -38,7 +38,7 @@ def interval_chart(
     from matplotlib.lines import Line2D
 
     shown = [r for r in results if not math.isnan(r.score.mean)]
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.45 * len(shown) + 2.5), 4.2))
+    figure, axes = plt.subplots(figsize=(max(7.5, 0.45 * len(shown) + 2.5), 4.2))
     for index, result in enumerate(shown):
         below, above = _bounds(result)
         is_reference = result.kernels == tuple(reference)
@@ -61,7 +61,7 @@ def interval_chart(
     axes.set_xticks(range(len(shown)), [kernels_text(r.kernels) for r in shown], rotation=60, ha="right")
     seeds = max((r.score.n for r in shown), default=0)
     axes.set_ylabel(f"{label} (mean, 95 % CI)")
-    axes.set_title(f"{label} per kernel configuration (k1-k2-k3), up to {seeds} seed(s)")
+    axes.set_title(f"{label} per kernel configuration (k1-k2-k3), up to {seeds} seed(s)", fontsize=10)
     axes.legend(handles=handles, loc="best", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
