@@ -284,6 +284,15 @@ def test_an_earlier_output_is_replaced_whole_and_resume_of_a_complete_one_does_n
     assert code == 0 and "0 voxels predicted" in err, err
 
 
+def test_labels_score_the_written_store_as_dcn_ray_score_does(model_file, inputs, tmp_path, capsys):
+    truth, output = inputs["hdf5"].replace("raw", "labels/clefts"), tmp_path / "out.ome.zarr"
+    code, out, err = run_cli(["predict", model_file, inputs["ome05"], output, "--no-tta", "--labels", truth], capsys)
+    assert code == 0, err
+    code, scored, err = run_cli(["score", output, truth, "--foreground", "1"], capsys)
+    assert code == 0, err
+    assert "IoU" in out and out.strip() == scored.strip()
+
+
 # ----------------------------------------------------------------------------- Ray and resume
 
 

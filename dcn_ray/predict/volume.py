@@ -24,10 +24,10 @@ import numpy as np
 
 from dcn_ray import __version__
 from dcn_ray.core.dcn import DCN
-from dcn_ray.core.metrics import segmentation_scores
+from dcn_ray.core.evaluation import score_probabilities
 from dcn_ray.errors import InputError
 from dcn_ray.io import omezarr
-from dcn_ray.io.volumes import Volume, is_zarr_path, open_volume, read_label_volume, volume_shape
+from dcn_ray.io.volumes import Volume, is_zarr_path, open_volume, read_label_volume, read_volume, volume_shape
 from dcn_ray.predict import blocks as blocking
 from dcn_ray.predict.blocks import Block
 from dcn_ray.predict.stack import PredictOptions, SlicePredictor, encode, receptive_radius
@@ -156,22 +156,21 @@ def predict_volume(
 ) -> VolumeResult:
     """Segment ``input_path`` (any format of :mod:`dcn_ray.io.volumes`) into the OME-Zarr ``output_path``.
 
-    ``labels`` (ground truth) also scores the prediction; it implies ``label_image``, whose mask
-    is read back for the scores. See the module doc for the rest.
+    With ``labels`` (ground truth) the finished output is read back and scored as ``dcn-ray score``
+    scores it. See the module doc for the rest.
     """
     output_path = Path(output_path)
     if ngff not in omezarr.NGFF_VERSIONS:
         raise InputError(f"--ngff {ngff}: choose one of {', '.join(omezarr.NGFF_VERSIONS)}")
     check_volume_paths(input_path, output_path, labels=labels, level=level)
     plan = plan_volume(loaded, input_path, options, level=level, chunks=chunks, block=block)
-    label_image = label_image or labels is not None
     truth = _truth(labels, plan.volume.shape, loaded, level) if labels is not None else None
     settings = _settings(loaded, plan, level=level, ngff=ngff, label_image=label_image)
     store = omezarr.resumable_store(output_path, settings, RESUME_KEYS) if resume else None
     if resume and store is None and _finished(output_path, settings):
         log.info("%s: already complete with these settings; nothing to do", output_path)
         total = math.prod(plan.grid)
-        return VolumeResult(output_path, total, total, 0, 0.0, (), _scores(output_path, truth))
+        return VolumeResult(output_path, total, total, 0, 0.0, (), _scores(output_path, truth, options))
     if store is None:
         if resume:
             log.info("%s: no unfinished run to resume; starting a new one", output_path)
@@ -198,7 +197,8 @@ def predict_volume(
             progress(len(done) + index + 1, total, voxels)
     seconds = time.perf_counter() - started
     omezarr.finish_store(store, output_path)
-    return VolumeResult(output_path, total, len(done), voxels, seconds, tuple(names), _scores(output_path, truth))
+    scores = _scores(output_path, truth, options)
+    return VolumeResult(output_path, total, len(done), voxels, seconds, tuple(names), scores)
 
 
 def _run(
@@ -228,13 +228,11 @@ def _truth(labels: str | Path, shape: tuple[int, int, int], loaded: LoadedModel,
     return truth
 
 
-def _scores(path: Path, truth: np.ndarray | None) -> dict[str, float] | None:
-    """Scores of the label image of the finished store ``path`` against ``truth``."""
+def _scores(path: Path, truth: np.ndarray | None, options: PredictOptions) -> dict[str, float] | None:
+    """What ``dcn-ray score`` gives for the finished store ``path`` against ``truth``."""
     if truth is None:
         return None
-    import zarr
-
-    return segmentation_scores(zarr.open_array(store=str(path), path=omezarr.LABEL, mode="r")[...] > 0, truth)
+    return score_probabilities(read_volume(path), truth, threshold=options.threshold)
 
 
 def _finished(path: Path, settings: dict[str, Any]) -> bool:
