@@ -31,9 +31,11 @@ def planned_trials(job: JobConfig) -> list[str]:
             lines.insert(
                 0, f"grid  {kernels_text(reference):>10}  (reference, added for the follow-ups)  seeds {seeds}"
             )
+        controls = "as many" if followup.controls is None else str(followup.controls)
+        extras = f" and {followup.random_controls} random extras" if followup.random_controls else ""
         lines.append(
-            f"then, per round ({followup.rounds}): up to {followup.steps} guided follow-ups and "
-            f"{followup.controls} controls, chosen from the F1-F3 scores of {kernels_text(reference)}, each run once per seed"
+            f"then, per round ({followup.rounds}): up to {followup.steps} guided follow-ups, {controls} matched "
+            f"controls{extras}, chosen from the F1-F3 scores of {kernels_text(reference)}, each run once per seed"
         )
     return lines
 
