@@ -67,12 +67,19 @@ class ResourcesConfig:
 
 @dataclass(frozen=True)
 class FollowupConfig:
+    """Follow-up rounds: guided changes of the weak branch and controls matched to them."""
+
     enabled: bool = False
     reference: tuple[int, ...] = REFERENCE
+    #: Guided follow-ups per round: the weak branch's kernel shrunk by step_size, 2 step_size, ...
     steps: int = 3
     step_size: int = 2
-    controls: int = 2
+    #: Matched controls per round (same change sizes, another direction); None: as many as guided.
+    controls: int | None = None
+    #: Extra purely random one-branch changes per round (phase "random"; not in the comparison).
+    random_controls: int = 0
     rounds: int = 1
+    #: Seed of the control draws (round r uses seed + r - 1).
     seed: int = 0
 
 
@@ -222,8 +229,12 @@ def _validate(job: JobConfig) -> None:
 
     problem = name_problem(job.name)
     need(problem is None, f"name: {problem}")
-    need(bool(job.data.images), "data.images is required (a TIFF stack)")
-    need(bool(job.data.labels), "data.labels is required (a TIFF stack)")
+    need(
+        bool(job.data.images), "data.images is required (a TIFF stack, OME-Zarr image, zarr array or file.h5:/dataset)"
+    )
+    need(
+        bool(job.data.labels), "data.labels is required (a TIFF stack, OME-Zarr image, zarr array or file.h5:/dataset)"
+    )
     foreground = job.data.foreground
     need(
         foreground == "color" or isinstance(foreground, int),
@@ -259,7 +270,9 @@ def _validate(job: JobConfig) -> None:
     followup = sweep.followup
     problem = kernel_problem(followup.reference)
     need(problem is None, f"sweep.followup.reference: {problem}")
-    need(followup.steps >= 0 and followup.controls >= 0, "sweep.followup.steps and .controls must be >= 0")
+    need(followup.steps >= 0, f"sweep.followup.steps must be >= 0, got {followup.steps}")
+    need(followup.controls is None or followup.controls >= 0, "sweep.followup.controls must be >= 0")
+    need(followup.random_controls >= 0, "sweep.followup.random_controls must be >= 0")
     need(followup.step_size >= 1, "sweep.followup.step_size must be >= 1")
     need(followup.rounds >= 1, f"sweep.followup.rounds must be >= 1, got {followup.rounds}")
     need(0 <= followup.seed < 2**63, f"sweep.followup.seed {followup.seed} is out of range (0 to 2**63 - 1)")
