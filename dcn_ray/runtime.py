@@ -45,6 +45,9 @@ def keep_local_ray_on_loopback(address: str | None) -> None:
 def ray_session(address: str | None) -> Iterator[None]:
     """Connect to ``address``, or start a local Ray (no dashboard); shut down only what we started.
 
+    Without an address (and no RAY_ADDRESS) the local Ray is always a new one: a bare ``ray.init()``
+    would join any cluster that ``ray start`` left on this machine, another user's included.
+
     Ray 2.60 serves its gRPC ports on every interface whatever the node address; its token
     authentication, on by default, is what keeps other hosts out.
     """
@@ -60,8 +63,8 @@ def ray_session(address: str | None) -> Iterator[None]:
             ray.init(address=address, **options)
         elif os.environ.get("RAY_ADDRESS"):
             ray.init(**options)
-        else:
-            ray.init(include_dashboard=False, **options)
+        else:  # "local": a Ray of our own, never a `ray start` cluster someone else runs on this machine
+            ray.init(address="local", include_dashboard=False, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise InputError(
             f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: {first_line(error)}"

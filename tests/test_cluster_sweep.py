@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,33 @@ def test_submit_runs_the_sweep_as_a_ray_job(two_nodes, synthetic_stack, mlflow_s
     assert status.stdout.strip() == "SUCCEEDED"
     assert (tmp_path / "runs" / "cluster_submit" / "results.parquet").is_file()
     assert_trials_on_both_nodes(mlflow_server.uri, "cluster_submit")
+
+
+def test_without_an_address_dcn_ray_starts_its_own_ray_not_a_running_cluster(two_nodes, tmp_path):
+    """A `ray start` cluster on this machine (another user's) is never joined by a local sweep.
+
+    A bare ``ray.init()`` joins the cluster named in ``<ray temp dir>/ray_current_cluster``, which
+    ``ray start`` writes; here that file names the running two-node cluster.
+    """
+    temp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths live below it
+    try:
+        (temp / "ray").mkdir()
+        (temp / "ray" / "ray_current_cluster").write_text(two_nodes.address)
+        script = (
+            "import ray\n"
+            "from dcn_ray.runtime import alive_nodes, keep_local_ray_on_loopback, ray_session\n"
+            "keep_local_ray_on_loopback(None)\n"
+            "with ray_session(None):\n"
+            "    print('GCS', ray.get_runtime_context().gcs_address, 'NODES', len(alive_nodes()))\n"
+        )
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+        done = subprocess.run(
+            [sys.executable, "-c", script], cwd=tmp_path, env={**env, **two_nodes.auth_env, "RAY_TMPDIR": str(temp)},
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith("GCS"))
+    gcs, nodes = line.split()[1], int(line.split()[3])
+    assert gcs != two_nodes.address and nodes == 1
