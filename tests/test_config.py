@@ -4,28 +4,12 @@ import pytest
 import yaml
 
 from dcn_ray.config import JobConfig, job_from_dict
+from dcn_ray.core.kernels import TABLE1
 from dcn_ray.errors import InputError
 from dcn_ray.job_file import load_job, parse_override
 
 REPO = Path(__file__).resolve().parent.parent
-PAPER_TABLE1 = [
-    (4, 8, 16),
-    (4, 8, 10),
-    (4, 8, 12),
-    (4, 8, 14),
-    (2, 8, 16),
-    (6, 8, 16),
-    (4, 6, 16),
-    (4, 10, 16),
-    (4, 8, 18),
-    (4, 8, 20),
-    (2, 4, 10),
-    (2, 4, 20),
-    (2, 8, 20),
-    (4, 10, 18),
-    (2, 6, 16),
-    (2, 8, 18),
-]
+PAPER_TABLE1 = list(TABLE1)
 
 
 def write_job(tmp_path: Path, job: dict) -> Path:

@@ -7,25 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from dcn_ray.core.dcn import DCN, DCNOutput, pad_forward
+from dcn_ray.core.kernels import TABLE1
 
-TABLE1 = [
-    (4, 8, 16),
-    (4, 8, 10),
-    (4, 8, 12),
-    (4, 8, 14),
-    (2, 8, 16),
-    (6, 8, 16),
-    (4, 6, 16),
-    (4, 10, 16),
-    (4, 8, 18),
-    (4, 8, 20),
-    (2, 4, 10),
-    (2, 4, 20),
-    (2, 8, 20),
-    (4, 10, 18),
-    (2, 6, 16),
-    (2, 8, 18),
-]
 ODD = [(3, 5, 9), (5, 7, 11), (2, 4, 13)]
 
 
@@ -34,7 +17,7 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.mark.parametrize("kernels", TABLE1 + ODD)
+@pytest.mark.parametrize("kernels", [*TABLE1, *ODD])
 def test_output_sizes_are_exact(kernels: tuple[int, int, int]) -> None:
     model = DCN(kernels=kernels, width=4)
     for height, width in ((32, 32), (48, 64)):

@@ -12,6 +12,13 @@ REFERENCE: tuple[int, int, int] = (4, 8, 16)
 
 Kernels = tuple[int, int, int]
 
+#: The 16 (k1, k2, k3) rows of the paper's Table 1, in its order (the first is the reference;
+#: the next three are its "proposed" rows with F3's kernel shrunk).
+TABLE1: tuple[Kernels, ...] = (
+    (4, 8, 16), (4, 8, 10), (4, 8, 12), (4, 8, 14), (2, 8, 16), (6, 8, 16), (4, 6, 16), (4, 10, 16),
+    (4, 8, 18), (4, 8, 20), (2, 4, 10), (2, 4, 20), (2, 8, 20), (4, 10, 18), (2, 6, 16), (2, 8, 18),
+)  # fmt: skip
+
 
 def kernel_problem(kernels: Sequence[object]) -> str | None:
     """Why ``kernels`` is not a valid (k1, k2, k3) triple, or None when it is.
