@@ -1,11 +1,11 @@
 """Benchmark `dcn-ray predict`: slices per second and peak memory on 2048 x 2048 stacks.
 
 Each case (Z = 4, then Z = 16 slices) runs in a fresh Python process that predicts the stack
-with a narrow DCN (width 4, random weights, batch norm in eval mode) on the CPU, tiled with the
-default tile 512 and overlap 128, without TTA, and reports its own resident-set high-water mark
-(``ru_maxrss``). Streaming means the peak does not grow with Z: the last lines print
-peak(Z=48) / peak(Z=16) and peak(Z=16) / peak(Z=4), which should be about 1 (the peak of a
-process varies by a few percent from run to run with the allocator).
+with a narrow DCN (width 4, random weights, batch norm in eval mode) on the CPU, tiled with
+tile 512 (the default before bench/predict_volume.py chose 2048) and overlap 128, without TTA,
+and reports its own resident-set high-water mark (``ru_maxrss``). Streaming means the peak does
+not grow with Z: the last lines print peak(Z=48) / peak(Z=16) and peak(Z=16) / peak(Z=4), which
+should be about 1 (the peak of a process varies by a few percent from run to run with the allocator).
 
     python bench/predict.py            # about three minutes on 2 cores
 """
@@ -63,7 +63,7 @@ def run_case(model: Path, stack: Path, output: Path) -> dict:
     from dcn_ray.track.sources import load_source
 
     torch.set_num_threads(2)
-    result = predict_stack(load_source(str(model)), stack, output, PredictOptions(tta=False, device="cpu"))
+    result = predict_stack(load_source(str(model)), stack, output, PredictOptions(tile=512, tta=False, device="cpu"))
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {"slices": result.slices, "seconds": result.seconds, "peak_mib": peak_kib / 1024}
 

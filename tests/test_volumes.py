@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -296,15 +297,17 @@ def test_labels_score_the_written_store_as_dcn_ray_score_does(model_file, inputs
 # ----------------------------------------------------------------------------- Ray and resume
 
 
-def test_ray_workers_write_their_own_blocks_and_equal_one_process(model_file, inputs, tmp_path):
+def test_ray_workers_write_their_own_blocks_and_equal_one_process(model_file, inputs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths: the workers get absolute ones
+    shutil.copy(inputs["hdf5"].split(":")[0], "in.h5")
     loaded = load_source(str(model_file))
     options = PredictOptions(tta=False, output="float", device="cpu")
     torch.set_num_threads(1)  # as each Ray worker (num_cpus=1): the same float rounding
-    alone = predict_volume(loaded, inputs["hdf5"], tmp_path / "one.ome.zarr", options, chunks=(1, 32, 32), block=32)
+    alone = predict_volume(loaded, "in.h5:/volumes/raw", Path("one.ome.zarr"), options, chunks=(1, 32, 32), block=32)
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         pooled = predict_volume(
-            loaded, inputs["hdf5"], tmp_path / "two.ome.zarr", PredictOptions(tta=False, output="float"),
+            loaded, "in.h5:/volumes/raw", Path("two.ome.zarr"), PredictOptions(tta=False, output="float"),
             chunks=(1, 32, 32), block=32, workers=2,
         )  # fmt: skip
     finally:

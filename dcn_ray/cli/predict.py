@@ -50,8 +50,15 @@ class _BlockBar(_ProgressBar):
             self.bar.__enter__()
             self.bar.update(done)  # written by an earlier run (--resume)
         elif done:
-            rate = voxels / max(time.perf_counter() - self.started, 1e-9)
-            self.bar.update(1, f"{rate / 1e6:.2f} Mvoxel/s")
+            self.bar.update(1, _voxel_rate(voxels / max(time.perf_counter() - self.started, 1e-9)))
+
+
+def _voxel_rate(rate: float) -> str:
+    """``12.34 Mvoxel/s``, ``56.7 kvoxel/s`` or ``89 voxel/s``."""
+    for unit, scale in (("Mvoxel/s", 1e6), ("kvoxel/s", 1e3)):
+        if rate >= scale:
+            return f"{rate / scale:.{2 if scale == 1e6 else 1}f} {unit}"
+    return f"{rate:.0f} voxel/s"
 
 
 def _chunk(text: str | None) -> tuple[int, int, int] | None:
@@ -77,7 +84,13 @@ def _chunk(text: str | None) -> tuple[int, int, int] | None:
     "--tracking-uri",
     help="MLflow of runs:/ and models:/ (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).",
 )
-@click.option("--tile", default=512, show_default=True, type=int, help="Tile side in pixels (a multiple of 8).")
+@click.option(
+    "--tile",
+    default=2048,
+    show_default=True,
+    type=int,
+    help="Tile side in pixels (a multiple of 8): the most the model sees at once; lower it to save memory.",
+)
 @click.option(
     "--overlap",
     default=128,
@@ -220,11 +233,11 @@ def _predict_volume(model: str, input_path: Path, output_path: Path, options, **
         result = predict_volume(loaded, input_path, output_path, options, progress=bar, **settings)
     finally:
         bar.close()
-    rate = result.voxels / max(result.seconds, 1e-9)
+    rate = _voxel_rate(result.voxels / max(result.seconds, 1e-9))
     skipped = f", {result.skipped} written before" if result.skipped else ""
     _echo(
         f"wrote {result.output}: {result.blocks} block(s){skipped}, {result.voxels} voxels predicted in "
-        f"{result.seconds:.1f} s ({rate / 1e6:.2f} Mvoxel/s)"
+        f"{result.seconds:.1f} s ({rate})"
     )
     if result.scores is not None:
         click.echo(format_scores(result.scores))

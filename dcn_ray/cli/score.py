@@ -9,8 +9,8 @@ import click
 
 
 @click.command()
-@click.argument("prediction", metavar="PRED.tif", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("truth", metavar="TRUTH.tif", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("prediction", metavar="PRED", type=click.Path(path_type=Path))
+@click.argument("truth", metavar="TRUTH", type=click.Path(path_type=Path))
 @click.option(
     "--foreground", default="255", show_default=True, help="Label value of TRUTH's cell interior, or 'color'."
 )
@@ -43,7 +43,8 @@ def score(
     IoU (the paper's metric), Dice, membrane IoU and pixel error at --threshold; V_rand and V_info
     under the challenge's protocol (per slice, thinned boundaries, foreground-restricted), each the
     best over --thresholds, with the threshold that gave it; the IoU of the all-foreground and
-    all-background predictions on the same slices beside them.
+    all-background predictions on the same slices beside them. PRED and TRUTH are TIFF stacks,
+    OME-Zarr images (a dcn-ray predict output too), zarr arrays or HDF5 datasets (file.h5:/path).
     """
     from dcn_ray.core.evaluation import format_scores, parse_foreground, parse_thresholds, score_stacks
     from dcn_ray.core.metrics import ISBI_THRESHOLDS

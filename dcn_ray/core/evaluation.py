@@ -64,19 +64,19 @@ def score_stacks(
     thresholds: Sequence[float] = ISBI_THRESHOLDS,
     invert: bool = False,
 ) -> dict[str, float]:
-    """Score a prediction stack against a label stack (TIFF files).
+    """Score a prediction stack against a label stack (TIFF, OME-Zarr, zarr or ``file.h5:/dataset``).
 
     ``prediction`` holds the foreground probability (uint8 0-255, float 0-1, or a 0/255 mask),
     scaled to [0, 1] as :func:`dcn_ray.io.tiff.read_stack` scales images; with ``invert`` it holds
     the membrane (background) probability. ``truth`` is a label stack whose ``foreground`` value
     marks cell interior (ISBI: 255), or ``"color"`` for RGB labels.
     """
-    from dcn_ray.io.tiff import read_labels, read_stack
+    from dcn_ray.io.volumes import read_label_volume, read_volume
 
-    probability = read_stack(prediction)
+    probability = read_volume(prediction)
     if invert:
         probability = 1.0 - probability
-    mask = read_labels(truth, foreground)
+    mask = read_label_volume(truth, foreground)
     if probability.shape != mask.shape:
         raise InputError(
             f"prediction {prediction} has shape {probability.shape} (Z, Y, X) but truth {truth} has {mask.shape}"

@@ -71,6 +71,8 @@ class OutputStore:
 
 
 def incomplete_path(final: Path) -> Path:
+    """Where the store of ``final`` is built: absolute, for workers whose working folder differs."""
+    final = final.absolute()
     return final.parent / f".{final.name}{INCOMPLETE}"
 
 

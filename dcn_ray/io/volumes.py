@@ -48,7 +48,7 @@ class Volume:
 
     source: str  # as the user gave it
     kind: str  # "tiff", "ome-zarr", "zarr" or "hdf5"
-    location: str  # the file or the store's folder
+    location: str  # the file or the store's folder, absolute (Ray workers may run elsewhere)
     array: str  # the array's path inside the store or file ("" for TIFF)
     shape: Shape3
     dtype: str  # as stored
@@ -106,7 +106,7 @@ def open_volume(source: str | Path, level: int = 0, *, scan: bool = True) -> Vol
         raise InputError(f"{text}: {file} is not an HDF5 file" if path.exists() else f"{file}: no such file")
     else:
         shape = tiff.stack_shape(path)
-        volume = Volume(text, "tiff", text, "", shape, "", (1, *shape[1:]))
+        volume = Volume(text, "tiff", str(path.absolute()), "", shape, "", (1, *shape[1:]))
     if level and volume.kind != "ome-zarr":
         raise InputError(f"--level {level}: {text} has one level only (levels are for OME-Zarr images)")
     if not scan:
@@ -210,7 +210,7 @@ def _open_hdf5(text: str, path: Path, dataset: str | None) -> Volume:
             resolution = item.attrs.get("resolution")
     except OSError as error:
         raise InputError(f"{text}: cannot read the HDF5 file ({str(error).splitlines()[0]})") from None
-    volume = _layout(text, "hdf5", str(path), dataset, stored, chunks, dtype)
+    volume = _layout(text, "hdf5", str(path.absolute()), dataset, stored, chunks, dtype)
     if resolution is not None and np.size(resolution) == 3:  # CREMI: (z, y, x) in nm
         axes = tuple({**axis, "unit": "nanometer"} for axis in DEFAULT_AXES)
         return _with(volume, scale=tuple(float(v) for v in np.ravel(resolution)), axes=axes)
@@ -225,7 +225,7 @@ def _open_zarr(text: str, path: Path, level: int) -> Volume:
     except Exception as error:  # zarr raises several types for a folder that is no store
         raise InputError(f"{text}: is a folder but not a zarr store ({type(error).__name__})") from None
     if isinstance(node, zarr.Array):
-        return _layout(text, "zarr", str(path), "", node.shape, node.chunks, node.dtype)
+        return _layout(text, "zarr", str(path.absolute()), "", node.shape, node.chunks, node.dtype)
     attrs = node.attrs.asdict()
     if "multiscales" not in attrs.get("ome", attrs):
         arrays = ", ".join(sorted(name for name, _ in node.arrays())[:5]) or "none"
@@ -254,7 +254,7 @@ def _open_ome(text: str, path: Path, level: int, zarr_format: int) -> Volume:
     if level >= len(paths):
         raise InputError(f"--level {level}: {text} has {len(paths)} level(s), 0 to {len(paths) - 1}")
     array = zarr.open_array(store=str(path), path=paths[level], mode="r")
-    volume = _layout(text, "ome-zarr", str(path), paths[level], array.shape, array.chunks, array.dtype)
+    volume = _layout(text, "ome-zarr", str(path.absolute()), paths[level], array.shape, array.chunks, array.dtype)
     axes = node.metadata.get("axes") or []
     names = [axis.get("name") for axis in axes]
     if len(axes) != array.ndim or names[-2:] != ["y", "x"]:

@@ -60,7 +60,7 @@ Progress = Callable[[int, int], None]
 class PredictOptions:
     """How to predict: tiling, test-time augmentation, what to write, where to compute."""
 
-    tile: int = 512
+    tile: int = 2048  # whole slices up to 2048 x 2048 in one forward (bench/predict_volume.py)
     overlap: int = 128
     tta: bool = True
     output: str = "probabilities"  # uint8 0-255; "float": float32 0-1; "mask": uint8 0/255

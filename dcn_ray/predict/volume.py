@@ -190,11 +190,15 @@ def predict_volume(
     started = time.perf_counter()
     if progress is not None:
         progress(len(done), total, 0)
-    for index, (count, name) in enumerate(_run(loaded, plan, store, todo, workers=workers, address=address)):
-        voxels += count
-        names.append(name)
-        if progress is not None:
-            progress(len(done) + index + 1, total, voxels)
+    try:
+        for index, (count, name) in enumerate(_run(loaded, plan, store, todo, workers=workers, address=address)):
+            voxels += count
+            names.append(name)
+            if progress is not None:
+                progress(len(done) + index + 1, total, voxels)
+    except BaseException:
+        log.warning("%s: unfinished; the same command with --resume continues it", store.path)
+        raise
     seconds = time.perf_counter() - started
     omezarr.finish_store(store, output_path)
     scores = _scores(output_path, truth, options)
