@@ -40,23 +40,26 @@ def test_followups_and_controls_are_derived_from_the_reference(synthetic_stack, 
             for score in ("contrast", "alone_iou", "drop"):
                 assert f"{score}_{name}" in run.data.metrics
 
-    # the follow-ups are exactly what the rule proposes from the reference's weak branch
-    plan = plan_followups((4, 8, 16), weak, steps=2, controls=2, seed=3, exclude=[tuple(k) for k in grid])
+    # the follow-ups are exactly what the rule proposes from the reference's weak branch: its arms,
+    # of which the configurations not already in the grid run as new trials
+    plan = plan_followups((4, 8, 16), weak, steps=2, controls=2, seed=3)
     followups = {k: r for k, r in by_kernels.items() if r.data.tags["phase"] == "followup"}
     controls = {k: r for k, r in by_kernels.items() if r.data.tags["phase"] == "control"}
-    assert set(followups) == set(plan.guided) and len(plan.guided) >= 1
-    assert set(controls) == set(plan.controls) and len(plan.controls) == 2
+    grid_set = {tuple(k) for k in grid}
+    assert set(followups) == set(plan.guided) - grid_set and len(plan.guided) >= 1
+    assert set(controls) == set(plan.controls) - grid_set and len(plan.controls) == len(plan.guided)
     assert not set(followups) & set(controls)
-    assert len(children) == len(grid) + len(plan.guided) + len(plan.controls)
+    assert len(children) == len(grid_set | set(plan.guided) | set(plan.controls))
     for run in [*followups.values(), *controls.values()]:
         assert run.data.tags["derived_from"] == reference.info.run_id
         assert run.data.tags["weak_branch_of_reference"] == BRANCHES[weak]
         assert f"contrast_{BRANCHES[weak]}=" in run.data.tags["reference_scores"]
         assert run.info.status == "FINISHED"
 
-    # the report compares guided with random with the reference, and charts it
+    # the report compares the guided arm with the matched controls (by mean gain), and charts it
     phases = outcome.table.column("phase").to_pylist()
-    assert phases.count("followup") == len(plan.guided) and phases.count("control") == 2
+    assert phases.count("followup") == len(followups) and phases.count("control") == len(controls)
     markdown = (tmp_path / "guided" / "results.md").read_text()
-    assert "best guided follow-up" in markdown and "best random control" in markdown and "reference 4-8-16" in markdown
+    assert f"round 1: weak branch of 4-8-16 (lowest separation): {BRANCHES[weak]} in 1 of 1 seeds" in markdown
+    assert "vs matched controls" in markdown and "permutation test within seeds" in markdown
     assert (tmp_path / "guided" / "iou_by_config.png").stat().st_size > 1000

@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from dcn_ray.config import FollowupConfig
-from dcn_ray.tune.planner import RoundPlanner, majority
+from dcn_ray.tune.planner import RoundPlanner, majority, replay_rounds
 from dcn_ray.tune.spec import METRIC, TrialSpec
 from dcn_ray.tune.trial import already_finished
 
@@ -64,7 +64,8 @@ def test_first_round_waits_for_every_reference_seed_and_takes_the_majority():
     (decision,) = planner.decisions
     assert decision.weak == 2 and decision.agreement == "F3 in 2 of 3 seeds"
     assert decision.guided == ((4, 8, 14), (4, 8, 12))
-    assert len(decision.controls) == 2 and not set(decision.controls) & set(GRID)  # matched: as many as guided
+    assert len(decision.controls) == 2  # matched: as many as guided
+    assert not {s.kernels for s in planner.queue if s.phase != "grid"} & set(GRID)  # what is in the grid runs once
     followups = [s for s in planner.queue if s.phase == "followup"]
     assert sorted(s.key for s in followups) == sorted((k, s) for k in decision.guided for s in (0, 1, 2))
     assert all(s.derived_from == "a,b,c" and s.reference == (4, 8, 16) and s.reference_weak == "F3" for s in followups)
@@ -115,3 +116,34 @@ def test_already_finished_is_one_decision():
     assert already_finished({METRIC: 0.7}, None) == {METRIC: 0.7}
     assert already_finished(None, {"step": 10}) is None  # mid-training state: resume, not done
     assert already_finished(None, {"step": 10, "final": {METRIC: 0.6}}) == {METRIC: 0.6}
+
+
+def test_guided_configurations_already_in_the_grid_count_and_are_not_rerun():
+    """Table 1 already holds the paper's guided rows: they are an arm of the comparison, not rerun."""
+    grid = [(4, 8, 16), (4, 8, 14), (4, 8, 12), (2, 8, 16)]
+    planner = RoundPlanner(grid, (0,), FollowupConfig(enabled=True, steps=3, seed=1))
+    started = _run(planner, lambda spec: {METRIC: 0.8, "weak_branch": 2})
+    (decision,) = planner.decisions
+    assert decision.guided == ((4, 8, 14), (4, 8, 12), (4, 8, 10))
+    new_guided = [s.kernels for s in started if s.phase == "followup"]
+    assert new_guided == [(4, 8, 10)]  # the two in the grid ran once, as grid trials
+    assert len([s for s in started if s.kernels in decision.guided]) == 3
+
+
+def test_replay_rebuilds_the_rounds_from_the_results_rows():
+    settings = FollowupConfig(enabled=True, steps=2, rounds=2, seed=4)
+    planner = RoundPlanner([(4, 8, 16), (2, 8, 16)], (0, 1), settings)
+    weak = {(4, 8, 16): 2, (4, 8, 14): 1, (4, 8, 12): 2}
+    started = _run(
+        planner, lambda spec: {METRIC: 0.8 + 0.01 * (16 - spec.kernels[2]), "weak_branch": weak.get(spec.kernels, 0)}
+    )
+    rows = [
+        {"k1": s.kernels[0], "k2": s.kernels[1], "k3": s.kernels[2], "seed": s.seed, "status": "finished",
+         METRIC: 0.8 + 0.01 * (16 - s.kernels[2]), "weak_branch": ("F1", "F2", "F3")[weak.get(s.kernels, 0)]}
+        for s in started
+    ]  # fmt: skip
+    replayed = replay_rounds(rows, settings)
+    assert [(d.reference, d.weak, d.guided, d.controls) for d in replayed] == [
+        (d.reference, d.weak, d.guided, d.controls) for d in planner.decisions
+    ]
+    assert len(replayed) == 2 and replay_rounds(rows, FollowupConfig(enabled=False)) == []

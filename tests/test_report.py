@@ -61,7 +61,10 @@ def test_markdown_leads_with_configurations_over_seeds_and_the_findings():
         rows.append(seeded((4, 8, 16), "grid", base, seed, weak_branch="F3" if seed < 2 else "F2"))
         rows.append(seeded((4, 8, 14), "followup", base + 0.02, seed, reference="4-8-16", reference_weak="F3"))
         rows.append(seeded((4, 8, 18), "control", base - 0.01 * seed, seed, reference="4-8-16", reference_weak="F3"))
-    table = report.results_table(rows)
+    rounds = [{"round": 1, "reference": [4, 8, 16], "weak": "F3", "agreement": "F3 in 2 of 3 seeds",
+               "guided": [[4, 8, 14]], "controls": [[4, 8, 18]]}]  # fmt: skip
+    table = report.results_table(rows, rounds=rounds)
+    assert report.rounds_of(table) == rounds
     by_trial = {(r["k1"], r["k2"], r["k3"], r["seed"]): r for r in table.to_pylist()}
     assert by_trial[(4, 8, 18, 2)]["vs_reference"] == pytest.approx(-0.02)  # against the reference of its own seed
     text = report.markdown(table)
@@ -69,7 +72,7 @@ def test_markdown_leads_with_configurations_over_seeds_and_the_findings():
         "| k1, k2, k3 | phase | n | best val IoU mean [95 % CI] | vs 4-8-16 (paired by seed) | p | p (Holm) |" in text
     )
     assert "| 4, 8, 16 | grid | 3 | 0.800 [" in text and "| 4, 8, 14 | followup | 3 | 0.820 [" in text
-    assert "weak branch of 4-8-16 (lowest separation): F3 in 2 of 3 seeds" in text
+    assert "round 1: weak branch of 4-8-16 (lowest separation): F3 in 2 of 3 seeds; guided 4-8-14" in text
     assert "guided +0.020 [+0.020, +0.020] vs matched controls -0.010 [-0.035, +0.015]" in text
     assert "p = 0.25 (permutation test within seeds), 3 seeds" in text  # 2 of the 2^3 labellings
     assert "### Trials" in text and "| 4, 8, 14 | 1 | followup | finished | 0.8300 | +0.0200 |" in text

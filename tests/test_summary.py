@@ -9,9 +9,20 @@ from scipy import stats
 
 from dcn_ray.core.stats import holm, mean_interval, paired_difference, stratified_permutation_test
 from dcn_ray.track.charts import interval_chart, kernel_chart
-from dcn_ray.track.summary import configuration_markdown, configuration_results, guided_vs_controls, mechanism
+from dcn_ray.track.summary import (
+    configuration_markdown,
+    configuration_results,
+    guided_vs_controls,
+    mechanism,
+    round_lines,
+)
 
 REF = (4, 8, 16)
+
+
+def round_of(guided, controls, weak="F3"):
+    return {"round": 1, "reference": list(REF), "weak": weak, "votes": [weak] * 3, "agreement": f"{weak} in 3 of 3 seeds",
+            "guided": [list(k) for k in guided], "controls": [list(k) for k in controls]}  # fmt: skip
 
 
 def row(kernels, seed, score, phase="grid", **extra):
@@ -85,7 +96,8 @@ def test_guided_vs_matched_controls_by_mean_gain_not_best_of():
             row((2, 8, 16), s, 0.81, "control", reference="4-8-16"),
             row((4, 8, 18), s, 0.81, "control", reference="4-8-16"),
         ]
-    comparison = guided_vs_controls(rows, "test_iou", "test IoU", REF)
+    rounds = [round_of([(4, 8, 14), (4, 8, 12)], [(2, 8, 16), (4, 8, 18)])]
+    comparison = guided_vs_controls(rows, "test_iou", "test IoU", rounds)
     assert comparison.seeds == 3 and comparison.guided_configs == 2 and comparison.control_configs == 2
     assert comparison.guided.mean == pytest.approx(0.01) and comparison.controls.mean == pytest.approx(0.01)
     assert comparison.difference.mean == pytest.approx(0.0, abs=1e-12)
@@ -100,7 +112,9 @@ def test_a_real_guided_effect_is_detected():
         base = 0.80 + 0.01 * s
         rows += [row((4, 8, 14), s, base + 0.03 + 0.001 * s, "followup"), row((4, 8, 12), s, base + 0.02, "followup")]
         rows += [row((2, 8, 16), s, base - 0.01, "control"), row((4, 8, 18), s, base - 0.002 * s, "control")]
-    comparison = guided_vs_controls(rows, "test_iou", "test IoU", REF)
+    comparison = guided_vs_controls(
+        rows, "test_iou", "test IoU", [round_of([(4, 8, 14), (4, 8, 12)], [(2, 8, 16), (4, 8, 18)])]
+    )
     assert comparison.difference.low > 0
     assert comparison.p_value < 0.05  # within-seed shuffles: 6^4 = 1296 labellings, exact
 
@@ -111,11 +125,28 @@ def test_mechanism_reads_the_weak_branch_separation_change():
         row((4, 8, 14), s, 0.8, "followup", reference_weak="F3", separation_F3=0.35 + 0.01 * s, mlflow_run_id=f"g{s}")
         for s in range(3)
     ]
-    found = mechanism(rows, REF)
+    found = mechanism(rows, [round_of([(4, 8, 14)], [(4, 8, 18)])])
     assert found.branch == "F3" and found.change.mean == pytest.approx(0.05)
     assert found.observed == "rose" and found.per_run == pytest.approx({"g0": 0.05, "g1": 0.05, "g2": 0.05})
     assert "predicted F3 separation rises" in found.sentence()
-    assert mechanism([row(REF, 0, 0.8)], REF) is None
+    assert mechanism([row(REF, 0, 0.8)], []) is None
+    assert mechanism(rows, [round_of([], [], weak=None)]) is None
+
+
+def test_arms_count_configurations_that_ran_in_the_grid():
+    """Table 1 holds the paper's guided rows as grid trials: they are the guided arm all the same."""
+    rows = [row(REF, s, 0.80) for s in range(2)]
+    rows += [row((4, 8, 14), s, 0.82) for s in range(2)] + [row((4, 8, 18), s, 0.79) for s in range(2)]
+    comparison = guided_vs_controls(
+        rows, "test_iou", "test IoU", [round_of([(4, 8, 14), (4, 8, 12)], [(4, 8, 18), (2, 8, 16)])]
+    )
+    assert (comparison.guided_configs, comparison.control_configs) == (1, 1)  # (4, 8, 12) and (2, 8, 16) never ran
+    assert comparison.guided.mean == pytest.approx(0.02) and comparison.controls.mean == pytest.approx(-0.01)
+    (line,) = round_lines([round_of([(4, 8, 14)], [(4, 8, 18)])])
+    assert (
+        line
+        == "round 1: weak branch of 4-8-16 (lowest separation): F3 in 3 of 3 seeds; guided 4-8-14; matched controls 4-8-18"
+    )
 
 
 def test_charts_are_written(tmp_path):

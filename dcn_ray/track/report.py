@@ -44,12 +44,15 @@ PHASE_ORDER = {"grid": 0, "followup": 1, "control": 2, "random": 3}
 TABLE_FILE, MARKDOWN_FILE = "results.parquet", "results.md"
 CHART_FILE, KERNEL_CHART_FILE = "iou_by_config.png", "iou_by_kernel.png"
 EVALUATION_KEY = b"dcn_ray.evaluation"
+#: The follow-up rounds (reference, weak branch, guided and control configurations) in the metadata.
+ROUNDS_KEY = b"dcn_ray.rounds"
 
 
 def results_table(
     rows: Sequence[dict[str, Any]],
     reference: Sequence[int] = REFERENCE,
     evaluation: Mapping[str, Any] | None = None,
+    rounds: Sequence[Mapping[str, Any]] = (),
 ) -> pa.Table:
     """Rows (one per trial) -> a table ordered like Table 1, with the headline IoU's difference from the reference.
 
@@ -91,7 +94,10 @@ def results_table(
             pa.field("mlflow_run_id", pa.string()),
             pa.field("trial_id", pa.string()),
         ],
-        metadata={EVALUATION_KEY: json.dumps({"split": "test" if test else "validation", **(evaluation or {})})},
+        metadata={
+            EVALUATION_KEY: json.dumps({"split": "test" if test else "validation", **(evaluation or {})}),
+            ROUNDS_KEY: json.dumps(list(rounds)),
+        },
     )
     return pa.table(columns, schema=schema)
 
@@ -102,6 +108,11 @@ def evaluation_of(table: pa.Table) -> dict[str, Any]:
     if raw is None:  # a table written before test splits were reported
         return {"split": "test" if any(_number(v) for v in _column(table, "test_iou")) else "validation"}
     return json.loads(raw)
+
+
+def rounds_of(table: pa.Table) -> list[dict[str, Any]]:
+    """The follow-up rounds kept with the table (see :mod:`dcn_ray.track.summary`); [] when none."""
+    return json.loads((table.schema.metadata or {}).get(ROUNDS_KEY, b"[]"))
 
 
 def headline(table: pa.Table) -> tuple[str, str]:
@@ -143,11 +154,11 @@ def statistics(table: pa.Table, reference: Sequence[int] = REFERENCE) -> list[su
 
 def findings(table: pa.Table, reference: Sequence[int] = REFERENCE) -> list[str]:
     """The sentences a reader wants: the weak branch's agreement, guided vs matched controls, the mechanism."""
-    rows, (key, label) = table.to_pylist(), headline(table)
-    lines = [summary.weak_branch_agreement(rows, reference)]
-    comparison = summary.guided_vs_controls(rows, key, label, reference)
+    rows, (key, label), rounds = table.to_pylist(), headline(table), rounds_of(table)
+    lines: list[str | None] = list(summary.round_lines(rounds))
+    comparison = summary.guided_vs_controls(rows, key, label, rounds)
     lines.append(comparison.sentence() if comparison else None)
-    mechanism = summary.mechanism(rows, reference)
+    mechanism = summary.mechanism(rows, rounds)
     lines.append(mechanism.sentence() if mechanism else None)
     return [line for line in lines if line]
 

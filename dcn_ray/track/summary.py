@@ -121,38 +121,43 @@ def configuration_results(rows: Sequence[Row], key: str, reference: Sequence[int
     ]
 
 
-def _reference_of(row: Row, default: Sequence[int]) -> Kernels:
-    text = row.get("reference") or ""
-    return tuple(int(k) for k in text.split("-")) if text else tuple(default)  # type: ignore[return-value]
+Round = Mapping[str, Any]
+"""A follow-up round as the results table keeps it: ``round``, ``reference`` [k1, k2, k3],
+``weak`` ("F3" or None), ``agreement``, ``guided`` and ``controls`` (lists of [k1, k2, k3])."""
 
 
-def _gains(rows: Sequence[Row], key: str, phase: str, reference: Sequence[int]) -> dict[int, list[float]]:
-    """Per seed: the gains of the rows of ``phase`` over their round's reference in the same seed."""
+def _arm_gains(rows: Sequence[Row], key: str, rounds: Sequence[Round], arm: str) -> dict[int, list[float]]:
+    """Per seed: the gains of the configurations of ``arm`` over their round's reference, same seed."""
     scores = scores_by_trial(rows, key)
     gains: dict[int, list[float]] = defaultdict(list)
-    for row in _finished(rows, key):
-        if row["phase"] != phase:
-            continue
-        seed = int(row.get("seed") or 0)
-        base = scores.get((_reference_of(row, reference), seed))
-        if base is not None:
-            gains[seed].append(float(row[key]) - base)
+    for round_ in rounds:
+        reference = tuple(round_["reference"])
+        for kernels in {tuple(k) for k in round_[arm]}:
+            for (configuration, seed), score in scores.items():
+                base = scores.get((reference, seed))
+                if configuration == kernels and base is not None:
+                    gains[seed].append(score - base)
     return gains
 
 
-def guided_vs_controls(rows: Sequence[Row], key: str, label: str, reference: Sequence[int]) -> Comparison | None:
-    """The fair comparison of the paper's method, or None without both guided and control trials."""
-    guided, controls = _gains(rows, key, "followup", reference), _gains(rows, key, "control", reference)
+def guided_vs_controls(rows: Sequence[Row], key: str, label: str, rounds: Sequence[Round]) -> Comparison | None:
+    """The fair comparison of the paper's method, or None without both guided and control trials.
+
+    The arms are what each round's rule named (guided: the weak branch shrunk; controls: matched
+    to them), wherever those configurations ran: in the grid or as follow-ups.
+    """
+    guided, controls = _arm_gains(rows, key, rounds, "guided"), _arm_gains(rows, key, rounds, "controls")
     seeds = sorted(set(guided) & set(controls))
     if not seeds:
         return None
     per_seed_guided = [fmean(guided[s]) for s in seeds]
     per_seed_controls = [fmean(controls[s]) for s in seeds]
-    configs = {(r["phase"], _kernels(r)) for r in _finished(rows, key)}
+    ran = set(scores_by_trial(rows, key))
+    count = lambda arm: len({tuple(k) for r in rounds for k in r[arm] if any(tuple(k) == c for c, _ in ran)})  # noqa: E731
     return Comparison(
         seeds=len(seeds),
-        guided_configs=sum(1 for phase, _ in configs if phase == "followup"),
-        control_configs=sum(1 for phase, _ in configs if phase == "control"),
+        guided_configs=count("guided"),
+        control_configs=count("controls"),
         guided=mean_interval(per_seed_guided),
         controls=mean_interval(per_seed_controls),
         difference=mean_interval([g - c for g, c in zip(per_seed_guided, per_seed_controls)]),
@@ -161,44 +166,42 @@ def guided_vs_controls(rows: Sequence[Row], key: str, label: str, reference: Seq
     )
 
 
-def mechanism(rows: Sequence[Row], reference: Sequence[int]) -> Mechanism | None:
-    """The weak branch's separation in the guided follow-ups minus in their reference, by seed."""
-    guided = [r for r in rows if r.get("phase") == "followup" and r.get("status") == "finished"]
-    weak = next((r.get("reference_weak") for r in guided if r.get("reference_weak") in BRANCHES), None)
-    if weak is None:
+def mechanism(rows: Sequence[Row], rounds: Sequence[Round]) -> Mechanism | None:
+    """The weak branch's separation in the guided configurations minus in their reference, by seed."""
+    first = next((r for r in rounds if r.get("weak") in BRANCHES and r["guided"]), None)
+    if first is None:
         return None
-    key = f"separation_{weak}"
+    weak, key = first["weak"], f"separation_{first['weak']}"
     scores = scores_by_trial(rows, key)
+    run_ids = {(_kernels(r), int(r.get("seed") or 0)): r.get("mlflow_run_id") for r in rows}
     per_seed: dict[int, list[float]] = defaultdict(list)
     per_run: dict[str, float] = {}
-    for row in guided:
-        seed = int(row.get("seed") or 0)
-        base = scores.get((_reference_of(row, reference), seed))
-        if base is None or not _number(row.get(key)) or row.get("reference_weak") != weak:
-            continue
-        change = float(row[key]) - base
-        per_seed[seed].append(change)
-        if row.get("mlflow_run_id"):
-            per_run[row["mlflow_run_id"]] = change
+    for round_ in (r for r in rounds if r.get("weak") == weak):
+        reference = tuple(round_["reference"])
+        for kernels in {tuple(k) for k in round_["guided"]}:
+            for (configuration, seed), value in scores.items():
+                base = scores.get((reference, seed))
+                if configuration != kernels or base is None:
+                    continue
+                per_seed[seed].append(value - base)
+                if run_ids.get((configuration, seed)):
+                    per_run[run_ids[(configuration, seed)]] = value - base
     if not per_seed:
         return None
     return Mechanism(weak, mean_interval([fmean(v) for v in per_seed.values()]), per_run)
 
 
-def weak_branch_agreement(rows: Sequence[Row], reference: Sequence[int]) -> str | None:
-    """``weak branch of 4-8-16: F3 in 3 of 3 seeds`` from the reference's finished grid trials."""
-    votes = [
-        r.get("weak_branch") or "none"
-        for r in sorted(rows, key=lambda r: r.get("seed") or 0)
-        if r.get("status") == "finished" and r.get("phase") == "grid" and _kernels(r) == tuple(reference)
-    ]
-    if not votes:
-        return None
-    top = max(set(votes), key=votes.count)
-    where = f"weak branch of {kernels_text(reference)} (lowest separation)"
-    if top == "none" or votes.count(top) * 2 <= len(votes):
-        return f"{where}: no majority ({', '.join(votes)})"
-    return f"{where}: {top} in {votes.count(top)} of {len(votes)} seeds"
+def round_lines(rounds: Sequence[Round]) -> list[str]:
+    """One line per follow-up round: its reference, the weak branch's agreement, the two arms."""
+    lines = []
+    for r in rounds:
+        guided = ", ".join(kernels_text(k) for k in r["guided"]) or "none"
+        controls = ", ".join(kernels_text(k) for k in r["controls"]) or "none"
+        lines.append(
+            f"round {r['round']}: weak branch of {kernels_text(r['reference'])} (lowest separation): "
+            f"{r['agreement']}; guided {guided}; matched controls {controls}"
+        )
+    return lines
 
 
 def configuration_markdown(results: Sequence[ConfigResult], label: str, reference: Sequence[int]) -> str:

@@ -122,67 +122,120 @@ class RoundPlanner:
     def _plan_next_round(self) -> None:
         if len(self.decisions) >= self.followup.rounds:
             return
-        reference = self._next_reference()
+        pending = {spec.kernels for spec in [*self.queue, *self.live.values()]}
+        outcomes = [
+            Outcome(f.spec.kernels, f.spec.seed, int(f.result.get("weak_branch", -1)), f.result[METRIC],
+                    str(f.result.get("mlflow_run_id", "")))
+            for f in self.done.values() if not f.error and METRIC in f.result
+        ]  # fmt: skip
+        reference = next_reference(self.decisions, outcomes, pending, self.followup)
         if reference is None:
             return
-        round_number = len(self.decisions) + 1
-        kernels = reference[0].spec.kernels
-        votes = [int(f.result["weak_branch"]) for f in reference if "weak_branch" in f.result]
-        weak = majority(votes)  # -1 (no clear weak branch in that seed) is a vote too
-        weak = None if weak is None or weak < 0 else weak
-        settings = self.followup
-        seed = settings.seed + len(self.decisions)
-        if weak is None:  # no branch to guide by: random one-branch changes only
-            count = settings.steps if settings.controls is None else settings.controls
-            count += settings.random_controls
-            guided, controls = (), ()
-            extras = tuple(propose_controls(kernels, count, seed=seed, exclude=self.seen()))
-        else:
-            plan = plan_followups(
-                kernels, weak, steps=settings.steps, step_size=settings.step_size, controls=settings.controls,
-                random_controls=settings.random_controls, seed=seed, exclude=self.seen(),
-            )  # fmt: skip
-            guided, controls, extras = plan.guided, plan.controls, plan.extras
-        names = tuple(BRANCHES[v] if v >= 0 else "none" for v in votes)
-        decision = RoundDecision(round_number, kernels, names, weak, tuple(guided), tuple(controls), tuple(extras))
+        decision = decide_round(len(self.decisions) + 1, reference, self.followup, seen=self.seen())
         self.decisions.append(decision)
-        scores = reference[0].result
         provenance = {
-            "round": round_number,
-            "derived_from": ",".join(str(f.result.get("mlflow_run_id", "")) for f in reference),
-            "reference": kernels,
-            "reference_weak": BRANCHES[weak] if weak is not None else "",
-            "reference_scores": ",".join(
-                f"{k}={scores[k]:.4f}" for k in sorted(scores) if k.startswith(SCORE_PREFIXES)
-            ),
+            "round": decision.round,
+            "derived_from": ",".join(o.run_id for o in reference),
+            "reference": decision.reference,
+            "reference_weak": BRANCHES[decision.weak] if decision.weak is not None else "",
+            "reference_scores": _scores_text(self.done.values(), decision.reference),
         }
-        for phase, configs in (("followup", guided), ("control", controls), ("random", extras)):
-            self.queue += [TrialSpec(k, seed=s, phase=phase, **provenance) for k in configs for s in self.seeds]
+        seen = self.seen()  # guided and control configurations that already ran count, and are not rerun
+        for phase, configs in (
+            ("followup", decision.guided),
+            ("control", decision.controls),
+            ("random", decision.extras),
+        ):
+            new = [k for k in configs if k not in seen]
+            self.queue += [TrialSpec(k, seed=s, phase=phase, **provenance) for k in new for s in self.seeds]
         log.info(
             "round %d from %s: weak branch %s -> follow-ups %s, matched controls %s, random %s",
-            round_number, kernels_text(kernels), decision.agreement, [kernels_text(k) for k in guided],
-            [kernels_text(k) for k in controls], [kernels_text(k) for k in extras],
+            decision.round, kernels_text(decision.reference), decision.agreement,
+            [kernels_text(k) for k in decision.guided], [kernels_text(k) for k in decision.controls],
+            [kernels_text(k) for k in decision.extras],
         )  # fmt: skip
 
-    def _next_reference(self) -> list[Finished] | None:
-        """The finished seeds of this round's reference configuration, once none is pending.
 
-        Round 1: the job's reference. Later rounds: the guided follow-up of the last round with
-        the best mean validation score over its seeds.
-        """
-        if not self.decisions:
-            candidates = [tuple(self.followup.reference)]
-            this_round = 0
-        else:
-            this_round = self.decisions[-1].round
-            candidates = list(self.decisions[-1].guided)
-        pending = [s for s in [*self.queue, *self.live.values()] if s.kernels in candidates and s.round == this_round]
-        if pending:
-            return None
-        finished = [f for f in self.done.values() if not f.error and METRIC in f.result and f.spec.round == this_round]
-        by_config = {k: [f for f in finished if f.spec.kernels == k] for k in candidates}
-        by_config = {k: runs for k, runs in by_config.items() if runs}
-        if not by_config:
-            return None
-        best = max(by_config, key=lambda k: fmean(f.result[METRIC] for f in by_config[k]))
-        return sorted(by_config[best], key=lambda f: f.spec.seed)
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished trial tells the round planning."""
+
+    kernels: Kernels
+    seed: int
+    #: Weak branch index, -1 for none (no clear weak branch).
+    weak: int
+    score: float
+    run_id: str = ""
+
+
+def next_reference(
+    decisions: Sequence[RoundDecision], outcomes: Sequence[Outcome], pending: set[Kernels], settings: FollowupConfig
+) -> list[Outcome] | None:
+    """The finished seeds of the next round's reference, once none of its candidates is pending.
+
+    Round 1: the job's reference configuration. Later rounds: of the last round's guided
+    configurations (run in that round or already in the grid), the one with the best mean
+    validation score over its seeds.
+    """
+    candidates = list(decisions[-1].guided) if decisions else [tuple(settings.reference)]
+    if pending & set(candidates):
+        return None
+    by_config = {k: sorted((o for o in outcomes if o.kernels == k), key=lambda o: o.seed) for k in candidates}
+    by_config = {k: runs for k, runs in by_config.items() if runs}
+    if not by_config:
+        return None
+    return by_config[max(by_config, key=lambda k: fmean(o.score for o in by_config[k]))]
+
+
+def decide_round(
+    number: int, reference: Sequence[Outcome], settings: FollowupConfig, *, seen=frozenset()
+) -> RoundDecision:
+    """Round ``number`` from the seeds of its reference: the majority weak branch, the guided
+    configurations and their matched controls (whether or not they already ran: they are the two
+    arms of the comparison), and random extras not in ``seen``. Deterministic for its inputs."""
+    kernels = reference[0].kernels
+    votes = [o.weak for o in reference]
+    weak = majority(votes)  # -1 (no clear weak branch in that seed) is a vote too
+    weak = None if weak is None or weak < 0 else weak
+    seed = settings.seed + number - 1
+    if weak is None:  # no branch to guide by: random one-branch changes only
+        count = (settings.steps if settings.controls is None else settings.controls) + settings.random_controls
+        guided, controls = (), ()
+        extras = tuple(propose_controls(kernels, count, seed=seed, exclude=seen))
+    else:
+        plan = plan_followups(
+            kernels, weak, steps=settings.steps, step_size=settings.step_size, controls=settings.controls,
+            random_controls=settings.random_controls, seed=seed, exclude=seen,
+        )  # fmt: skip
+        guided, controls, extras = plan.guided, plan.controls, plan.extras
+    names = tuple(BRANCHES[v] if v >= 0 else "none" for v in votes)
+    return RoundDecision(number, kernels, names, weak, tuple(guided), tuple(controls), tuple(extras))
+
+
+def replay_rounds(rows: Sequence[Mapping[str, Any]], settings: FollowupConfig) -> list[RoundDecision]:
+    """The rounds a sweep decided, rebuilt from its results rows (``weak_branch`` names, METRIC).
+
+    Uses the same rules as the planner, so the report knows which configurations were guided and
+    which were their matched controls, also those that had already run in the grid.
+    """
+    if not settings.enabled:
+        return []
+    names = {name: index for index, name in enumerate(BRANCHES)}
+    outcomes = [
+        Outcome((int(r["k1"]), int(r["k2"]), int(r["k3"])), int(r.get("seed") or 0),
+                names.get(r.get("weak_branch") or "none", -1), float(r[METRIC]), str(r.get("mlflow_run_id") or ""))
+        for r in rows if r.get("status") == "finished" and isinstance(r.get(METRIC), (int, float))
+    ]  # fmt: skip
+    decisions: list[RoundDecision] = []
+    while len(decisions) < settings.rounds:
+        reference = next_reference(decisions, outcomes, set(), settings)
+        if reference is None:
+            break
+        decisions.append(decide_round(len(decisions) + 1, reference, settings))
+    return decisions
+
+
+def _scores_text(done, kernels: Kernels) -> str:
+    """The branch scores of the reference's first seed: ``contrast_F1=0.9100,...``."""
+    first = next((f.result for f in done if f.spec.kernels == kernels and not f.error), {})
+    return ",".join(f"{k}={first[k]:.4f}" for k in sorted(first) if k.startswith(SCORE_PREFIXES))

@@ -181,10 +181,15 @@ def plan_followups(
     step_size: int = 2,
     max_kernel_factor: int = 3,
 ) -> FollowupPlan:
-    """Guided proposals for the ``weak`` branch, ``controls`` matched controls (default: as
-    many as guided) and ``random_controls`` random one-branch changes, all new and distinct."""
-    guided = propose_guided(reference, weak, steps=steps, step_size=step_size, exclude=exclude)
-    matched = propose_matched_controls(reference, weak, guided, seed=seed, exclude=exclude, count=controls)
+    """The two arms of the comparison and random extras.
+
+    Guided: the ``weak`` branch's kernel shrunk by ``step_size``, 2 ``step_size``, ... (up to
+    ``steps`` valid kernels); controls: ``controls`` matched to them (default: as many). Both arms
+    are what the rule names, whether or not they already ran (a sweep runs only the new ones).
+    Extras: ``random_controls`` random one-branch changes, none in ``exclude`` or the arms.
+    """
+    guided = propose_guided(reference, weak, steps=steps, step_size=step_size)
+    matched = propose_matched_controls(reference, weak, guided, seed=seed, count=controls)
     extras = propose_controls(
         reference,
         random_controls,

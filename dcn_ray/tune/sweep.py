@@ -14,14 +14,14 @@ from typing import Any
 import pyarrow as pa
 
 from dcn_ray.config import JobConfig, job_from_dict, kernels_of
-from dcn_ray.core.kernels import kernels_text
+from dcn_ray.core.kernels import BRANCHES, kernels_text
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.runtime import alive_nodes, ray_session, trial_resources
 from dcn_ray.track import report, uris
 from dcn_ray.track import runs as tracking
 from dcn_ray.track.storage import SWEEP_FILE, Storage
 from dcn_ray.tune.checks import check_data
-from dcn_ray.tune.planner import RoundPlanner
+from dcn_ray.tune.planner import RoundDecision, RoundPlanner, replay_rounds
 from dcn_ray.tune.searcher import GridThenFollowups
 from dcn_ray.tune.spec import TrialSpec
 from dcn_ray.tune.trial import SweepContext, run_trial
@@ -196,14 +196,15 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
     tracking.reconcile(record.tracking_uri, record.experiment_id, record.parent_run_id, rows, interrupted=interrupted)
     reference = tuple(context.job.sweep.followup.reference)
     evaluation = _reported_split(context.job)
-    table = report.results_table(rows, reference, evaluation)
+    rounds = [_round_record(d) for d in replay_rounds(rows, context.job.sweep.followup)]
+    table = report.results_table(rows, reference, evaluation, rounds)
     folder = Path(store.folder(record.name)) if store.is_local else Path(tempfile.mkdtemp(prefix="dcn-results-"))
     files = report.write(table, folder, reference)
     if not store.is_local:
         store.upload(record.name, files)
     if evaluation is not None:
         tracking.log_parent_evaluation(record.tracking_uri, record.parent_run_id, evaluation)
-    _log_mechanism(record.tracking_uri, table, reference)
+    _log_mechanism(record.tracking_uri, table)
     tracking.log_results(record.tracking_uri, record.parent_run_id, folder, finished=not interrupted)
     for line in report.findings(table, reference):
         write(line)
@@ -220,11 +221,24 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
     )
 
 
-def _log_mechanism(uri: str, table, reference: tuple[int, ...]) -> None:
-    """On each guided follow-up's run: how its weak branch's separation moved against its reference."""
+def _round_record(decision: RoundDecision) -> dict[str, Any]:
+    """A follow-up round as the results table keeps it (plain JSON values)."""
+    return {
+        "round": decision.round,
+        "reference": list(decision.reference),
+        "weak": BRANCHES[decision.weak] if decision.weak is not None else None,
+        "votes": list(decision.votes),
+        "agreement": decision.agreement,
+        "guided": [list(k) for k in decision.guided],
+        "controls": [list(k) for k in decision.controls],
+    }
+
+
+def _log_mechanism(uri: str, table) -> None:
+    """On each guided trial's run: how its weak branch's separation moved against its reference."""
     from dcn_ray.track.summary import mechanism
 
-    found = mechanism(table.to_pylist(), reference)
+    found = mechanism(table.to_pylist(), report.rounds_of(table))
     if found is None:
         return
     prediction = f"{found.branch} separation rises when its kernel shrinks"
