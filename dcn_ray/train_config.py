@@ -37,6 +37,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """How one configuration trains. The defaults are the paper's training: the sparse-foreground
+    options (loss, schedule, foreground_crops) did not beat it in docs/results/training-defaults.md."""
+
     steps: int = 2000
     batch_size: int = 8
     crop: int = 256

@@ -1,0 +1,194 @@
+"""Measure training defaults on sparse foreground: the paper's training against candidates, paired by seed.
+
+Two tasks with a sparse foreground, each with z-blocked train / val / test splits (one-slice gaps):
+- ``isbi``: ISBI 2012 membranes (``data.foreground: 0``, about 22 % of the pixels), read in place
+  from ``--isbi`` (default: ``../shared/datasets/isbi2012`` beside the repository);
+- ``organelles``: ``dcn-ray synth --task organelles`` (about 4.5 % of the pixels), made in a
+  temporary folder.
+
+Every arm trains the same narrow DCN with the same seeds (same initial weights per seed); the
+checkpoint is chosen on validation IoU and scored once on the test split. Each finished run is
+appended to ``--out`` (JSON lines), so an interrupted measurement continues where it stopped.
+The summary gives, per task and candidate, the mean paired difference of test IoU (candidate - paper)
+with a 95 % t interval, the paired t-test p-value and Holm's adjustment over all comparisons::
+
+    python bench/training_defaults.py --seeds 5 --steps 200            # measure, then summarise
+    python bench/training_defaults.py --summary-only                   # the table from --out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats
+
+from dcn_ray.config import job_from_dict
+from dcn_ray.core.checkpoint import model_from_payload
+from dcn_ray.core.dataset import load_job_dataset
+from dcn_ray.core.train import score_test_split, train
+from dcn_ray.io.synth import write_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+SPLIT = {"train": "0:20", "val": "21:24", "test": "25:30"}  # as jobs/table1.yaml
+KERNELS = (4, 8, 16)
+#: The arms: the paper's training (the old defaults) and the candidates.
+ARMS: dict[str, dict] = {
+    "paper": {"preset": "paper"},
+    "ce_dice+cosine+fg0.5": {"loss": "ce_dice", "schedule": "cosine", "warmup": 20, "foreground_crops": 0.5},
+    "weighted_ce+cosine+fg0.5": {"loss": "weighted_ce", "schedule": "cosine", "warmup": 20, "foreground_crops": 0.5},
+}
+
+
+def task_data(task: str, args: argparse.Namespace, work: Path) -> dict:
+    if task == "isbi":
+        folder = Path(args.isbi)
+        return {"images": str(folder / "train-volume.tif"), "labels": str(folder / "train-labels.tif"), "foreground": 0}
+    images, labels = write_synthetic(work / "organelles", slices=30, size=256, seed=0, task="organelles")
+    return {"images": str(images), "labels": str(labels), "foreground": 255}
+
+
+def run_one(task: str, arm: str, seed: int, data: dict, args: argparse.Namespace) -> dict:
+    job = job_from_dict(
+        {
+            "name": f"defaults-{task}",
+            "data": {**data, "split": SPLIT},
+            "model": {"width": args.width, "batch_norm": True},
+            "train": {
+                "steps": args.steps,
+                "batch_size": args.batch,
+                "crop": args.crop,
+                "lr": args.lr,
+                "eval_every": args.eval_every,
+                "seed": seed,
+                "threads": args.threads,
+                **ARMS[arm],
+            },
+        }
+    )
+    dataset = load_job_dataset(job)
+    started, cpu = time.perf_counter(), time.process_time()
+    result = train(job, KERNELS, dataset, device=torch.device("cpu"))
+    scores = score_test_split(model_from_payload(result.model), dataset, torch.device("cpu"))
+    return {
+        "task": task,
+        "arm": arm,
+        "seed": seed,
+        "val_iou": result.best_iou,
+        "best_step": result.best_step,
+        "test_iou": scores["test_iou"],
+        "test_dice": scores["test_dice"],
+        "wall_s": time.perf_counter() - started,
+        "cpu_s": time.process_time() - cpu,
+        "train_foreground": float(dataset.train_masks.mean()),
+        "test_foreground": float(dataset.test_masks.mean()),
+    }
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-adjusted p-values, in the order given."""
+    order = np.argsort(p_values)
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def summarise(records: list[dict], metric: str = "test_iou") -> str:
+    """Markdown tables: each arm's mean per task, then the paired differences against the paper's arm."""
+    tasks = sorted({r["task"] for r in records})
+    arms = [a for a in ARMS if any(r["arm"] == a for r in records)]
+    value = {(r["task"], r["arm"], r["seed"]): r[metric] for r in records}
+    lines = [f"| task | arm | seeds | mean {metric} | sd |", "|---|---|---|---|---|"]
+    for task in tasks:
+        for arm in arms:
+            values = [v for (t, a, _), v in value.items() if t == task and a == arm]
+            if values:
+                lines.append(
+                    f"| {task} | {arm} | {len(values)} | {np.mean(values):.4f} | {np.std(values, ddof=1):.4f} |"
+                )
+    rows = []
+    for task in tasks:
+        for arm in arms[1:]:
+            seeds = sorted(s for (t, a, s) in value if t == task and a == arm and (task, "paper", s) in value)
+            if len(seeds) < 2:
+                continue
+            diffs = np.array([value[task, arm, s] - value[task, "paper", s] for s in seeds])
+            mean, sem = diffs.mean(), diffs.std(ddof=1) / np.sqrt(len(diffs))
+            half = stats.t.ppf(0.975, len(diffs) - 1) * sem
+            p = float(
+                stats.ttest_rel([value[task, arm, s] for s in seeds], [value[task, "paper", s] for s in seeds]).pvalue
+            )
+            rows.append([task, arm, len(seeds), mean, mean - half, mean + half, p, diffs])
+    for row, adjusted in zip(rows, holm([r[6] for r in rows])):
+        row.append(adjusted)
+    lines += [
+        "",
+        f"| task | candidate - paper | seeds | mean diff {metric} | 95 % t interval | p (paired t) | p Holm | per seed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for task, arm, n, mean, low, high, p, diffs, adjusted in rows:
+        per_seed = ", ".join(f"{d:+.3f}" for d in diffs)
+        lines.append(
+            f"| {task} | {arm} | {n} | {mean:+.4f} | [{low:+.4f}, {high:+.4f}] | {p:.4f} | {adjusted:.4f} | {per_seed} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--isbi", default=str(REPO.parent / "shared" / "datasets" / "isbi2012"))
+    parser.add_argument("--tasks", default="isbi,organelles")
+    parser.add_argument("--arms", default="paper,ce_dice+cosine+fg0.5")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--width", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "training-defaults.jsonl")
+    parser.add_argument("--summary-only", action="store_true")
+    args = parser.parse_args()
+
+    records = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
+    if not args.summary_only:
+        done = {(r["task"], r["arm"], r["seed"]) for r in records}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="dcn-defaults-") as work:
+            for task in args.tasks.split(","):
+                data = task_data(task, args, Path(work))
+                for seed in range(args.seeds):
+                    for arm in args.arms.split(","):
+                        if (task, arm, seed) in done:
+                            continue
+                        record = run_one(task, arm, seed, data, args)
+                        keys = ("steps", "width", "crop", "batch", "lr", "threads", "eval_every")
+                        record["settings"] = {k: getattr(args, k) for k in keys}
+                        records.append(record)
+                        with args.out.open("a") as handle:
+                            handle.write(json.dumps(record) + "\n")
+                        print(
+                            f"{task} {arm} seed {seed}: test IoU {record['test_iou']:.4f} "
+                            f"(val {record['val_iou']:.4f} at {record['best_step']}) {record['wall_s']:.1f} s",
+                            flush=True,
+                        )
+    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+    wall, cpu = sum(r["wall_s"] for r in records), sum(r.get("cpu_s", 0.0) for r in records)
+    print(f"training + scoring: {wall:.0f} s wall, {cpu:.0f} s CPU over {len(records)} runs\n")
+    print(summarise(records))
+    print()
+    print(summarise(records, "test_dice"))
+
+
+if __name__ == "__main__":
+    main()
