@@ -141,6 +141,9 @@ def test_levels_five_dimensions_floats_and_labels(data, inputs, tmp_path):
     np.testing.assert_array_equal(level1.raw(), stored(Path(inputs["ome05"]), level1.array))
     five = write_ome(tmp_path / "tczyx.ome.zarr", data[None, None], "0.4", axes="tczyx")
     np.testing.assert_array_equal(read_volume(five), read_stack(inputs["tiff"]))
+    one = open_volume(write_ome(tmp_path / "cyx.ome.zarr", data[1:2], "0.5", axes="cyx", chunks=(32, 32)))
+    assert one.shape == (1, 75, 61) and one.scale == (1.0, 4.0, 4.0) and one.axes[0] == {"name": "z", "type": "space"}
+    np.testing.assert_array_equal(one.read(), read_stack(inputs["tiff"])[1:2])
     with h5py.File(tmp_path / "f.h5", "w") as handle:
         handle["f"] = data.astype(np.float32) * 3.0 - 100.0  # outside [0, 1]: min-max scaled
     scaled = read_volume(f"{tmp_path / 'f.h5'}:/f")
