@@ -121,7 +121,9 @@ def _chunk(text: str | None) -> tuple[int, int, int] | None:
     help="Ground truth: also print IoU, Dice, pixel error, V_rand, V_info.",
 )
 @click.option(
-    "--workers", type=click.IntRange(1), help="Ray actors to spread slices over (one GPU each where there are GPUs)."
+    "--workers",
+    type=click.IntRange(1),
+    help="Ray actors to spread slices (TIFF output) or blocks (OME-Zarr output) over; one GPU each where there are GPUs.",
 )
 @click.option("--address", help="Ray cluster to predict on (default: this process, or a local Ray with --workers).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda when a GPU is visible.")
