@@ -96,3 +96,24 @@ def test_write_synthetic(tmp_path: Path) -> None:
     assert stacks.read_metadata(image_path) == {"synthetic": {"slices": 3, "size": 48, "seed": 2, "task": "cells"}}
     data = load_dataset(image_path, label_path, foreground=255, train="0:2", val="2:")
     assert data.train_masks.shape == (2, 48, 48)
+
+
+def test_a_job_can_ask_for_the_organelle_task(tmp_path):
+    """data.synthetic.task reaches the stack a sweep makes on first use."""
+    import tifffile
+
+    from dcn_ray.config import job_from_dict
+    from dcn_ray.errors import InputError
+    from dcn_ray.tune.checks import check_data
+
+    raw = {
+        "data": {"images": str(tmp_path / "images.tif"), "labels": str(tmp_path / "labels.tif"),
+                 "split": {"train": "0:4", "val": "4:6"}, "synthetic": {"slices": 6, "size": 64, "task": "organelles"}},
+        "train": {"crop": 32},
+    }  # fmt: skip
+    assert "data: 4 training and 2 validation slices" in check_data(job_from_dict(raw))
+    share = (tifffile.imread(tmp_path / "labels.tif") == 255).mean()
+    assert 0.01 < share < 0.1  # sparse organelles, not the ~80 % cell interior
+    raw["data"]["synthetic"]["task"] = "nuclei"
+    with pytest.raises(InputError, match="data.synthetic.task"):
+        job_from_dict(raw)

@@ -62,7 +62,7 @@ def ensure_data(job: JobConfig) -> None:
 
     synth = job.data.synthetic
     assert synth is not None
-    write_synthetic(folder, slices=synth.slices, size=synth.size, seed=synth.seed)
+    write_synthetic(folder, slices=synth.slices, size=synth.size, seed=synth.seed, task=synth.task)
     log.debug("made the synthetic stack %s", folder)
 
 
