@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,8 +58,14 @@ def ray_session(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    # Ray's log level: $RAY_LOGGER_LEVEL (the CLI: errors only, everything with -v), else warnings
+    level = logging.getLevelName(os.environ.get("RAY_LOGGER_LEVEL", "warning").upper())
+    options: dict[str, Any] = {
+        "logging_level": level if isinstance(level, int) else logging.WARNING,
+        "log_to_driver": False,
+    }
     check_answers(address or os.environ.get("RAY_ADDRESS"))  # ray.init waits forever for a silent address
+    keep = signal.getsignal(signal.SIGTERM)  # ray.init sets one that exits at once: the CLI's wins
     try:
         if address:
             ray.init(address=address, **options)
@@ -69,6 +77,8 @@ def ray_session(address: str | None) -> Iterator[None]:
         raise InputError(
             f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: {first_line(error)}"
         ) from None
+    if callable(keep) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, keep)
     try:
         yield
     finally:

@@ -277,27 +277,28 @@ def test_a_trial_relaunched_under_a_new_id_adopts_the_run_of_its_kernels(mlflow_
     )
 
 
-def test_ctrl_c_marks_running_child_runs_killed(synthetic_stack, mlflow_server, tmp_path):
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_marks_running_child_runs_killed(synthetic_stack, mlflow_server, tmp_path, stop, code):
+    """Ctrl-C, and SIGTERM alike (a scheduler or container stop): child runs KILLED, resumable."""
+    name = f"ctrlc{code}"
     raw = slow_job(
         synthetic_stack,
-        "ctrlc",
+        name,
         mlflow_server.uri,
         sweep={"kernels": [[4, 8, 16], [2, 8, 16], [6, 8, 16]], "resources": {"gpu": 0, "cpu": 1}},
     )
     raw["train"]["steps"] = 3000  # long enough to still be running when interrupted
     with SweepDriver(raw, tmp_path, tmp_path / "runs") as driver:
         wait_for(
-            lambda: any(
-                val_iou_steps(mlflow_server.uri, r.info.run_id) for r in child_runs(mlflow_server.uri, "ctrlc")
-            ),
+            lambda: any(val_iou_steps(mlflow_server.uri, r.info.run_id) for r in child_runs(mlflow_server.uri, name)),
             180,
             "a trial to report",
         )
-        driver.process.send_signal(signal.SIGINT)
-        code, stderr = driver.finish(timeout=120)
-    assert code == 130, stderr[-2000:]
-    assert "dcn-ray resume ctrlc" in stderr
-    runs = child_runs(mlflow_server.uri, "ctrlc")
+        driver.process.send_signal(stop)
+        exit_code, stderr = driver.finish(timeout=120)
+    assert exit_code == code, stderr[-2000:]
+    assert f"dcn-ray resume {name}" in stderr
+    runs = child_runs(mlflow_server.uri, name)
     assert runs and {r.info.status for r in runs} == {"KILLED"}
     client = MlflowClient(mlflow_server.uri)
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
@@ -328,6 +329,10 @@ def test_a_trial_out_of_retries_ends_failed_and_the_sweep_exits_1(synthetic_stac
         code, stderr = driver.finish(timeout=180)
     assert code == 1, stderr[-2000:]
     assert "1 trial(s) failed after all retries" in stderr
+    # the kill in one line, without Ray's traceback or library warnings around it
+    assert "Traceback" not in stderr and "WARNING" not in stderr and "Warning" not in stderr, stderr[-3000:]
+    (killed,) = [line for line in stderr.splitlines() if "errored  grid-4-8-16-s0" in line]
+    assert "died" in killed and "no retry left" in killed, killed
     (run,) = child_runs(mlflow_server.uri, "outofretries")
     assert run.info.status == "FAILED"
-    assert "| 4, 8, 16 | grid | errored |" in (tmp_path / "runs" / "outofretries" / "results.md").read_text()
+    assert "| grid | errored |" in (tmp_path / "runs" / "outofretries" / "results.md").read_text()

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -433,3 +436,93 @@ def test_a_model_with_nan_weights_is_refused(work: Path, capsys) -> None:
     code, _, err = run_cli(capsys, ["predict", model, tif(work, "in.tif", images(2)), work / "out.tif"])
     assert_one_error(code, err, "model.pt", "NaN or infinite")
     assert not (work / "out.tif").exists()
+
+
+# ----------------------------------------------------------------------------- signals, silent services
+
+
+def test_sigterm_during_predict_removes_its_temporary_file(work: Path) -> None:
+    model = model_file(work)
+    stack = tif(work, "in.tif", images(400, 64))
+    command = [sys.executable, "-m", "dcn_ray", "predict", model, stack, work / "out.tif"]
+    predicting = subprocess.Popen(list(map(str, command)), cwd=work, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(work.glob(".out.tif.partial-*")) and time.monotonic() < deadline:
+            assert predicting.poll() is None, predicting.stderr.read()
+            time.sleep(0.05)
+        assert list(work.glob(".out.tif.partial-*")), "prediction never started writing"
+        predicting.send_signal(signal.SIGTERM)
+        _, err = predicting.communicate(timeout=60)
+    finally:
+        if predicting.poll() is None:
+            predicting.kill()
+    assert predicting.returncode == 143, err
+    assert err.splitlines()[-1] == "dcn-ray: terminated (SIGTERM)"
+    assert sorted(p.name for p in work.iterdir()) == ["in.tif", "model.pt"]
+
+
+def test_silent_ray_and_jobs_api_addresses_fail_within_about_30_s(work: Path) -> None:
+    silent = socket.socket()  # connections are accepted (by the kernel) and never answered
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    port = silent.getsockname()[1]
+    job = job_file(work)
+    started = time.monotonic()
+    commands = [
+        ["sweep", job, "--dry-run", "--address", f"127.0.0.1:{port}"],
+        ["status", "raysubmit_1", "--address", f"http://127.0.0.1:{port}"],
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    running = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dcn_ray", *map(str, args)], cwd=work, env=env, stderr=subprocess.PIPE, text=True
+        )
+        for args in commands
+    ]
+    try:
+        errors = [process.communicate(timeout=120)[1] for process in running]
+    finally:
+        for process in running:
+            if process.poll() is None:
+                process.kill()
+        silent.close()
+    assert time.monotonic() - started < 60
+    assert_one_error(running[0].returncode, errors[0], f"no Ray cluster answers at 127.0.0.1:{port} within 30 s")
+    assert_one_error(running[1].returncode, errors[1], "did not answer within 30 s")
+
+
+def test_sweep_refuses_a_foreign_database_or_unwritable_storage_before_any_run(work: Path, capsys) -> None:
+    job = job_file(work)
+    other = work / "other-app.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    before = other.read_bytes()
+    code, _, err = run_cli(capsys, ["sweep", job, "--tracking-uri", f"sqlite:///{other}", "--storage", work / "runs"])
+    assert_one_error(code, err, "other-app.db", "another program")
+    assert other.read_bytes() == before and not (work / "runs").exists()
+    with unwritable(work / "locked") as locked:
+        code, _, err = run_cli(capsys, ["sweep", job, "--storage", locked / "runs"])
+        assert_one_error(code, err, "cannot write in the folder", "locked")
+    assert not (work / "mlflow.db").exists(), "no store, so no parent run left RUNNING"
+
+
+# ----------------------------------------------------------------------------- 8. resume finds checkpoints
+
+
+def test_a_relaunched_trial_finds_its_newest_checkpoint_in_any_storage(tmp_path: Path) -> None:
+    from dcn_ray.config import job_from_dict
+    from dcn_ray.tune.trial import SweepContext, persisted_state
+
+    root = tmp_path / "runs"
+    trial = root / "sweep" / "grid-4-8-16-s0_abc12345"
+    for step, number in ((30, 0), (60, 1)):
+        state = {"format": checkpoint.FORMAT, "step": step, "history": []}
+        checkpoint.save(state, trial / f"checkpoint_{number:06d}" / checkpoint.STATE_FILE)
+    (trial / "checkpoint_000002").mkdir()
+    (trial / "checkpoint_000002" / checkpoint.STATE_FILE).write_bytes(b"cut short by the kill")
+    job = job_from_dict(small_job("images.tif", "labels.tif"))
+    for storage in (str(root), root.as_uri()):  # a local (or shared) path, and a pyarrow URI
+        context = SweepContext(job, "sqlite:///x.db", "1", "p", storage_root=storage.rstrip("/"), sweep="sweep")
+        assert persisted_state(context, "abc12345")["step"] == 60, storage
+        assert persisted_state(context, "other999") is None

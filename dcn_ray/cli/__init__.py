@@ -46,7 +46,10 @@ def cli(verbose: bool) -> None:
     quiet = {
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_LOGGING_LEVEL": "DEBUG" if verbose else "WARNING",
-        "RAY_BACKEND_LOG_LEVEL": "debug" if verbose else "error",  # Ray's C++ log lines on stderr
+        # A failed trial: one line from dcn_ray.tune.progress; Tune's traceback only with -v
+        "TUNE_PRINT_ALL_TRIAL_ERRORS": "1" if verbose else "0",
+        # Ray's Python log lines (its own handler): errors only, everything with -v (see ray_session)
+        "RAY_LOGGER_LEVEL": "debug" if verbose else "error",
     }
     for name, value in quiet.items():
         os.environ.setdefault(name, value)
@@ -60,7 +63,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled as Ctrl-C is: temporary files removed, child runs marked, then exit."""
 
 
+_signals: list[int] = []  # SIGTERM received in this run (a sweep ends "interrupted" whichever stopped it)
+
+
 def _terminate(signum: int, _frame: object) -> None:
+    _signals.append(signum)
     raise Terminated()
 
 
@@ -68,13 +75,16 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: exit 2 with one line for bad input, 1 with one line for a failure.
 
     SIGTERM (from ``kill``, a job scheduler, a container stop) is handled as Ctrl-C: it raises
-    KeyboardInterrupt, so every ``with`` block cleans up on the way out; exit code 143.
+    KeyboardInterrupt, so every ``with`` block cleans up on the way out; exit code 143 (Ctrl-C: 130).
     """
     verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+    _signals.clear()
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, _terminate)  # runtime.ray_session keeps it over Ray's own
     try:
         cli.main(args=argv, prog_name="dcn-ray", standalone_mode=False)
+    except SystemExit as done:  # a sweep stopped by SIGTERM exits as interrupted: say which
+        sys.exit(143 if done.code == 130 and _signals else done.code)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except (click.UsageError, click.BadParameter) as error:
@@ -83,10 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as error:
         _echo(f"dcn-ray: error: {error}")
         sys.exit(2)
-    except Terminated:
-        _echo("dcn-ray: terminated (SIGTERM)")
-        sys.exit(143)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, click.exceptions.Abort) as stop:  # click turns KeyboardInterrupt into Abort
+        if isinstance(stop, Terminated) or isinstance(stop.__cause__, Terminated):
+            _echo("dcn-ray: terminated (SIGTERM)")
+            sys.exit(143)
         _echo("dcn-ray: interrupted")
         sys.exit(130)
     except Exception as error:

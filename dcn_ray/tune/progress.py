@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from ray.tune import Callback
 
+from dcn_ray.errors import first_line
 from dcn_ray.tune.spec import METRIC, TrialSpec
 
 
@@ -38,8 +39,16 @@ class Progress(Callback):
             else f"{self._elapsed()}  finished {_label(trial)}"
         )
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.write(
+            f"{self._elapsed()}  failed   {_label(trial)}: {_reason(trial)} (failure {trial.num_failures}; "
+            "retrying from its last checkpoint)"
+        )
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.write(f"{self._elapsed()}  errored  {_label(trial)} (failures so far: {trial.num_failures})")
+        self.write(
+            f"{self._elapsed()}  errored  {_label(trial)}: {_reason(trial)} (failure {trial.num_failures}, no retry left)"
+        )
 
     def on_step_end(self, iteration, trials, **info):
         now = time.monotonic()
@@ -65,3 +74,18 @@ class Progress(Callback):
 def _label(trial) -> str:
     """``grid-4-8-16-s0``; ``?`` before Tune has the trial's config."""
     return TrialSpec.from_config(trial.config).name if (trial.config or {}).get("kernels") else "?"
+
+
+def _reason(trial) -> str:
+    """The first line of the trial's latest error (Ray's traceback stays in the trial's folder)."""
+    from ray import cloudpickle
+
+    try:
+        with open(trial.pickled_error_file, "rb") as handle:  # written by Tune before this callback
+            error = cloudpickle.load(handle)
+    except Exception:  # no pickled error (or an unreadable one): say where to look
+        return "see error.txt in the trial's folder"
+    cause = getattr(error, "cause", None)  # RayTaskError: the trial's own exception
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {first_line(cause, 160)}"
+    return first_line(error, 160)

@@ -36,6 +36,10 @@ from dcn_ray.job_file import load_job, read_job_file
 log = logging.getLogger(__name__)
 
 FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+#: Longest wait for one answer of the Jobs API: a silent server is an error, not a hang.
+REQUEST_TIMEOUT_S = 30.0
+#: While following logs: after this long without a line, the job's status is asked (bounded).
+QUIET_CHECK_S = 60.0
 PACKAGE_DIR = Path(dcn_ray.__file__).resolve().parent
 
 
@@ -125,7 +129,21 @@ def follow_logs(address: str, submission_id: str, write: Callable[[str], None], 
 
     async def stream() -> None:
         pending = ""
-        async for chunk in client.tail_job_logs(submission_id):
+        chunks = client.tail_job_logs(submission_id).__aiter__()
+        waiting: asyncio.Future | None = None
+        while True:
+            waiting = waiting or asyncio.ensure_future(chunks.__anext__())
+            done, _ = await asyncio.wait({waiting}, timeout=QUIET_CHECK_S)
+            if not done:  # a quiet job, or a lost connection: the status request is bounded
+                if await asyncio.to_thread(job_status, address, submission_id) in FINAL_STATES:
+                    waiting.cancel()
+                    break
+                continue
+            try:
+                chunk = waiting.result()
+            except StopAsyncIteration:
+                break
+            waiting = None
             *lines, pending = (pending + chunk).split("\n")
             for line in lines:
                 write(line)
@@ -153,7 +171,15 @@ def _client(address: str):
         if os.environ.get(variable) and os.environ[variable] != address:
             log.warning("%s=%s is set: Ray uses it instead of %s", variable, os.environ[variable], address)
             break
-    return _call(address, JobSubmissionClient, address)
+
+    class BoundedClient(JobSubmissionClient):
+        """Ray's client with a timeout on every request (it waits forever without one)."""
+
+        def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", REQUEST_TIMEOUT_S)
+            return super()._do_request(method, endpoint, **kwargs)
+
+    return _call(address, BoundedClient, address)
 
 
 def _call(address: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -170,6 +196,10 @@ def _call(address: str, function: Callable[..., Any], *args: Any, **kwargs: Any)
     except (ConnectionError, RpcError):
         raise InputError(
             f"cannot reach the Ray Jobs API at {address} (is the cluster's dashboard running there?)"
+        ) from None
+    except OSError as error:  # requests' timeouts and connection errors
+        raise InputError(
+            f"the Ray Jobs API at {address} did not answer within {REQUEST_TIMEOUT_S:.0f} s ({first_line(error)})"
         ) from None
     except RuntimeError as error:
         message = first_line(error)
