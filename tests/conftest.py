@@ -29,6 +29,19 @@ def two_threads():
     torch.set_num_threads(before)
 
 
+def run_cli(capsys, args: list) -> tuple[int | str | None, str, str]:
+    """Exit code, stdout and stderr of ``dcn-ray ARGS`` run in this process."""
+    from dcn_ray.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code: int | str | None = 0
+    except SystemExit as done:
+        code = done.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -19,9 +19,8 @@ import pytest
 import tifffile
 import torch
 import yaml
-from conftest import REPO, free_port, small_job
+from conftest import REPO, free_port, run_cli, small_job
 
-from dcn_ray.cli import main
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dcn import DCN
 from dcn_ray.tune.sweep import SWEEP_FILE
@@ -75,17 +74,6 @@ def place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Place:
     work.mkdir()
     monkeypatch.chdir(work)  # default storage and MLflow store would land here
     return Place(inputs, work)
-
-
-def run_cli(capsys: pytest.CaptureFixture, args: list[str]) -> tuple[int | str | None, str, str]:
-    """Exit code, stdout and stderr of ``dcn-ray ARGS`` in this process."""
-    try:
-        main(args)
-        code: int | str | None = 0
-    except SystemExit as done:
-        code = done.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_error(code: int | str | None, err: str, *fragments: str) -> None:

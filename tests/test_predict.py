@@ -9,10 +9,9 @@ import pytest
 import ray
 import tifffile
 import torch
-from conftest import small_job
+from conftest import run_cli, small_job
 
 from dcn_ray import __version__
-from dcn_ray.cli import main
 from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import load_job_dataset
@@ -49,16 +48,6 @@ def whole_slice(model: DCN, image: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         logits = pad_forward(model, torch.from_numpy(image)[None, None]).fused
     return torch.softmax(logits, 1)[0, 1].numpy()
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as done:
-        code = done.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ----------------------------------------------------------------------------- tiling
@@ -136,7 +125,7 @@ def test_stack_of_odd_size_through_the_cli(model_file, tmp_path, capsys, dtype):
     stored = stack if dtype == "float32" else np.rint(stack * np.iinfo(dtype).max).astype(dtype)
     tifffile.imwrite(tmp_path / "in.tif", stored, photometric="minisblack")
     code, _, err = run_cli(
-        ["predict", model_file, tmp_path / "in.tif", tmp_path / "out.tif", "--no-tta", "--output", "float"], capsys
+        capsys, ["predict", model_file, tmp_path / "in.tif", tmp_path / "out.tif", "--no-tta", "--output", "float"]
     )
     assert code == 0, err
     written = tifffile.imread(tmp_path / "out.tif")
@@ -158,6 +147,7 @@ def test_two_dimensional_image_and_the_three_outputs(model_file, tmp_path, capsy
     pages, threshold = {}, "0.5"
     for kind in ("float", "probabilities", "mask"):
         code, _, err = run_cli(
+            capsys,
             [
                 "predict",
                 model_file,
@@ -168,7 +158,6 @@ def test_two_dimensional_image_and_the_three_outputs(model_file, tmp_path, capsy
                 "--threshold",
                 threshold,
             ],
-            capsys,
         )
         assert code == 0, err
         pages[kind] = tifffile.imread(tmp_path / f"{kind}.tif")
@@ -216,6 +205,7 @@ def test_labels_scores_by_hand(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "labels.tif", labels)
     tifffile.imwrite(tmp_path / "image.tif", np.full((8, 16), 128, np.uint8))
     code, out, err = run_cli(
+        capsys,
         [
             "predict",
             model,
@@ -226,7 +216,6 @@ def test_labels_scores_by_hand(tmp_path, capsys):
             "--labels",
             tmp_path / "labels.tif",
         ],
-        capsys,
     )
     assert code == 0, err
     assert out.strip().splitlines() == [
@@ -242,9 +231,9 @@ def test_labels_scores_by_hand(tmp_path, capsys):
 def test_labels_scores_are_those_of_dcn_ray_score_on_the_output(model_file, synthetic_stack, tmp_path, capsys):
     images, labels = synthetic_stack
     out = tmp_path / "probabilities.tif"
-    code, predicted, err = run_cli(["predict", model_file, images, out, "--no-tta", "--labels", labels], capsys)
+    code, predicted, err = run_cli(capsys, ["predict", model_file, images, out, "--no-tta", "--labels", labels])
     assert code == 0, err
-    code, scored, err = run_cli(["score", out, labels], capsys)
+    code, scored, err = run_cli(capsys, ["score", out, labels])
     assert code == 0, err
     assert predicted == scored and "V_rand" in scored and "all-foreground IoU" in scored
 
@@ -253,8 +242,8 @@ def test_labels_of_another_shape_are_refused(model_file, tmp_path, capsys):
     tifffile.imwrite(tmp_path / "image.tif", np.zeros((2, 16, 16), np.uint8), photometric="minisblack")
     tifffile.imwrite(tmp_path / "labels.tif", np.zeros((3, 16, 16), np.uint8), photometric="minisblack")
     code, _, err = run_cli(
-        ["predict", model_file, tmp_path / "image.tif", tmp_path / "out.tif", "--labels", tmp_path / "labels.tif"],
         capsys,
+        ["predict", model_file, tmp_path / "image.tif", tmp_path / "out.tif", "--labels", tmp_path / "labels.tif"],
     )
     assert code == 2 and "labels" in err and "(3, 16, 16)" in err
     assert not (tmp_path / "out.tif").exists()
@@ -284,7 +273,7 @@ def test_bad_inputs_exit_2_and_leave_no_output(model_file, tmp_path, capsys):
         ([model_file, good, good], "is the input"),
     ]
     for args, named in cases:
-        code, _, err = run_cli(["predict", *args], capsys)
+        code, _, err = run_cli(capsys, ["predict", *args])
         lines = [line for line in err.splitlines() if line.startswith("dcn-ray:")]
         assert code == 2 and len(lines) == 1 and named in lines[0], (args, err)
         assert list(out.parent.iterdir()) == [], args

@@ -17,13 +17,13 @@ import ray
 import tifffile
 import torch
 import zarr
+from conftest import run_cli
 from ome_zarr.format import FormatV04, FormatV05
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Label, Multiscales, Reader
 from ome_zarr.writer import write_image
 
 from dcn_ray import __version__
-from dcn_ray.cli import main
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import load_dataset
 from dcn_ray.core.dcn import DCN
@@ -101,16 +101,6 @@ def inputs(data, tmp_path_factory) -> dict[str, str]:
         "hdf5": f"{folder / 'in.h5'}:/volumes/raw",
         "hdf5_alone": str(folder / "one.h5"),
     }
-
-
-def run_cli(args: list, capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as done:
-        code = done.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def stored(path: Path, array: str = "0") -> np.ndarray:
@@ -204,11 +194,11 @@ def test_blocks_with_halo_equal_whole_slice_inference(model_file, inputs, tmp_pa
 @pytest.mark.parametrize("kind,ngff", [("ome04", "0.4"), ("ome05", "0.5"), ("hdf5", "0.4")])
 def test_predict_ome_zarr_and_hdf5_give_the_tiff_values(model_file, inputs, tmp_path, capsys, kind, ngff):
     common = ["--output", "float", "--no-tta", "--device", "cpu"]
-    code, _, err = run_cli(["predict", model_file, inputs["tiff"], tmp_path / "ref.tif", *common], capsys)
+    code, _, err = run_cli(capsys, ["predict", model_file, inputs["tiff"], tmp_path / "ref.tif", *common])
     assert code == 0, err
     output = tmp_path / "out.ome.zarr"
     args = ["predict", model_file, inputs[kind], output, *common, "--ngff", ngff, "--chunk", "1,32,32", "--block", "32"]
-    code, _, err = run_cli([*args, "--label-image"], capsys)
+    code, _, err = run_cli(capsys, [*args, "--label-image"])
     assert code == 0, err
     np.testing.assert_allclose(stored(output), tifffile.imread(tmp_path / "ref.tif"), atol=2e-6)
     np.testing.assert_array_equal(stored(output, "labels/mask/0"), stored(output) > 0.5)
@@ -234,7 +224,7 @@ def test_uint8_probabilities_and_masks_match_the_tiff_outputs(model_file, inputs
     for kind in ("probabilities", "mask"):
         tiff, zarr_out = tmp_path / f"{kind}.tif", tmp_path / f"{kind}.ome.zarr"
         for source, target in ((inputs["tiff"], tiff), (inputs["zarr3"], zarr_out)):
-            code, _, err = run_cli(["predict", model_file, source, target, "--output", kind, "--no-tta"], capsys)
+            code, _, err = run_cli(capsys, ["predict", model_file, source, target, "--output", kind, "--no-tta"])
             assert code == 0, err
         reference = tifffile.imread(tiff)
         assert stored(zarr_out).dtype == np.uint8
@@ -267,7 +257,7 @@ def test_bad_inputs_exit_2_with_one_line(model_file, inputs, data, tmp_path, cap
         ([inputs["ome04"], inputs["ome04"]], "is the input"),
     ]
     for args, named in cases:
-        code, _, err = run_cli(["predict", model_file, *args], capsys)
+        code, _, err = run_cli(capsys, ["predict", model_file, *args])
         lines = [line for line in err.splitlines() if line.startswith("dcn-ray:")]
         assert code == 2 and len(lines) == 1 and named in lines[0], (args, err)
         assert "Traceback" not in err
@@ -280,19 +270,19 @@ def test_an_earlier_output_is_replaced_whole_and_resume_of_a_complete_one_does_n
 ):
     output = tmp_path / "out.ome.zarr"
     first = ["predict", model_file, inputs["tiff"], output, "--no-tta", "--output", "float"]
-    assert run_cli(first, capsys)[0] == 0
-    code, _, err = run_cli([*first[:-1], "mask"], capsys)
+    assert run_cli(capsys, first)[0] == 0
+    code, _, err = run_cli(capsys, [*first[:-1], "mask"])
     assert code == 0, err
     assert set(np.unique(stored(output))) <= {0, 255}  # replaced by the mask
-    code, _, err = run_cli([*first[:-1], "mask", "--resume"], capsys)
+    code, _, err = run_cli(capsys, [*first[:-1], "mask", "--resume"])
     assert code == 0 and "0 voxels predicted" in err, err
 
 
 def test_labels_score_the_written_store_as_dcn_ray_score_does(model_file, inputs, tmp_path, capsys):
     truth, output = inputs["hdf5"].replace("raw", "labels/clefts"), tmp_path / "out.ome.zarr"
-    code, out, err = run_cli(["predict", model_file, inputs["ome05"], output, "--no-tta", "--labels", truth], capsys)
+    code, out, err = run_cli(capsys, ["predict", model_file, inputs["ome05"], output, "--no-tta", "--labels", truth])
     assert code == 0, err
-    code, scored, err = run_cli(["score", output, truth, "--foreground", "1"], capsys)
+    code, scored, err = run_cli(capsys, ["score", output, truth, "--foreground", "1"])
     assert code == 0, err
     assert "IoU" in out and out.strip() == scored.strip()
 
@@ -362,5 +352,5 @@ def test_a_killed_prediction_resumes_to_the_identical_result(model_file, tmp_pat
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
-    code, _, err = run_cli(["predict", *args, "--resume"], capsys)
+    code, _, err = run_cli(capsys, ["predict", *args, "--resume"])
     assert code == 2 and "other settings (tta)" in err, err

@@ -121,13 +121,7 @@ def iter_slices(path: PathLike) -> Iterator[np.ndarray]:
     """
     path = Path(path)
     with open_stack(path) as (tif, layout):
-        low, high = np.inf, -np.inf
-        if _needs_range(layout):
-            for raw in _raw_slices(tif, layout, path):
-                grey = _grey(raw)
-                low = float(np.minimum(low, grey.min()))  # np.minimum keeps a NaN
-                high = float(np.maximum(high, grey.max()))
-        scaling = _scaling(layout, low, high, path)
+        scaling = _scaling_of(tif, layout, path)
         for raw in _raw_slices(tif, layout, path):
             yield _normalise(_grey(raw), layout, scaling)[0]
 
@@ -186,13 +180,18 @@ def stack_scaling(path: PathLike) -> tuple[float, float]:
     """
     path = Path(path)
     with open_stack(path) as (tif, layout):
-        low, high = np.inf, -np.inf
-        if _needs_range(layout):
-            for raw in _raw_slices(tif, layout, path):
-                grey = _grey(raw)
-                low = float(np.minimum(low, grey.min()))  # np.minimum keeps a NaN
-                high = float(np.maximum(high, grey.max()))
-        return _scaling(layout, low, high, path)
+        return _scaling_of(tif, layout, path)
+
+
+def _scaling_of(tif, layout: Layout, path: Path) -> tuple[float, float]:
+    """The stack's (offset, factor), after a pass over its pages where the range matters."""
+    low, high = np.inf, -np.inf
+    if _needs_range(layout):
+        for raw in _raw_slices(tif, layout, path):
+            grey = _grey(raw)
+            low = float(np.minimum(low, grey.min()))  # np.minimum keeps a NaN
+            high = float(np.maximum(high, grey.max()))
+    return _scaling(layout, low, high, path)
 
 
 def read_slices(path: PathLike, start: int, stop: int, scaling: tuple[float, float]) -> np.ndarray:
