@@ -526,3 +526,19 @@ def test_a_relaunched_trial_finds_its_newest_checkpoint_in_any_storage(tmp_path:
         context = SweepContext(job, "sqlite:///x.db", "1", "p", storage_root=storage.rstrip("/"), sweep="sweep")
         assert persisted_state(context, "abc12345")["step"] == 60, storage
         assert persisted_state(context, "other999") is None
+
+
+def test_a_sweep_never_writes_over_its_job_file_or_data(work: Path, capsys) -> None:
+    folder = work / "runs" / "test"  # the folder the sweep "test" would write
+    folder.mkdir(parents=True)
+    job = job_file(folder)
+    before = snapshot(work)
+    code, _, err = run_cli(capsys, ["sweep", job, "--storage", work / "runs"])
+    assert_one_error(code, err, "job.yaml", "the job file lies in the folder of sweep 'test'")
+    assert snapshot(work) == before
+
+
+def test_a_model_that_is_a_fifo_is_refused_not_waited_on(work: Path) -> None:
+    os.mkfifo(work / "model.pt")
+    done = process(["predict", work / "model.pt", tif(work, "in.tif", images(2)), work / "out.tif"], work, timeout=60)
+    assert_one_error(done.returncode, done.stderr, "model.pt", "named pipe (FIFO)")

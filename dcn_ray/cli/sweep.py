@@ -54,9 +54,12 @@ def sweep(
         _echo("\n".join(summaries))
         click.echo("\n".join(planned_trials(job)))
         return
+    from dcn_ray.track.storage import Storage
     from dcn_ray.tune import sweep as sweeps
     from dcn_ray.tune.progress import Progress
 
+    inputs = {"the job file": job_file, "data.images": job.data.images, "data.labels": job.data.labels}
+    Storage.for_sweeps(storage).refuse_inputs_in(job.name, inputs)  # Tune and the results go there
     outcome = sweeps.run_sweep(
         job, job_text=job_file.read_text(), storage=storage, address=address, write=_echo, callbacks=[Progress(_echo)]
     )

@@ -19,6 +19,7 @@ import torch
 
 from dcn_ray.core.dcn import DCN
 from dcn_ray.errors import InputError, first_line
+from dcn_ray.io.paths import input_file
 
 FORMAT = "dcn-ray-checkpoint/1"
 MODEL_FILE = "model.pt"
@@ -43,8 +44,9 @@ def load(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, A
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise InputError(f"model file not found: {path}")
+    input_file(path, "model file")  # a FIFO or device would block torch.load; a symlink loop is named
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for bad files

@@ -26,6 +26,7 @@ from dcn_ray.core import checkpoint
 from dcn_ray.core.dcn import DCN
 from dcn_ray.core.kernels import kernels_text
 from dcn_ray.errors import InputError, first_line
+from dcn_ray.io.paths import input_file
 from dcn_ray.track import uris
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,10 @@ def load_source(source: str, *, storage: str | None = None, tracking_uri: str | 
 
 def latest_checkpoint(path: Path) -> Path:
     """The ``model.pt`` of a file or folder: its own, else that of its latest checkpoint_NNNNNN."""
-    if path.is_file() or (path / checkpoint.MODEL_FILE).is_file():
-        return path if path.is_file() else path / checkpoint.MODEL_FILE
+    if not path.is_dir():
+        return input_file(path, "checkpoint file")  # a FIFO or device: named, never opened
+    if (path / checkpoint.MODEL_FILE).is_file():
+        return path / checkpoint.MODEL_FILE
     numbered = {
         p: p.parent.name.removeprefix("checkpoint_") for p in path.glob(f"checkpoint_*/{checkpoint.MODEL_FILE}")
     }

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,18 @@ class Storage:
         if not existing.is_dir():
             raise InputError(f"--storage {root}: {existing} is a file, not a folder")
         writable_folder(existing, root)
+
+    def refuse_inputs_in(self, name: str, inputs: Mapping[str, str | Path]) -> None:
+        """InputError if an input (``{what: path}``) lies in the folder of sweep ``name``, which the sweep writes."""
+        if not self.is_local:
+            return
+        folder = Path(os.path.realpath(self.folder(name)))
+        for what, path in inputs.items():
+            if folder in Path(os.path.realpath(path)).parents:
+                raise InputError(
+                    f"{path}: {what} lies in the folder of sweep '{name}' ({folder}), which the sweep writes; "
+                    "move it, or give another --name or --storage"
+                )
 
     @property
     def is_local(self) -> bool:

@@ -62,6 +62,7 @@ def check_store(uri: str, *, must_exist: bool = False) -> None:
     a database of another program is refused, and with ``must_exist`` (commands that only read)
     a missing or empty one too.
     """
+    fail_fast_http()  # every later MLflow request then waits 30 s at most
     if uri.startswith("sqlite:///"):
         _check_sqlite(Path(uri[len("sqlite:///") :]), must_exist)
     check_reachable(uri)
