@@ -542,3 +542,35 @@ def test_a_model_that_is_a_fifo_is_refused_not_waited_on(work: Path) -> None:
     os.mkfifo(work / "model.pt")
     done = process(["predict", work / "model.pt", tif(work, "in.tif", images(2)), work / "out.tif"], work, timeout=60)
     assert_one_error(done.returncode, done.stderr, "model.pt", "named pipe (FIFO)")
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, synthetic_stack) -> Path:
+    """The storage of a real finished sweep 'done' (one trial), its MLflow store beside it."""
+    from conftest import sweep_on_local_ray
+
+    folder = tmp_path_factory.mktemp("finished")
+    raw = small_job(
+        *synthetic_stack,
+        name="done",
+        sweep={"kernels": [[4, 8, 16]], "resources": {"gpu": 0, "cpu": 1}},
+        tracking={"uri": f"sqlite:///{folder / 'mlflow.db'}"},
+    )
+    outcome = sweep_on_local_ray(raw, folder / "runs")
+    assert outcome.errored == 0
+    return folder / "runs"
+
+
+@pytest.mark.parametrize("damaged", ["experiment_state", "tuner.pkl", "searcher-state", "dcn_ray_sweep.json"])
+def test_resume_names_a_damaged_state_file_before_starting_anything(
+    finished_sweep: Path, work: Path, capsys, damaged: str
+) -> None:
+    import ray
+
+    storage = work / "runs"
+    shutil.copytree(finished_sweep, storage)
+    file = max(p for p in (storage / "done").iterdir() if p.name.startswith(damaged))
+    file.write_bytes(b"\x00garbage\xff")
+    code, out, err = run_cli(capsys, ["resume", "done", "--storage", storage])
+    assert_one_error(code, err, str(file), "damaged")
+    assert out == "" and not ray.is_initialized(), "refused before Ray started (Tune would restart the sweep)"

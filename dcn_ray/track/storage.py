@@ -86,6 +86,21 @@ class Storage:
         with filesystem.open_input_stream(path) as stream:
             return stream.read().decode(errors="replace")
 
+    def read_bytes(self, name: str, file: str) -> bytes:
+        filesystem, path = self._resolve(f"{self.folder(name)}/{file}")
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read()
+
+    def newest_file(self, name: str, prefix: str, suffix: str) -> str | None:
+        """The newest ``prefix*suffix`` file of the sweep's folder (Tune's names sort by time), or None."""
+        filesystem, path = self._resolve(self.folder(name))
+        found = [
+            info.base_name
+            for info in filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+            if info.base_name.startswith(prefix) and info.base_name.endswith(suffix)
+        ]
+        return max(found, default=None)
+
     def read_record(self, name: str) -> dict:
         """The sweep's record (SWEEP_FILE): its settings and MLflow ids, as `dcn-ray sweep` wrote them."""
         return self._json(name, SWEEP_FILE, self.read_text(name, SWEEP_FILE))
@@ -125,17 +140,10 @@ class Storage:
 
     def finished_trials(self, name: str) -> set[str]:
         """Trial ids that Tune's saved experiment state marks TERMINATED."""
-        filesystem, path = self._resolve(self.folder(name))
-        states = [
-            info
-            for info in filesystem.get_file_info(pafs.FileSelector(path))
-            if info.base_name.startswith("experiment_state") and info.base_name.endswith(".json")
-        ]
-        if not states:
+        latest = self.newest_file(name, "experiment_state", ".json")
+        if latest is None:
             return set()
-        latest = max(states, key=lambda info: info.base_name)
-        with filesystem.open_input_stream(latest.path) as stream:
-            state = self._json(name, latest.base_name, stream.read().decode(errors="replace"))
+        state = self._json(name, latest, self.read_text(name, latest))
         finished = set()
         try:
             for entry in state.get("trial_data", []):
@@ -143,9 +151,7 @@ class Storage:
                 if trial.get("status") == "TERMINATED":
                     finished.add(trial.get("trial_id"))
         except (ValueError, TypeError, AttributeError, IndexError) as error:
-            raise InputError(
-                f"{self.folder(name)}/{latest.base_name}: damaged Tune state ({first_line(error)})"
-            ) from None
+            raise InputError(f"{self.folder(name)}/{latest}: damaged Tune state ({first_line(error)})") from None
         return finished
 
     def checkpoints_of(self, name: str, trial_id: str) -> list[str]:

@@ -153,10 +153,11 @@ def resume_sweep(name: str, *, storage: str | None, address: str | None, write: 
         raise InputError(f"no sweep '{name}' in {store.root} (nothing to resume)")
     record, job = _read_record(store, name)
     uris.check_store(record.tracking_uri, must_exist=True)
+    _check_tune_state(store, name)  # all of it readable, before Ray starts
+    before = store.finished_trials(name)
     with ray_session(address):
         if not tune.Tuner.can_restore(store.folder(name)):
             raise InputError(f"sweep '{name}' in {store.root} has no Tune state to restore from")
-        before = store.finished_trials(name)
         context = SweepContext(
             job, record.tracking_uri, record.experiment_id, record.parent_run_id, storage_root=store.root, sweep=name
         )
@@ -183,6 +184,19 @@ def _read_record(store: Storage, name: str) -> tuple[SweepRecord, JobConfig]:
         return record, job_from_dict(record.job)
     except InputError as error:
         raise InputError(f"{where}: damaged sweep record ({error})") from None
+
+
+def _check_tune_state(store: Storage, name: str) -> None:
+    """Refuse damaged Tune state files, naming them: Tune would restart the whole sweep silently."""
+    import pickle
+
+    for file in ("tuner.pkl", store.newest_file(name, "searcher-state", ".pkl")):
+        if file is None or not store.exists(name, file):
+            continue
+        try:
+            pickle.loads(store.read_bytes(name, file))
+        except Exception as error:  # unpickling raises many types for damaged data
+            raise InputError(f"{store.folder(name)}/{file}: damaged Tune state ({first_line(error)})") from None
 
 
 def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, write: Write) -> SweepOutcome:
