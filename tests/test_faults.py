@@ -266,7 +266,7 @@ def test_a_trial_relaunched_under_a_new_id_adopts_the_run_of_its_kernels(mlflow_
     experiment = prepare_experiment(mlflow_server.uri, "adopt")
     parent = start_parent_run(mlflow_server.uri, experiment, "adopt", {})
     first = TrialRun(mlflow_server.uri, experiment, parent, "aaaa1111", "4-8-14")
-    first.open(name="4-8-14", tags={"kernels": "4-8-14"}, params={"k3": 14}, experiment_id=experiment)
+    first.open(name="4-8-14", tags={"trial_key": "4-8-14"}, params={"k3": 14}, experiment_id=experiment)
     other = TrialRun(mlflow_server.uri, experiment, parent, "cccc3333", "2-8-16")
     assert other.run_id is None and other.adopted_from is None
 
