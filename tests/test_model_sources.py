@@ -19,7 +19,6 @@ from dcn_ray.track.sources import best_trial, latest_checkpoint, load_source, re
 pytestmark = pytest.mark.integration
 
 
-
 @pytest.fixture(scope="module")
 def sweep(synthetic_stack, mlflow_server, tmp_path_factory) -> dict:
     """A finished two-trial sweep 'pick' tracked on the MLflow server; its storage and results."""

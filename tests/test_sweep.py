@@ -94,13 +94,13 @@ def test_sweep_tracks_one_child_run_per_configuration(local_ray, synthetic_stack
         assert rows[run.info.run_id]["test_iou"] == pytest.approx(run.data.metrics["test_iou"])
         assert rows[run.info.run_id]["best_val_iou"] == pytest.approx(run.data.metrics["best_val_iou"])
     floor = float(np.mean(read_labels(synthetic_stack[1], 255)[10:12]))  # all-foreground IoU = interior share
-    assert "| k1, k2, k3 | phase | status | test IoU | vs reference |" in outcome.markdown
+    assert "| k1, k2, k3 | seed | phase | status | test IoU | vs reference |" in outcome.markdown
     assert "Scores on the test split (2 slices: 10-11)" in outcome.markdown
     assert f"all-foreground IoU {floor:.4f}" in outcome.markdown
     assert parents[0].data.metrics["baseline_all_foreground_iou"] == pytest.approx(floor)
     assert parents[0].data.tags["reported_split"] == "test"
     assert (Path(outcome.folder) / "results.parquet").is_file()
-    assert (Path(outcome.folder) / "results.md").read_text().count("| grid |") == 4
+    assert (Path(outcome.folder) / "results.md").read_text().count("| 0 | grid | finished |") == 4  # one row per trial
     parent_files = {a.path for a in client.list_artifacts(parents[0].info.run_id, "results")}
     assert {"results/results.parquet", "results/results.md", "results/iou_by_config.png"} <= parent_files
     assert any("job.yaml" == a.path for a in client.list_artifacts(parents[0].info.run_id))
@@ -130,7 +130,7 @@ def test_gpu_fractions_pack_two_trials_on_one_gpu(local_ray, synthetic_stack, tm
     capsys.readouterr()
     main(["report", "packed"])
     table = capsys.readouterr().out
-    assert "| 4, 8, 16 | grid | finished |" in table and "| 2, 8, 16 | grid | finished |" in table
+    assert "| 4, 8, 16 | 0 | grid | finished |" in table and "| 2, 8, 16 | 0 | grid | finished |" in table
     assert "Scores on the validation split (2 slices: 10-11): no test split" in table
 
 
