@@ -26,9 +26,8 @@ import pytest
 import tifffile
 import torch
 import yaml
-from conftest import small_job
+from conftest import run_cli, small_job
 
-from dcn_ray.cli import main
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dcn import DCN
 
@@ -36,16 +35,6 @@ RNG = np.random.default_rng(13)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def run_cli(capsys: pytest.CaptureFixture, args: list) -> tuple[int | str | None, str, str]:
-    try:
-        main([str(a) for a in args])
-        code: int | str | None = 0
-    except SystemExit as done:
-        code = done.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_error(code, err: str, *fragments: str) -> None:
