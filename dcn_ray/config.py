@@ -18,7 +18,8 @@ from dcn_ray.core.kernels import REFERENCE, Kernels, kernel_problem
 from dcn_ray.errors import InputError
 from dcn_ray.train_config import TrainConfig, apply_preset, validate_train
 
-Split = str | tuple[int, ...]
+#: A split: slice text ("0:27"), one slice index (5), or a list of indices.
+Split = str | int | tuple[int, ...]
 #: The largest synthetic stack a job may ask for (slices x size x size).
 MAX_SYNTHETIC_VOXELS = 2**27
 

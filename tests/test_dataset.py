@@ -34,6 +34,7 @@ def _raises(match: str):
         ("1, 4,-1", [1, 4, 29]),
         ([0, 5, -1], [0, 5, 29]),
         ((3,), [3]),
+        (7, [7]),  # one index, as YAML reads `val: 7`
         ("0:30", list(range(30))),
     ],
 )
@@ -57,7 +58,8 @@ def test_parse_split(spec, expected) -> None:
         ([1, 1], "twice"),
         ([1.5], "not an integer"),
         (None, "must be a slice"),
-        (7, "must be a slice"),
+        (7.0, "must be a slice"),
+        (True, "must be a slice"),
     ],
 )
 def test_parse_split_errors(spec, problem: str) -> None:

@@ -316,6 +316,8 @@ def test_split_given_unquoted_through_set_is_a_split(work: Path, capsys) -> None
     assert code == 0, err
     code, _, err = run_cli(capsys, ["sweep", job_file(work), "--dry-run", "--set", "data.split.train=0:3"])
     assert code == 0 and "3 training and 2 validation slices" in err, err
+    code, _, err = run_cli(capsys, ["sweep", job_file(work), "--dry-run", "--set", "data.split.val=5"])
+    assert code == 0 and "and 1 validation slices" in err, err
 
 
 @pytest.mark.parametrize(

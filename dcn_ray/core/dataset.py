@@ -19,7 +19,7 @@ from dcn_ray.io.volumes import read_label_volume, read_volume
 
 log = logging.getLogger(__name__)
 
-SplitSpec = str | Sequence[int]
+SplitSpec = str | int | Sequence[int]
 
 
 def parse_split(spec: SplitSpec, n_slices: int, *, name: str) -> list[int]:
@@ -30,6 +30,8 @@ def parse_split(spec: SplitSpec, n_slices: int, *, name: str) -> list[int]:
     """
     if n_slices < 1:
         raise ValueError(f"n_slices must be >= 1, got {n_slices}")
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        spec = [int(spec)]  # one slice, as `--set data.split.val=5` gives it
     if isinstance(spec, str):
         text = spec.strip()
         if ":" in text:
