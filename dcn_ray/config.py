@@ -60,6 +60,9 @@ class DataConfig:
 class ModelConfig:
     width: int = 64
     batch_norm: bool = True
+    #: Noise on each branch's input features (in feature sd): a planted weakness, for validating
+    #: the weak-branch rule; (0, 0, 0) for every real use.
+    branch_noise: tuple[float, ...] = (0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -77,13 +80,18 @@ class FollowupConfig:
     #: Guided follow-ups per round: the weak branch's kernel shrunk by step_size, 2 step_size, ...
     steps: int = 3
     step_size: int = 2
-    #: Matched controls per round (same change sizes, another direction); None: as many as guided.
+    #: The step as a share of the weak branch's stride (0.5: F1 4 -> 3, F2 8 -> 6, F3 16 -> 12), so that
+    #: every branch gets the same change of k / stride; None: ``step_size`` kernel units.
+    relative_step: float | None = None
+    #: Matched controls per round (the same change of k / stride elsewhere); None: every valid one.
     controls: int | None = None
     #: Extra purely random one-branch changes per round (phase "random"; not in the comparison).
     random_controls: int = 0
     rounds: int = 1
-    #: Seed of the control draws (round r uses seed + r - 1).
+    #: Seed of the random extras' draws (round r uses seed + r - 1); matched controls are not drawn.
     seed: int = 0
+    #: Equivalence margin of the verdict (TOST): guided and controls within +-margin count as equivalent.
+    margin: float = 0.005
 
 
 @dataclass(frozen=True)
@@ -248,6 +256,10 @@ def _validate(job: JobConfig) -> None:
         f"data.roi must be [y0, x0, height, width], got {job.data.roi!r}",
     )
     need(job.model.width >= 1, f"model.width must be >= 1, got {job.model.width}")
+    need(
+        len(job.model.branch_noise) == 3 and all(0 <= v < float("inf") for v in job.model.branch_noise),
+        f"model.branch_noise must be three finite numbers >= 0 (F1, F2, F3), got {list(job.model.branch_noise)}",
+    )
     validate_train(job.train, need)
     sweep = job.sweep
     need(len(sweep.kernels) >= 1, "sweep.kernels must list at least one [k1, k2, k3]")
@@ -277,7 +289,12 @@ def _validate(job: JobConfig) -> None:
     need(followup.controls is None or followup.controls >= 0, "sweep.followup.controls must be >= 0")
     need(followup.random_controls >= 0, "sweep.followup.random_controls must be >= 0")
     need(followup.step_size >= 1, "sweep.followup.step_size must be >= 1")
+    need(
+        followup.relative_step is None or 0 < followup.relative_step <= 4,
+        f"sweep.followup.relative_step must be in (0, 4], got {followup.relative_step}",
+    )
     need(followup.rounds >= 1, f"sweep.followup.rounds must be >= 1, got {followup.rounds}")
+    need(0 < followup.margin < 1, f"sweep.followup.margin must be between 0 and 1, got {followup.margin}")
     need(0 <= followup.seed < 2**63, f"sweep.followup.seed {followup.seed} is out of range (0 to 2**63 - 1)")
     synthetic = job.data.synthetic
     if synthetic is not None:

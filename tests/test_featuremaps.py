@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcn_ray.core.branches import BranchScore, auc, score_branches, separation, weak_branch
+from dcn_ray.core.branches import (
+    BranchScore,
+    auc,
+    calibration_offset,
+    score_branches,
+    separation,
+    weak_across_seeds,
+    weak_branch,
+)
 from dcn_ray.core.render import CAPTION_HEIGHT, PANEL_GAP, branch_image, render_montage, render_overlay, save_png
 
 
@@ -75,21 +83,21 @@ def test_weak_branch_picks_the_constant_branch(truth: np.ndarray) -> None:
 
 
 def test_no_silent_tie_break() -> None:
-    """Separations within the tolerance name no weak branch, whichever slot they are in."""
-    same = [BranchScore(name, 0.8, 0.5, 0.1, separation=0.4) for name in ("F1", "F2", "F3")]
+    """Calibrated separations within the tolerance name no weak branch, whichever slot they are in."""
+    same = [BranchScore(name, 0.8, 0.5, 0.1, calibrated=0.4) for name in ("F1", "F2", "F3")]
     assert weak_branch(same) is None
     near = [
-        BranchScore("F1", 0.9, 0.9, 0.5, 0.30),
-        BranchScore("F2", 0.9, 0.9, 0.5, 0.305),
-        BranchScore("F3", 1, 1, 1, 0.6),
+        BranchScore("F1", 0.9, 0.9, 0.5, calibrated=0.30),
+        BranchScore("F2", 0.9, 0.9, 0.5, calibrated=0.305),
+        BranchScore("F3", 1, 1, 1, calibrated=0.6),
     ]
     assert weak_branch(near) is None
     clear = [
-        BranchScore("F1", 0.9, 0.9, 0.5, 0.30),
-        BranchScore("F2", 0.5, 0.1, 0.5, 0.5),
-        BranchScore("F3", 1, 1, 1, 0.6),
+        BranchScore("F1", 0.9, 0.9, 0.5, separation=0.9, calibrated=0.30),
+        BranchScore("F2", 0.5, 0.1, 0.5, separation=0.1, calibrated=0.5),
+        BranchScore("F3", 1, 1, 1, separation=0.9, calibrated=0.6),
     ]
-    assert weak_branch(clear) == 0  # separation decides, not AUC or alone IoU
+    assert weak_branch(clear) == 0  # the calibrated separation decides, not AUC, alone IoU or raw separation
     with pytest.raises(ValueError):
         weak_branch(clear[:2])
 
@@ -107,11 +115,12 @@ def test_separation_sees_scale_that_auc_ignores(truth: np.ndarray) -> None:
 
 
 def test_as_metrics_keys() -> None:
-    assert BranchScore("F2", 0.75, 0.5, 0.25, 0.125).as_metrics() == {
+    assert BranchScore("F2", 0.75, 0.5, 0.25, 0.125, 0.125).as_metrics() == {
         "contrast_F2": 0.75,
         "alone_iou_F2": 0.5,
         "drop_F2": 0.25,
         "separation_F2": 0.125,
+        "calibrated_F2": 0.125,
     }
 
 
@@ -171,3 +180,45 @@ def test_save_png_rejects_non_uint8(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="uint8"):
         save_png(np.zeros((2, 2)), tmp_path / "x.png")
     assert save_png(np.zeros((2, 3, 3), np.uint8), tmp_path / "x.png").exists()
+
+
+def test_constants_moved_between_branch_logits_change_no_decision(truth: np.ndarray) -> None:
+    """The fused output only sees the sum of the branches: a constant moved from F3 to F1 leaves it
+    unchanged, and so it must leave the calibrated scores and the weak branch (the raw separation moves)."""
+    rng = np.random.default_rng(3)
+    margins = [np.where(truth, 1.0, -1.0) + rng.normal(0.0, noise, truth.shape) for noise in (0.6, 1.2, 2.5)]
+    for shift in (1.0, -1.0, 3.0):
+        moved = [margins[0] + shift, margins[1], margins[2] - shift]
+        assert np.allclose(sum(moved), sum(margins))
+        before = score_branches([logits(m) for m in margins], truth)
+        after = score_branches([logits(m) for m in moved], truth)
+        assert [a.calibrated for a in after] == pytest.approx(
+            [b.calibrated for b in before], abs=1e-6
+        )  # float32 logits
+        assert [a.contrast for a in after] == pytest.approx([b.contrast for b in before])
+        assert weak_branch(after) == weak_branch(before) == 2
+        assert abs(after[0].separation - before[0].separation) > 0.02  # the raw score is not identified
+        per_seed = [[s.calibrated for s in after]] * 2 + [[s.calibrated + 0.01 for s in before]]
+        assert weak_across_seeds(per_seed) == 2
+
+
+def test_calibration_offset_is_the_maximum_likelihood_intercept(truth: np.ndarray) -> None:
+    from scipy.special import expit
+
+    margins = np.random.default_rng(4).normal(0.0, 2.0, truth.shape) + 5.0
+    c = calibration_offset(margins, truth)
+    assert expit(margins + c).mean() == pytest.approx(truth.mean(), abs=1e-9)  # the score equation
+    assert calibration_offset(margins - 7.0, truth) == pytest.approx(c + 7.0, abs=1e-8)
+
+
+def test_weak_across_seeds_needs_the_gap_to_exceed_the_seed_spread() -> None:
+    clear = [[0.30, 0.32, 0.10], [0.31, 0.28, 0.12], [0.29, 0.30, 0.09]]
+    assert weak_across_seeds(clear) == 2
+    # F3 lowest on average, but one seed says F1 by as much: spread beats the gap
+    noisy = [[0.30, 0.30, 0.10], [0.10, 0.30, 0.30], [0.30, 0.31, 0.12]]
+    assert weak_across_seeds(noisy) is None
+    # lowest against one branch only: both other branches must be above it
+    half = [[0.30, 0.11, 0.10], [0.31, 0.12, 0.11], [0.29, 0.10, 0.115]]
+    assert weak_across_seeds(half) is None
+    assert weak_across_seeds([[0.3, 0.3, 0.1]]) == 2 and weak_across_seeds([[0.3, 0.3, 0.295]]) is None
+    assert weak_across_seeds([]) is None and weak_across_seeds([[np.nan, 0.2, 0.1]]) is None

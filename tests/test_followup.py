@@ -8,6 +8,7 @@ from dcn_ray.core.kernels import REFERENCE, kernel_problem
 from dcn_ray.tune.proposals import (
     FollowupPlan,
     control_candidates,
+    control_kind,
     plan_followups,
     propose_controls,
     propose_guided,
@@ -107,36 +108,33 @@ def test_plan_keeps_random_extras_apart_from_guided_and_done() -> None:
     assert len(plan_followups(REFERENCE, 2, controls=0, random_controls=50, seed=0, exclude=done).extras) == 10
 
 
-def test_matched_controls_change_as_much_as_the_guided_ones_in_another_direction() -> None:
-    for seed in range(30):
-        plan = plan_followups(REFERENCE, 2, steps=3, seed=seed)
-        assert plan.guided == ((4, 8, 14), (4, 8, 12), (4, 8, 10))
-        assert len(plan.controls) == len(plan.guided)  # equal numbers by default
-        for guided, control in zip(plan.guided, plan.controls):
-            size = 16 - guided[2]
-            (branch,) = changed_branches(control, REFERENCE)
-            change = control[branch] - REFERENCE[branch]
-            assert abs(change) == size  # the same change size
-            assert (branch != 2 and change < 0) or (branch == 2 and change > 0)  # another direction
-            assert kernel_problem(control) is None
-    kinds = {
-        (
-            changed_branches(c, REFERENCE)[0],
-            c[changed_branches(c, REFERENCE)[0]] > REFERENCE[changed_branches(c, REFERENCE)[0]],
-        )
-        for seed in range(30)
-        for c in plan_followups(REFERENCE, 2, steps=3, seed=seed).controls
-    }
-    assert {(0, False), (1, False), (2, True)} <= kinds  # both kinds are drawn
-    # the F1 kernel 4 can only shrink by 2 (stride 2): a shrink by 4 or 6 goes to F2 or enlarges F3
-    assert all(c[0] == 4 for c in plan_followups(REFERENCE, 2, steps=3, seed=1).controls[1:])
+def test_matched_controls_are_every_same_change_of_k_over_stride_without_a_draw() -> None:
+    from dcn_ray.core.kernels import STRIDES, relative_change
+
+    plans = {plan_followups(REFERENCE, 2, steps=3, seed=seed) for seed in range(10)}
+    assert len(plans) == 1  # no lottery: the seed changes nothing
+    (plan,) = plans
+    assert plan.guided == ((4, 8, 14), (4, 8, 12), (4, 8, 10))
+    # 16 -> 14 on F3 (k/s -0.25) matches 8 -> 7 on F2 (no whole F1 kernel does) and F3 enlarged to 18
+    assert plan.controls == ((4, 7, 16), (4, 8, 18), (3, 8, 16), (4, 6, 16), (4, 8, 20), (4, 5, 16), (4, 8, 22))
+    sizes = {abs(relative_change(REFERENCE, g)[1]) for g in plan.guided}
+    for control in plan.controls:
+        branch, change = relative_change(REFERENCE, control)
+        assert abs(change) in sizes and kernel_problem(control) is None
+        assert (branch != 2 and change < 0) or (branch == 2 and change > 0)  # another direction
+        assert control[branch] >= STRIDES[branch]
+    kinds = {control_kind(REFERENCE, 2, c) for c in plan.controls}
+    assert kinds == {"shrunk", "enlarged"}
+    # F1 weak: 4 -> 2 halves k/s; F2 8 -> 4 and F3 16 -> 8 do too (valid shrinks now exist), F1 enlarged to 6
+    assert plan_followups(REFERENCE, 0, steps=3, seed=0).controls == ((4, 4, 16), (4, 8, 8), (6, 8, 16))
+    assert len(plan_followups(REFERENCE, 2, steps=3, controls=2, seed=0).controls) == 2  # a cap keeps the order
 
 
 def test_matched_controls_are_the_same_whatever_already_ran() -> None:
     """The arms of the comparison follow the rule alone; exclusions only keep random extras new."""
     a = plan_followups(REFERENCE, 2, steps=3, seed=7, exclude=[(4, 8, 18), (4, 6, 16)], random_controls=2)
     b = plan_followups(REFERENCE, 2, steps=3, seed=7, random_controls=2)
-    assert (a.guided, a.controls) == (b.guided, b.controls) and len(a.controls) == 3
+    assert (a.guided, a.controls) == (b.guided, b.controls) and len(a.controls) == 7
     assert a == plan_followups(REFERENCE, 2, steps=3, seed=7, exclude=[(4, 8, 18), (4, 6, 16)], random_controls=2)
     assert not {(4, 8, 18), (4, 6, 16)} & set(a.extras)
     assert not set(a.extras) & set(a.guided + a.controls)

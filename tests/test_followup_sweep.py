@@ -37,7 +37,7 @@ def test_followups_and_controls_are_derived_from_the_reference(synthetic_stack, 
     # every trial logs its own branch scores
     for run in children:
         for name in BRANCHES:
-            for score in ("contrast", "alone_iou", "drop"):
+            for score in ("contrast", "alone_iou", "drop", "calibrated"):
                 assert f"{score}_{name}" in run.data.metrics
 
     # the follow-ups are exactly what the rule proposes from the reference's weak branch: its arms,
@@ -47,7 +47,7 @@ def test_followups_and_controls_are_derived_from_the_reference(synthetic_stack, 
     controls = {k: r for k, r in by_kernels.items() if r.data.tags["phase"] == "control"}
     grid_set = {tuple(k) for k in grid}
     assert set(followups) == set(plan.guided) - grid_set and len(plan.guided) >= 1
-    assert set(controls) == set(plan.controls) - grid_set and len(plan.controls) == len(plan.guided)
+    assert set(controls) == set(plan.controls) - grid_set and len(plan.controls) == 2  # capped by the job
     assert not set(followups) & set(controls)
     assert len(children) == len(grid_set | set(plan.guided) | set(plan.controls))
     for run in [*followups.values(), *controls.values()]:
@@ -60,6 +60,9 @@ def test_followups_and_controls_are_derived_from_the_reference(synthetic_stack, 
     phases = outcome.table.column("phase").to_pylist()
     assert phases.count("followup") == len(followups) and phases.count("control") == len(controls)
     markdown = (tmp_path / "guided" / "results.md").read_text()
-    assert f"round 1: weak branch of 4-8-16 (lowest separation): {BRANCHES[weak]} in 1 of 1 seeds" in markdown
-    assert "vs matched controls" in markdown and "permutation test within seeds" in markdown
+    assert (
+        f"round 1: weak branch of 4-8-16 (lowest calibrated separation): {BRANCHES[weak]} (lowest in 1 of 1 seeds)"
+        in markdown
+    )
+    assert "vs matched controls" in markdown and "guided minus all matched controls" in markdown
     assert (tmp_path / "guided" / "iou_by_config.png").stat().st_size > 1000

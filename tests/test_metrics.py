@@ -81,9 +81,10 @@ def test_thinning_grows_cells_and_leaves_one_pixel_lines() -> None:
     # A thick membrane band becomes a single line row.
     band = grid("11111", "00000", "00000", "00000", "11111")
     assert thinned_cells(band).tolist() == [[1] * 5, [1] * 5, [0] * 5, [2] * 5, [2] * 5]
-    # One cell takes the whole slice; no cell at all: one region, as the challenge's watershed.
+    # One cell takes the whole slice; no cell at all: every pixel a singleton (label 0), as the
+    # challenge's scorer counts an empty prediction.
     assert thinned_cells(row("10000")).tolist() == [[1] * 5]
-    assert thinned_cells(row("0000")).tolist() == [[1] * 4]
+    assert thinned_cells(row("0000")).tolist() == [[0] * 4]
     # 4-connectivity: diagonal neighbours are two cells.
     assert cells(grid("10", "01")).max() == 2
 
@@ -274,3 +275,12 @@ def test_fast_enough_for_every_validation() -> None:
     scores = segmentation_scores(pred, truth)
     assert time.perf_counter() - start < 5.0  # about 0.3 s here: three validation slices of 512 x 512
     assert all(0.0 <= value <= 1.0 for value in scores.values())
+
+
+def test_an_empty_prediction_scores_as_singletons() -> None:
+    # Truth: two cells of 2 px (11011). An empty prediction is 4 singletons inside them:
+    # TP = sum n_ij^2 = 4, sum b^2 = 4 -> FP = 0; sum a^2 = 8 -> FN = 4; V_rand = 8 / 12.
+    # V_info: H(S) = log 4, H(T) = log 2, I = H(T) - H(T|S) = log 2 -> 2 log 2 / (log 4 + log 2) = 2/3.
+    v_rand, v_info = rand_info_scores(row("00000"), row("11011"))
+    assert v_rand == pytest.approx(8 / 12)
+    assert v_info == pytest.approx(2 / 3)

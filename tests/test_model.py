@@ -135,3 +135,41 @@ def test_channels_last_matches_contiguous() -> None:
     model_cl = model.to(memory_format=torch.channels_last)
     got = model_cl(x.to(memory_format=torch.channels_last)).fused
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_one_seed_gives_two_kernel_configurations_identical_trunks_and_unchanged_branches():
+    """Seeds pair: every layer whose shape two configurations share starts bit for bit alike."""
+    import torch
+
+    from dcn_ray.config import job_from_dict
+    from dcn_ray.core.train import build_model
+
+    data = {"images": "a.tif", "labels": "b.tif"}
+    job = job_from_dict({"data": data, "model": {"width": 4}, "train": {"seed": 3}})
+    torch.manual_seed(0)
+    a = build_model(job, (4, 8, 16)).state_dict()
+    torch.manual_seed(99)  # the global stream plays no part
+    b = build_model(job, (2, 8, 16)).state_dict()
+    differs = {key for key in a if a[key].shape != b[key].shape or not torch.equal(a[key], b[key])}
+    assert differs == {"branches.0.deconv.weight"}  # only F1's deconvolution has another shape
+    trunk = [key for key in a if key.startswith("block")]
+    assert len(trunk) > 20 and all(torch.equal(a[key], b[key]) for key in trunk)
+    other = build_model(job_from_dict({"data": data, "model": {"width": 4}, "train": {"seed": 4}}), (4, 8, 16))
+    other = other.state_dict()
+    assert not torch.equal(a["block1.0.weight"], other["block1.0.weight"])  # another seed, another start
+    again = DCN(kernels=(4, 8, 16), width=4, seed=3).state_dict()
+    assert all(torch.equal(a[key], again[key]) for key in a)  # reproducible
+
+
+def test_branch_noise_plants_a_weakness_in_one_branch_only():
+    import torch
+
+    model = DCN(width=4, branch_noise=(0.0, 0.0, 2.0), seed=1).eval()
+    assert model.kwargs["branch_noise"] == [0.0, 0.0, 2.0] and "branch_noise" not in DCN(width=4).kwargs
+    images = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        first, second = model(images), model(images)
+    assert torch.equal(first.branches[0], second.branches[0]) and torch.equal(first.branches[1], second.branches[1])
+    assert not torch.equal(first.branches[2], second.branches[2])  # F3 sees its features through noise
+    with pytest.raises(ValueError, match="branch_noise"):
+        DCN(width=4, branch_noise=(0.0, -1.0, 0.0))

@@ -1,4 +1,4 @@
-"""The round planner and the trial identity, without Ray: grid x seeds, rounds, majority weak branch."""
+"""The round planner and the trial identity, without Ray: grid x seeds, rounds, the weak branch over seeds."""
 
 from __future__ import annotations
 
@@ -7,11 +7,18 @@ import pickle
 import pytest
 
 from dcn_ray.config import FollowupConfig
-from dcn_ray.tune.planner import RoundPlanner, majority, replay_rounds
+from dcn_ray.tune.planner import RoundPlanner, replay_rounds
 from dcn_ray.tune.spec import METRIC, TrialSpec
 from dcn_ray.tune.trial import already_finished
 
 GRID = [(4, 8, 16), (2, 8, 16), (6, 8, 16)]
+
+
+def naming(weak: int, seed: int = 0, gap: float = 0.2) -> dict[str, float]:
+    """Branch results of a trial whose branch ``weak`` is the lowest by about ``gap`` (calibrated)."""
+    values = {f"calibrated_F{b + 1}": 0.5 + 0.01 * ((seed + b) % 3) for b in range(3)}
+    values[f"calibrated_F{weak + 1}"] -= gap
+    return {"weak_branch": weak, **values}
 
 
 def _run(planner: RoundPlanner, results) -> list[TrialSpec]:
@@ -52,33 +59,34 @@ def test_grid_runs_every_configuration_once_per_seed():
     assert all(s.phase == "grid" for s in started)
 
 
-def test_first_round_waits_for_every_reference_seed_and_takes_the_majority():
-    planner = RoundPlanner(GRID, (0, 1, 2), FollowupConfig(enabled=True, steps=2, controls=2, seed=5))
+def test_first_round_waits_for_every_reference_seed_and_decides_over_them():
+    planner = RoundPlanner(GRID, (0, 1, 2), FollowupConfig(enabled=True, steps=2, seed=5))
     first = [planner.next_trial(f"r{s}") for s in range(3)]
     assert all(spec.kernels == (4, 8, 16) for spec in first)  # the reference comes first
-    weak_by_seed = {0: 2, 1: 1, 2: 2}  # F3, F2, F3: F3 in 2 of 3
-    planner.complete("r0", {METRIC: 0.8, "weak_branch": weak_by_seed[0], "mlflow_run_id": "a"}, False)
-    planner.complete("r1", {METRIC: 0.8, "weak_branch": weak_by_seed[1], "mlflow_run_id": "b"}, False)
+    planner.complete("r0", {METRIC: 0.8, **naming(2, 0), "mlflow_run_id": "a"}, False)
+    # seed 1: F3 is lowest alone by a hair only (no vote), but the mean over seeds is clear
+    planner.complete("r1", {METRIC: 0.8, **naming(2, 1, gap=0.12), "weak_branch": -1, "mlflow_run_id": "b"}, False)
     assert planner.decisions == []  # seed 2 of the reference is still running
-    planner.complete("r2", {METRIC: 0.8, "weak_branch": weak_by_seed[2], "mlflow_run_id": "c"}, False)
+    planner.complete("r2", {METRIC: 0.8, **naming(2, 2), "mlflow_run_id": "c"}, False)
     (decision,) = planner.decisions
-    assert decision.weak == 2 and decision.agreement == "F3 in 2 of 3 seeds"
+    assert decision.weak == 2 and decision.agreement == "F3 (lowest in 2 of 3 seeds)"
     assert decision.guided == ((4, 8, 14), (4, 8, 12))
-    assert len(decision.controls) == 2  # matched: as many as guided
+    # every matched control, no draw: the same change of k / stride on F2 and F1, or F3 enlarged
+    assert decision.controls == ((4, 7, 16), (4, 8, 18), (3, 8, 16), (4, 6, 16), (4, 8, 20))
     assert not {s.kernels for s in planner.queue if s.phase != "grid"} & set(GRID)  # what is in the grid runs once
     followups = [s for s in planner.queue if s.phase == "followup"]
     assert sorted(s.key for s in followups) == sorted((k, s) for k in decision.guided for s in (0, 1, 2))
     assert all(s.derived_from == "a,b,c" and s.reference == (4, 8, 16) and s.reference_weak == "F3" for s in followups)
 
 
-def test_no_majority_runs_controls_only():
+def test_no_branch_weakest_beyond_the_seed_spread_runs_controls_only():
     planner = RoundPlanner([(4, 8, 16)], (0, 1), FollowupConfig(enabled=True, controls=2))
     planner.next_trial("a"), planner.next_trial("b")
-    planner.complete("a", {METRIC: 0.8, "weak_branch": 0}, False)
-    planner.complete("b", {METRIC: 0.8, "weak_branch": 2}, False)
+    planner.complete("a", {METRIC: 0.8, **naming(0)}, False)
+    planner.complete("b", {METRIC: 0.8, **naming(2)}, False)
     (decision,) = planner.decisions
     assert decision.weak is None and decision.guided == () and decision.controls == ()
-    assert len(decision.extras) == 2 and decision.agreement == "no majority (F1, F3)"
+    assert len(decision.extras) == 2 and decision.agreement == "none clearly weakest (seeds: F1, F3)"
     assert {s.phase for s in planner.queue} == {"random"} and len(planner.queue) == 4  # 2 x 2 seeds
 
 
@@ -86,7 +94,7 @@ def test_later_rounds_start_from_the_best_guided_configuration_by_mean_over_seed
     planner = RoundPlanner([(4, 8, 16)], (0, 1), FollowupConfig(enabled=True, steps=2, controls=1, rounds=2))
     # seed 0 favours 4-8-14, but the mean over both seeds favours 4-8-12
     scores = {((4, 8, 14), 0): 0.90, ((4, 8, 14), 1): 0.70, ((4, 8, 12), 0): 0.85, ((4, 8, 12), 1): 0.84}
-    started = _run(planner, lambda spec: {METRIC: scores.get(spec.key, 0.8), "weak_branch": 2})
+    started = _run(planner, lambda spec: {METRIC: scores.get(spec.key, 0.8), **naming(2, spec.seed)})
     assert [d.round for d in planner.decisions] == [1, 2]
     assert planner.decisions[1].reference == (4, 8, 12)
     assert planner.decisions[1].guided == ((4, 8, 10), (4, 8, 8))
@@ -100,14 +108,8 @@ def test_planner_survives_pickling_midway():
     planner = RoundPlanner(GRID, (0,), FollowupConfig(enabled=True, steps=1, controls=1))
     planner.next_trial("x")
     restored = pickle.loads(pickle.dumps(planner))
-    restored.complete("x", {METRIC: 0.7, "weak_branch": 1}, False)
+    restored.complete("x", {METRIC: 0.7, **naming(1)}, False)
     assert restored.decisions[0].guided == ((4, 6, 16),)
-
-
-def test_majority_needs_more_than_half():
-    assert majority([2, 2, 1]) == 2
-    assert majority([2, 1]) is None
-    assert majority([]) is None
 
 
 def test_already_finished_is_one_decision():
@@ -122,7 +124,7 @@ def test_guided_configurations_already_in_the_grid_count_and_are_not_rerun():
     """Table 1 already holds the paper's guided rows: they are an arm of the comparison, not rerun."""
     grid = [(4, 8, 16), (4, 8, 14), (4, 8, 12), (2, 8, 16)]
     planner = RoundPlanner(grid, (0,), FollowupConfig(enabled=True, steps=3, seed=1))
-    started = _run(planner, lambda spec: {METRIC: 0.8, "weak_branch": 2})
+    started = _run(planner, lambda spec: {METRIC: 0.8, **naming(2)})
     (decision,) = planner.decisions
     assert decision.guided == ((4, 8, 14), (4, 8, 12), (4, 8, 10))
     new_guided = [s.kernels for s in started if s.phase == "followup"]
@@ -135,11 +137,13 @@ def test_replay_rebuilds_the_rounds_from_the_results_rows():
     planner = RoundPlanner([(4, 8, 16), (2, 8, 16)], (0, 1), settings)
     weak = {(4, 8, 16): 2, (4, 8, 14): 1, (4, 8, 12): 2}
     started = _run(
-        planner, lambda spec: {METRIC: 0.8 + 0.01 * (16 - spec.kernels[2]), "weak_branch": weak.get(spec.kernels, 0)}
+        planner,
+        lambda spec: {METRIC: 0.8 + 0.01 * (16 - spec.kernels[2]), **naming(weak.get(spec.kernels, 0), spec.seed)},
     )
     rows = [
         {"k1": s.kernels[0], "k2": s.kernels[1], "k3": s.kernels[2], "seed": s.seed, "status": "finished",
-         METRIC: 0.8 + 0.01 * (16 - s.kernels[2]), "weak_branch": ("F1", "F2", "F3")[weak.get(s.kernels, 0)]}
+         METRIC: 0.8 + 0.01 * (16 - s.kernels[2]), **naming(weak.get(s.kernels, 0), s.seed),
+         "weak_branch": ("F1", "F2", "F3")[weak.get(s.kernels, 0)]}
         for s in started
     ]  # fmt: skip
     replayed = replay_rounds(rows, settings)
@@ -147,3 +151,18 @@ def test_replay_rebuilds_the_rounds_from_the_results_rows():
         (d.reference, d.weak, d.guided, d.controls) for d in planner.decisions
     ]
     assert len(replayed) == 2 and replay_rounds(rows, FollowupConfig(enabled=False)) == []
+
+
+def test_a_relative_step_gives_every_branch_the_same_change_of_k_over_stride():
+    from dcn_ray.core.kernels import relative_change
+
+    for weak, guided, controls in (
+        (2, (4, 8, 12), ((3, 8, 16), (4, 6, 16), (4, 8, 20))),
+        (1, (4, 6, 16), ((3, 8, 16), (4, 8, 12), (4, 10, 16))),
+        (0, (3, 8, 16), ((4, 6, 16), (4, 8, 12), (5, 8, 16))),
+    ):
+        planner = RoundPlanner([(4, 8, 16)], (0, 1, 2), FollowupConfig(enabled=True, steps=1, relative_step=0.5))
+        _run(planner, lambda spec, weak=weak: {METRIC: 0.8, **naming(weak, spec.seed)})
+        (decision,) = planner.decisions
+        assert decision.guided == (guided,) and decision.controls == controls
+        assert {abs(relative_change((4, 8, 16), k)[1]) for k in (guided, *controls)} == {0.5}

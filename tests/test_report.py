@@ -72,9 +72,12 @@ def test_markdown_leads_with_configurations_over_seeds_and_the_findings():
         "| k1, k2, k3 | phase | n | best val IoU mean [95 % CI] | vs 4-8-16 (paired by seed) | p | p (Holm) |" in text
     )
     assert "| 4, 8, 16 | grid | 3 | 0.800 [" in text and "| 4, 8, 14 | followup | 3 | 0.820 [" in text
-    assert "round 1: weak branch of 4-8-16 (lowest separation): F3 in 2 of 3 seeds; guided 4-8-14" in text
+    assert "round 1: weak branch of 4-8-16 (lowest calibrated separation): F3 in 2 of 3 seeds; guided 4-8-14" in text
     assert "guided +0.020 [+0.020, +0.020] vs matched controls -0.010 [-0.035, +0.015]" in text
-    assert "p = 0.25 (permutation test within seeds), 3 seeds" in text  # 2 of the 2^3 labellings
+    # per seed guided - control: 0.02, 0.03, 0.04; the sign-flip test: 2 of the 2^3 patterns as extreme
+    assert "guided minus all matched controls: +0.030 [" in text and "permutation p = 0.25" in text
+    assert "guided minus weak branch enlarged: +0.030" in text and "guided better" in text
+    assert "power (configuration vs reference): sd of one paired difference" in text
     assert "### Trials" in text and "| 4, 8, 14 | 1 | followup | finished | 0.8300 | +0.0200 |" in text
     assert "best guided" not in text  # no best-of comparison any more
 

@@ -83,52 +83,73 @@ def test_configuration_results_pair_by_seed_and_adjust_across_rows():
     assert "| 2, 8, 16 | grid | 3 |" in table and "reference" in table
 
 
-def test_guided_vs_matched_controls_by_mean_gain_not_best_of():
+def test_guided_vs_matched_controls_by_mean_not_best_of():
     rows = [row(REF, s, 0.80) for s in range(3)]
-    # guided: one big winner and one loser; controls: two small gains. Best-of favours guided,
-    # the means do not differ much.
+    # guided: one big winner and one loser; their matched controls: small gains. Best-of favours
+    # guided, the matched means do not differ.
     for s in range(3):
-        rows += [
-            row((4, 8, 14), s, 0.86, "followup", reference="4-8-16"),
-            row((4, 8, 12), s, 0.76, "followup", reference="4-8-16"),
-        ]
-        rows += [
-            row((2, 8, 16), s, 0.81, "control", reference="4-8-16"),
-            row((4, 8, 18), s, 0.81, "control", reference="4-8-16"),
-        ]
-    rounds = [round_of([(4, 8, 14), (4, 8, 12)], [(2, 8, 16), (4, 8, 18)])]
-    comparison = guided_vs_controls(rows, "test_iou", "test IoU", rounds)
-    assert comparison.seeds == 3 and comparison.guided_configs == 2 and comparison.control_configs == 2
-    assert comparison.guided.mean == pytest.approx(0.01) and comparison.controls.mean == pytest.approx(0.01)
-    assert comparison.difference.mean == pytest.approx(0.0, abs=1e-12)
-    assert comparison.p_value == 1.0
+        rows += [row((4, 8, 14), s, 0.86, "followup"), row((4, 8, 12), s, 0.76, "followup")]
+        # 4-8-14 (k3/s -0.25) is matched by 4-7-16 and 4-8-18; 4-8-12 (-0.5) by 4-6-16 and 4-8-20
+        rows += [row(k, s, 0.81, "control") for k in ((4, 7, 16), (4, 8, 18), (4, 6, 16), (4, 8, 20))]
+    rows += [row((2, 8, 16), s, 0.99, "control") for s in range(3)]  # not matched to any guided: ignored
+    controls = [(4, 7, 16), (4, 8, 18), (4, 6, 16), (4, 8, 20), (2, 8, 16)]
+    comparison = guided_vs_controls(rows, "test_iou", "test IoU", [round_of([(4, 8, 14), (4, 8, 12)], controls)])
+    assert comparison.seeds == 3 and comparison.guided_configs == 2 and comparison.control_configs == 5
+    assert comparison.guided.mean == pytest.approx(0.01)
+    primary = comparison.primary
+    assert primary.kind == "matched" and primary.seeds == 3
+    assert primary.difference.mean == pytest.approx(0.0, abs=1e-12)  # (0.05 + -0.05) / 2 per seed
+    assert math.isnan(primary.p_value) and primary.p_permutation == 1.0  # no spread: t undefined (never 0)
+    assert primary.verdict == "inconclusive"
+    assert [c.kind for c in comparison.contrasts] == ["matched", "shrunk", "enlarged"]
     sentence = comparison.sentence()
-    assert sentence.startswith("guided +0.010") and "p = 1" in sentence and "3 seeds" in sentence
+    assert sentence.startswith("guided +0.010") and "3 seeds" in sentence
+    assert "guided minus all matched controls: " in sentence and "0.000 [" in sentence and "inconclusive" in sentence
 
 
-def test_a_real_guided_effect_is_detected():
-    rows = [row(REF, s, 0.80 + 0.01 * s) for s in range(4)]
-    for s in range(4):
+def test_a_real_guided_effect_is_detected_and_a_null_is_called_equivalent():
+    rows = []
+    for s in range(6):
         base = 0.80 + 0.01 * s
-        rows += [row((4, 8, 14), s, base + 0.03 + 0.001 * s, "followup"), row((4, 8, 12), s, base + 0.02, "followup")]
-        rows += [row((2, 8, 16), s, base - 0.01, "control"), row((4, 8, 18), s, base - 0.002 * s, "control")]
-    comparison = guided_vs_controls(
-        rows, "test_iou", "test IoU", [round_of([(4, 8, 14), (4, 8, 12)], [(2, 8, 16), (4, 8, 18)])]
-    )
-    assert comparison.difference.low > 0
-    assert comparison.p_value < 0.05  # within-seed shuffles: 6^4 = 1296 labellings, exact
+        rows += [row(REF, s, base), row((4, 8, 14), s, base + 0.03 + 0.001 * s, "followup")]
+        rows += [row((4, 7, 16), s, base - 0.01, "control"), row((4, 8, 18), s, base - 0.002 * s, "control")]
+    rounds = [round_of([(4, 8, 14)], [(4, 7, 16), (4, 8, 18)])]
+    comparison = guided_vs_controls(rows, "test_iou", "test IoU", rounds)
+    primary = comparison.primary
+    differences = [0.03 + 0.001 * s - (-0.01 - 0.002 * s) / 2 for s in range(6)]
+    assert primary.difference.mean == pytest.approx(sum(differences) / 6)
+    assert primary.p_value == pytest.approx(stats.ttest_1samp(differences, 0.0).pvalue)
+    assert primary.p_permutation == pytest.approx(2 / 64)  # exact: only all-plus and all-minus are as extreme
+    assert primary.verdict == "guided better"
+    shrunk, enlarged = comparison.contrasts[1:]
+    assert shrunk.difference.mean == pytest.approx(fmean_of([0.03 + 0.001 * s + 0.01 for s in range(6)]))
+    assert enlarged.difference.mean == pytest.approx(fmean_of([0.03 + 0.001 * s + 0.002 * s for s in range(6)]))
+    # a null: guided and controls within +-0.001 of each other in every seed
+    null = [r for r in rows if r["phase"] != "followup"] + [
+        row((4, 8, 14), s, 0.80 + 0.01 * s - 0.005 - 0.001 * s + (0.0005 if s % 2 else -0.0003), "followup")
+        for s in range(6)
+    ]
+    equal = guided_vs_controls(null, "test_iou", "test IoU", rounds).primary
+    assert equal.equivalence.equivalent and equal.verdict == "equivalent within +-0.005"
+    assert equal.equivalence.low > -0.005 and equal.equivalence.high < 0.005
+    narrow = guided_vs_controls(null, "test_iou", "test IoU", [{**rounds[0], "margin": 0.0001}]).primary
+    assert narrow.verdict == "inconclusive"  # the job's margin decides
 
 
-def test_mechanism_reads_the_weak_branch_separation_change():
-    rows = [row(REF, s, 0.8, separation_F3=0.30 + 0.01 * s, mlflow_run_id=f"r{s}") for s in range(3)]
+def fmean_of(values):
+    return sum(values) / len(values)
+
+
+def test_mechanism_reads_the_weak_branch_calibrated_separation_change():
+    rows = [row(REF, s, 0.8, calibrated_F3=0.30 + 0.01 * s, mlflow_run_id=f"r{s}") for s in range(3)]
     rows += [
-        row((4, 8, 14), s, 0.8, "followup", reference_weak="F3", separation_F3=0.35 + 0.01 * s, mlflow_run_id=f"g{s}")
+        row((4, 8, 14), s, 0.8, "followup", reference_weak="F3", calibrated_F3=0.35 + 0.01 * s, mlflow_run_id=f"g{s}")
         for s in range(3)
     ]
     found = mechanism(rows, [round_of([(4, 8, 14)], [(4, 8, 18)])])
     assert found.branch == "F3" and found.change.mean == pytest.approx(0.05)
     assert found.observed == "rose" and found.per_run == pytest.approx({"g0": 0.05, "g1": 0.05, "g2": 0.05})
-    assert "predicted F3 separation rises" in found.sentence()
+    assert "predicted F3 calibrated separation rises" in found.sentence()
     assert mechanism([row(REF, 0, 0.8)], []) is None
     assert mechanism(rows, [round_of([], [], weak=None)]) is None
 
@@ -138,15 +159,38 @@ def test_arms_count_configurations_that_ran_in_the_grid():
     rows = [row(REF, s, 0.80) for s in range(2)]
     rows += [row((4, 8, 14), s, 0.82) for s in range(2)] + [row((4, 8, 18), s, 0.79) for s in range(2)]
     comparison = guided_vs_controls(
-        rows, "test_iou", "test IoU", [round_of([(4, 8, 14), (4, 8, 12)], [(4, 8, 18), (2, 8, 16)])]
+        rows, "test_iou", "test IoU", [round_of([(4, 8, 14), (4, 8, 12)], [(4, 8, 18), (4, 6, 16)])]
     )
-    assert (comparison.guided_configs, comparison.control_configs) == (1, 1)  # (4, 8, 12) and (2, 8, 16) never ran
+    assert (comparison.guided_configs, comparison.control_configs) == (1, 1)  # (4, 8, 12) and (4, 6, 16) never ran
     assert comparison.guided.mean == pytest.approx(0.02) and comparison.controls.mean == pytest.approx(-0.01)
+    assert comparison.primary.difference.mean == pytest.approx(0.03)
     (line,) = round_lines([round_of([(4, 8, 14)], [(4, 8, 18)])])
-    assert (
-        line
-        == "round 1: weak branch of 4-8-16 (lowest separation): F3 in 3 of 3 seeds; guided 4-8-14; matched controls 4-8-18"
+    assert line == (
+        "round 1: weak branch of 4-8-16 (lowest calibrated separation): F3 in 3 of 3 seeds; guided 4-8-14; "
+        "matched controls 4-8-18"
     )
+
+
+def test_power_statement_matches_the_noncentral_t_and_a_simulation():
+    import numpy as np
+
+    from dcn_ray.core.stats import detectable_effect, paired_power, seeds_needed
+    from dcn_ray.track.power import power_lines
+
+    # textbook values (Cohen 1988): a paired t-test of d = 0.5 needs 34 pairs for power 0.8
+    assert seeds_needed(0.5, 1.0) == 34 and paired_power(34, 0.5, 1.0) >= 0.8 > paired_power(33, 0.5, 1.0)
+    assert paired_power(20, 0.5, 1.0) == pytest.approx(0.5645, abs=1e-3)
+    rng = np.random.default_rng(0)
+    samples = rng.normal(0.5, 1.0, size=(20000, 20))
+    p = stats.ttest_1samp(samples, 0.0, axis=1).pvalue
+    assert float(np.mean(p < 0.05)) == pytest.approx(paired_power(20, 0.5, 1.0), abs=0.015)
+    assert paired_power(12, detectable_effect(12, 0.01), 0.01) == pytest.approx(0.8, abs=1e-6)
+    rows = [row(REF, s, 0.80 + 0.01 * (s % 3)) for s in range(6)]
+    rows += [row((2, 8, 16), s, 0.80 + 0.01 * (s % 3) + (0.004 if s % 2 else -0.004)) for s in range(6)]
+    (line,) = power_lines(rows, "test_iou", REF, [], effect=0.005)
+    sd = float(np.std([0.004 if s % 2 else -0.004 for s in range(6)], ddof=1))
+    assert f"sd of one paired difference {sd:.4f} (5 df)" in line
+    assert f"{detectable_effect(6, sd):.4f}" in line and f"needs {seeds_needed(0.005, sd)} seeds" in line
 
 
 def test_charts_are_written(tmp_path):

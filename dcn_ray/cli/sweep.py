@@ -81,11 +81,16 @@ def resume(name: str, storage: str | None, address: str | None) -> None:
 @click.command()
 @click.argument("name")
 @click.option("--storage", help="The storage the sweep was run with (default ./dcn-ray-runs).")
-def report(name: str, storage: str | None) -> None:
-    """Print the results table of sweep NAME again."""
+@click.option(
+    "--effect",
+    type=click.FloatRange(min=0, min_open=True),
+    help="A difference in the headline score (e.g. 0.005): say how many seeds detect it with power 0.8.",
+)
+def report(name: str, storage: str | None, effect: float | None) -> None:
+    """Print the results table of sweep NAME again, with what its seeds can detect."""
     from dcn_ray.tune.sweep import load_report
 
-    click.echo(load_report(name, storage))
+    click.echo(load_report(name, storage, effect))
 
 
 @click.command()

@@ -1,14 +1,19 @@
 """Score the DCN side branches F1-F3 and name the weak one: the paper's look, made a rule.
 
 The paper picks the branch that is "not working well enough" by looking at the maps of the
-branches' foreground probability. :func:`score_branches` measures each branch four ways and
-:func:`weak_branch` decides by one of them, ``separation``: the mean foreground probability of
-the branch on foreground pixels minus that on background pixels. It is what the eye sees in
-the rendered maps (raw probabilities, no normalisation) and it is sensitive to scale: a map
-with the right order but faint contrast scores low, as it looks. The others are reported
-beside it: ``contrast`` (ROC AUC, which only sees the order of values, not their scale),
-``alone_iou`` (the branch's own argmax; a branch whose logits carry only an offset scores about
-the foreground fraction) and ``drop`` (fused IoU lost without the branch).
+branches' foreground probability. Only the sum of the three branch logits reaches the output, so
+a constant moved from one branch's margin to another's changes nothing the network does; a score
+that moves with it measures the parametrisation, not the branch. The rule therefore decides by
+``calibrated``: each branch's margin is first shifted by the offset that calibrates it on the
+validation slices (the maximum-likelihood intercept: its mean foreground probability then equals
+the foreground fraction), then its separation is taken: the mean foreground probability on
+foreground pixels minus that on background pixels. It is what the eye sees in the maps (scale
+matters: a faint map scores low), with the one unidentified degree of freedom removed.
+
+Reported beside it: ``separation`` (the same without calibration: not identified, kept for
+comparison), ``contrast`` (ROC AUC; identified, but blind to scale), ``alone_iou`` (the branch's
+own argmax) and ``drop`` (fused IoU lost without the branch). :func:`weak_across_seeds` names a
+branch only when it is the weakest by more than the spread over the reference's seeds allows.
 
 Inputs are numpy arrays: ``branches`` is a sequence of three arrays of branch logits
 (N, 2, H, W) for F1, F2, F3 (class 1 = foreground), ``truth`` is an (N, H, W) bool mask.
@@ -22,24 +27,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import brentq
 from scipy.special import expit
 from scipy.stats import rankdata
+from scipy.stats import t as student_t
 
 from dcn_ray.core.kernels import BRANCHES
 from dcn_ray.core.metrics import iou
 
 logger = logging.getLogger(__name__)
 
-#: Separations closer than this (probability units) do not single out a weak branch.
+#: In one seed, calibrated separations closer than this (probability units) name no weak branch.
 TIE_TOLERANCE = 0.01
+#: One-sided confidence with which the weakest branch must be below each other branch over seeds.
+SEED_CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
 class BranchScore:
     """How well one side branch separates foreground from background.
 
-    ``separation``: mean foreground probability on foreground minus on background pixels
-    (-1 to 1; decides the weak branch); ``contrast``: ROC AUC of the branch's foreground margin
+    ``calibrated``: the separation of the offset-calibrated margin (-1 to 1; decides the weak
+    branch); ``separation``: mean foreground probability on foreground minus on background pixels
+    of the raw margin (not identified); ``contrast``: ROC AUC of the branch's foreground margin
     (0.5 none, 1.0 perfect); ``alone_iou``: IoU of the branch's own argmax; ``drop``: fused IoU
     minus the IoU of the fused output without this branch.
     """
@@ -49,6 +59,7 @@ class BranchScore:
     alone_iou: float
     drop: float
     separation: float = float("nan")
+    calibrated: float = float("nan")
 
     def as_metrics(self) -> dict[str, float]:
         """MLflow-ready metrics, e.g. ``{"contrast_F1": .., "alone_iou_F1": .., "drop_F1": ..}``."""
@@ -57,6 +68,7 @@ class BranchScore:
             f"alone_iou_{self.name}": self.alone_iou,
             f"drop_{self.name}": self.drop,
             f"separation_{self.name}": self.separation,
+            f"calibrated_{self.name}": self.calibrated,
         }
 
 
@@ -71,6 +83,26 @@ def separation(margins: np.ndarray, truth: np.ndarray) -> float:
     if not truth.any() or truth.all():
         return 0.0
     return float(probability[truth].mean() - probability[~truth].mean())
+
+
+def calibration_offset(margins: np.ndarray, truth: np.ndarray) -> float:
+    """The intercept c maximising the likelihood of ``truth`` under sigmoid(margin + c).
+
+    At the optimum the mean probability equals the foreground fraction; the root is unique
+    (the mean is increasing in c). Shifting ``margins`` by a constant shifts c back by it.
+    """
+    margins = np.ravel(margins).astype(np.float64)
+    target = float(np.count_nonzero(truth)) / margins.size
+    if target in (0.0, 1.0):
+        return 0.0
+    excess = lambda c: float(expit(margins + c).mean()) - target  # noqa: E731
+    span = float(np.abs(margins).max()) + 50.0
+    return float(brentq(excess, -span, span, xtol=1e-12, rtol=4 * np.finfo(float).eps, maxiter=500))
+
+
+def calibrated_separation(margins: np.ndarray, truth: np.ndarray) -> float:
+    """:func:`separation` of ``margins`` shifted by their :func:`calibration_offset` (identified)."""
+    return separation(margins + calibration_offset(margins, truth), truth)
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -102,7 +134,7 @@ def _check_branches(branches: Sequence[np.ndarray], truth: np.ndarray) -> None:
 
 
 def score_branches(branches: Sequence[np.ndarray], truth: np.ndarray) -> tuple[BranchScore, BranchScore, BranchScore]:
-    """Separation, contrast, IoU alone and IoU drop of each branch (see :class:`BranchScore`)."""
+    """Calibrated and raw separation, contrast, IoU alone and drop of each branch (:class:`BranchScore`)."""
     _check_branches(branches, truth)
     margins = [margin(branch) for branch in branches]
     fused = sum(margins)
@@ -117,21 +149,49 @@ def score_branches(branches: Sequence[np.ndarray], truth: np.ndarray) -> tuple[B
                 alone_iou=iou(own > 0, truth),
                 drop=fused_iou - iou(others > 0, truth),
                 separation=separation(own, truth),
+                calibrated=calibrated_separation(own, truth),
             )
         )
     return tuple(scores)  # type: ignore[return-value]
 
 
 def weak_branch(scores: Sequence[BranchScore]) -> int | None:
-    """Index (0, 1, 2) of the branch with the lowest separation, or None when it is not clear.
+    """Index (0, 1, 2) of the branch with the lowest calibrated separation in one seed, or None.
 
-    Not clear: the two lowest separations are within TIE_TOLERANCE of each other. There is no
-    tie-break towards any branch; a sweep then takes the majority over seeds, or runs controls.
+    None: the two lowest are within TIE_TOLERANCE of each other. There is no tie-break towards any
+    branch; a sweep decides over its reference's seeds with :func:`weak_across_seeds`.
     """
     if len(scores) != len(BRANCHES):
         raise ValueError(f"expected {len(BRANCHES)} branch scores, got {len(scores)}")
-    order = sorted(range(len(scores)), key=lambda i: scores[i].separation)
-    lowest, runner_up = scores[order[0]].separation, scores[order[1]].separation
+    order = sorted(range(len(scores)), key=lambda i: scores[i].calibrated)
+    lowest, runner_up = scores[order[0]].calibrated, scores[order[1]].calibrated
     if np.isnan(lowest) or runner_up - lowest < TIE_TOLERANCE:
         return None
     return order[0]
+
+
+def weak_across_seeds(per_seed: Sequence[Sequence[float]]) -> int | None:
+    """The branch that is the weakest over seeds by more than their spread allows, or None.
+
+    ``per_seed`` holds, per seed, the three calibrated separations (F1, F2, F3). The candidate is
+    the branch with the lowest mean; it is named when, for each other branch, the one-sided 95 %
+    lower confidence bound of the paired (by seed) difference other - candidate is above 0 (both
+    tests must pass: an intersection-union test, so no multiplicity correction). With one seed
+    there is no spread to judge by: :func:`weak_branch`'s tolerance decides.
+    """
+    values = np.asarray(per_seed, dtype=np.float64).reshape(-1, len(BRANCHES))
+    values = values[~np.isnan(values).any(axis=1)]
+    if len(values) == 0:
+        return None
+    candidate = int(np.argmin(values.mean(axis=0)))
+    others = [b for b in range(len(BRANCHES)) if b != candidate]
+    if len(values) == 1:
+        gaps = [values[0, b] - values[0, candidate] for b in others]
+        return candidate if min(gaps) >= TIE_TOLERANCE else None
+    quantile = float(student_t.ppf(SEED_CONFIDENCE, len(values) - 1))
+    for branch in others:
+        differences = values[:, branch] - values[:, candidate]
+        spread = float(differences.std(ddof=1)) / np.sqrt(len(values))
+        if not differences.mean() - quantile * spread > 0:
+            return None
+    return candidate

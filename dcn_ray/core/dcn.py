@@ -6,9 +6,11 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dcn_ray.core.init import init_weights
 from dcn_ray.core.kernels import REFERENCE, STRIDES, check_kernels
 
 #: Input sides must be multiples of this (three 2x2 poolings).
@@ -54,9 +56,11 @@ class SideBranch(nn.Module):
         kernel: int,
         stride: int,
         batch_norm: bool,
+        noise: float = 0.0,
     ) -> None:
         super().__init__()
         self.stride = stride
+        self.noise = noise
         self.deconv = nn.ConvTranspose2d(
             in_channels,
             mid_channels,
@@ -77,6 +81,8 @@ class SideBranch(nn.Module):
         return up
 
     def forward(self, features: Tensor) -> Tensor:
+        if self.noise:  # a planted weakness: the branch sees its features through noise
+            features = features + self.noise * features.detach().std() * torch.randn_like(features)
         return self.classify(F.relu(self.norm(self.upsample(features))))
 
 
@@ -90,6 +96,12 @@ class DCN(nn.Module):
         batch_norm: BatchNorm after every convolution and deconvolution (the paper's choice).
         in_channels: image channels (1 for EM).
         num_classes: output classes (2: background, foreground).
+        branch_noise: per branch F1-F3, Gaussian noise added to the branch's input features, in
+            units of their standard deviation, in training and inference alike: a weakness planted
+            on purpose to validate the weak-branch rule (``docs/results/weak-branch-rule.md``).
+        seed: initialisation seed; each layer draws from its own generator seeded by it and the
+            layer's name (:mod:`dcn_ray.core.init`), so models of one seed share every layer
+            whose shape they share. Not an architecture argument: not in ``kwargs``.
 
     ``forward`` takes (N, in_channels, H, W) with H and W multiples of 8 and returns a
     :class:`DCNOutput`; :func:`pad_forward` accepts any size. ``model.kwargs`` holds the
@@ -114,9 +126,14 @@ class DCN(nn.Module):
         batch_norm: bool = True,
         in_channels: int = 1,
         num_classes: int = 2,
+        branch_noise: Sequence[float] = (0.0, 0.0, 0.0),
+        seed: int = 0,
     ) -> None:
         super().__init__()
         kernels = check_kernels(kernels)
+        noise = tuple(float(v) for v in branch_noise)
+        if len(noise) != len(STRIDES) or not all(0.0 <= v < math.inf for v in noise):
+            raise ValueError(f"branch_noise must be three finite numbers >= 0, got {branch_noise!r}")
         for name, value, least in (
             ("width", width, 1),
             ("in_channels", in_channels, 1),
@@ -133,6 +150,8 @@ class DCN(nn.Module):
             "in_channels": in_channels,
             "num_classes": num_classes,
         }
+        if any(noise):  # only a planted weakness is recorded: checkpoints without it stay as they were
+            self.kwargs["branch_noise"] = list(noise)
         self.kernels = kernels
 
         self.block1 = _conv_block(in_channels, width, 2, batch_norm)
@@ -142,31 +161,10 @@ class DCN(nn.Module):
         self.pool = nn.MaxPool2d(2)
         mid = max(width // 2, 8)  # few channels at full resolution: keeps the branches cheap
         self.branches = nn.ModuleList(
-            SideBranch(channels, mid, num_classes, kernel=k, stride=s, batch_norm=batch_norm)
-            for channels, k, s in zip((2 * width, 4 * width, 8 * width), kernels, STRIDES)
+            SideBranch(channels, mid, num_classes, kernel=k, stride=s, batch_norm=batch_norm, noise=n)
+            for channels, k, s, n in zip((2 * width, 4 * width, 8 * width), kernels, STRIDES, noise)
         )
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """He initialisation; a deconvolution's fan is the inputs that reach one output pixel.
-
-        A stride-s transposed convolution with kernel k sums in_channels x (k / s)^2 inputs into
-        each output pixel (on average: k / s positions per axis), not in_channels x k^2 as
-        ``kaiming_normal_`` counts for its weight (in, out, k, k). Drawing its weights with variance
-        2 s^2 / (in_channels k^2) keeps the second moment of the activations from block to branch,
-        as the convolutions do (checked with batch_norm=False in tests/test_training_options.py);
-        the plain count would start every branch s^2 times too weak.
-        """
-        for module in self.modules():
-            if isinstance(module, nn.ConvTranspose2d):
-                in_channels, _, kh, kw = module.weight.shape
-                sh, sw = module.stride
-                fan = in_channels * kh * kw / (sh * sw)
-                nn.init.normal_(module.weight, std=math.sqrt(2.0 / fan))
-            elif isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and module.bias is not None:
-                nn.init.zeros_(module.bias)
+        init_weights(self, seed)
 
     def forward(self, images: Tensor) -> DCNOutput:
         if images.ndim != 4 or images.shape[1] != self.kwargs["in_channels"]:

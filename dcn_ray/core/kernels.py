@@ -51,3 +51,17 @@ def check_kernels(kernels: Sequence[object]) -> Kernels:
 def kernels_text(kernels: Sequence[int]) -> str:
     """The triple as the paper writes it: ``4-8-16``."""
     return "-".join(str(k) for k in kernels)
+
+
+def relative_change(reference: Sequence[int], kernels: Sequence[int]) -> tuple[int, float] | None:
+    """(branch, change of k / stride) of a one-branch change of ``reference``; None for another change.
+
+    ``relative_change((4, 8, 16), (4, 8, 12))`` is ``(2, -0.5)``: F3's kernel shrank by half its
+    stride. Matched controls are matched on this change, not on the kernel step: 16 -> 14 on F3
+    changes k / s by as much as 8 -> 7 on F2, while 4 -> 2 on F1 halves it.
+    """
+    changed = [index for index, (a, b) in enumerate(zip(reference, kernels)) if a != b]
+    if len(changed) != 1:
+        return None
+    branch = changed[0]
+    return branch, (kernels[branch] - reference[branch]) / STRIDES[branch]

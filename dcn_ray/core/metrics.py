@@ -15,7 +15,7 @@ of Arganda-Carreras et al. (2015), Front. Neuroanat. 9:142, as the challenge's F
 3. The prediction's boundaries are thinned: its 4-connected foreground components are grown
    over its background by a watershed (flat relief, so by geodesic 4-connected distance) that
    leaves 1-pixel watershed lines where two cells meet. A slice without predicted foreground
-   becomes one region, as the challenge's watershed makes it.
+   has no cell to grow: every pixel is a singleton, as the challenge's scorer counts it.
 4. Only pixels inside truth cells count (foreground restriction). A watershed-line pixel there
    is a cluster of its own (a singleton).
 5. Pair counts, a pixel paired with itself included (the challenge's N^2 normalisation):
@@ -112,11 +112,11 @@ def thinned_cells(mask: np.ndarray) -> np.ndarray:
     """The predicted cells of a 2-D mask grown over its background, 1-pixel lines (label 0) between them.
 
     A watershed on a flat relief from the 4-connected components floods the background by
-    geodesic distance; a mask without foreground is one region (label 1).
+    geodesic distance; a mask without foreground has no cell (all 0: every pixel a singleton).
     """
     markers = cells(mask)
     if not markers.any():
-        return np.ones(mask.shape, dtype=np.int32)
+        return markers
     relief = np.zeros(mask.shape, dtype=np.uint8)
     return watershed(relief, markers, connectivity=1, watershed_line=True).astype(np.int32, copy=False)
 

@@ -83,7 +83,7 @@ def render_montage(
         raise ValueError(f"branch maps must match the image size {(height, width)}")
     captions = ["input"]
     for index, name in enumerate(BRANCHES):
-        captions.append(name if scores is None else f"{name} separation {scores[index].separation:.3f}")
+        captions.append(name if scores is None else f"{name} calibrated {scores[index].calibrated:.3f}")
     montage = Image.new("L", (4 * width + 3 * PANEL_GAP, height + CAPTION_HEIGHT), color=255)
     draw = ImageDraw.Draw(montage)
     for index, (panel, caption) in enumerate(zip(panels, captions)):

@@ -6,6 +6,10 @@
 - :func:`holm`: Holm's step-down adjustment of p-values across the rows of a table.
 - :func:`stratified_permutation_test`: do two groups of gains differ, with labels shuffled
   only within each seed (the reference's noise of that seed is shared by both groups).
+- :func:`sign_flip_test`: the permutation test of paired differences (signs flipped).
+- :func:`equivalence_test`: TOST, are paired differences within +-margin of 0.
+- :func:`paired_power`, :func:`detectable_effect`, :func:`seeds_needed`: the power of a paired
+  t-test (noncentral t), the smallest effect n seeds detect, the seeds an effect needs.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ class PairedDifference:
     """A configuration minus the reference, paired by seed."""
 
     estimate: Estimate
-    #: Two-sided paired t-test p-value (NaN with fewer than 2 pairs or no spread).
+    #: Two-sided paired t-test p-value (NaN with fewer than 2 pairs or no spread: a t-test of
+    #: differences that are all equal is undefined, and Holm keeps NaN out of its count).
     p_value: float
 
 
@@ -66,13 +71,18 @@ def paired_difference(scores: Mapping[int, float], reference: Mapping[int, float
     """``scores`` minus ``reference`` over the seeds both have (dicts seed -> score)."""
     seeds = sorted(set(scores) & set(reference))
     differences = [scores[s] - reference[s] for s in seeds]
-    estimate = mean_interval(differences)
-    p_value = math.nan
-    if len(differences) >= 2 and np.std(differences) > 0:
-        p_value = float(stats.ttest_1samp(differences, 0.0).pvalue)
-    elif len(differences) >= 2 and abs(float(np.mean(differences))) > 0:
-        p_value = 0.0  # every seed moved by the same nonzero amount
-    return PairedDifference(estimate, p_value)
+    return PairedDifference(mean_interval(differences), t_test_p(differences))
+
+
+def t_test_p(differences: Sequence[float]) -> float:
+    """Two-sided one-sample t-test p-value that ``differences`` centre on 0.
+
+    NaN with fewer than 2 values or no spread: the test is undefined there (never 0).
+    """
+    data = np.asarray([d for d in differences if not math.isnan(d)], dtype=np.float64)
+    if data.size < 2 or not data.std() > 0:
+        return math.nan
+    return float(stats.ttest_1samp(data, 0.0).pvalue)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -125,3 +135,85 @@ def stratified_permutation_test(
         masks = [rng.permutation(len(v)) < k for v, k in zip(pooled, sizes)]
         hits += abs(statistic(masks)) >= abs(observed) - tolerance
     return hits / (draws + 1)
+
+
+def sign_flip_test(differences: Sequence[float], *, draws: int = 20000, seed: int = 0) -> float:
+    """Two-sided permutation p-value that paired ``differences`` centre on 0 (signs flipped at random).
+
+    Exact (all 2^n sign patterns) for n <= 14, else Monte Carlo with the observed pattern counted,
+    so p is never 0. NaN without differences or when all are 0.
+    """
+    data = np.asarray([d for d in differences if not math.isnan(d)], dtype=np.float64)
+    if data.size == 0 or not np.any(data):
+        return math.nan
+    observed, tolerance = abs(float(data.mean())), 1e-12
+    if data.size <= 14:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=data.size)))
+    else:
+        signs = np.random.default_rng(seed).choice((1.0, -1.0), size=(draws, data.size))
+    hits = np.count_nonzero(np.abs(signs @ data / data.size) >= observed - tolerance)
+    if data.size <= 14:
+        return float(hits / len(signs))
+    return float((hits + 1) / (draws + 1))
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """Two one-sided tests (TOST) of paired differences against +-``margin``."""
+
+    margin: float
+    #: The larger of the two one-sided p-values; equivalent when below 1 - CONFIDENCE.
+    p_value: float
+    #: The 90 % interval whose inclusion in [-margin, margin] is the same test.
+    low: float
+    high: float
+
+    @property
+    def equivalent(self) -> bool:
+        return not math.isnan(self.p_value) and self.p_value < 1 - CONFIDENCE
+
+
+def equivalence_test(differences: Sequence[float], margin: float) -> Equivalence:
+    """TOST at level 0.05: are the mean paired ``differences`` within +-``margin`` of 0?"""
+    data = np.asarray([d for d in differences if not math.isnan(d)], dtype=np.float64)
+    if data.size < 2 or not data.std() > 0 or not margin > 0:
+        return Equivalence(margin, math.nan, math.nan, math.nan)
+    error = float(data.std(ddof=1) / math.sqrt(data.size))
+    mean, df = float(data.mean()), data.size - 1
+    p_lower = float(stats.t.sf((mean + margin) / error, df))  # H0: mean <= -margin
+    p_upper = float(stats.t.cdf((mean - margin) / error, df))  # H0: mean >= +margin
+    half = float(stats.t.ppf(CONFIDENCE, df)) * error
+    return Equivalence(margin, max(p_lower, p_upper), mean - half, mean + half)
+
+
+def paired_power(n: int, effect: float, sd: float, *, alpha: float = 1 - CONFIDENCE) -> float:
+    """Power of the two-sided paired t-test with ``n`` pairs for a true mean difference ``effect``
+    when single differences have standard deviation ``sd`` (noncentral t, exact)."""
+    if n < 2 or not sd > 0:
+        return math.nan
+    df, shift = n - 1, abs(effect) / sd * math.sqrt(n)
+    critical = float(stats.t.ppf(1 - alpha / 2, df))
+    upper, lower = (float(v) for v in (stats.nct.sf(critical, df, shift), stats.nct.cdf(-critical, df, shift)))
+    return (0.0 if math.isnan(upper) else upper) + (0.0 if math.isnan(lower) else lower)  # tails underflow
+
+
+def seeds_needed(effect: float, sd: float, *, power: float = 0.8, alpha: float = 1 - CONFIDENCE) -> int:
+    """The fewest pairs (seeds) whose paired t-test has ``power`` for ``effect`` (at most 100000)."""
+    if not sd > 0 or not abs(effect) > 0:
+        raise ValueError(f"need a positive effect and standard deviation, got effect {effect}, sd {sd}")
+    n = 2
+    while paired_power(n, effect, sd, alpha=alpha) < power:
+        n = n * 2 if paired_power(n * 2, effect, sd, alpha=alpha) < power else n + 1
+        if n > 100000:
+            raise ValueError(f"an effect of {effect} with sd {sd} needs more than 100000 seeds")
+    return n
+
+
+def detectable_effect(n: int, sd: float, *, power: float = 0.8, alpha: float = 1 - CONFIDENCE) -> float:
+    """The smallest true mean difference that ``n`` pairs detect with ``power`` (NaN for n < 2)."""
+    if n < 2 or not sd > 0:
+        return math.nan
+    from scipy.optimize import brentq
+
+    highest = 20.0 * sd / math.sqrt(n)  # a noncentrality of 20: power > 0.8 for any n >= 2
+    return float(brentq(lambda d: paired_power(n, d, sd, alpha=alpha) - power, 1e-12 * sd, highest, xtol=1e-12 * sd))

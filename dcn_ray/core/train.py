@@ -90,7 +90,15 @@ def make_train_step(
 
 
 def build_model(job: JobConfig, kernels: Kernels) -> DCN:
-    return DCN(kernels=kernels, width=job.model.width, batch_norm=job.model.batch_norm, in_channels=1)
+    """The DCN of ``job`` with ``kernels``, each layer initialised from the trial seed and its name."""
+    return DCN(
+        kernels=kernels,
+        width=job.model.width,
+        batch_norm=job.model.batch_norm,
+        in_channels=1,
+        branch_noise=job.model.branch_noise,
+        seed=job.train.seed,
+    )
 
 
 def evaluate(model: DCN, images: torch.Tensor, masks: np.ndarray) -> dict[str, float]:

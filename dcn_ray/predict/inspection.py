@@ -55,9 +55,7 @@ def inspect_model(
     with folder_written_whole(out_dir) as partial:  # all of the files, or none
         analysis = analyse(model, images[chosen], masks[chosen], partial)
         weak = analysis.weak
-        plan = (
-            plan_followups(kernels, weak, steps=3, controls=2, seed=0, exclude=[kernels]) if weak is not None else None
-        )
+        plan = plan_followups(kernels, weak, steps=3, seed=0, exclude=[kernels]) if weak is not None else None
         record = {
             "model": loaded.location,
             "kernels": list(kernels),
@@ -70,12 +68,13 @@ def inspect_model(
         }
         (partial / SCORES_FILE).write_text(json.dumps(record, indent=2))
     lines = [
-        f"{score.name}: separation {score.separation:.4f}  contrast (AUC) {score.contrast:.4f}  "
+        f"{score.name}: calibrated separation {score.calibrated:.4f}  raw {score.separation:.4f}  "
+        f"contrast (AUC) {score.contrast:.4f}  "
         f"alone IoU {score.alone_iou:.4f}  drop {score.drop:+.4f}"
         for score in analysis.scores
     ]
     if weak is None:
-        lines.append("weak branch: none (no branch's separation is clearly the lowest)")
+        lines.append("weak branch: none (no branch's calibrated separation is clearly the lowest)")
     else:
         lines.append(f"weak branch: {analysis.weak_name} (kernel k{weak + 1}={kernels[weak]})")
     lines.append("guided follow-ups: " + (", ".join(kernels_text(k) for k in plan.guided) if plan else "") or "none")

@@ -18,12 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dcn_ray.core.kernels import BRANCHES, REFERENCE
-from dcn_ray.track import charts, summary
+from dcn_ray.track import charts, power, summary
 
 #: Test-split scores of a trial (empty without a test split): dcn_ray.core.metrics.SCORE_KEYS, prefixed.
 TEST_COLUMNS = ("test_iou", "test_dice", "test_pixel_error", "test_membrane_iou", "test_vrand", "test_vinfo")
-#: Branch separations of a trial's model (the weak-branch score; the mechanism check reads them).
-SEPARATION_COLUMNS = tuple(f"separation_{name}" for name in BRANCHES)
+#: Branch separations of a trial's model: calibrated (the weak-branch score; the planner and the
+#: mechanism check read them) and raw (not identified, kept for comparison).
+SEPARATION_COLUMNS = (*(f"calibrated_{name}" for name in BRANCHES), *(f"separation_{name}" for name in BRANCHES))
 #: Final metrics of a trial kept per row (validation chooses; test, where there is one, reports).
 METRIC_COLUMNS = ("best_val_iou", "val_vrand", "val_vinfo", *TEST_COLUMNS, *SEPARATION_COLUMNS)
 IDENTITY_COLUMNS = ("k1", "k2", "k3", "seed", "round")
@@ -152,22 +153,24 @@ def statistics(table: pa.Table, reference: Sequence[int] = REFERENCE) -> list[su
     return summary.configuration_results(table.to_pylist(), headline(table)[0], reference)
 
 
-def findings(table: pa.Table, reference: Sequence[int] = REFERENCE) -> list[str]:
-    """The sentences a reader wants: the weak branch's agreement, guided vs matched controls, the mechanism."""
+def findings(table: pa.Table, reference: Sequence[int] = REFERENCE, effect: float | None = None) -> list[str]:
+    """The sentences a reader wants: the weak branch's agreement, guided vs matched controls, the
+    mechanism, and what the seeds can detect (with the seeds ``effect`` needs)."""
     rows, (key, label), rounds = table.to_pylist(), headline(table), rounds_of(table)
     lines: list[str | None] = list(summary.round_lines(rounds))
     comparison = summary.guided_vs_controls(rows, key, label, rounds)
     lines.append(comparison.sentence() if comparison else None)
     mechanism = summary.mechanism(rows, rounds)
     lines.append(mechanism.sentence() if mechanism else None)
+    lines += power.power_lines(rows, key, reference, rounds, effect)
     return [line for line in lines if line]
 
 
-def markdown(table: pa.Table, reference: Sequence[int] = REFERENCE) -> str:
+def markdown(table: pa.Table, reference: Sequence[int] = REFERENCE, effect: float | None = None) -> str:
     """Per configuration over seeds (mean, interval, paired difference, p), the findings, then every trial."""
     label = headline(table)[1]
     parts = [summary.configuration_markdown(statistics(table, reference), label, reference), evaluation_note(table)]
-    parts += findings(table, reference)
+    parts += findings(table, reference, effect)
     return "\n\n".join(parts) + "\n\n### Trials\n\n" + trials_markdown(table) + "\n"
 
 

@@ -2,11 +2,16 @@
 and the paper's mechanism (pure functions over the per-trial rows of the results table).
 
 Every comparison is paired by seed: a configuration's score in seed s is compared with the
-reference's score in the same seed, because trials of one seed share their initialisation and
-crop sequence. Differences from the reference carry a 95 % t interval and a paired t-test p-value,
-Holm-adjusted across the rows. Guided follow-ups and their matched controls are compared by mean
-gain over the reference (not best-of), with a permutation test that shuffles guided / control
-labels within each seed.
+reference's score in the same seed, because trials of one seed share their initialisation (every
+layer whose shape two configurations share starts from the same weights: dcn_ray.core.init) and
+their crop sequence. Differences from the reference carry a 95 % t interval and a paired t-test
+p-value, Holm-adjusted across the rows.
+
+The verdict on the paper's method: per seed, each guided follow-up minus the mean of the controls
+matched to it (the same change of k / stride elsewhere), averaged over the guided follow-ups; a
+paired t-test with the sign-flip permutation test beside it, and an equivalence test (TOST) against
+the job's margin, so that a null result reads "equivalent within +-margin" or "inconclusive".
+"Another branch shrunk" and "the weak branch enlarged" are reported as separate contrasts.
 """
 
 from __future__ import annotations
@@ -18,8 +23,16 @@ from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
 
-from dcn_ray.core.kernels import BRANCHES, Kernels, kernels_text
-from dcn_ray.core.stats import Estimate, holm, mean_interval, paired_difference, stratified_permutation_test
+from dcn_ray.core.kernels import BRANCHES, Kernels, kernels_text, relative_change
+from dcn_ray.core.stats import (
+    Equivalence,
+    Estimate,
+    equivalence_test,
+    holm,
+    mean_interval,
+    paired_difference,
+    sign_flip_test,
+)
 
 Row = Mapping[str, Any]
 
@@ -37,33 +50,74 @@ class ConfigResult:
     p_holm: float
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """Guided follow-ups against matched controls: mean gain over the reference, by seed."""
+#: Equivalence margin of the verdict when the sweep's rounds name none (sweep.followup.margin).
+DEFAULT_MARGIN = 0.005
+#: The contrasts of the verdict: which matched controls each compares the guided follow-ups with.
+CONTRASTS = {"matched": "all matched controls", "shrunk": "another branch shrunk", "enlarged": "weak branch enlarged"}
 
+
+@dataclass(frozen=True)
+class Contrast:
+    """Guided follow-ups minus the mean of their matched controls (of one kind), per seed."""
+
+    kind: str
     seeds: int
-    guided_configs: int
-    control_configs: int
-    guided: Estimate
-    controls: Estimate
     difference: Estimate
+    #: Two-sided paired t-test p-value of the per-seed differences.
     p_value: float
-    label: str
+    #: Two-sided sign-flip permutation p-value of the same differences.
+    p_permutation: float
+    equivalence: Equivalence
+
+    @property
+    def verdict(self) -> str:
+        """``guided better``, ``guided worse``, ``equivalent within +-0.005`` or ``inconclusive``."""
+        if not math.isnan(self.p_value) and self.p_value < 0.05:
+            return "guided better" if self.difference.mean > 0 else "guided worse"
+        if self.equivalence.equivalent:
+            return f"equivalent within +-{self.equivalence.margin:g}"
+        return "inconclusive"
 
     def sentence(self) -> str:
-        """``guided +0.012 [+0.004, +0.020] vs matched controls -0.003 [...], p = 0.02, 3 seeds``."""
-        p = "n/a" if math.isnan(self.p_value) else f"{self.p_value:.3g}"
+        tost = "n/a" if math.isnan(self.equivalence.p_value) else f"{self.equivalence.p_value:.3g}"
         return (
-            f"guided {self.guided.text(signed=True)} vs matched controls {self.controls.text(signed=True)} "
-            f"({self.label} gain over the reference, {self.guided_configs} guided and {self.control_configs} "
-            f"control configurations), difference {self.difference.text(signed=True)}, p = {p} "
-            f"(permutation test within seeds), {self.seeds} seed{'s' if self.seeds != 1 else ''}"
+            f"guided minus {CONTRASTS[self.kind]}: {self.difference.text(signed=True)} over {self.seeds} seed(s), "
+            f"paired t p = {_p(self.p_value) or 'n/a'}, permutation p = {_p(self.p_permutation) or 'n/a'}, "
+            f"TOST (+-{self.equivalence.margin:g}) p = {tost}: {self.verdict}"
         )
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """Guided follow-ups against their matched controls: gains over the reference, and the verdict."""
+
+    seeds: int
+    guided_configs: int
+    control_configs: int
+    #: Mean gain over the reference (same seed) of the guided and of the control configurations.
+    guided: Estimate
+    controls: Estimate
+    #: The primary contrast (all matched controls), then "shrunk" and "enlarged" where they ran.
+    contrasts: tuple[Contrast, ...]
+    label: str
+
+    @property
+    def primary(self) -> Contrast:
+        return self.contrasts[0]
+
+    def sentence(self) -> str:
+        """The gains of both arms and the verdict of each contrast, one line each."""
+        lines = [
+            f"guided {self.guided.text(signed=True)} vs matched controls {self.controls.text(signed=True)} "
+            f"({self.label} gain over the reference, {self.guided_configs} guided and {self.control_configs} "
+            f"control configurations, {self.seeds} seed{'s' if self.seeds != 1 else ''})"
+        ]
+        return "\n".join(lines + [c.sentence() for c in self.contrasts])
+
+
+@dataclass(frozen=True)
 class Mechanism:
-    """Did the weak branch's separation rise when its kernel shrank, as the paper predicts?"""
+    """Did the weak branch's calibrated separation rise when its kernel shrank, as the paper predicts?"""
 
     branch: str
     change: Estimate
@@ -80,7 +134,7 @@ class Mechanism:
 
     def sentence(self) -> str:
         return (
-            f"mechanism: predicted {self.branch} separation rises when its kernel shrinks; observed "
+            f"mechanism: predicted {self.branch} calibrated separation rises when its kernel shrinks; observed "
             f"{self.change.text(signed=True)} over {self.change.n} seed(s): {self.observed}"
         )
 
@@ -140,38 +194,77 @@ def _arm_gains(rows: Sequence[Row], key: str, rounds: Sequence[Round], arm: str)
     return gains
 
 
+def matched_differences(rows: Sequence[Row], key: str, rounds: Sequence[Round], kind: str) -> dict[int, float]:
+    """Per seed: the mean over guided follow-ups of (guided - mean of its matched controls of ``kind``).
+
+    A control is matched to a guided follow-up when it changes k / stride by as much
+    (:func:`dcn_ray.core.kernels.relative_change`); ``kind`` is ``matched`` (all), ``shrunk`` or ``enlarged``.
+    """
+    scores = scores_by_trial(rows, key)
+    seeds = sorted({seed for _, seed in scores})
+    per_seed: dict[int, list[float]] = defaultdict(list)
+    for round_ in (r for r in rounds if r.get("weak") in BRANCHES):
+        reference, weak = tuple(round_["reference"]), BRANCHES.index(round_["weak"])
+        for guided in (tuple(k) for k in round_["guided"]):
+            size = abs(relative_change(reference, guided)[1])
+            controls = [
+                tuple(c) for c in round_["controls"]
+                if abs(relative_change(reference, c)[1]) == size
+                and kind in ("matched", "enlarged" if tuple(c)[weak] != reference[weak] else "shrunk")
+            ]  # fmt: skip
+            for seed in seeds:
+                matched = [scores[(c, seed)] for c in controls if (c, seed) in scores]
+                if (guided, seed) in scores and matched:
+                    per_seed[seed].append(scores[(guided, seed)] - fmean(matched))
+    return {seed: fmean(values) for seed, values in per_seed.items()}
+
+
 def guided_vs_controls(rows: Sequence[Row], key: str, label: str, rounds: Sequence[Round]) -> Comparison | None:
-    """The fair comparison of the paper's method, or None without both guided and control trials.
+    """The fair comparison of the paper's method, or None without both guided and matched control trials.
 
     The arms are what each round's rule named (guided: the weak branch shrunk; controls: matched
     to them), wherever those configurations ran: in the grid or as follow-ups.
     """
     guided, controls = _arm_gains(rows, key, rounds, "guided"), _arm_gains(rows, key, rounds, "controls")
+    margin = next((float(r["margin"]) for r in rounds if "margin" in r), DEFAULT_MARGIN)
+    contrasts = []
+    for kind in CONTRASTS:
+        differences = list(matched_differences(rows, key, rounds, kind).values())
+        if differences:
+            contrasts.append(
+                Contrast(
+                    kind,
+                    len(differences),
+                    mean_interval(differences),
+                    paired_difference(
+                        dict(enumerate(differences)), dict.fromkeys(range(len(differences)), 0.0)
+                    ).p_value,
+                    sign_flip_test(differences),
+                    equivalence_test(differences, margin),
+                )
+            )
     seeds = sorted(set(guided) & set(controls))
-    if not seeds:
+    if not contrasts or not seeds:
         return None
-    per_seed_guided = [fmean(guided[s]) for s in seeds]
-    per_seed_controls = [fmean(controls[s]) for s in seeds]
     ran = set(scores_by_trial(rows, key))
     count = lambda arm: len({tuple(k) for r in rounds for k in r[arm] if any(tuple(k) == c for c, _ in ran)})  # noqa: E731
     return Comparison(
         seeds=len(seeds),
         guided_configs=count("guided"),
         control_configs=count("controls"),
-        guided=mean_interval(per_seed_guided),
-        controls=mean_interval(per_seed_controls),
-        difference=mean_interval([g - c for g, c in zip(per_seed_guided, per_seed_controls)]),
-        p_value=stratified_permutation_test({s: (guided[s], controls[s]) for s in seeds}),
+        guided=mean_interval([fmean(guided[s]) for s in seeds]),
+        controls=mean_interval([fmean(controls[s]) for s in seeds]),
+        contrasts=tuple(contrasts),
         label=label,
     )
 
 
 def mechanism(rows: Sequence[Row], rounds: Sequence[Round]) -> Mechanism | None:
-    """The weak branch's separation in the guided configurations minus in their reference, by seed."""
+    """The weak branch's calibrated separation in the guided configurations minus in their reference, by seed."""
     first = next((r for r in rounds if r.get("weak") in BRANCHES and r["guided"]), None)
     if first is None:
         return None
-    weak, key = first["weak"], f"separation_{first['weak']}"
+    weak, key = first["weak"], f"calibrated_{first['weak']}"
     scores = scores_by_trial(rows, key)
     run_ids = {(_kernels(r), int(r.get("seed") or 0)): r.get("mlflow_run_id") for r in rows}
     per_seed: dict[int, list[float]] = defaultdict(list)
@@ -198,7 +291,7 @@ def round_lines(rounds: Sequence[Round]) -> list[str]:
         guided = ", ".join(kernels_text(k) for k in r["guided"]) or "none"
         controls = ", ".join(kernels_text(k) for k in r["controls"]) or "none"
         lines.append(
-            f"round {r['round']}: weak branch of {kernels_text(r['reference'])} (lowest separation): "
+            f"round {r['round']}: weak branch of {kernels_text(r['reference'])} (lowest calibrated separation): "
             f"{r['agreement']}; guided {guided}; matched controls {controls}"
         )
     return lines

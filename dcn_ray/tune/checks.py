@@ -31,11 +31,12 @@ def planned_trials(job: JobConfig) -> list[str]:
             lines.insert(
                 0, f"grid  {kernels_text(reference):>10}  (reference, added for the follow-ups)  seeds {seeds}"
             )
-        controls = "as many" if followup.controls is None else str(followup.controls)
+        controls = "all" if followup.controls is None else f"up to {followup.controls}"
         extras = f" and {followup.random_controls} random extras" if followup.random_controls else ""
         lines.append(
             f"then, per round ({followup.rounds}): up to {followup.steps} guided follow-ups, {controls} matched "
-            f"controls{extras}, chosen from the F1-F3 scores of {kernels_text(reference)}, each run once per seed"
+            f"controls{extras}, chosen from the calibrated F1-F3 separations of {kernels_text(reference)} over its seeds, "
+            f"each run once per seed; verdict with an equivalence margin of +-{followup.margin:g}"
         )
     return lines
 

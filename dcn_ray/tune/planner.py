@@ -1,9 +1,9 @@
 """What a sweep runs next: the grid x seeds, then follow-up rounds chosen from F1-F3 (no Ray).
 
 Round 1 starts when every seed of the reference configuration (default 4-8-16) has finished:
-the weak branch is the one most of its seeds name (see :func:`dcn_ray.core.branches.weak_branch`);
-guided follow-ups shrink that branch's kernel and controls are drawn beside them
-(:mod:`dcn_ray.tune.proposals`). Each further round takes as its reference the guided follow-up
+the weak branch is the one whose calibrated separation is the lowest over its seeds by more than
+their spread allows (:func:`dcn_ray.core.branches.weak_across_seeds`); guided follow-ups shrink
+that branch's kernel and every matched control runs beside them (:mod:`dcn_ray.tune.proposals`). Each further round takes as its reference the guided follow-up
 with the best mean validation score of the last round. Every planned configuration runs once
 per seed. :class:`dcn_ray.tune.searcher.GridThenFollowups` adapts this planner to Ray Tune.
 """
@@ -11,21 +11,22 @@ per seed. :class:`dcn_ray.tune.searcher.GridThenFollowups` adapts this planner t
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
 
 from dcn_ray.config import FollowupConfig
-from dcn_ray.core.kernels import BRANCHES, Kernels, kernels_text
+from dcn_ray.core.branches import weak_across_seeds
+from dcn_ray.core.kernels import BRANCHES, STRIDES, Kernels, kernels_text
 from dcn_ray.tune.proposals import plan_followups, propose_controls
 from dcn_ray.tune.spec import METRIC, TrialSpec
 
 log = logging.getLogger(__name__)
 
 #: Result keys kept of a finished trial: what the planner and the summary need.
-SCORE_PREFIXES = ("contrast_", "alone_iou_", "drop_", "separation_")
+SCORE_PREFIXES = ("contrast_", "alone_iou_", "drop_", "separation_", "calibrated_")
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,9 @@ class RoundDecision:
 
     round: int
     reference: Kernels
-    #: The weak branch each reference seed named, in seed order (e.g. ("F3", "F3", "F2")).
+    #: The weak branch each reference seed named alone, in seed order (e.g. ("F3", "F3", "none")).
     votes: tuple[str, ...]
-    #: The majority weak branch, or None when no branch is weak in most seeds.
+    #: The branch weakest over the seeds beyond their spread, or None (weak_across_seeds).
     weak: int | None
     guided: tuple[Kernels, ...]
     controls: tuple[Kernels, ...]
@@ -53,18 +54,10 @@ class RoundDecision:
 
     @property
     def agreement(self) -> str:
-        """``F3 in 3 of 3 seeds`` or ``no majority (F2, F3, F1)``."""
+        """``F3 (lowest in 3 of 3 seeds)`` or ``none clearly weakest (seeds: F2, F3, none)``."""
         if self.weak is None:
-            return f"no majority ({', '.join(self.votes)})"
-        return f"{BRANCHES[self.weak]} in {self.votes.count(BRANCHES[self.weak])} of {len(self.votes)} seeds"
-
-
-def majority(votes: Sequence[int]) -> int | None:
-    """The value more than half of ``votes`` name, else None (no silent tie-break)."""
-    if not votes:
-        return None
-    value, count = Counter(votes).most_common(1)[0]
-    return value if count * 2 > len(votes) else None
+            return f"none clearly weakest (seeds: {', '.join(self.votes)})"
+        return f"{BRANCHES[self.weak]} (lowest in {self.votes.count(BRANCHES[self.weak])} of {len(self.votes)} seeds)"
 
 
 def summary_of(result: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -125,7 +118,7 @@ class RoundPlanner:
         pending = {spec.kernels for spec in [*self.queue, *self.live.values()]}
         outcomes = [
             Outcome(f.spec.kernels, f.spec.seed, int(f.result.get("weak_branch", -1)), f.result[METRIC],
-                    str(f.result.get("mlflow_run_id", "")))
+                    str(f.result.get("mlflow_run_id", "")), calibrated_of(f.result))
             for f in self.done.values() if not f.error and METRIC in f.result
         ]  # fmt: skip
         reference = next_reference(self.decisions, outcomes, pending, self.followup)
@@ -166,6 +159,14 @@ class Outcome:
     weak: int
     score: float
     run_id: str = ""
+    #: The calibrated separations of F1, F2, F3 (NaN where unknown).
+    calibrated: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+
+
+def calibrated_of(result: Mapping[str, Any]) -> tuple[float, float, float]:
+    """``calibrated_F1..F3`` of a trial's result or results row, NaN where missing."""
+    values = [result.get(f"calibrated_{name}") for name in BRANCHES]
+    return tuple(float(v) if isinstance(v, (int, float)) else math.nan for v in values)  # type: ignore[return-value]
 
 
 def next_reference(
@@ -190,13 +191,12 @@ def next_reference(
 def decide_round(
     number: int, reference: Sequence[Outcome], settings: FollowupConfig, *, seen=frozenset()
 ) -> RoundDecision:
-    """Round ``number`` from the seeds of its reference: the majority weak branch, the guided
-    configurations and their matched controls (whether or not they already ran: they are the two
-    arms of the comparison), and random extras not in ``seen``. Deterministic for its inputs."""
+    """Round ``number`` from the seeds of its reference: the weak branch over seeds, the guided
+    configurations and all their matched controls (whether or not they already ran: they are the
+    two arms of the comparison), and random extras not in ``seen``. Deterministic for its inputs."""
     kernels = reference[0].kernels
     votes = [o.weak for o in reference]
-    weak = majority(votes)  # -1 (no clear weak branch in that seed) is a vote too
-    weak = None if weak is None or weak < 0 else weak
+    weak = weak_across_seeds([o.calibrated for o in reference])
     seed = settings.seed + number - 1
     if weak is None:  # no branch to guide by: random one-branch changes only
         count = (settings.steps if settings.controls is None else settings.controls) + settings.random_controls
@@ -204,12 +204,19 @@ def decide_round(
         extras = tuple(propose_controls(kernels, count, seed=seed, exclude=seen))
     else:
         plan = plan_followups(
-            kernels, weak, steps=settings.steps, step_size=settings.step_size, controls=settings.controls,
+            kernels, weak, steps=settings.steps, step_size=step_of(settings, weak), controls=settings.controls,
             random_controls=settings.random_controls, seed=seed, exclude=seen,
         )  # fmt: skip
         guided, controls, extras = plan.guided, plan.controls, plan.extras
     names = tuple(BRANCHES[v] if v >= 0 else "none" for v in votes)
     return RoundDecision(number, kernels, names, weak, tuple(guided), tuple(controls), tuple(extras))
+
+
+def step_of(settings: FollowupConfig, weak: int) -> int:
+    """The kernel step of the weak branch: ``relative_step`` x its stride (at least 1), else ``step_size``."""
+    if settings.relative_step is None:
+        return settings.step_size
+    return max(1, round(settings.relative_step * STRIDES[weak]))
 
 
 def replay_rounds(rows: Sequence[Mapping[str, Any]], settings: FollowupConfig) -> list[RoundDecision]:
@@ -223,7 +230,8 @@ def replay_rounds(rows: Sequence[Mapping[str, Any]], settings: FollowupConfig) -
     names = {name: index for index, name in enumerate(BRANCHES)}
     outcomes = [
         Outcome((int(r["k1"]), int(r["k2"]), int(r["k3"])), int(r.get("seed") or 0),
-                names.get(r.get("weak_branch") or "none", -1), float(r[METRIC]), str(r.get("mlflow_run_id") or ""))
+                names.get(r.get("weak_branch") or "none", -1), float(r[METRIC]), str(r.get("mlflow_run_id") or ""),
+                calibrated_of(r))
         for r in rows if r.get("status") == "finished" and isinstance(r.get(METRIC), (int, float))
     ]  # fmt: skip
     decisions: list[RoundDecision] = []

@@ -3,8 +3,8 @@
 After the reference run, the weak branch (see :func:`dcn_ray.core.branches.weak_branch`)
 gets a smaller deconvolution kernel, step by step (the paper's "proposed" rows of
 Table 1: (4, 8, 16) with F3 weak -> (4, 8, 14), (4, 8, 12), (4, 8, 10)). The guided
-choice is compared with controls matched to it: as many configurations, changed by the same
-sizes, but in another direction (another branch shrunk, or the weak branch enlarged).
+choice is compared with every control matched to it: the same change of k / stride made on
+another branch (shrunk), or the weak branch enlarged by the same step; no draw.
 Purely random one-branch changes may run beside them as extras.
 """
 
@@ -127,35 +127,36 @@ def propose_matched_controls(
     weak: int,
     guided: Sequence[Sequence[int]],
     *,
-    seed: int,
-    exclude: Collection[Sequence[int]] = (),
     count: int | None = None,
+    max_kernel_factor: int = 3,
 ) -> list[Kernels]:
-    """Controls matched to the guided follow-ups: the same change sizes, another direction.
+    """Every valid control matched to the guided follow-ups: the same change of k / stride, elsewhere.
 
-    For the i-th guided follow-up, which shrinks the weak branch by d_i, the control is drawn
-    (seeded) from the changes of the same size d_i that are not the guided one: another branch
-    shrunk by d_i (where its kernel stays >= its stride), or the weak branch enlarged by d_i.
-    ``count`` controls (default: one per guided follow-up, cycling through their sizes);
-    nothing in ``exclude``, nothing twice.
+    A guided follow-up shrinks the weak branch's kernel by d, a change of k / s of -d / s. Its
+    matched controls make the same change of k / stride on one other branch b (shrink by
+    d s_b / s, where that is a whole number and keeps the kernel >= s_b): "another branch
+    shrunk"; and enlarge the weak branch by d (up to ``max_kernel_factor`` times its stride):
+    "the weak branch enlarged". All of them, in a fixed order (by guided follow-up, then branch,
+    then the enlargement): no draw. ``count`` keeps the first ``count`` of that order.
     """
     base = _reference(reference)
-    sizes = [base[weak] - tuple(g)[weak] for g in guided]
-    count = len(sizes) if count is None else _positive_int("count", count, minimum=0)
-    skip = _excluded(exclude) | _excluded(guided)
-    rng = random.Random(seed)
     proposals: list[Kernels] = []
-    for index in range(count if sizes else 0):
-        size = sizes[index % len(sizes)]
-        options = [
-            _with_kernel(base, branch, base[branch] - size)
-            for branch in range(len(BRANCHES))
-            if branch != weak and base[branch] - size >= STRIDES[branch]
-        ] + [_with_kernel(base, weak, base[weak] + size)]
-        options = [kernels for kernels in options if kernels not in skip and kernels not in proposals]
-        if options:
-            proposals.append(rng.choice(options))
-    return proposals
+    for target in guided:
+        size = base[weak] - tuple(target)[weak]
+        options = []
+        for branch, stride in enumerate(STRIDES):
+            shrink = size * stride / STRIDES[weak]
+            if branch != weak and shrink == int(shrink) and base[branch] - int(shrink) >= stride:
+                options.append(_with_kernel(base, branch, base[branch] - int(shrink)))
+        if base[weak] + size <= STRIDES[weak] * max_kernel_factor:
+            options.append(_with_kernel(base, weak, base[weak] + size))
+        proposals += [k for k in options if k not in proposals and k not in _excluded(guided)]
+    return proposals if count is None else proposals[: _positive_int("count", count, minimum=0)]
+
+
+def control_kind(reference: Sequence[int], weak: int, control: Sequence[int]) -> str:
+    """``shrunk`` (another branch's kernel shrunk) or ``enlarged`` (the weak branch's kernel enlarged)."""
+    return "enlarged" if tuple(control)[weak] != tuple(reference)[weak] else "shrunk"
 
 
 @dataclass(frozen=True)
@@ -184,12 +185,13 @@ def plan_followups(
     """The two arms of the comparison and random extras.
 
     Guided: the ``weak`` branch's kernel shrunk by ``step_size``, 2 ``step_size``, ... (up to
-    ``steps`` valid kernels); controls: ``controls`` matched to them (default: as many). Both arms
+    ``steps`` valid kernels); controls: every valid control matched to them (or the first
+    ``controls``; see :func:`propose_matched_controls`). Both arms
     are what the rule names, whether or not they already ran (a sweep runs only the new ones).
     Extras: ``random_controls`` random one-branch changes, none in ``exclude`` or the arms.
     """
     guided = propose_guided(reference, weak, steps=steps, step_size=step_size)
-    matched = propose_matched_controls(reference, weak, guided, seed=seed, count=controls)
+    matched = propose_matched_controls(reference, weak, guided, count=controls, max_kernel_factor=max_kernel_factor)
     extras = propose_controls(
         reference,
         random_controls,

@@ -210,7 +210,8 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
     tracking.reconcile(record.tracking_uri, record.experiment_id, record.parent_run_id, rows, interrupted=interrupted)
     reference = tuple(context.job.sweep.followup.reference)
     evaluation = _reported_split(context.job)
-    rounds = [_round_record(d) for d in replay_rounds(rows, context.job.sweep.followup)]
+    followup = context.job.sweep.followup
+    rounds = [_round_record(d, followup.margin) for d in replay_rounds(rows, followup)]
     table = report.results_table(rows, reference, evaluation, rounds)
     folder = Path(store.folder(record.name)) if store.is_local else Path(tempfile.mkdtemp(prefix="dcn-results-"))
     files = report.write(table, folder, reference)
@@ -235,8 +236,8 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
     )
 
 
-def _round_record(decision: RoundDecision) -> dict[str, Any]:
-    """A follow-up round as the results table keeps it (plain JSON values)."""
+def _round_record(decision: RoundDecision, margin: float) -> dict[str, Any]:
+    """A follow-up round as the results table keeps it (plain JSON values), with the verdict's margin."""
     return {
         "round": decision.round,
         "reference": list(decision.reference),
@@ -245,17 +246,18 @@ def _round_record(decision: RoundDecision) -> dict[str, Any]:
         "agreement": decision.agreement,
         "guided": [list(k) for k in decision.guided],
         "controls": [list(k) for k in decision.controls],
+        "margin": margin,
     }
 
 
 def _log_mechanism(uri: str, table) -> None:
-    """On each guided trial's run: how its weak branch's separation moved against its reference."""
+    """On each guided trial's run: how its weak branch's calibrated separation moved against its reference."""
     from dcn_ray.track.summary import mechanism
 
     found = mechanism(table.to_pylist(), report.rounds_of(table))
     if found is None:
         return
-    prediction = f"{found.branch} separation rises when its kernel shrinks"
+    prediction = f"{found.branch} calibrated separation rises when its kernel shrinks"
     tracking.log_child_values(
         uri,
         {run: {"weak_separation_change": change} for run, change in found.per_run.items()},
@@ -312,13 +314,14 @@ def _rows(grid) -> list[dict[str, Any]]:
     return rows
 
 
-def load_report(name: str, storage: str | None) -> str:
+def load_report(name: str, storage: str | None, effect: float | None = None) -> str:
+    """The results of sweep ``name`` again, with the seeds an ``effect`` would need."""
     store = Storage.for_sweeps(storage)
     if not store.exists(name, report.TABLE_FILE):
         raise InputError(f"no results for sweep '{name}' in {store.root}")
     _, job = _read_record(store, name)
     reference = tuple(job.sweep.followup.reference)
-    return report.markdown(store.read_table(name, report.TABLE_FILE), reference)
+    return report.markdown(store.read_table(name, report.TABLE_FILE), reference, effect)
 
 
 def _branch_name(weak: Any) -> str | None:
