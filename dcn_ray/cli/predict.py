@@ -227,8 +227,10 @@ def _predict_volume(model: str, input_path: Path, output_path: Path, options, **
     from dcn_ray.track.sources import load_source
 
     storage, tracking_uri = settings.pop("storage"), settings.pop("tracking_uri")
-    check_volume_paths(input_path, output_path, labels=settings["labels"], level=settings["level"])
+    paths = {"labels": settings["labels"], "level": settings["level"]}
+    check_volume_paths(input_path, output_path, model=model if Path(model).exists() else None, **paths)
     loaded = load_source(model, storage=storage, tracking_uri=tracking_uri)
+    check_volume_paths(input_path, output_path, model=loaded.location, **paths)
     _echo(f"model {model}: kernels {kernels_text(loaded.model.kernels)} ({loaded.location})")
     bar = _BlockBar()
     try:

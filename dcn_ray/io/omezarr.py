@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from dcn_ray.errors import InputError
-from dcn_ray.io.paths import signals_held, writable_folder
+from dcn_ray.io.paths import signals_held, temporary_stem, writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class OutputStore:
 def incomplete_path(final: Path) -> Path:
     """Where the store of ``final`` is built: absolute, for workers whose working folder differs."""
     final = final.absolute()
-    return final.parent / f".{final.name}{INCOMPLETE}"
+    return final.parent / f".{temporary_stem(final)}{INCOMPLETE}"
 
 
 def stored_settings(path: Path) -> dict[str, Any] | None:
@@ -154,6 +154,13 @@ def resumable_store(final: Path, settings: dict[str, Any], compare: Sequence[str
     return OutputStore(str(path), bool(stored.get("label_image")))
 
 
+def remove_store(store: OutputStore) -> None:
+    """Remove an unfinished store that holds no block (a run stopped before its first one)."""
+    if store.done_blocks():
+        return
+    shutil.rmtree(store.path, ignore_errors=True)
+
+
 def finish_store(store: OutputStore, final: Path) -> None:
     """Drop the block record, mark the store complete and rename it onto ``final``."""
     import zarr
@@ -164,9 +171,9 @@ def finish_store(store: OutputStore, final: Path) -> None:
     root.attrs[KEY] = {**root.attrs[KEY], "complete": True}
     with signals_held():
         old = None
-        if final.exists():
-            old = final.parent / f".{final.name}.replaced-{secrets.token_hex(4)}"
+        if os.path.lexists(final):
+            old = final.parent / f".{temporary_stem(final)}.replaced-{secrets.token_hex(4)}"
             os.rename(final, old)
         os.rename(store.path, final)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    if old is not None:  # a symbolic link is replaced itself, never what it points to
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()

@@ -27,6 +27,7 @@ from dcn_ray.core.dcn import DCN
 from dcn_ray.core.evaluation import score_probabilities
 from dcn_ray.errors import InputError
 from dcn_ray.io import omezarr
+from dcn_ray.io.guard import refuse_overlaps
 from dcn_ray.io.volumes import Volume, is_zarr_path, open_volume, read_label_volume, read_volume, volume_shape
 from dcn_ray.predict import blocks as blocking
 from dcn_ray.predict.blocks import Block
@@ -119,10 +120,16 @@ def plan_volume(
 
 
 def check_volume_paths(
-    input_path: str | Path, output_path: Path, *, labels: str | Path | None = None, level: int = 0
+    input_path: str | Path,
+    output_path: Path,
+    *,
+    labels: str | Path | None = None,
+    level: int = 0,
+    model: str | Path | None = None,
 ) -> tuple[int, int, int]:
     """Before any work: the input (and ``labels``, same shape) can be read and the OME-Zarr
-    ``output_path`` written (new, or a store dcn-ray wrote, which is replaced); the input's (Z, Y, X)."""
+    ``output_path`` written (new, or a store dcn-ray wrote, which is replaced), touching no input
+    (``model`` included); the input's (Z, Y, X)."""
     output_path = Path(output_path)
     if not is_zarr_path(output_path):
         raise InputError(f"{output_path}: an OME-Zarr output ends in .zarr (e.g. out.ome.zarr)")
@@ -131,8 +138,8 @@ def check_volume_paths(
         raise InputError(
             f"--labels {labels} have shape {volume_shape(labels, level)} (Z, Y, X) but the input has {volume.shape}"
         )
-    if Path(volume.location).resolve() == output_path.resolve():
-        raise InputError(f"{output_path}: is the input; write the output to another path")
+    inputs = {"the input": input_path, "the --labels volume": labels, "the model file": model}
+    refuse_overlaps(output_path, inputs)
     omezarr.check_output(output_path)
     return volume.shape
 
@@ -162,7 +169,7 @@ def predict_volume(
     output_path = Path(output_path)
     if ngff not in omezarr.NGFF_VERSIONS:
         raise InputError(f"--ngff {ngff}: choose one of {', '.join(omezarr.NGFF_VERSIONS)}")
-    check_volume_paths(input_path, output_path, labels=labels, level=level)
+    check_volume_paths(input_path, output_path, labels=labels, level=level, model=loaded.location)
     plan = plan_volume(loaded, input_path, options, level=level, chunks=chunks, block=block)
     truth = _truth(labels, plan.volume.shape, loaded, level) if labels is not None else None
     settings = _settings(loaded, plan, level=level, ngff=ngff, label_image=label_image)
@@ -171,6 +178,7 @@ def predict_volume(
         log.info("%s: already complete with these settings; nothing to do", output_path)
         total = math.prod(plan.grid)
         return VolumeResult(output_path, total, total, 0, 0.0, (), _scores(output_path, truth, options))
+    created = store is None
     if store is None:
         if resume:
             log.info("%s: no unfinished run to resume; starting a new one", output_path)
@@ -197,7 +205,10 @@ def predict_volume(
             if progress is not None:
                 progress(len(done) + index + 1, total, voxels)
     except BaseException:
-        log.warning("%s: unfinished; the same command with --resume continues it", store.path)
+        if created and not names:  # refused or stopped before its first block: leave nothing behind
+            omezarr.remove_store(store)
+        else:
+            log.warning("%s: unfinished; the same command with --resume continues it", store.path)
         raise
     seconds = time.perf_counter() - started
     omezarr.finish_store(store, output_path)
