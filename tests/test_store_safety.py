@@ -7,6 +7,7 @@ volumes and malformed NGFF metadata give one line; one sweep per name at a time.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -110,3 +111,47 @@ def test_long_names_symlinked_outputs_and_refused_runs_leave_nothing(work: Path,
     code, _, err = predict(capsys, model, source, work / "new.ome.zarr", "--address", "127.0.0.1:9")
     assert code in (1, 2), err
     assert set(os.listdir(work)) == names
+
+
+# ----------------------------------------------------------------------------- 4. score reads what it is given
+
+
+def test_score_reads_masks_as_masks_and_refuses_what_is_neither(work: Path, capsys) -> None:
+    truth = truth_data()
+    tifffile.imwrite(work / "truth.tif", truth, photometric="minisblack")
+    fg = truth == 255
+    masks = {
+        "m01.tif": fg.astype(np.uint8),
+        "m255.tif": fg.astype(np.uint16) * 255,
+        "m01_32.tif": fg.astype(np.int32),
+    }
+    for name, mask in masks.items():
+        tifffile.imwrite(work / name, mask, photometric="minisblack")
+        code, out, err = run_cli(capsys, ["score", work / name, work / "truth.tif"])
+        assert code == 0, err
+        assert "IoU 1.0000" in out and "mask" in err, (name, out, err)
+    zarr.create_array(str(work / "m.zarr"), data=fg.astype(np.uint8), chunks=(1, 40, 40))
+    code, out, _ = run_cli(capsys, ["score", work / "m.zarr", work / "truth.tif", "--json"])
+    scores = json.loads(out)
+    assert scores["iou"] == 1.0 and "0/1 mask" in scores["prediction_read_as"]
+    refused = {
+        "low16.tif": (fg.astype(np.uint16) * 200, "neither a 0/1 or 0/255 mask"),
+        "neg.tif": (fg.astype(np.int16) - 1, "negative"),
+        "wide.tif": (fg.astype(np.float32) * 2, "must lie in [0, 1]"),
+    }
+    for name, (values, problem) in refused.items():
+        tifffile.imwrite(work / name, values, photometric="minisblack")
+        code, out, err = run_cli(capsys, ["score", work / name, work / "truth.tif"])
+        assert_one_error(code, err, name, problem)
+    tifffile.imwrite(work / "full.tif", np.full(SHAPE, 255, np.uint8), photometric="minisblack")
+    code, _, err = run_cli(capsys, ["score", work / "m01.tif", work / "full.tif"])
+    assert_one_error(code, err, "full.tif", "no background")
+    grey = np.zeros((*SHAPE, 3), np.uint8)  # colour labels without one coloured pixel: no foreground
+    tifffile.imwrite(work / "grey.tif", grey, photometric="rgb")
+    code, _, err = run_cli(capsys, ["score", work / "m01.tif", work / "grey.tif", "--foreground", "color"])
+    assert_one_error(code, err, "grey.tif", "no foreground")
+    code, _, err = run_cli(capsys, ["score", work / "m01.tif", work / "truth.tif", "--foreground", "0"])
+    assert code == 0, err
+    for bad in ("nan", "1", "-0.1"):
+        code, out, err = run_cli(capsys, ["score", work / "m01.tif", work / "truth.tif", "--threshold", bad])
+        assert_one_error(code, err, "--threshold")

@@ -28,7 +28,8 @@ from dcn_ray.core.evaluation import score_probabilities
 from dcn_ray.errors import InputError
 from dcn_ray.io import omezarr
 from dcn_ray.io.guard import refuse_overlaps
-from dcn_ray.io.volumes import Volume, is_zarr_path, open_volume, read_label_volume, read_volume, volume_shape
+from dcn_ray.io.predictions import read_prediction
+from dcn_ray.io.volumes import Volume, is_zarr_path, open_volume, read_label_volume, volume_shape
 from dcn_ray.predict import blocks as blocking
 from dcn_ray.predict.blocks import Block
 from dcn_ray.predict.stack import PredictOptions, SlicePredictor, encode, receptive_radius
@@ -247,7 +248,7 @@ def _scores(path: Path, truth: np.ndarray | None, options: PredictOptions) -> di
     """What ``dcn-ray score`` gives for the finished store ``path`` against ``truth``."""
     if truth is None:
         return None
-    return score_probabilities(read_volume(path), truth, threshold=options.threshold)
+    return score_probabilities(read_prediction(path)[0], truth, threshold=options.threshold)
 
 
 def _finished(path: Path, settings: dict[str, Any]) -> bool:
