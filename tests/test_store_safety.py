@@ -155,3 +155,120 @@ def test_score_reads_masks_as_masks_and_refuses_what_is_neither(work: Path, caps
     for bad in ("nan", "1", "-0.1"):
         code, out, err = run_cli(capsys, ["score", work / "m01.tif", work / "truth.tif", "--threshold", bad])
         assert_one_error(code, err, "--threshold")
+
+
+# ----------------------------------------------------------------------------- 3. resume fingerprints its input
+
+
+def interrupted(monkeypatch, capsys, model: Path, source, output: Path, after: int = 3) -> None:
+    """Run ``predict`` into ``output`` and stop it (as Ctrl-C would) after ``after`` blocks."""
+    from dcn_ray.predict.volume import BlockPredictor
+
+    original, calls = BlockPredictor.__call__, []
+
+    def stop_after(self, block):
+        if len(calls) == after:
+            raise KeyboardInterrupt
+        calls.append(block.index)
+        return original(self, block)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(BlockPredictor, "__call__", stop_after)
+        code, _, err = predict(capsys, model, source, output, "--chunk", "1,16,16", "--block", "16")
+    assert code == 130, err
+
+
+def test_resume_refuses_an_input_whose_values_changed(work: Path, capsys, monkeypatch) -> None:
+    model = model_file(work)
+    source, output = work / "in.zarr", work / "out.ome.zarr"
+    incomplete = work / ".out.ome.zarr.incomplete"
+    first = volume_data()
+    zarr.create_array(str(source), data=first, chunks=(1, 16, 16), zarr_format=2)
+    interrupted(monkeypatch, capsys, model, source, output)
+    written = tree(incomplete)
+    resume = ["--chunk", "1,16,16", "--block", "16", "--resume"]
+    # the same path and shape, other values in one chunk a written block read
+    zarr.open_array(str(source), mode="r+")[0, :16, :16] = 255 - first[0, :16, :16]
+    code, out, err = predict(capsys, model, source, output, *resume)
+    assert_one_error(code, err, str(source), "other values", "--resume")
+    assert out == "" and tree(incomplete) == written and not output.exists()
+    # other metadata at the same path (a float copy of the values): named too
+    zarr.create_array(str(source), data=first.astype(np.float32) / 255, chunks=(1, 16, 16), overwrite=True)
+    code, _, err = predict(capsys, model, source, output, *resume)
+    assert_one_error(code, err, str(source), "metadata")
+    # the values it read back in place: the run continues and equals an uninterrupted one
+    zarr.create_array(str(source), data=first, chunks=(1, 16, 16), zarr_format=2, overwrite=True)
+    code, _, err = predict(capsys, model, source, output, *resume)
+    assert code == 0 and "3 written before" in err, err
+    code, _, err = predict(capsys, model, source, work / "fresh.ome.zarr", "--chunk", "1,16,16", "--block", "16")
+    assert code == 0, err
+    read = [zarr.open_array(store=str(p), path="0", mode="r")[...] for p in (output, work / "fresh.ome.zarr")]
+    np.testing.assert_array_equal(*read)
+
+
+def test_nan_volumes_and_resume_with_other_settings_are_refused_in_one_line(work: Path, capsys, monkeypatch) -> None:
+    model = model_file(work)
+    values = volume_data().astype(np.float32)
+    values[1, 3, 4] = np.nan
+    zarr.create_array(str(work / "nan.zarr"), data=values, chunks=(1, 40, 40))
+    tifffile.imwrite(work / "nan.tif", values, photometric="minisblack")
+    for source, output in (("nan.zarr", "o.ome.zarr"), ("nan.tif", "o.tif")):
+        code, out, err = predict(capsys, model, work / source, work / output)
+        assert_one_error(code, err, source, "NaN")
+    source = work / "in.zarr"
+    zarr.create_array(str(source), data=volume_data(), chunks=(1, 16, 16))
+    interrupted(monkeypatch, capsys, model, source, work / "out.ome.zarr")
+    code, _, err = run_cli(
+        capsys, ["predict", model, source, work / "out.ome.zarr", "--tile", "64", "--overlap", "16", "--resume"]
+    )
+    assert_one_error(code, err, "other settings")
+
+
+# ----------------------------------------------------------------------------- 5. damaged volumes: one line
+
+
+def test_damaged_volumes_are_named_in_one_line(work: Path, capsys) -> None:
+    tifffile.imwrite(work / "truth.tif", truth_data(), photometric="minisblack")
+    values = (truth_data() == 255).astype(np.uint8)
+    zarr.create_array(str(work / "z.zarr"), data=values, chunks=(1, 20, 20), zarr_format=2)
+    (work / "z.zarr" / "1.0.1").write_bytes(b"garbage" * 8)
+    with h5py.File(work / "d.h5", "w") as handle:
+        handle.create_dataset("raw", data=values, chunks=(1, 40, 40), compression="gzip")
+        offset = handle["raw"].id.get_chunk_info(1).byte_offset
+    data = bytearray((work / "d.h5").read_bytes())
+    data[offset + 2 : offset + 40] = b"\0" * 38
+    (work / "d.h5").write_bytes(bytes(data))
+    (work / "cut.h5").write_bytes(bytes(data[: len(data) // 2]))
+    cases = [
+        (work / "z.zarr", "chunk (1, 0, 1)"),
+        (f"{work / 'd.h5'}:/raw", "chunk (1, 0, 0)"),
+        (f"{work / 'cut.h5'}:/raw", "cut.h5"),
+    ]
+    for source, problem in cases:
+        code, out, err = run_cli(capsys, ["score", source, work / "truth.tif"])
+        assert_one_error(code, err, str(source).split(":/")[0], problem)
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        (lambda ms: [], "multiscales is an empty list"),
+        (lambda ms: ms[0], "multiscales must be a list"),
+        (lambda ms: [{**ms[0], "datasets": []}], "multiscales[0].datasets"),
+        (lambda ms: [{**ms[0], "axes": "zyx"}], "multiscales[0].axes"),
+        (lambda ms: [_scale(ms[0], [1.0, 1.0])], "datasets[0].coordinateTransformations[0].scale"),
+        (lambda ms: [_scale(ms[0], ["1", "1", "1"])], "must hold numbers"),
+    ],
+)
+def test_malformed_ngff_metadata_names_the_field(work: Path, capsys, change, field: str) -> None:
+    image = write_ome(work / "in.ome.zarr", volume_data(), "0.4")
+    attrs = json.loads((image / ".zattrs").read_text())
+    attrs["multiscales"] = change(attrs["multiscales"])
+    (image / ".zattrs").write_text(json.dumps(attrs))
+    code, out, err = run_cli(capsys, ["score", image, image])
+    assert_one_error(code, err, "in.ome.zarr", "invalid OME-Zarr metadata", field)
+
+
+def _scale(image: dict, scale: list) -> dict:
+    first = {**image["datasets"][0], "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+    return {**image, "datasets": [first, *image["datasets"][1:]]}

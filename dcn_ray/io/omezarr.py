@@ -10,7 +10,8 @@ axes and scale copied from the input. An optional label image ``labels/mask`` ho
 Blocks are written straight into the store by whoever computed them (:class:`OutputStore` is
 plain data that Ray workers open themselves); each block covers whole chunks, so no two writers
 share a chunk. After its chunks, a block sets its own element (its own chunk) of the array
-``dcn_ray_blocks``: that record is what ``--resume`` reads. It is removed when the store is done.
+``dcn_ray_blocks``, and the SHA-256 of the input values it read in ``dcn_ray_inputs``: that record
+is what ``--resume`` reads and checks. Both are removed when the store is done.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 NGFF_VERSIONS = ("0.4", "0.5")
 IMAGE, LABEL, DONE = "0", "labels/mask/0", "dcn_ray_blocks"
+#: Per block: the SHA-256 of the input values it was predicted from (what ``--resume`` checks).
+READ = "dcn_ray_inputs"
 KEY = "dcn_ray"  # the store's attribute holding provenance, settings and completion
 INCOMPLETE = ".incomplete"
 
@@ -52,11 +55,22 @@ class OutputStore:
         if self.label and mask is not None:
             zarr.open_array(store=self.path, path=LABEL, mode="r+")[core] = mask.astype(np.uint8)
 
-    def mark_done(self, index: Sequence[int]) -> None:
-        """Record that the block at grid position ``index`` is written (after its chunks)."""
+    def mark_done(self, index: Sequence[int], digest: bytes) -> None:
+        """Record that the block at grid position ``index`` is written (after its chunks), and the
+        SHA-256 ``digest`` of the input values it was predicted from."""
         import zarr
 
+        zarr.open_array(store=self.path, path=READ, mode="r+")[tuple(index)] = np.frombuffer(digest, np.uint8)
         zarr.open_array(store=self.path, path=DONE, mode="r+")[tuple(index)] = 1
+
+    def digests(self) -> np.ndarray | None:
+        """(*grid, 32) uint8: each written block's input digest; None for a store without them."""
+        import zarr
+
+        try:
+            return zarr.open_array(store=self.path, path=READ, mode="r")[...]
+        except Exception:  # written by a dcn-ray that did not record them
+            return None
 
     def done_blocks(self) -> set[tuple[int, int, int]]:
         import zarr
@@ -135,6 +149,7 @@ def create_store(
         colors = [{"label-value": 1, "rgba": [255, 0, 255, 160]}]
         write_label_metadata(labels, "mask", colors=colors, fmt=fmt, source={"image": "../../"})
     root.create_array(DONE, shape=grid, chunks=(1, 1, 1), dtype="uint8", fill_value=0)
+    root.create_array(READ, shape=(*grid, 32), chunks=(1, 1, 1, 32), dtype="uint8", fill_value=0)
     root.attrs[KEY] = {**settings, "complete": False}
     return OutputStore(str(path), label)
 
@@ -166,8 +181,9 @@ def finish_store(store: OutputStore, final: Path) -> None:
     import zarr
 
     root = zarr.open_group(store=store.path, mode="r+")
-    if DONE in root:
-        del root[DONE]
+    for record in (DONE, READ):
+        if record in root:
+            del root[record]
     root.attrs[KEY] = {**root.attrs[KEY], "complete": True}
     with signals_held():
         old = None
