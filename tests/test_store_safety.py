@@ -272,3 +272,49 @@ def test_malformed_ngff_metadata_names_the_field(work: Path, capsys, change, fie
 def _scale(image: dict, scale: list) -> dict:
     first = {**image["datasets"][0], "coordinateTransformations": [{"type": "scale", "scale": scale}]}
     return {**image, "datasets": [first, *image["datasets"][1:]]}
+
+
+# ----------------------------------------------------------------------------- 2. one sweep per name
+
+
+def test_a_sweep_held_by_a_live_process_is_refused_and_a_dead_one_holds_nothing(work: Path, capsys) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from test_hostile_input import job_file
+
+    storage = work / "runs"
+    hold = (
+        "import sys, time; from pathlib import Path; from dcn_ray.track.locks import sweep_lock\n"
+        "with sweep_lock(Path(sys.argv[1]), 'test'):\n    print('held', flush=True); time.sleep(120)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(storage / "test")], stdout=subprocess.PIPE, text=True, cwd=work
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        job = job_file(work)
+        for args in (["sweep", job, "--storage", storage], ["resume", "test", "--storage", storage]):
+            code, out, err = run_cli(capsys, args)
+            assert_one_error(code, err, "sweep 'test'", f"pid {holder.pid}", "another process")
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    code, _, err = run_cli(capsys, ["resume", "test", "--storage", storage])
+    while "another process" in err and time.monotonic() < deadline:  # the kernel drops a dead holder's lock
+        time.sleep(0.2)
+        code, _, err = run_cli(capsys, ["resume", "test", "--storage", storage])
+    assert_one_error(code, err, "no sweep 'test'")
+
+
+def test_dry_run_refuses_batch_norm_with_one_value_per_channel(work: Path, capsys) -> None:
+    from test_hostile_input import job_file
+
+    job = job_file(work)
+    args = ["sweep", job, "--dry-run", "--set", "train.batch_size=1", "--set", "train.crop=8"]
+    code, out, err = run_cli(capsys, args)
+    assert_one_error(code, err, "batch norm needs more than one value per channel")
+    code, _, err = run_cli(capsys, [*args, "--set", "model.batch_norm=false"])
+    assert code == 0, err
