@@ -318,3 +318,30 @@ def test_dry_run_refuses_batch_norm_with_one_value_per_channel(work: Path, capsy
     assert_one_error(code, err, "batch norm needs more than one value per channel")
     code, _, err = run_cli(capsys, [*args, "--set", "model.batch_norm=false"])
     assert code == 0, err
+
+
+def test_ray_agents_of_an_ended_session_are_ended_and_live_ones_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from dcn_ray.runtime import end_orphaned_agents
+
+    sleep = "import time; time.sleep(60)"
+    ended_session, live_session = tmp_path / "session_ended", tmp_path / "session_live"
+    started = [
+        subprocess.Popen([sys.executable, "-c", sleep, "dashboard/agent.py", f"--session-dir={ended_session}"]),
+        subprocess.Popen([sys.executable, "-c", sleep, "runtime_env/agent/main.py", f"--session-dir={live_session}"]),
+        subprocess.Popen([sys.executable, "-c", sleep, "raylet", f"--log_dir={live_session}/logs"]),
+    ]
+    try:
+        import time
+
+        time.sleep(0.5)
+        ended = end_orphaned_agents()  # other users' orphans may be ended too; never a live session's
+        assert started[0].pid in ended and started[1].pid not in ended
+        assert started[0].wait(timeout=10) != 0
+        assert started[1].poll() is None and started[2].poll() is None
+    finally:
+        for process in started:  # ended by their handles
+            process.kill()
+            process.wait(timeout=10)
