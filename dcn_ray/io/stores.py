@@ -168,9 +168,11 @@ def read_region(kind: str, location: str, array: str, key: tuple, source: str) -
         with open_stored(kind, location, array) as stored:
             try:
                 return np.asarray(stored[key])
+            except MemoryError:
+                raise
             except Exception as error:
                 raise InputError(_damage(source, location, array, error, _bad_chunk(stored, key))) from None
-    except InputError:
+    except (InputError, MemoryError):
         raise
     except Exception as error:  # opening failed: a truncated or damaged file or store
         raise InputError(_damage(source, location, array, error, None)) from None
