@@ -26,32 +26,43 @@ SWEEP_LOCK = ".dcn-ray.lock"
 def sweep_lock(folder: Path, name: str) -> Iterator[None]:
     """Hold sweep ``name``'s ``folder`` for the block; InputError naming the live holder if another has it.
 
-    A folder made here for the lock alone is removed again when the block ends without writing
-    anything else into it (a run refused before it started leaves nothing).
+    The lock file is removed when the block ends (a folder made for it alone too), so a refused
+    run leaves nothing; a holder checks that the file it locked is still the one in the folder.
     """
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / SWEEP_LOCK
-    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    handle = _locked(path, name, folder)
     try:
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        os.ftruncate(handle, 0)  # a file a killed holder left
+        os.write(handle, json.dumps(holder).encode())
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still held: a later run makes and locks a new file
+        os.close(handle)
+        if made and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _locked(path: Path, name: str, folder: Path) -> int:
+    """An open, locked handle on the lock file at ``path`` (the file still there, not one removed meanwhile)."""
+    while True:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            os.close(handle)
             raise InputError(
                 f"sweep '{name}' in {folder.parent} is being run by another process ({_holder(path)}); "
                 "wait for it to end, or give another --name"
             ) from None
-        os.ftruncate(handle, 0)
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        os.write(handle, json.dumps(holder).encode())
         try:
-            yield
-        finally:
-            if made and {entry.name for entry in folder.iterdir()} == {SWEEP_LOCK}:
-                path.unlink(missing_ok=True)
-                folder.rmdir()
-    finally:
-        os.close(handle)  # releases the lock
+            if os.fstat(handle).st_ino == os.stat(path).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        os.close(handle)  # its holder removed it as we locked it: lock the new one
 
 
 @contextmanager
