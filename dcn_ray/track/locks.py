@@ -26,10 +26,11 @@ SWEEP_LOCK = ".dcn-ray.lock"
 def sweep_lock(folder: Path, name: str) -> Iterator[None]:
     """Hold sweep ``name``'s ``folder`` for the block; InputError naming the live holder if another has it.
 
-    The lock file is removed when the block ends (a folder made for it alone too), so a refused
+    The lock file is removed when the block ends (and the folders made for it, while empty), so a refused
     run leaves nothing; a holder checks that the file it locked is still the one in the folder.
     """
-    made = not folder.exists()
+    made = [folder, *folder.parents]
+    made = made[: next(index for index, path in enumerate(made) if path.exists())]  # the folders made here
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / SWEEP_LOCK
     handle = _locked(path, name, folder)
@@ -41,8 +42,10 @@ def sweep_lock(folder: Path, name: str) -> Iterator[None]:
     finally:
         path.unlink(missing_ok=True)  # while still held: a later run makes and locks a new file
         os.close(handle)
-        if made and not any(folder.iterdir()):
-            folder.rmdir()
+        for made_here in made:  # innermost first; only while empty
+            if any(made_here.iterdir()):
+                break
+            made_here.rmdir()
 
 
 def _locked(path: Path, name: str, folder: Path) -> int:
