@@ -261,6 +261,13 @@ def _validate(job: JobConfig) -> None:
         f"model.branch_noise must be three finite numbers >= 0 (F1, F2, F3), got {list(job.model.branch_noise)}",
     )
     validate_train(job.train, need)
+    deepest = job.train.batch_size * (job.train.crop // 8) ** 2  # values per channel after three poolings
+    need(
+        not job.model.batch_norm or deepest > 1,
+        f"train.batch_size={job.train.batch_size} with train.crop={job.train.crop}: batch norm needs more than one "
+        "value per channel at the deepest layer (crop / 8 squared, times the batch); raise either, or set "
+        "model.batch_norm=false",
+    )
     sweep = job.sweep
     need(len(sweep.kernels) >= 1, "sweep.kernels must list at least one [k1, k2, k3]")
     for index, kernels in enumerate(sweep.kernels):

@@ -72,6 +72,7 @@ def ray_session(address: str | None) -> Iterator[None]:
         elif os.environ.get("RAY_ADDRESS"):
             ray.init(**options)
         else:  # "local": a Ray of our own, never a `ray start` cluster someone else runs on this machine
+            end_orphaned_agents()
             ray.init(address="local", include_dashboard=False, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise InputError(
@@ -83,6 +84,53 @@ def ray_session(address: str | None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+#: Ray's per-node agents, by the script in their command line; a killed driver can leave them.
+RAY_AGENTS = ("dashboard/agent.py", "runtime_env/agent/main.py")
+
+
+def end_orphaned_agents() -> list[int]:
+    """End this user's Ray agents whose session no other process serves (their raylet is gone).
+
+    A SIGKILLed driver takes its raylet and GCS with it, but Ray's DashboardAgent and
+    RuntimeEnvAgent can stay. An agent of a live Ray (any user's, any cluster) shares its
+    ``--session-dir`` with that Ray's raylet, and is left alone. Returns the pids ended (Linux only).
+    """
+    commands: dict[int, str] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                commands[int(entry)] = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    ended = []
+    for pid, command in commands.items():
+        if not any(agent in command for agent in RAY_AGENTS) or "--session-dir" not in command:
+            continue
+        session = command.split("--session-dir", 1)[1].lstrip("= ").split(" ", 1)[0]
+        served = any(
+            session in other and not any(agent in other for agent in RAY_AGENTS)
+            for other_pid, other in commands.items()
+            if other_pid != pid
+        )
+        if session and not served and _own(pid):
+            log.debug("ending Ray agent %d of the ended session %s", pid, session)
+            try:
+                os.kill(pid, signal.SIGTERM)
+                ended.append(pid)
+            except OSError:
+                pass
+    return ended
+
+
+def _own(pid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == os.getuid()
+    except OSError:
+        return False
 
 
 def check_answers(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:

@@ -126,6 +126,10 @@ class MlflowServer:
             start_new_session=True,
             env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
         )
+        # Ends the server's process group if this test process dies without stopping it (SIGKILL)
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-c", WATCHDOG, str(os.getpid()), str(self.process.pid)], start_new_session=True
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -141,6 +145,9 @@ class MlflowServer:
 
     def stop(self) -> None:
         """End the server and the workers it started (its own process group, by its pid)."""
+        if getattr(self, "watchdog", None) is not None:
+            self.watchdog.kill()
+            self.watchdog.wait(timeout=10)
         if self.process is None or self.process.poll() is not None:
             return
         os.killpg(self.process.pid, 15)
@@ -151,8 +158,25 @@ class MlflowServer:
             self.process.wait(timeout=10)
 
 
+#: Run beside a server: when the test process (argv[1]) is gone, end the server's group (argv[2]).
+WATCHDOG = """
+import os, sys, time
+parent, group = int(sys.argv[1]), int(sys.argv[2])
+while os.getppid() == parent:
+    time.sleep(1)
+try:
+    os.killpg(group, 15)
+    time.sleep(10)
+    os.killpg(group, 9)
+except ProcessLookupError:
+    pass
+"""
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:  # also when the run is interrupted
+        server.stop()

@@ -181,7 +181,7 @@ def predict(
     options = PredictOptions(
         tile=tile, overlap=overlap, tta=tta, output=output_kind, threshold=threshold, device=device
     )
-    from dcn_ray.io.volumes import is_zarr_path
+    from dcn_ray.io.volumes import is_zarr_path, open_volume
 
     if is_zarr_path(output_path):
         _predict_volume(
@@ -195,6 +195,7 @@ def predict(
     check_paths(input_path, output_path, labels=labels_path, model=model if Path(model).exists() else None, level=level)
     loaded = load_source(model, storage=storage, tracking_uri=tracking_uri)
     check_paths(input_path, output_path, labels=labels_path, model=loaded.location, level=level)
+    open_volume(input_path, level)  # its values too (NaN is refused) before anything is printed
     _echo(f"model {model}: kernels {kernels_text(loaded.model.kernels)} ({loaded.location})")
     bar = _ProgressBar()
     try:
@@ -227,12 +228,17 @@ def _predict_volume(model: str, input_path: Path, output_path: Path, options, **
     from dcn_ray.track.sources import load_source
 
     storage, tracking_uri = settings.pop("storage"), settings.pop("tracking_uri")
-    check_volume_paths(input_path, output_path, labels=settings["labels"], level=settings["level"])
+    paths = {"labels": settings["labels"], "level": settings["level"]}
+    check_volume_paths(input_path, output_path, model=model if Path(model).exists() else None, **paths)
     loaded = load_source(model, storage=storage, tracking_uri=tracking_uri)
-    _echo(f"model {model}: kernels {kernels_text(loaded.model.kernels)} ({loaded.location})")
+    check_volume_paths(input_path, output_path, model=loaded.location, **paths)
     bar = _BlockBar()
+
+    def ready() -> None:  # every check passed (values, --resume): only now is anything printed
+        _echo(f"model {model}: kernels {kernels_text(loaded.model.kernels)} ({loaded.location})")
+
     try:
-        result = predict_volume(loaded, input_path, output_path, options, progress=bar, **settings)
+        result = predict_volume(loaded, input_path, output_path, options, progress=bar, ready=ready, **settings)
     finally:
         bar.close()
     rate = _voxel_rate(result.voxels / max(result.seconds, 1e-9))

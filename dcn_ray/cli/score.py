@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -19,6 +20,7 @@ import click
     default=0.5,
     show_default=True,
     type=click.FloatRange(0.0, 1.0, max_open=True),
+    callback=lambda _ctx, _param, value: _finite(value),
     help="Foreground where PRED's probability exceeds it (IoU, Dice, membrane IoU, pixel error).",
 )
 @click.option(
@@ -57,4 +59,12 @@ def score(
         thresholds=parse_thresholds(thresholds) if thresholds is not None else ISBI_THRESHOLDS,
         invert=invert,
     )
+    if not as_json:
+        click.echo(f"{prediction}: read as {scores['prediction_read_as']}", err=True)
     click.echo(json.dumps(scores) if as_json else format_scores(scores))
+
+
+def _finite(value: float) -> float:
+    if math.isnan(value):
+        raise click.BadParameter("must be a number in [0, 1), not NaN", param_hint="'--threshold'")
+    return value

@@ -66,22 +66,34 @@ def score_stacks(
 ) -> dict[str, float]:
     """Score a prediction stack against a label stack (TIFF, OME-Zarr, zarr or ``file.h5:/dataset``).
 
-    ``prediction`` holds the foreground probability (uint8 0-255, float 0-1, or a 0/255 mask),
-    scaled to [0, 1] as :func:`dcn_ray.io.tiff.read_stack` scales images; with ``invert`` it holds
-    the membrane (background) probability. ``truth`` is a label stack whose ``foreground`` value
+    ``prediction`` holds the foreground probability or a mask, read as
+    :func:`dcn_ray.io.predictions.read_prediction` says (``prediction_read_as`` tells how); with
+    ``invert`` it holds the membrane (background) probability. ``truth`` is a label stack whose ``foreground`` value
     marks cell interior (ISBI: 255), or ``"color"`` for RGB labels.
     """
-    from dcn_ray.io.volumes import read_label_volume, read_volume
+    from dcn_ray.io.predictions import read_prediction
+    from dcn_ray.io.volumes import read_label_volume
 
-    probability = read_volume(prediction)
+    mask = read_label_volume(truth, foreground)
+    check_truth(mask, truth)
+    probability, read_as = read_prediction(prediction)
     if invert:
         probability = 1.0 - probability
-    mask = read_label_volume(truth, foreground)
     if probability.shape != mask.shape:
         raise InputError(
             f"prediction {prediction} has shape {probability.shape} (Z, Y, X) but truth {truth} has {mask.shape}"
         )
-    return score_probabilities(probability, mask, threshold=threshold, thresholds=thresholds)
+    scores: dict[str, Any] = score_probabilities(probability, mask, threshold=threshold, thresholds=thresholds)
+    scores["prediction_read_as"] = read_as
+    return scores
+
+
+def check_truth(mask: np.ndarray, source: object) -> None:
+    """InputError unless the truth has foreground and background (IoU and membrane IoU need both)."""
+    if not mask.any():
+        raise InputError(f"{source}: the truth has no foreground pixel; IoU against it means nothing")
+    if mask.all():
+        raise InputError(f"{source}: the truth has no background (membrane) pixel; membrane IoU and V_rand need one")
 
 
 def parse_foreground(text: str) -> int | str:

@@ -10,7 +10,8 @@ axes and scale copied from the input. An optional label image ``labels/mask`` ho
 Blocks are written straight into the store by whoever computed them (:class:`OutputStore` is
 plain data that Ray workers open themselves); each block covers whole chunks, so no two writers
 share a chunk. After its chunks, a block sets its own element (its own chunk) of the array
-``dcn_ray_blocks``: that record is what ``--resume`` reads. It is removed when the store is done.
+``dcn_ray_blocks``, and the SHA-256 of the input values it read in ``dcn_ray_inputs``: that record
+is what ``--resume`` reads and checks. Both are removed when the store is done.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from typing import Any
 import numpy as np
 
 from dcn_ray.errors import InputError
-from dcn_ray.io.paths import signals_held, writable_folder
+from dcn_ray.io.paths import signals_held, temporary_stem, writable_folder
 
 log = logging.getLogger(__name__)
 
 NGFF_VERSIONS = ("0.4", "0.5")
 IMAGE, LABEL, DONE = "0", "labels/mask/0", "dcn_ray_blocks"
+#: Per block: the SHA-256 of the input values it was predicted from (what ``--resume`` checks).
+READ = "dcn_ray_inputs"
 KEY = "dcn_ray"  # the store's attribute holding provenance, settings and completion
 INCOMPLETE = ".incomplete"
 
@@ -52,11 +55,22 @@ class OutputStore:
         if self.label and mask is not None:
             zarr.open_array(store=self.path, path=LABEL, mode="r+")[core] = mask.astype(np.uint8)
 
-    def mark_done(self, index: Sequence[int]) -> None:
-        """Record that the block at grid position ``index`` is written (after its chunks)."""
+    def mark_done(self, index: Sequence[int], digest: bytes) -> None:
+        """Record that the block at grid position ``index`` is written (after its chunks), and the
+        SHA-256 ``digest`` of the input values it was predicted from."""
         import zarr
 
+        zarr.open_array(store=self.path, path=READ, mode="r+")[tuple(index)] = np.frombuffer(digest, np.uint8)
         zarr.open_array(store=self.path, path=DONE, mode="r+")[tuple(index)] = 1
+
+    def digests(self) -> np.ndarray | None:
+        """(*grid, 32) uint8: each written block's input digest; None for a store without them."""
+        import zarr
+
+        try:
+            return zarr.open_array(store=self.path, path=READ, mode="r")[...]
+        except Exception:  # written by a dcn-ray that did not record them
+            return None
 
     def done_blocks(self) -> set[tuple[int, int, int]]:
         import zarr
@@ -73,7 +87,7 @@ class OutputStore:
 def incomplete_path(final: Path) -> Path:
     """Where the store of ``final`` is built: absolute, for workers whose working folder differs."""
     final = final.absolute()
-    return final.parent / f".{final.name}{INCOMPLETE}"
+    return final.parent / f".{temporary_stem(final)}{INCOMPLETE}"
 
 
 def stored_settings(path: Path) -> dict[str, Any] | None:
@@ -135,6 +149,7 @@ def create_store(
         colors = [{"label-value": 1, "rgba": [255, 0, 255, 160]}]
         write_label_metadata(labels, "mask", colors=colors, fmt=fmt, source={"image": "../../"})
     root.create_array(DONE, shape=grid, chunks=(1, 1, 1), dtype="uint8", fill_value=0)
+    root.create_array(READ, shape=(*grid, 32), chunks=(1, 1, 1, 32), dtype="uint8", fill_value=0)
     root.attrs[KEY] = {**settings, "complete": False}
     return OutputStore(str(path), label)
 
@@ -154,19 +169,27 @@ def resumable_store(final: Path, settings: dict[str, Any], compare: Sequence[str
     return OutputStore(str(path), bool(stored.get("label_image")))
 
 
+def remove_store(store: OutputStore) -> None:
+    """Remove an unfinished store that holds no block (a run stopped before its first one)."""
+    if store.done_blocks():
+        return
+    shutil.rmtree(store.path, ignore_errors=True)
+
+
 def finish_store(store: OutputStore, final: Path) -> None:
     """Drop the block record, mark the store complete and rename it onto ``final``."""
     import zarr
 
     root = zarr.open_group(store=store.path, mode="r+")
-    if DONE in root:
-        del root[DONE]
+    for record in (DONE, READ):
+        if record in root:
+            del root[record]
     root.attrs[KEY] = {**root.attrs[KEY], "complete": True}
     with signals_held():
         old = None
-        if final.exists():
-            old = final.parent / f".{final.name}.replaced-{secrets.token_hex(4)}"
+        if os.path.lexists(final):
+            old = final.parent / f".{temporary_stem(final)}.replaced-{secrets.token_hex(4)}"
             os.rename(final, old)
         os.rename(store.path, final)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    if old is not None:  # a symbolic link is replaced itself, never what it points to
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()

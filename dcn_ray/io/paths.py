@@ -1,8 +1,9 @@
 """The files a command reads and writes, checked before any work and written whole.
 
 - An input is a regular file: a FIFO or a device would block or never end, a symlink loop is named.
-- An output never replaces one of the command's own inputs, is not a folder (or, for a folder of
-  outputs, not a file), and its folder exists and can be written.
+- An output never is, contains or lies inside one of the command's own inputs
+  (:mod:`dcn_ray.io.guard`), is not a folder (or, for a folder of outputs, not a file), and its
+  folder exists and can be written.
 - Temporary files and folders are named ``.NAME.partial-PID-RANDOM`` beside their target; a later
   run removes those whose process has ended (on this machine), so a killed run leaves nothing
   behind for long.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import logging
 import os
 import shutil
@@ -101,18 +103,9 @@ def writable_folder(folder: Path, target: Path) -> None:
 
 
 def _not_an_input(target: Path, inputs: Mapping[str, PathLike | None]) -> None:
-    for what, source in inputs.items():
-        if source is not None and _same_file(target, Path(source)):
-            raise InputError(f"{target}: is {what} of this command; write the output to another file")
+    from dcn_ray.io.guard import refuse_overlaps
 
-
-def _same_file(first: Path, second: Path) -> bool:
-    try:
-        if first.exists() and second.exists():
-            return os.path.samefile(first, second)
-    except OSError:
-        pass
-    return os.path.realpath(first) == os.path.realpath(second)
+    refuse_overlaps(target, inputs)
 
 
 def _kind_of(mode: int) -> str:
@@ -128,14 +121,27 @@ def _kind_of(mode: int) -> str:
 # ----------------------------------------------------------------------------- temporary files
 
 
+#: Longest NAME kept whole in a temporary name: with ``.partial-PID-RANDOM`` it stays within 255 bytes.
+_LONGEST_STEM = 180
+
+
+def temporary_stem(target: Path) -> str:
+    """``NAME`` of ``target``, or for a name near the file-name limit its start and a hash of it."""
+    name = target.name
+    if len(name.encode()) <= _LONGEST_STEM:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return name.encode()[:160].decode(errors="ignore") + "~" + digest
+
+
 def partial_prefix(target: Path) -> str:
     """The name start of this process's temporary files for ``target``: ``.NAME.partial-PID-``."""
-    return f".{target.name}{PARTIAL}{os.getpid()}-"
+    return f".{temporary_stem(target)}{PARTIAL}{os.getpid()}-"
 
 
 def remove_stale_partials(target: Path) -> None:
     """Remove the temporary files and folders of ``target`` left by runs that have ended."""
-    prefix = f".{target.name}{PARTIAL}"
+    prefix = f".{temporary_stem(target)}{PARTIAL}"
     for entry in target.parent.glob(glob.escape(prefix) + "*"):
         pid = _pid_of(entry.name[len(prefix) :])
         if pid is not None and _running(pid):

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from dcn_ray.errors import InputError
+from dcn_ray.io.ngff import check_multiscales
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 
@@ -102,6 +103,7 @@ def describe_zarr(text: str, path: Path, level: int) -> Stored:
         raise InputError(
             f"{text}: is a zarr group without OME-Zarr multiscales; give one of its arrays ({arrays}) as {path}/NAME"
         )
+    check_multiscales(attrs.get("ome", attrs), text)
     return _describe_ome(text, path, level, node.metadata.zarr_format)
 
 
@@ -123,11 +125,18 @@ def _describe_ome(text: str, path: Path, level: int, zarr_format: int) -> Stored
     paths = node.load(Multiscales).datasets
     if level >= len(paths):
         raise InputError(f"--level {level}: {text} has {len(paths)} level(s), 0 to {len(paths) - 1}")
-    array = zarr.open_array(store=str(path), path=paths[level], mode="r")
+    try:
+        array = zarr.open_array(store=str(path), path=paths[level], mode="r")
+    except Exception as error:  # the level's array is missing or its metadata unreadable
+        raise InputError(f"{text}: level {level} (array {paths[level]!r}) cannot be opened ({_first(error)})") from None
     axes = node.metadata.get("axes") or []
     names = [axis.get("name") for axis in axes]
     spatial = [index for index, name in enumerate(names) if name in ("z", "y", "x")]
-    if len(axes) != array.ndim or names[-2:] != ["y", "x"] or spatial != list(range(spatial[0], array.ndim)):
+    if (
+        len(axes) != array.ndim
+        or names[-2:] != ["y", "x"]
+        or spatial != list(range(array.ndim - len(spatial), array.ndim))
+    ):
         raise InputError(f"{text}: OME-Zarr axes {names} do not end in (z,) y, x for an array of {array.ndim} dims")
     transforms = (node.metadata.get("coordinateTransformations") or [None] * len(paths))[level] or []
     scales = [t["scale"] for t in transforms if t.get("type") == "scale"]
@@ -150,6 +159,52 @@ def open_stored(kind: str, location: str, array: str) -> Iterator[Any]:
     import zarr
 
     yield zarr.open_array(store=location, path=array, mode="r")
+
+
+def read_region(kind: str, location: str, array: str, key: tuple, source: str) -> np.ndarray:
+    """``stored[key]`` as numpy; a failure of the reading library (a corrupt or missing chunk, a
+    truncated file, an HDF5 filter error) is an InputError naming the file, array and chunk."""
+    try:
+        with open_stored(kind, location, array) as stored:
+            try:
+                return np.asarray(stored[key])
+            except MemoryError:
+                raise
+            except Exception as error:
+                raise InputError(_damage(source, location, array, error, _bad_chunk(stored, key))) from None
+    except (InputError, MemoryError):
+        raise
+    except Exception as error:  # opening failed: a truncated or damaged file or store
+        raise InputError(_damage(source, location, array, error, None)) from None
+
+
+def _bad_chunk(stored: Any, key: tuple) -> tuple[int, ...] | None:
+    """The grid index of the first chunk under ``key`` that cannot be read; None if none fails alone."""
+    import itertools
+
+    chunks = tuple(getattr(stored, "chunks", None) or stored.shape)
+    ranges = []
+    for index, (size, chunk) in enumerate(zip(stored.shape, chunks)):
+        part = key[index] if index < len(key) else slice(None)
+        first, last = (part, part + 1) if isinstance(part, int) else part.indices(size)[:2]
+        ranges.append(range(first // chunk, max(first, last - 1) // chunk + 1))
+    for cell in itertools.islice(itertools.product(*ranges), 100_000):
+        try:
+            np.asarray(stored[tuple(slice(c * n, (c + 1) * n) for c, n in zip(cell, chunks))])
+        except Exception:
+            return cell
+    return None
+
+
+def _damage(source: str, location: str, array: str, error: Exception, chunk: tuple[int, ...] | None) -> str:
+    where = f"array {array!r} of {location}" if array else location
+    at = f", chunk {chunk}" if chunk is not None else ""
+    return f"{source}: cannot read {where}{at}: damaged or truncated ({type(error).__name__}: {_first(error)})"
+
+
+def _first(error: Exception) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:160]
 
 
 @contextmanager

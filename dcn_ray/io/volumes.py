@@ -26,7 +26,7 @@ import numpy as np
 
 from dcn_ray.errors import InputError
 from dcn_ray.io import tiff
-from dcn_ray.io.stores import Stored, describe_hdf5, describe_zarr, is_hdf5, open_stored, split_hdf5
+from dcn_ray.io.stores import Stored, describe_hdf5, describe_zarr, is_hdf5, read_region, split_hdf5
 
 Shape3 = tuple[int, int, int]
 DEFAULT_AXES = ({"name": "z", "type": "space"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"})
@@ -58,8 +58,7 @@ class Volume:
     def raw(self, z: slice = ALL, rows: slice = ALL, cols: slice = ALL) -> np.ndarray:
         """Stored values of ``[z, rows, cols]``, shaped (z, y, x) (not for TIFF)."""
         key = (0,) * self.lead + ((rows, cols) if self.flat else (z, rows, cols))
-        with open_stored(self.kind, self.location, self.array) as stored:
-            data = np.asarray(stored[key])
+        data = read_region(self.kind, self.location, self.array, key, self.source)
         return data[np.newaxis][z] if self.flat else data
 
     def read(self, z: slice = ALL, rows: slice = ALL, cols: slice = ALL) -> np.ndarray:

@@ -39,8 +39,9 @@ from dcn_ray.core.kernels import STRIDES, kernels_text
 from dcn_ray.core.sampler import apply_transform, invert_transform
 from dcn_ray.errors import InputError
 from dcn_ray.io.paths import output_file
+from dcn_ray.io.predictions import read_prediction
 from dcn_ray.io.tiff_writer import StackWriter
-from dcn_ray.io.volumes import input_slices, read_label_volume, read_volume, volume_shape
+from dcn_ray.io.volumes import input_slices, read_label_volume, volume_shape
 from dcn_ray.track.sources import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -277,7 +278,7 @@ def predict_stack(
         seconds = time.perf_counter() - started
     scores = None
     if truth is not None:  # what `dcn-ray score` reads: the output as written
-        scores = score_probabilities(read_volume(output_path), truth, threshold=options.threshold)
+        scores = score_probabilities(read_prediction(output_path)[0], truth, threshold=options.threshold)
     return PredictResult(output_path, len(names), seconds, tuple(names), scores)
 
 

@@ -27,7 +27,10 @@ from dcn_ray.core.dcn import DCN
 from dcn_ray.core.evaluation import score_probabilities
 from dcn_ray.errors import InputError
 from dcn_ray.io import omezarr
-from dcn_ray.io.volumes import Volume, is_zarr_path, open_volume, read_label_volume, read_volume, volume_shape
+from dcn_ray.io.fingerprint import check_regions, metadata_fingerprint, region_digest
+from dcn_ray.io.guard import refuse_overlaps
+from dcn_ray.io.predictions import read_prediction
+from dcn_ray.io.volumes import Volume, is_zarr_path, open_volume, read_label_volume, volume_shape
 from dcn_ray.predict import blocks as blocking
 from dcn_ray.predict.blocks import Block
 from dcn_ray.predict.stack import PredictOptions, SlicePredictor, encode, receptive_radius
@@ -43,6 +46,8 @@ RESUME_KEYS = (
     "model_sha256", "input", "level", "shape", "chunks", "block", "halo", "output", "threshold", "tta", "tile",
     "overlap", "ngff", "label_image",
 )  # fmt: skip
+#: What the input was: checked on --resume apart from the settings, to name the input.
+INPUT_KEY = "input_fingerprint"
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,7 @@ class BlockPredictor:
         if values.dtype == np.bool_:
             values = values.astype(np.uint8) * np.uint8(255)  # a mask is stored 0/255, as in TIFF
         self.store.write(block.core, values, probability > options.threshold)
-        self.store.mark_done(block.index)
+        self.store.mark_done(block.index, region_digest(region))
         return block.voxels
 
 
@@ -119,10 +124,16 @@ def plan_volume(
 
 
 def check_volume_paths(
-    input_path: str | Path, output_path: Path, *, labels: str | Path | None = None, level: int = 0
+    input_path: str | Path,
+    output_path: Path,
+    *,
+    labels: str | Path | None = None,
+    level: int = 0,
+    model: str | Path | None = None,
 ) -> tuple[int, int, int]:
     """Before any work: the input (and ``labels``, same shape) can be read and the OME-Zarr
-    ``output_path`` written (new, or a store dcn-ray wrote, which is replaced); the input's (Z, Y, X)."""
+    ``output_path`` written (new, or a store dcn-ray wrote, which is replaced), touching no input
+    (``model`` included); the input's (Z, Y, X)."""
     output_path = Path(output_path)
     if not is_zarr_path(output_path):
         raise InputError(f"{output_path}: an OME-Zarr output ends in .zarr (e.g. out.ome.zarr)")
@@ -131,8 +142,8 @@ def check_volume_paths(
         raise InputError(
             f"--labels {labels} have shape {volume_shape(labels, level)} (Z, Y, X) but the input has {volume.shape}"
         )
-    if Path(volume.location).resolve() == output_path.resolve():
-        raise InputError(f"{output_path}: is the input; write the output to another path")
+    inputs = {"the input": input_path, "the --labels volume": labels, "the model file": model}
+    refuse_overlaps(output_path, inputs)
     omezarr.check_output(output_path)
     return volume.shape
 
@@ -153,16 +164,18 @@ def predict_volume(
     workers: int | None = None,
     address: str | None = None,
     progress: BlockProgress | None = None,
+    ready: Callable[[], None] | None = None,
 ) -> VolumeResult:
     """Segment ``input_path`` (any format of :mod:`dcn_ray.io.volumes`) into the OME-Zarr ``output_path``.
 
     With ``labels`` (ground truth) the finished output is read back and scored as ``dcn-ray score``
-    scores it. See the module doc for the rest.
+    scores it. ``ready`` is called once every check has passed, before the first block. See the
+    module doc for the rest.
     """
     output_path = Path(output_path)
     if ngff not in omezarr.NGFF_VERSIONS:
         raise InputError(f"--ngff {ngff}: choose one of {', '.join(omezarr.NGFF_VERSIONS)}")
-    check_volume_paths(input_path, output_path, labels=labels, level=level)
+    check_volume_paths(input_path, output_path, labels=labels, level=level, model=loaded.location)
     plan = plan_volume(loaded, input_path, options, level=level, chunks=chunks, block=block)
     truth = _truth(labels, plan.volume.shape, loaded, level) if labels is not None else None
     settings = _settings(loaded, plan, level=level, ngff=ngff, label_image=label_image)
@@ -170,7 +183,10 @@ def predict_volume(
     if resume and store is None and _finished(output_path, settings):
         log.info("%s: already complete with these settings; nothing to do", output_path)
         total = math.prod(plan.grid)
+        if ready is not None:
+            ready()
         return VolumeResult(output_path, total, total, 0, 0.0, (), _scores(output_path, truth, options))
+    created = store is None
     if store is None:
         if resume:
             log.info("%s: no unfinished run to resume; starting a new one", output_path)
@@ -179,6 +195,10 @@ def predict_volume(
             axes=plan.volume.axes, scale=plan.volume.scale, ngff=ngff, label=label_image, settings=settings,
         )  # fmt: skip
     done = store.done_blocks() if not store.complete else set(blocking.iter_indices(plan.grid))
+    if not created:
+        _check_input(plan, store, settings, done)
+    if ready is not None:
+        ready()
     todo = list(plan.blocks(skip=done))
     total = len(done) + len(todo)
     log.info(
@@ -197,7 +217,10 @@ def predict_volume(
             if progress is not None:
                 progress(len(done) + index + 1, total, voxels)
     except BaseException:
-        log.warning("%s: unfinished; the same command with --resume continues it", store.path)
+        if created and not names:  # refused or stopped before its first block: leave nothing behind
+            omezarr.remove_store(store)
+        else:
+            log.warning("%s: unfinished; the same command with --resume continues it", store.path)
         raise
     seconds = time.perf_counter() - started
     omezarr.finish_store(store, output_path)
@@ -236,13 +259,29 @@ def _scores(path: Path, truth: np.ndarray | None, options: PredictOptions) -> di
     """What ``dcn-ray score`` gives for the finished store ``path`` against ``truth``."""
     if truth is None:
         return None
-    return score_probabilities(read_volume(path), truth, threshold=options.threshold)
+    return score_probabilities(read_prediction(path)[0], truth, threshold=options.threshold)
+
+
+def _check_input(plan: VolumePlan, store: omezarr.OutputStore, settings: dict[str, Any], done: set) -> None:
+    """InputError naming the input unless it is what the unfinished ``store`` read for its blocks."""
+    recorded = (omezarr.stored_settings(Path(store.path)) or {}).get(INPUT_KEY)
+    if recorded != settings[INPUT_KEY]:
+        raise InputError(
+            f"{plan.volume.source}: the input's metadata (shape, type, chunks or value range) differs from what "
+            f"the unfinished run in {store.path} read; run without --resume to start again"
+        )
+    if store.complete:  # every block in, the record already dropped: only the rename was left
+        return
+    regions = ((b.index, (b.core[0], b.rows, b.cols)) for b in plan.blocks() if b.index in done)
+    check_regions(plan.volume, regions, store.digests(), store.path)
 
 
 def _finished(path: Path, settings: dict[str, Any]) -> bool:
     """Whether ``path`` is a complete store written with the same settings."""
     stored = omezarr.stored_settings(path) if path.exists() else None
-    return bool(stored and stored.get("complete") and all(stored.get(k) == settings.get(k) for k in RESUME_KEYS))
+    return bool(
+        stored and stored.get("complete") and all(stored.get(k) == settings.get(k) for k in (*RESUME_KEYS, INPUT_KEY))
+    )
 
 
 def _settings(loaded: LoadedModel, plan: VolumePlan, *, level: int, ngff: str, label_image: bool) -> dict[str, Any]:
@@ -260,6 +299,7 @@ def _settings(loaded: LoadedModel, plan: VolumePlan, *, level: int, ngff: str, l
         "dcn_ray_version": __version__,
         "input": volume.source,
         "input_format": volume.kind if volume.version is None else f"{volume.kind} {volume.version}",
+        INPUT_KEY: metadata_fingerprint(volume),
         "level": level,
         "shape": list(volume.shape),
         "chunks": list(plan.chunks),

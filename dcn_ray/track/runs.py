@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from dcn_ray.track.locks import creation_lock
 from dcn_ray.track.uris import fail_fast_http
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,13 @@ def prepare_experiment(uri: str, name: str) -> str:
     its runs view instead of its GenAI pages.
     """
     fail_fast_http()
+    if uri.startswith("sqlite:///"):  # two drivers making one fresh store race in its schema migration
+        with creation_lock(Path(uri[len("sqlite:///") :])):
+            return _prepare_experiment(uri, name)
+    return _prepare_experiment(uri, name)
+
+
+def _prepare_experiment(uri: str, name: str) -> str:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:

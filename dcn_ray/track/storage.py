@@ -7,7 +7,7 @@ import os
 import posixpath
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +63,14 @@ class Storage:
                     f"{path}: {what} lies in the folder of sweep '{name}' ({folder}), which the sweep writes; "
                     "move it, or give another --name or --storage"
                 )
+
+    def holding(self, name: str) -> AbstractContextManager[None]:
+        """Hold sweep ``name`` for the block: a second sweep or resume of it is refused meanwhile."""
+        if not self.is_local:  # object stores have no locks: one driver per name is the user's to keep
+            return nullcontext()
+        from dcn_ray.track.locks import sweep_lock
+
+        return sweep_lock(Path(self.folder(name)), name)
 
     @property
     def is_local(self) -> bool:

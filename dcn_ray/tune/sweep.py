@@ -106,8 +106,17 @@ def _tuner(context: SweepContext, record: SweepRecord, storage: Storage, searche
 def run_sweep(
     job: JobConfig, *, job_text: str, storage: str | None, address: str | None, write: Write, callbacks=()
 ) -> SweepOutcome:
-    """Run the job's grid (and follow-ups) as a new sweep named ``job.name``."""
+    """Run the job's grid (and follow-ups) as a new sweep named ``job.name`` (held against a second one)."""
     store = Storage.for_sweeps(storage)
+    with store.holding(job.name):
+        return _run_sweep(
+            job, store, job_text=job_text, storage=storage, address=address, write=write, callbacks=callbacks
+        )
+
+
+def _run_sweep(
+    job: JobConfig, store: Storage, *, job_text: str, storage: str | None, address: str | None, write: Write, callbacks
+) -> SweepOutcome:
     if store.exists(job.name, SWEEP_FILE):
         raise InputError(
             f"sweep '{job.name}' already exists in {store.root}; use `dcn-ray resume {job.name}` (or another --name)"
@@ -146,9 +155,14 @@ def run_sweep(
 
 def resume_sweep(name: str, *, storage: str | None, address: str | None, write: Write) -> SweepOutcome:
     """Finish the unfinished and errored trials of a sweep; finished trials are not rerun."""
+    store = Storage.for_sweeps(storage)
+    with store.holding(name):
+        return _resume_sweep(name, store, address=address, write=write)
+
+
+def _resume_sweep(name: str, store: Storage, *, address: str | None, write: Write) -> SweepOutcome:
     from ray import tune
 
-    store = Storage.for_sweeps(storage)
     if not store.exists(name, SWEEP_FILE):
         raise InputError(f"no sweep '{name}' in {store.root} (nothing to resume)")
     record, job = _read_record(store, name)
