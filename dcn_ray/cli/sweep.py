@@ -92,17 +92,38 @@ def report(name: str, storage: str | None) -> None:
 @click.argument("name")
 @click.argument("model_name")
 @click.option("--storage", help="The storage the sweep was run with (default ./dcn-ray-runs).")
-def register(name: str, model_name: str, storage: str | None) -> None:
-    """Register the best trial of sweep NAME as a new version of MODEL_NAME in its MLflow registry."""
+@click.option(
+    "--alias",
+    default="champion",
+    show_default=True,
+    help="Alias the new version gets (moved from an older one): predict models:/MODEL_NAME@ALIAS. '' for none.",
+)
+def register(name: str, model_name: str, storage: str | None, alias: str) -> None:
+    """Register the best trial of sweep NAME as a new version of MODEL_NAME in its MLflow registry.
+
+    The version is tagged with its sweep, trial, kernels, family, seed and test scores.
+    """
     from dcn_ray.core.kernels import kernels_text
     from dcn_ray.track.sources import register_best
 
-    version, best = register_best(name, model_name, storage=storage)
+    _check_alias(alias)
+    version, best = register_best(name, model_name, storage=storage, alias=alias)
+    test = f", test IoU {best.scores['test_iou']:.4f}" if "test_iou" in best.scores else ""
     _echo(
-        f"best trial of sweep '{name}': kernels {kernels_text(best.kernels)}, val IoU {best.best_val_iou:.4f} "
-        f"(MLflow run {best.mlflow_run_id} in {best.tracking_uri})"
+        f"best trial of sweep '{name}': kernels {kernels_text(best.kernels)}, val IoU {best.best_val_iou:.4f}"
+        f"{test} (MLflow run {best.mlflow_run_id} in {best.tracking_uri})"
     )
-    click.echo(f"registered {model_name} version {version}")
+    click.echo(f"registered {model_name} version {version}" + (f" as models:/{model_name}@{alias}" if alias else ""))
+
+
+def _check_alias(alias: str) -> None:
+    """MLflow's rule for aliases, checked before any store is opened (``latest``, ``v<digits>`` are reserved)."""
+    import re
+
+    from dcn_ray.errors import InputError
+
+    if alias and (not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", alias) or re.fullmatch(r"[vV]\d+|latest", alias)):
+        raise InputError(f"--alias {alias!r}: letters, digits, '_' and '-' only, and not 'latest' or v<number>")
 
 
 def _done(outcome) -> None:
