@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import zipfile
 
 import pyarrow.parquet as pq
 import pytest
@@ -133,6 +134,24 @@ def test_register_then_predict_from_the_registry(sweep, tmp_path, capsys, synthe
         ]
     )
     assert code == 0 and tifffile.imread(out_file).shape == (12, 128, 128)
+
+
+def test_export_from_the_registry_and_the_sweep(sweep, tmp_path):
+    """`export` takes the sources predict takes, and its provenance names the trial's MLflow run."""
+    pytest.importorskip("bioimageio.spec", reason="bioimageio.core is not installed: pip install -e '.[export]'")
+    import yaml
+
+    register_best("pick", "dcn-export", storage=str(sweep["storage"]))
+    for source in ("models:/dcn-export@champion", "sweep:pick"):
+        out = tmp_path / f"{source.split(':')[0]}.zip"
+        args = ["export", source, out, "--tracking-uri", sweep["uri"], "--storage", sweep["storage"]]
+        assert _cli(args) == 0
+        with zipfile.ZipFile(out) as package:
+            provenance = yaml.safe_load(package.read("rdf.yaml"))["config"]["dcn_ray"]
+        assert provenance["source"] == source and provenance["sweep"] == "pick"
+        assert provenance["mlflow_run_id"] == sweep["best"]["mlflow_run_id"]
+        assert provenance["kernels"] == "-".join(str(sweep["best"][k]) for k in ("k1", "k2", "k3"))
+        assert provenance["test_scores"]["test_iou"] == pytest.approx(sweep["best"]["test_iou"], abs=1e-6)
 
 
 def test_unknown_sources_are_named(sweep, tmp_path, monkeypatch):

@@ -49,6 +49,7 @@ class LoadedModel:
     payload: dict[str, Any]
     source: str  # as the user gave it
     location: str  # the file or URI it was read from
+    mlflow_run_id: str | None = None  # the trial's MLflow run, where the source leads to one
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,11 @@ def load_source(source: str, *, storage: str | None = None, tracking_uri: str | 
         run_id, _, artifact = source[len("runs:/") :].strip("/").partition("/")
         if not run_id:
             raise InputError(f"model {source!r}: give the run id, as runs:/<run_id>")
-        return _from_mlflow(source, f"runs:/{run_id}/{artifact or RUN_ARTIFACT}", mlflow_uri(tracking_uri))
+        return _from_mlflow(source, f"runs:/{run_id}/{artifact or RUN_ARTIFACT}", mlflow_uri(tracking_uri), run_id)
     if source.startswith("models:/"):
         uri = mlflow_uri(tracking_uri)
-        return _from_mlflow(source, _model_version_location(source, uri), uri)
+        location, run_id = _model_version_location(source, uri)
+        return _from_mlflow(source, location, uri, run_id)
     if source.startswith("sweep:"):
         return _from_sweep(source, source[len("sweep:") :], storage)
     path = Path(source)
@@ -222,17 +224,18 @@ def _from_sweep(source: str, name: str, storage: str | None) -> LoadedModel:
                 kernels_text(best.kernels),
                 best.best_val_iou,
             )
-            return LoadedModel(model, payload, source, str(file))
+            return LoadedModel(model, payload, source, str(file), best.mlflow_run_id)
     if not best.mlflow_run_id:
         raise InputError(
             f"{source}: the best trial {best.trial_id} has neither a checkpoint in {folder} nor an MLflow run"
         )
     uris.check_store(best.tracking_uri, must_exist=True)
-    return _from_mlflow(source, f"runs:/{best.mlflow_run_id}/{RUN_ARTIFACT}", best.tracking_uri)
+    location = f"runs:/{best.mlflow_run_id}/{RUN_ARTIFACT}"
+    return _from_mlflow(source, location, best.tracking_uri, best.mlflow_run_id)
 
 
-def _model_version_location(source: str, uri: str) -> str:
-    """Where the files of ``models:/<name>/<version>`` (or ``models:/<name>@<alias>``) are.
+def _model_version_location(source: str, uri: str) -> tuple[str, str | None]:
+    """Where the files of ``models:/<name>/<version>`` (or ``models:/<name>@<alias>``) are, and its run.
 
     Resolved here because MLflow's own ``models:/`` download ignores the registry URI it is given.
     """
@@ -248,9 +251,8 @@ def _model_version_location(source: str, uri: str) -> str:
         )
     client = MlflowClient(uri, registry_uri=uri)
     try:
-        if alias:
-            version = client.get_model_version_by_alias(name, alias).version
-        return client.get_model_version_download_uri(name, version)
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        return client.get_model_version_download_uri(name, found.version), found.run_id or None
     except MlflowException as error:
         raise InputError(f"model {source!r} not found in the registry at {uri}: {first_line(error)}") from None
 
@@ -259,10 +261,10 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _from_mlflow(source: str, artifact_uri: str, uri: str) -> LoadedModel:
+def _from_mlflow(source: str, artifact_uri: str, uri: str, run_id: str | None) -> LoadedModel:
     with _downloaded(source, artifact_uri, uri) as path:
         model, payload = checkpoint.load_model(latest_checkpoint(path))
-    return LoadedModel(model, payload, source, f"{artifact_uri} in {uri}")
+    return LoadedModel(model, payload, source, f"{artifact_uri} in {uri}", run_id)
 
 
 @contextmanager
