@@ -129,6 +129,8 @@ def _check_alias(alias: str) -> None:
 def _done(outcome) -> None:
     click.echo(outcome.markdown)
     _echo(f"results: {outcome.folder}")
+    if outcome.runs_view:  # last, where a reader's eyes are when the sweep ends
+        _echo(f"MLflow runs view: {outcome.runs_view}")
     if outcome.interrupted:
         sys.exit(130)
     if outcome.errored:

@@ -52,6 +52,7 @@ class SweepOutcome:
     folder: str
     interrupted: bool
     errored: int
+    runs_view: str = ""  # the MLflow runs view URL, said last
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -219,10 +220,7 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
     if evaluation is not None:
         tracking.log_parent_evaluation(record.tracking_uri, record.parent_run_id, evaluation)
     _log_mechanism(record.tracking_uri, table)
-    tracking.log_results(record.tracking_uri, record.parent_run_id, folder, finished=not interrupted)
-    for line in report.findings(table, reference):
-        write(line)
-    write(f"MLflow runs view: {tracking.runs_view_url(record.tracking_uri, record.experiment_id)}")
+    tracking.log_results(record.tracking_uri, record.parent_run_id, files, finished=not interrupted)
     errored = sum(1 for row in rows if row["status"] == "errored")
     if interrupted:
         write(f"sweep '{record.name}' interrupted: `dcn-ray resume {record.name}` finishes it")
@@ -232,6 +230,7 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
         folder=store.folder(record.name),
         interrupted=interrupted,
         errored=errored,
+        runs_view=tracking.runs_view_url(record.tracking_uri, record.experiment_id),
     )
 
 
