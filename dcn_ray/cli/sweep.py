@@ -48,11 +48,12 @@ def sweep(
     keep_local_ray_on_loopback(address)
     if dry_run:  # both checks before any output: a problem is then the only line shown
         from dcn_ray.runtime import check_resources
-        from dcn_ray.tune.checks import check_data, planned_trials
+        from dcn_ray.tune.checks import check_data, cpu_estimate, planned_trials
 
-        summaries = [check_data(job, make=False), check_resources(job, address)]
-        _echo("\n".join(summaries))
-        click.echo("\n".join(planned_trials(job)))
+        data = check_data(job, make=False)
+        resources, gpu, slots = check_resources(job, address)
+        _echo("\n".join([data, resources] + ([cpu_estimate(job, slots)] if gpu == 0 else [])))
+        click.echo("\n".join(planned_trials(job, gpu)))
         return
     from dcn_ray.track.storage import Storage
     from dcn_ray.tune import sweep as sweeps
