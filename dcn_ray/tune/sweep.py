@@ -128,7 +128,8 @@ def run_sweep(
         for line in [data_summary, *notes]:
             write(line)
         experiment_id = tracking.prepare_experiment(uri, job.experiment)
-        parent = tracking.start_parent_run(uri, experiment_id, job.name, {"job." + k: v for k, v in job.flat().items()})
+        # the children's keys: the runs view then has one column per setting, not a job.* copy of each
+        parent = tracking.start_parent_run(uri, experiment_id, job.name, job.flat())
         record = SweepRecord(job.name, job.to_dict(), uri, experiment_id, parent, gpu, max_concurrent)
         store.write_text(job.name, "job.yaml", job_text)
         store.write_text(job.name, SWEEP_FILE, json.dumps(record.__dict__, indent=2))
