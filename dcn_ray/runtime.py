@@ -207,8 +207,9 @@ def trial_resources(job: JobConfig, nodes: list[dict[str, float]], write: Callab
     return gpu, max(1, job.sweep.max_concurrent or slots)
 
 
-def check_resources(job: JobConfig, address: str | None) -> str:
-    """Whether the cluster (or this machine) can run the trials; a one-line summary."""
+def check_resources(job: JobConfig, address: str | None) -> tuple[str, float, int]:
+    """Whether the cluster (or this machine) can run the trials: a one-line summary, the GPU share a
+    trial gets there (0: trials run on CPU) and how many run at a time."""
     notes: list[str] = []
     if address:
         with ray_session(address):
@@ -219,7 +220,8 @@ def check_resources(job: JobConfig, address: str | None) -> str:
         nodes = [{"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}]
     gpu, slots = trial_resources(job, nodes, notes.append)
     where = f"the cluster at {address}" if address else "this machine"
-    return " ".join(
+    summary = " ".join(
         notes
         + [f"resources: {slots} trial(s) at a time on {where} (gpu {gpu:g}, cpu {job.sweep.resources.cpu:g} each)"]
     )
+    return summary, gpu, slots

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import zipfile
 
 import pyarrow.parquet as pq
 import pytest
@@ -26,6 +27,7 @@ def sweep(synthetic_stack, mlflow_server, tmp_path_factory) -> dict:
     raw = small_job(
         *synthetic_stack,
         name="pick",
+        data={"split": {"train": "0:7", "val": "8:9", "test": "10:12"}},  # a test split: its scores tag versions
         train={"steps": 6, "eval_every": 3},
         sweep={"kernels": [[4, 8, 16], [2, 8, 16]], "resources": {"gpu": 0, "cpu": 1}},
         tracking={"uri": mlflow_server.uri, "experiment": "pick"},
@@ -90,22 +92,38 @@ def test_mlflow_run_source(sweep, monkeypatch):
 def test_register_then_predict_from_the_registry(sweep, tmp_path, capsys, synthetic_stack):
     code = _cli(["register", "pick", "dcn-pick", "--storage", sweep["storage"]])
     out = capsys.readouterr().out
-    assert code == 0 and out.strip() == "registered dcn-pick version 1"
-    version, best = register_best("pick", "dcn-pick", storage=str(sweep["storage"]))
+    assert code == 0 and out.strip() == "registered dcn-pick version 1 as models:/dcn-pick@champion"
+    version, best = register_best("pick", "dcn-pick", storage=str(sweep["storage"]), alias="staging")
     assert version == 2 and best.mlflow_run_id == sweep["best"]["mlflow_run_id"]
-    registered = MlflowClient(sweep["uri"]).get_model_version("dcn-pick", "2")
+    client = MlflowClient(sweep["uri"])
+    registered = client.get_model_version("dcn-pick", "2")
+    row = sweep["best"]
     assert registered.run_id == best.mlflow_run_id and registered.tags["sweep"] == "pick"
+    assert registered.tags["kernels"] == f"{row['k1']}-{row['k2']}-{row['k3']}" and registered.tags["family"] == "dcn"
+    assert registered.tags["seed"] == str(row["seed"]) and registered.tags["trial_id"] == row["trial_id"]
+    assert float(registered.tags["test_iou"]) == pytest.approx(row["test_iou"], abs=1e-6)
+    assert float(registered.tags["best_val_iou"]) == pytest.approx(row["best_val_iou"], abs=1e-6)
+    assert client.get_model_version_by_alias("dcn-pick", "champion").version == "1"
+    assert client.get_model_version_by_alias("dcn-pick", "staging").version == "2"
+    assert _cli(["register", "pick", "dcn-pick", "--storage", sweep["storage"]]) == 0  # version 3 takes champion
+    assert client.get_model_version_by_alias("dcn-pick", "champion").version == "3"
+    capsys.readouterr()
+    assert _cli(["register", "pick", "dcn-pick", "--alias", "v2"]) == 2
+    assert "--alias 'v2'" in capsys.readouterr().err
 
-    loaded = load_source("models:/dcn-pick/1", tracking_uri=sweep["uri"])
+    loaded = load_source("models:/dcn-pick@champion", tracking_uri=sweep["uri"])
     assert same_weights(loaded.model, load_source(str(sweep["trial"])).model)
+    assert same_weights(load_source("models:/dcn-pick/1", tracking_uri=sweep["uri"]).model, loaded.model)
     with pytest.raises(InputError, match="models:/dcn-pick/9"):
         load_source("models:/dcn-pick/9", tracking_uri=sweep["uri"])
+    with pytest.raises(InputError, match="models:/dcn-pick@nobody"):
+        load_source("models:/dcn-pick@nobody", tracking_uri=sweep["uri"])
 
     out_file = tmp_path / "seg.tif"
     code = _cli(
         [
             "predict",
-            "models:/dcn-pick/1",
+            "models:/dcn-pick@champion",
             synthetic_stack[0],
             out_file,
             "--tracking-uri",
@@ -116,6 +134,24 @@ def test_register_then_predict_from_the_registry(sweep, tmp_path, capsys, synthe
         ]
     )
     assert code == 0 and tifffile.imread(out_file).shape == (12, 128, 128)
+
+
+def test_export_from_the_registry_and_the_sweep(sweep, tmp_path):
+    """`export` takes the sources predict takes, and its provenance names the trial's MLflow run."""
+    pytest.importorskip("bioimageio.spec", reason="bioimageio.core is not installed: pip install -e '.[export]'")
+    import yaml
+
+    register_best("pick", "dcn-export", storage=str(sweep["storage"]))
+    for source in ("models:/dcn-export@champion", "sweep:pick"):
+        out = tmp_path / f"{source.split(':')[0]}.zip"
+        args = ["export", source, out, "--tracking-uri", sweep["uri"], "--storage", sweep["storage"]]
+        assert _cli(args) == 0
+        with zipfile.ZipFile(out) as package:
+            provenance = yaml.safe_load(package.read("rdf.yaml"))["config"]["dcn_ray"]
+        assert provenance["source"] == source and provenance["sweep"] == "pick"
+        assert provenance["mlflow_run_id"] == sweep["best"]["mlflow_run_id"]
+        assert provenance["kernels"] == "-".join(str(sweep["best"][k]) for k in ("k1", "k2", "k3"))
+        assert provenance["test_scores"]["test_iou"] == pytest.approx(sweep["best"]["test_iou"], abs=1e-6)
 
 
 def test_unknown_sources_are_named(sweep, tmp_path, monkeypatch):

@@ -103,7 +103,9 @@ def test_sweep_tracks_one_child_run_per_configuration(local_ray, synthetic_stack
     assert (Path(outcome.folder) / "results.md").read_text().count("| 0 | grid | finished |") == 4  # one row per trial
     parent_files = {a.path for a in client.list_artifacts(parents[0].info.run_id, "results")}
     assert {"results/results.parquet", "results/results.md", "results/iou_by_config.png"} <= parent_files
+    assert not [f for f in parent_files if f.endswith((".pkl", ".json"))]  # no Tune state (tuner.pkl, ...)
     assert any("job.yaml" == a.path for a in client.list_artifacts(parents[0].info.run_id))
+    assert set(parents[0].data.params) <= set(children[0].data.params)  # one runs-view column per setting
 
 
 @pytest.mark.parametrize("local_ray", [1], indirect=True)

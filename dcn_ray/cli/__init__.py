@@ -17,6 +17,7 @@ import click
 from dcn_ray import __version__
 from dcn_ray.cli.cluster import logs, status, submit
 from dcn_ray.cli.data import synth
+from dcn_ray.cli.export import export
 from dcn_ray.cli.predict import inspect, predict
 from dcn_ray.cli.score import score
 from dcn_ray.cli.sweep import register, report, resume, sweep
@@ -56,7 +57,7 @@ def cli(verbose: bool) -> None:
         os.environ.setdefault(name, value)
 
 
-for command in (sweep, resume, report, register, predict, inspect, score, synth, submit, status, logs):
+for command in (sweep, resume, report, register, predict, inspect, export, score, synth, submit, status, logs):
     cli.add_command(command)
 
 

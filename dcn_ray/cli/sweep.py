@@ -48,11 +48,12 @@ def sweep(
     keep_local_ray_on_loopback(address)
     if dry_run:  # both checks before any output: a problem is then the only line shown
         from dcn_ray.runtime import check_resources
-        from dcn_ray.tune.checks import check_data, planned_trials
+        from dcn_ray.tune.checks import check_data, cpu_estimate, planned_trials
 
-        summaries = [check_data(job, make=False), check_resources(job, address)]
-        _echo("\n".join(summaries))
-        click.echo("\n".join(planned_trials(job)))
+        data = check_data(job, make=False)
+        resources, gpu, slots = check_resources(job, address)
+        _echo("\n".join([data, resources] + ([cpu_estimate(job, slots)] if gpu == 0 else [])))
+        click.echo("\n".join(planned_trials(job, gpu)))
         return
     from dcn_ray.track.storage import Storage
     from dcn_ray.tune import sweep as sweeps
@@ -97,22 +98,45 @@ def report(name: str, storage: str | None, effect: float | None) -> None:
 @click.argument("name")
 @click.argument("model_name")
 @click.option("--storage", help="The storage the sweep was run with (default ./dcn-ray-runs).")
-def register(name: str, model_name: str, storage: str | None) -> None:
-    """Register the best trial of sweep NAME as a new version of MODEL_NAME in its MLflow registry."""
+@click.option(
+    "--alias",
+    default="champion",
+    show_default=True,
+    help="Alias the new version gets (moved from an older one): predict models:/MODEL_NAME@ALIAS. '' for none.",
+)
+def register(name: str, model_name: str, storage: str | None, alias: str) -> None:
+    """Register the best trial of sweep NAME as a new version of MODEL_NAME in its MLflow registry.
+
+    The version is tagged with its sweep, trial, kernels, family, seed and test scores.
+    """
     from dcn_ray.core.kernels import kernels_text
     from dcn_ray.track.sources import register_best
 
-    version, best = register_best(name, model_name, storage=storage)
+    _check_alias(alias)
+    version, best = register_best(name, model_name, storage=storage, alias=alias)
+    test = f", test IoU {best.scores['test_iou']:.4f}" if "test_iou" in best.scores else ""
     _echo(
-        f"best trial of sweep '{name}': kernels {kernels_text(best.kernels)}, val IoU {best.best_val_iou:.4f} "
-        f"(MLflow run {best.mlflow_run_id} in {best.tracking_uri})"
+        f"best trial of sweep '{name}': kernels {kernels_text(best.kernels)}, val IoU {best.best_val_iou:.4f}"
+        f"{test} (MLflow run {best.mlflow_run_id} in {best.tracking_uri})"
     )
-    click.echo(f"registered {model_name} version {version}")
+    click.echo(f"registered {model_name} version {version}" + (f" as models:/{model_name}@{alias}" if alias else ""))
+
+
+def _check_alias(alias: str) -> None:
+    """MLflow's rule for aliases, checked before any store is opened (``latest``, ``v<digits>`` are reserved)."""
+    import re
+
+    from dcn_ray.errors import InputError
+
+    if alias and (not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", alias) or re.fullmatch(r"[vV]\d+|latest", alias)):
+        raise InputError(f"--alias {alias!r}: letters, digits, '_' and '-' only, and not 'latest' or v<number>")
 
 
 def _done(outcome) -> None:
     click.echo(outcome.markdown)
     _echo(f"results: {outcome.folder}")
+    if outcome.runs_view:  # last, where a reader's eyes are when the sweep ends
+        _echo(f"MLflow runs view: {outcome.runs_view}")
     if outcome.interrupted:
         sys.exit(130)
     if outcome.errored:

@@ -293,7 +293,7 @@ def _settings(loaded: LoadedModel, plan: VolumePlan, *, level: int, ngff: str, l
         "model": source,
         "model_location": loaded.location,
         "model_sha256": model_digest(loaded.payload),
-        "mlflow_run_id": run_id or loaded.payload.get("mlflow_run_id"),
+        "mlflow_run_id": loaded.mlflow_run_id or run_id or loaded.payload.get("mlflow_run_id"),
         "kernels": list(loaded.model.kernels),
         "model_step": loaded.payload.get("step"),
         "dcn_ray_version": __version__,

@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -205,12 +205,12 @@ def log_parent_evaluation(uri: str, parent_run_id: str, evaluation: Mapping[str,
     _retry(lambda: MlflowClient(uri).log_batch(parent_run_id, metrics=metrics, tags=tags))
 
 
-def log_results(uri: str, parent_run_id: str, folder: Path, *, finished: bool) -> None:
-    """The results table and chart on the parent run, which ends FINISHED (or KILLED if interrupted)."""
+def log_results(uri: str, parent_run_id: str, files: Sequence[Path], *, finished: bool) -> None:
+    """The results ``files`` (tables, charts; not Tune's state beside them) under ``results/`` on the
+    parent run, which ends FINISHED (or KILLED if interrupted)."""
     client = MlflowClient(uri)
-    for file in sorted(folder.iterdir()):
-        if file.is_file():
-            _retry(lambda: client.log_artifact(parent_run_id, str(file), "results"))
+    for file in files:
+        _retry(lambda: client.log_artifact(parent_run_id, str(file), "results"))
     _retry(lambda: client.set_terminated(parent_run_id, status="FINISHED" if finished else "KILLED"))
 
 

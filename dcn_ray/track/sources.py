@@ -6,7 +6,8 @@ A MODEL source is one of:
   ``checkpoint_NNNNNN`` folders: the latest is taken);
 - ``runs:/<run_id>``: the artifact ``checkpoint/model.pt`` of an MLflow run
   (``runs:/<run_id>/<path>`` names another artifact file or folder);
-- ``models:/<name>/<version>``: a version of a model in the MLflow model registry;
+- ``models:/<name>/<version>`` or ``models:/<name>@<alias>``: a version in the MLflow model registry
+  (``dcn-ray register`` sets the alias ``champion`` by default);
 - ``sweep:<name>``: the best finished trial (highest ``best_val_iou``) of a sweep in the storage.
 """
 
@@ -18,7 +19,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,12 @@ from dcn_ray.track import uris
 
 log = logging.getLogger(__name__)
 
-SOURCES = "a checkpoint file or folder, runs:/<run_id>, models:/<name>/<version> or sweep:<name>"
+SOURCES = (
+    "a checkpoint file or folder, runs:/<run_id>, models:/<name>/<version>, models:/<name>@<alias> or sweep:<name>"
+)
+DEFAULT_ALIAS = "champion"  # the alias `dcn-ray register` moves to the version it creates
+#: The trial scores a registered version is tagged with (where the sweep has them).
+VERSION_SCORES = ("best_val_iou", "test_iou", "test_dice", "test_pixel_error", "test_vrand", "test_vinfo")
 RUN_ARTIFACT = "checkpoint"  # the folder of a trial's MLflow run holding model.pt
 
 
@@ -43,6 +49,7 @@ class LoadedModel:
     payload: dict[str, Any]
     source: str  # as the user gave it
     location: str  # the file or URI it was read from
+    mlflow_run_id: str | None = None  # the trial's MLflow run, where the source leads to one
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,8 @@ class BestTrial:
     trial_id: str
     mlflow_run_id: str | None
     tracking_uri: str
+    seed: int | None = None
+    scores: dict[str, float] = field(default_factory=dict)  # VERSION_SCORES the trial has
 
 
 def load_source(source: str, *, storage: str | None = None, tracking_uri: str | None = None) -> LoadedModel:
@@ -63,10 +72,11 @@ def load_source(source: str, *, storage: str | None = None, tracking_uri: str | 
         run_id, _, artifact = source[len("runs:/") :].strip("/").partition("/")
         if not run_id:
             raise InputError(f"model {source!r}: give the run id, as runs:/<run_id>")
-        return _from_mlflow(source, f"runs:/{run_id}/{artifact or RUN_ARTIFACT}", mlflow_uri(tracking_uri))
+        return _from_mlflow(source, f"runs:/{run_id}/{artifact or RUN_ARTIFACT}", mlflow_uri(tracking_uri), run_id)
     if source.startswith("models:/"):
         uri = mlflow_uri(tracking_uri)
-        return _from_mlflow(source, _model_version_location(source, uri), uri)
+        location, run_id = _model_version_location(source, uri)
+        return _from_mlflow(source, location, uri, run_id)
     if source.startswith("sweep:"):
         return _from_sweep(source, source[len("sweep:") :], storage)
     path = Path(source)
@@ -120,6 +130,7 @@ def best_trial(name: str, storage: str | None = None) -> BestTrial:
         raise InputError(f"sweep '{name}' in {store.root} has no finished trial")
     best = max(rows, key=lambda row: row["best_val_iou"])  # the first of equals, in table order
     record = store.read_record(name)
+    scores = {key: float(best[key]) for key in VERSION_SCORES if _finite(best.get(key))}
     return BestTrial(
         name,
         (best["k1"], best["k2"], best["k3"]),
@@ -127,12 +138,27 @@ def best_trial(name: str, storage: str | None = None) -> BestTrial:
         best["trial_id"],
         best["mlflow_run_id"],
         record["tracking_uri"],
+        seed=best.get("seed"),
+        scores=scores,
     )
 
 
-def register_best(name: str, model_name: str, *, storage: str | None = None) -> tuple[int, BestTrial]:
+def version_tags(best: BestTrial, family: str) -> dict[str, str]:
+    """The tags of a registered version: where it comes from, its kernels, family, seed and scores."""
+    tags = {"sweep": best.sweep, "trial_id": best.trial_id, "kernels": kernels_text(best.kernels), "family": family}
+    tags.update({name: str(value) for name, value in zip(("k1", "k2", "k3"), best.kernels)})
+    if best.seed is not None:
+        tags["seed"] = str(best.seed)
+    tags.update({key: f"{value:.6f}" for key, value in best.scores.items()})
+    return tags
+
+
+def register_best(
+    name: str, model_name: str, *, storage: str | None = None, alias: str = DEFAULT_ALIAS
+) -> tuple[int, BestTrial]:
     """Register the ``checkpoint`` artifact folder of sweep ``name``'s best trial as a new version
-    of ``model_name`` in the sweep's MLflow registry. Returns (version, trial)."""
+    of ``model_name`` in the sweep's MLflow registry, tagged (:func:`version_tags`) and given
+    ``alias`` (moved from any older version). Returns (version, trial)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -153,13 +179,18 @@ def register_best(name: str, model_name: str, *, storage: str | None = None) -> 
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
+        family = run.data.params.get("model.family", "dcn")  # the job's family (DCN only, so far)
+        test = f", test IoU {best.scores['test_iou']:.4f}" if "test_iou" in best.scores else ""
         version = client.create_model_version(
             model_name,
             f"{run.info.artifact_uri}/{RUN_ARTIFACT}",
             run_id=best.mlflow_run_id,
-            tags={"sweep": name, "kernels": kernels_text(best.kernels), "best_val_iou": f"{best.best_val_iou:.6f}"},
-            description=f"best trial of sweep {name}: kernels {kernels_text(best.kernels)}, val IoU {best.best_val_iou:.4f}",
+            tags=version_tags(best, family),
+            description=f"best trial of sweep {name}: kernels {kernels_text(best.kernels)}, "
+            f"val IoU {best.best_val_iou:.4f}{test}",
         )
+        if alias:
+            client.set_registered_model_alias(model_name, alias, version.version)
     except MlflowException as error:
         raise InputError(
             f"cannot register sweep '{name}' as {model_name!r} in {best.tracking_uri}: {first_line(error)}"
@@ -193,17 +224,18 @@ def _from_sweep(source: str, name: str, storage: str | None) -> LoadedModel:
                 kernels_text(best.kernels),
                 best.best_val_iou,
             )
-            return LoadedModel(model, payload, source, str(file))
+            return LoadedModel(model, payload, source, str(file), best.mlflow_run_id)
     if not best.mlflow_run_id:
         raise InputError(
             f"{source}: the best trial {best.trial_id} has neither a checkpoint in {folder} nor an MLflow run"
         )
     uris.check_store(best.tracking_uri, must_exist=True)
-    return _from_mlflow(source, f"runs:/{best.mlflow_run_id}/{RUN_ARTIFACT}", best.tracking_uri)
+    location = f"runs:/{best.mlflow_run_id}/{RUN_ARTIFACT}"
+    return _from_mlflow(source, location, best.tracking_uri, best.mlflow_run_id)
 
 
-def _model_version_location(source: str, uri: str) -> str:
-    """Where the files of ``models:/<name>/<version>`` (or ``models:/<name>@<alias>``) are.
+def _model_version_location(source: str, uri: str) -> tuple[str, str | None]:
+    """Where the files of ``models:/<name>/<version>`` (or ``models:/<name>@<alias>``) are, and its run.
 
     Resolved here because MLflow's own ``models:/`` download ignores the registry URI it is given.
     """
@@ -219,17 +251,20 @@ def _model_version_location(source: str, uri: str) -> str:
         )
     client = MlflowClient(uri, registry_uri=uri)
     try:
-        if alias:
-            version = client.get_model_version_by_alias(name, alias).version
-        return client.get_model_version_download_uri(name, version)
+        found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        return client.get_model_version_download_uri(name, found.version), found.run_id or None
     except MlflowException as error:
         raise InputError(f"model {source!r} not found in the registry at {uri}: {first_line(error)}") from None
 
 
-def _from_mlflow(source: str, artifact_uri: str, uri: str) -> LoadedModel:
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _from_mlflow(source: str, artifact_uri: str, uri: str, run_id: str | None) -> LoadedModel:
     with _downloaded(source, artifact_uri, uri) as path:
         model, payload = checkpoint.load_model(latest_checkpoint(path))
-    return LoadedModel(model, payload, source, f"{artifact_uri} in {uri}")
+    return LoadedModel(model, payload, source, f"{artifact_uri} in {uri}", run_id)
 
 
 @contextmanager

@@ -14,14 +14,24 @@ from dcn_ray.errors import InputError
 
 log = logging.getLogger(__name__)
 
+#: A rough CPU cost model (2 cores): a training step of the full-width DCN (64) on a 512 x 512 crop
+#: costs about 15 s per image (forward ~5 s, backward about twice that), scaling with width^2 and
+#: the crop's area, plus a fixed overhead per step that dominates for narrow models and small crops.
+CPU_SECONDS_PER_FULL_IMAGE = 15.0
+CPU_STEP_OVERHEAD_S = 0.08
 
-def planned_trials(job: JobConfig) -> list[str]:
-    """One line per configuration the sweep will run (the dry-run listing)."""
+
+def planned_trials(job: JobConfig, gpu: float | None = None) -> list[str]:
+    """One line per configuration the sweep will run (the dry-run listing).
+
+    ``gpu``: the GPU share a trial really gets where the sweep runs (0 on a machine without GPUs);
+    default: what the job asks for.
+    """
     resources = job.sweep.resources
+    gpu = resources.gpu if gpu is None else gpu
     seeds = ",".join(str(s) for s in job.seeds)
     lines = [
-        f"grid  {kernels_text(k):>10}  k1={k[0]} k2={k[1]} k3={k[2]}  seeds {seeds}  "
-        f"gpu={resources.gpu:g} cpu={resources.cpu:g}"
+        f"grid  {kernels_text(k):>10}  k1={k[0]} k2={k[1]} k3={k[2]}  seeds {seeds}  gpu={gpu:g} cpu={resources.cpu:g}"
         for k in kernels_of(job)
     ]
     followup = job.sweep.followup
@@ -39,6 +49,26 @@ def planned_trials(job: JobConfig) -> list[str]:
             f"each run once per seed; verdict with an equivalence margin of +-{followup.margin:g}"
         )
     return lines
+
+
+def cpu_estimate(job: JobConfig, slots: int) -> str:
+    """A rough wall time of the grid trials on CPUs, ``slots`` at a time (the follow-ups add to it)."""
+    train = job.train
+    per_image = CPU_SECONDS_PER_FULL_IMAGE * (job.model.width / 64) ** 2 * (train.crop / 512) ** 2
+    per_trial = train.steps * (CPU_STEP_OVERHEAD_S + train.batch_size * per_image)
+    trials = len(kernels_of(job)) * len(job.seeds)
+    total = per_trial * -(-trials // max(slots, 1))
+    return (
+        f"estimate on CPU: about {_duration(per_trial)} per trial, {_duration(total)} for the {trials} grid "
+        f"trials {max(slots, 1)} at a time (rough; follow-ups add more): a GPU runs this job far faster"
+    )
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def synthetic_folder(job: JobConfig) -> Path | None:

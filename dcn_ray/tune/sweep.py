@@ -52,6 +52,7 @@ class SweepOutcome:
     folder: str
     interrupted: bool
     errored: int
+    runs_view: str = ""  # the MLflow runs view URL, said last
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -136,7 +137,8 @@ def _run_sweep(
         for line in [data_summary, *notes]:
             write(line)
         experiment_id = tracking.prepare_experiment(uri, job.experiment)
-        parent = tracking.start_parent_run(uri, experiment_id, job.name, {"job." + k: v for k, v in job.flat().items()})
+        # the children's keys: the runs view then has one column per setting, not a job.* copy of each
+        parent = tracking.start_parent_run(uri, experiment_id, job.name, job.flat())
         record = SweepRecord(job.name, job.to_dict(), uri, experiment_id, parent, gpu, max_concurrent)
         store.write_text(job.name, "job.yaml", job_text)
         store.write_text(job.name, SWEEP_FILE, json.dumps(record.__dict__, indent=2))
@@ -234,10 +236,7 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
     if evaluation is not None:
         tracking.log_parent_evaluation(record.tracking_uri, record.parent_run_id, evaluation)
     _log_mechanism(record.tracking_uri, table)
-    tracking.log_results(record.tracking_uri, record.parent_run_id, folder, finished=not interrupted)
-    for line in report.findings(table, reference):
-        write(line)
-    write(f"MLflow runs view: {tracking.runs_view_url(record.tracking_uri, record.experiment_id)}")
+    tracking.log_results(record.tracking_uri, record.parent_run_id, files, finished=not interrupted)
     errored = sum(1 for row in rows if row["status"] == "errored")
     if interrupted:
         write(f"sweep '{record.name}' interrupted: `dcn-ray resume {record.name}` finishes it")
@@ -247,6 +246,7 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
         folder=store.folder(record.name),
         interrupted=interrupted,
         errored=errored,
+        runs_view=tracking.runs_view_url(record.tracking_uri, record.experiment_id),
     )
 
 

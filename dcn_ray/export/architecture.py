@@ -1,0 +1,120 @@
+"""Model families as BioImage.IO sees them: a standalone architecture source and its halo.
+
+A BioImage.IO ``pytorch_state_dict`` entry names a Python file and a callable in it; the file is
+imported on its own, where dcn-ray is not installed. :func:`architecture_source` writes that file
+from the family's own module (and the ``dcn_ray`` modules it imports, inlined in dependency
+order), then appends :data:`EXPORTED_CLASS`: the family's class whose ``forward`` returns the
+foreground probability (N, 1, H, W) of its first output. The state dict keys stay those of the
+checkpoint, and nothing is copied by hand, so a changed network exports as it trains.
+
+A new family is one :class:`Family` entry in :data:`FAMILIES`, keyed like the checkpoint's
+``family`` (checkpoints written before families existed are ``dcn``).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dcn_ray.errors import InputError
+
+EXPORTED_CLASS = "BioImageIOModel"
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the exporter needs of a model family."""
+
+    module: str  # the module defining the network class
+    class_name: str  # built as ``class_name(**payload["model_kwargs"])``
+    multiple: int  # input sides must be multiples of this
+    radius: Callable[[Mapping[str, Any]], int]  # receptive radius (pixels) from the model kwargs
+    title: str  # for people: "Deep Contextual Network (DCN)"
+
+
+def _dcn_radius(kwargs: Mapping[str, Any]) -> int:
+    from dcn_ray.predict.stack import receptive_radius
+
+    return receptive_radius(kwargs["kernels"])
+
+
+FAMILIES: dict[str, Family] = {
+    "dcn": Family("dcn_ray.core.dcn", "DCN", 8, _dcn_radius, "Deep Contextual Network (DCN)"),
+}
+
+
+def family_of(payload: Mapping[str, Any]) -> tuple[str, Family]:
+    """The family named by a checkpoint payload (``dcn`` when it names none)."""
+    name = str(payload.get("family", "dcn"))
+    if name not in FAMILIES:
+        raise InputError(f"model family {name!r} cannot be exported yet (known: {', '.join(sorted(FAMILIES))})")
+    return name, FAMILIES[name]
+
+
+def architecture_source(family: Family) -> str:
+    """One importable Python file: the family's modules, then the exported class."""
+    order: list[str] = []
+    _visit(family.module, order, set())
+    parts = [
+        "# Written by dcn-ray export from the dcn_ray modules " + ", ".join(order) + ".",
+        "from __future__ import annotations",
+    ]
+    for name in order:
+        parts.append(f"# ---- {name}\n" + _without_package_imports(name))
+    parts.append(
+        f'''# ---- the exported model
+import torch as _torch
+
+
+class {EXPORTED_CLASS}({family.class_name}):
+    """{family.class_name} whose forward gives the foreground probability (N, 1, H, W)."""
+
+    def forward(self, images):
+        out = super().forward(images)
+        logits = out[0] if isinstance(out, tuple) else out
+        return _torch.softmax(logits, dim=1)[:, 1:2]
+'''
+    )
+    return "\n\n".join(parts)
+
+
+def _package_imports(tree: ast.Module) -> list[ast.stmt]:
+    """The module-level statements importing from dcn_ray (all of them must be ``from dcn_ray.x import y``)."""
+    found = []
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "dcn_ray":
+            found.append(node)
+        elif isinstance(node, ast.Import) and any(alias.name.split(".")[0] == "dcn_ray" for alias in node.names):
+            raise RuntimeError(f"line {node.lineno}: write 'from dcn_ray.x import y' for the exported architecture")
+    return found
+
+
+def _visit(name: str, order: list[str], seen: set[str]) -> None:
+    """Depth first: a module after the dcn_ray modules it imports."""
+    if name in seen:
+        return
+    seen.add(name)
+    tree = ast.parse(inspect.getsource(importlib.import_module(name)))
+    for node in _package_imports(tree):
+        if any(alias.asname for alias in node.names):  # type: ignore[attr-defined]
+            raise RuntimeError(f"{name} line {node.lineno}: no 'as' in dcn_ray imports of an exported architecture")
+        _visit(node.module, order, seen)  # type: ignore[attr-defined,arg-type]
+    order.append(name)
+
+
+def _without_package_imports(name: str) -> str:
+    """The module's source less its ``from __future__`` and dcn_ray imports (those are inlined)."""
+    source = inspect.getsource(importlib.import_module(name))
+    tree = ast.parse(source)
+    drop = {id(node) for node in _package_imports(tree)}
+    lines = source.splitlines()
+    skipped: set[int] = set()
+    for node in tree.body:
+        future = isinstance(node, ast.ImportFrom) and node.module == "__future__"
+        if id(node) in drop or future:
+            skipped.update(range(node.lineno - 1, node.end_lineno or node.lineno))
+    return "\n".join(line for index, line in enumerate(lines) if index not in skipped)
