@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -16,6 +17,50 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- the fast lane
+# `python -m pytest -m "not integration"` starts no Ray and no MLflow server: these checks fail a test
+# that would, unless it carries @pytest.mark.integration.
+
+
+def pytest_collection_modifyitems(items) -> None:
+    unmarked = [
+        i.nodeid for i in items if "mlflow_server" in i.fixturenames and not i.get_closest_marker("integration")
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"tests using mlflow_server need @pytest.mark.integration: {unmarked}")
+
+
+@contextlib.contextmanager
+def _ray_refused(item):
+    """``ray.init`` fails the test while it runs, if ``item`` lacks the integration marker."""
+    ray = sys.modules.get("ray")
+    if ray is None or not hasattr(ray, "init") or item.get_closest_marker("integration"):
+        yield
+        return
+    real = ray.init
+
+    def refuse(*args, **kwargs):
+        pytest.fail(f"{item.nodeid} starts Ray: mark it @pytest.mark.integration", pytrace=False)
+
+    ray.init = refuse
+    try:
+        yield
+    finally:
+        ray.init = real
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with _ray_refused(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with _ray_refused(item):
+        return (yield)
 
 
 @pytest.fixture

@@ -453,6 +453,7 @@ def test_sigterm_during_predict_removes_its_temporary_file(work: Path) -> None:
     assert sorted(p.name for p in work.iterdir()) == ["in.tif", "model.pt"]
 
 
+@pytest.mark.integration
 def test_silent_ray_and_jobs_api_addresses_fail_within_about_30_s(work: Path) -> None:
     silent = socket.socket()  # connections are accepted (by the kernel) and never answered
     silent.bind(("127.0.0.1", 0))
@@ -552,6 +553,7 @@ def finished_sweep(tmp_path_factory, synthetic_stack) -> Path:
     return folder / "runs"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("damaged", ["experiment_state", "tuner.pkl", "searcher-state", "dcn_ray_sweep.json"])
 def test_resume_names_a_damaged_state_file_before_starting_anything(
     finished_sweep: Path, work: Path, capsys, damaged: str

@@ -290,6 +290,7 @@ def two_gpu_ray():
     ray.shutdown()
 
 
+@pytest.mark.integration
 def test_two_workers_share_the_slices_and_agree_with_one(model_file, synthetic_stack, tmp_path, two_gpu_ray):
     images = synthetic_stack[0]
     loaded = load_source(str(model_file))
@@ -307,6 +308,7 @@ def test_two_workers_share_the_slices_and_agree_with_one(model_file, synthetic_s
     assert not (tmp_path / "three.tif").exists()
 
 
+@pytest.mark.integration
 def test_actors_get_a_bounded_number_of_slices_and_results_come_in_order(model_file, two_gpu_ray):
     loaded = load_source(str(model_file))
     options = PredictOptions(tta=False)

@@ -110,7 +110,7 @@ def test_step_options_default_per_device_and_channels_last_trains_the_same():
     from dcn_ray.core.dcn import DCN
     from dcn_ray.core.train import StepOptions, default_step_options, make_train_step
 
-    assert default_step_options(torch.device("cpu")) == StepOptions()
+    assert default_step_options(torch.device("cpu")) == StepOptions(channels_last=True)
     assert default_step_options(torch.device("cuda"), compile=True) == StepOptions(
         bf16=True, channels_last=True, compile=True
     )

@@ -290,6 +290,7 @@ def test_labels_score_the_written_store_as_dcn_ray_score_does(model_file, inputs
 # ----------------------------------------------------------------------------- Ray and resume
 
 
+@pytest.mark.integration
 def test_ray_workers_write_their_own_blocks_and_equal_one_process(model_file, inputs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths: the workers get absolute ones
     shutil.copy(inputs["hdf5"].split(":")[0], "in.h5")
@@ -310,6 +311,7 @@ def test_ray_workers_write_their_own_blocks_and_equal_one_process(model_file, in
     np.testing.assert_array_equal(stored(tmp_path / "two.ome.zarr"), stored(tmp_path / "one.ome.zarr"))
 
 
+@pytest.mark.integration
 def test_a_killed_prediction_resumes_to_the_identical_result(model_file, tmp_path, capsys):
     data = np.random.default_rng(5).integers(0, 256, (8, 96, 96), dtype=np.uint8)
     source = write_ome(tmp_path / "in.ome.zarr", data, "0.5")

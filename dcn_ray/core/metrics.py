@@ -42,8 +42,11 @@ V_info 1 (Fiji: 0), and slices without truth foreground are left out of the mean
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple, dataclass
+from typing import TypeVar
 
 import numpy as np
 from scipy import ndimage
@@ -130,11 +133,7 @@ class RandCounts:
     false_negatives: int = 0  # pairs in one truth cell but different predicted clusters (splits)
 
     def __add__(self, other: RandCounts) -> RandCounts:
-        return RandCounts(
-            self.true_positives + other.true_positives,
-            self.false_positives + other.false_positives,
-            self.false_negatives + other.false_negatives,
-        )
+        return RandCounts(*(mine + theirs for mine, theirs in zip(astuple(self), astuple(other))))
 
     @property
     def v_rand(self) -> float:
@@ -148,19 +147,33 @@ def _sizes(labels: np.ndarray) -> np.ndarray:
     return counts[counts > 0] if counts is not None else np.unique(labels, return_counts=True)[1]
 
 
-def _overlaps(truth_cells: np.ndarray, pred_cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class _Truth:
+    """What scoring needs of one truth slice, whatever the prediction: computed once per slice."""
+
+    inside: np.ndarray  # flat indices of the pixels in truth cells; labels: their cell (int64); sizes: a_i
+    labels: np.ndarray
+    sizes: np.ndarray
+
+    @classmethod
+    def of(cls, truth_cells: np.ndarray) -> _Truth:
+        inside = np.flatnonzero(truth_cells)
+        labels = truth_cells.ravel()[inside].astype(np.int64)
+        return cls(inside, labels, _sizes(labels))
+
+
+def _overlaps(truth: _Truth, pred_cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cluster sizes inside truth cells: (truth a_i, predicted b_j, overlaps n_ij).
 
     Predicted label 0 (a watershed line) there counts as singletons, one cluster per pixel.
     """
-    inside = truth_cells > 0
-    t, p = truth_cells[inside].astype(np.int64), pred_cells[inside].astype(np.int64)
+    t, p = truth.labels, pred_cells.ravel()[truth.inside].astype(np.int64)
     singletons = np.ones(np.count_nonzero(p == 0), dtype=np.int64)
     lined = p > 0
     t_in, p_in = t[lined], p[lined]
     joint_codes = t_in * (int(p_in.max(initial=0)) + 1) + p_in
     return (
-        _sizes(t),
+        truth.sizes,
         np.concatenate([_sizes(p_in), singletons]),
         np.concatenate([_sizes(joint_codes), singletons]),
     )
@@ -190,7 +203,7 @@ def _info_of(truth_sizes: np.ndarray, pred_sizes: np.ndarray, joint: np.ndarray)
 
 def rand_counts(truth_cells: np.ndarray, pred_cells: np.ndarray) -> RandCounts:
     """Pair counts of one slice's labellings (truth 0: not counted; prediction 0: singletons)."""
-    return _rand_counts_of(*_overlaps(truth_cells, pred_cells))
+    return _rand_counts_of(*_overlaps(_Truth.of(truth_cells), pred_cells))
 
 
 def info_score(truth_cells: np.ndarray, pred_cells: np.ndarray) -> float | None:
@@ -198,7 +211,7 @@ def info_score(truth_cells: np.ndarray, pred_cells: np.ndarray) -> float | None:
 
     1.0 when both are a single cluster (zero entropies); 0.0 when only one is.
     """
-    return _info_of(*_overlaps(truth_cells, pred_cells))
+    return _info_of(*_overlaps(_Truth.of(truth_cells), pred_cells))
 
 
 # ----------------------------------------------------------------------------- stacks
@@ -208,44 +221,79 @@ def _slices(array: np.ndarray) -> np.ndarray:
     return array.reshape((-1,) + array.shape[-2:])
 
 
-def _rand_info(pred_slices: Iterable[np.ndarray], truth_cells: Sequence[np.ndarray]) -> tuple[float, float, float]:
-    """(V_rand from pooled counts, mean of per-slice V_rand, mean of per-slice V_info)."""
+T = TypeVar("T")
+SliceResult = tuple[RandCounts, "float | None"]
+
+
+def default_workers() -> int:
+    """Threads scoring slices at once (the watershed frees the GIL): OMP_NUM_THREADS if set, else the cores."""
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    return max(int(threads), 1) if threads.isdigit() else len(os.sched_getaffinity(0))
+
+
+def _slice_result(pred: np.ndarray, truth: _Truth) -> SliceResult:
+    """Pair counts and V_info of one binary prediction slice (the watershed is most of the cost)."""
+    overlaps = _overlaps(truth, thinned_cells(pred))
+    return _rand_counts_of(*overlaps), _info_of(*overlaps)
+
+
+def _per_slice(function: Callable[..., T], workers: int | None, *slices: Sequence) -> list[T]:
+    """``function`` of every slice, in order, on ``workers`` threads (default :func:`default_workers`)."""
+    workers = min(default_workers() if workers is None else workers, len(slices[0]))
+    if workers <= 1:
+        return list(map(function, *slices))
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(function, *slices))
+
+
+def _rand_info(results: Iterable[SliceResult]) -> tuple[float, float, float]:
+    """(V_rand from pooled counts, mean of per-slice V_rand, mean of per-slice V_info), summed in slice order."""
     counts, slice_rands, infos = RandCounts(), [], []
-    for pred, truth in zip(pred_slices, truth_cells):
-        overlaps = _overlaps(truth, thinned_cells(pred))
-        slice_counts = _rand_counts_of(*overlaps)
+    for slice_counts, info in results:
         counts = counts + slice_counts
-        info = _info_of(*overlaps)
         if info is not None:
             infos.append(info)
             slice_rands.append(slice_counts.v_rand)
     return counts.v_rand, float(np.mean(slice_rands)), float(np.mean(infos))
 
 
-def rand_info_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+def rand_info_scores(pred: np.ndarray, truth: np.ndarray, *, workers: int | None = None) -> tuple[float, float]:
     """``(V_rand, V_info)`` of a binary prediction under the ISBI 2012 protocol (module docstring).
 
     Without any truth foreground both are 1.0 if the prediction has no foreground either, else 0.0.
+    ``workers``: threads scoring slices at once (default :func:`default_workers`); the scores do not depend on it.
     """
     _check_pair(pred, truth)
     if not truth.any():
         score = 0.0 if pred.any() else 1.0
         return score, score
-    v_rand, _, v_info = _rand_info(_slices(pred), [cells(plane) for plane in _slices(truth)])
+    truths = [_Truth.of(cells(plane)) for plane in _slices(truth)]
+    v_rand, _, v_info = _rand_info(_per_slice(_slice_result, workers, list(_slices(pred)), truths))
     return v_rand, v_info
 
 
-def segmentation_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """All scores of a binary prediction, keyed as :data:`SCORE_KEYS` (python floats)."""
-    v_rand, v_info = rand_info_scores(pred, truth)
+def _pixel_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {
         "iou": iou(pred, truth),
         "dice": dice(pred, truth),
         "pixel_error": pixel_error(pred, truth),
         "membrane_iou": membrane_iou(pred, truth),
-        "vrand": v_rand,
-        "vinfo": v_info,
     }
+
+
+def segmentation_scores(pred: np.ndarray, truth: np.ndarray, *, workers: int | None = None) -> dict[str, float]:
+    """All scores of a binary prediction, keyed as :data:`SCORE_KEYS` (python floats)."""
+    v_rand, v_info = rand_info_scores(pred, truth, workers=workers)
+    return {**_pixel_scores(pred, truth), "vrand": v_rand, "vinfo": v_info}
+
+
+def _over_thresholds(probability: np.ndarray, truth: _Truth, values: Sequence[float]) -> list[SliceResult]:
+    """One slice's results at each of the ascending ``values``; a mask unchanged from the last is not rescored."""
+    results: list[SliceResult] = []
+    for previous, value in zip([None, *values], values):
+        unchanged = previous is not None and not np.any((probability > previous) & (probability <= value))
+        results.append(results[-1] if unchanged else _slice_result(probability > value, truth))
+    return results
 
 
 def probability_scores(
@@ -254,6 +302,7 @@ def probability_scores(
     *,
     threshold: float = 0.5,
     thresholds: Sequence[float] = ISBI_THRESHOLDS,
+    workers: int | None = None,
 ) -> dict[str, float]:
     """Scores of a foreground-probability map in [0, 1] (foreground where probability > threshold).
 
@@ -261,21 +310,27 @@ def probability_scores(
     over ``thresholds`` as the challenge does, with ``vrand_threshold`` / ``vinfo_threshold``
     saying which gave them (the lowest on ties); ``vrand_slice_mean`` (and its threshold): the
     challenge script's mean of per-slice V_rand, maximised alike. A map holding only 0 and 1 is a
-    segmentation: every threshold in [0, 1) gives the same mask, and ``threshold`` is reported.
+    segmentation: every threshold in [0, 1) gives the same mask, and ``threshold`` is reported. The truth
+    side is computed once, a slice's mask unchanged between thresholds is scored once, and slices are scored
+    on ``workers`` threads (default :func:`default_workers`); none of it changes a score.
     """
     if not isinstance(probability, np.ndarray) or probability.dtype.kind != "f":
         raise ValueError(f"probability must be a float numpy array, got {getattr(probability, 'dtype', None)}")
     if not thresholds or not all(0.0 <= t < 1.0 for t in thresholds) or not 0.0 <= threshold < 1.0:
         raise ValueError("thresholds must lie in [0, 1)")
-    scores: dict[str, float] = {**segmentation_scores(probability > threshold, truth), "threshold": float(threshold)}
-    at = float(threshold)  # without truth foreground there is nothing to choose
-    best = {"vrand": (scores["vrand"], at), "vrand_slice_mean": (scores["vrand"], at), "vinfo": (scores["vinfo"], at)}
-    if truth.any():
+    mask, at = probability > threshold, float(threshold)
+    scores: dict[str, float] = {**_pixel_scores(mask, truth), "threshold": at}
+    if not truth.any():  # nothing to choose; no watershed either
+        v_rand, v_info = rand_info_scores(mask, truth)
+        best = {"vrand": (v_rand, at), "vrand_slice_mean": (v_rand, at), "vinfo": (v_info, at)}
+    else:
         binary = bool(np.all((probability == 0.0) | (probability == 1.0)))
-        truth_cells = [cells(plane) for plane in _slices(truth)]
-        best = {key: (-1.0, 0.0) for key in best}
-        for value in [float(threshold)] if binary else sorted(float(t) for t in thresholds):
-            measured = _rand_info(_slices(probability > value), truth_cells)
+        values = [at] if binary else sorted(float(t) for t in thresholds)
+        truths = [_Truth.of(cells(plane)) for plane in _slices(truth)]
+        per_slice = _per_slice(_over_thresholds, workers, list(_slices(probability)), truths, [values] * len(truths))
+        best = {key: (-1.0, 0.0) for key in ("vrand", "vrand_slice_mean", "vinfo")}
+        for index, value in enumerate(values):
+            measured = _rand_info(results[index] for results in per_slice)
             for key, score in zip(best, measured):
                 if score > best[key][0]:
                     best[key] = (score, value)
