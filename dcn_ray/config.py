@@ -16,6 +16,7 @@ from typing import Any, Union
 
 from dcn_ray.core.kernels import REFERENCE, Kernels, kernel_problem
 from dcn_ray.errors import InputError
+from dcn_ray.model_config import ModelConfig, validate_model
 from dcn_ray.train_config import TrainConfig, apply_preset, validate_train
 
 #: A split: slice text ("0:27"), one slice index (5), or a list of indices.
@@ -54,15 +55,6 @@ class DataConfig:
     roi: tuple[int, ...] | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
     synthetic: SynthConfig | None = None
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    width: int = 64
-    batch_norm: bool = True
-    #: Noise on each branch's input features (in feature sd): a planted weakness, for validating
-    #: the weak-branch rule; (0, 0, 0) for every real use.
-    branch_noise: tuple[float, ...] = (0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -255,11 +247,7 @@ def _validate(job: JobConfig) -> None:
         job.data.roi is None or len(job.data.roi) == 4,
         f"data.roi must be [y0, x0, height, width], got {job.data.roi!r}",
     )
-    need(job.model.width >= 1, f"model.width must be >= 1, got {job.model.width}")
-    need(
-        len(job.model.branch_noise) == 3 and all(0 <= v < float("inf") for v in job.model.branch_noise),
-        f"model.branch_noise must be three finite numbers >= 0 (F1, F2, F3), got {list(job.model.branch_noise)}",
-    )
+    validate_model(job.model, need, crop=job.train.crop)
     validate_train(job.train, need)
     sweep = job.sweep
     need(len(sweep.kernels) >= 1, "sweep.kernels must list at least one [k1, k2, k3]")
