@@ -96,6 +96,9 @@ class SweepConfig:
     max_concurrent: int | None = None
     max_failures: int = 2
     followup: FollowupConfig = field(default_factory=FollowupConfig)
+    #: A grid over any job key ``--set`` accepts: ``{"train.lr": [1e-3, 3e-3], "model.family": [dcn, unet]}``,
+    #: crossed with ``kernels`` (DCN only) and the seeds (:mod:`dcn_ray.sweep_grid`).
+    grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         raise errors[0] if len(errors) == 1 else InputError(f"{key} has the wrong type: got {value!r}")
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
+    if origin is dict:  # sweep.grid: job keys -> lists of plain values (checked in dcn_ray.sweep_grid)
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, list | tuple) for k, v in value.items()
+        ):
+            raise InputError(f"{key} must map job keys to lists of values, got {value!r}")
+        return {k: tuple(v) for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise InputError(f"{key} must be a list, got {value!r}")

@@ -99,12 +99,11 @@ def report(name: str, storage: str | None, effect: float | None) -> None:
 @click.option("--storage", help="The storage the sweep was run with (default ./dcn-ray-runs).")
 def register(name: str, model_name: str, storage: str | None) -> None:
     """Register the best trial of sweep NAME as a new version of MODEL_NAME in its MLflow registry."""
-    from dcn_ray.core.kernels import kernels_text
     from dcn_ray.track.sources import register_best
 
     version, best = register_best(name, model_name, storage=storage)
     _echo(
-        f"best trial of sweep '{name}': kernels {kernels_text(best.kernels)}, val IoU {best.best_val_iou:.4f} "
+        f"best trial of sweep '{name}': {best.label}, val IoU {best.best_val_iou:.4f} "
         f"(MLflow run {best.mlflow_run_id} in {best.tracking_uri})"
     )
     click.echo(f"registered {model_name} version {version}")

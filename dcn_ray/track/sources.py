@@ -55,6 +55,15 @@ class BestTrial:
     trial_id: str
     mlflow_run_id: str | None
     tracking_uri: str
+    #: The full configuration (``4-8-16``, ``unet_train.lr=0.001``); "" in tables from before model families.
+    config: str = ""
+
+    @property
+    def label(self) -> str:
+        """``kernels 4-8-16`` for a configuration of kernels alone, else ``configuration unet_train.lr=0.001``."""
+        if self.config and self.config != kernels_text(self.kernels):
+            return f"configuration {self.config}"
+        return f"kernels {kernels_text(self.kernels)}"
 
 
 def load_source(source: str, *, storage: str | None = None, tracking_uri: str | None = None) -> LoadedModel:
@@ -127,6 +136,7 @@ def best_trial(name: str, storage: str | None = None) -> BestTrial:
         best["trial_id"],
         best["mlflow_run_id"],
         record["tracking_uri"],
+        best.get("config") or "",
     )
 
 
@@ -157,8 +167,13 @@ def register_best(name: str, model_name: str, *, storage: str | None = None) -> 
             model_name,
             f"{run.info.artifact_uri}/{RUN_ARTIFACT}",
             run_id=best.mlflow_run_id,
-            tags={"sweep": name, "kernels": kernels_text(best.kernels), "best_val_iou": f"{best.best_val_iou:.6f}"},
-            description=f"best trial of sweep {name}: kernels {kernels_text(best.kernels)}, val IoU {best.best_val_iou:.4f}",
+            tags={
+                "sweep": name,
+                "kernels": kernels_text(best.kernels) if best.kernels[0] is not None else "",
+                "config": best.config or kernels_text(best.kernels),
+                "best_val_iou": f"{best.best_val_iou:.6f}",
+            },
+            description=f"best trial of sweep {name}: {best.label}, val IoU {best.best_val_iou:.4f}",
         )
     except MlflowException as error:
         raise InputError(
@@ -186,13 +201,7 @@ def _from_sweep(source: str, name: str, storage: str | None) -> LoadedModel:
             except InputError:
                 continue
             model, payload = checkpoint.load_model(file)
-            log.info(
-                "%s: trial %s (kernels %s, val IoU %.4f)",
-                source,
-                best.trial_id,
-                kernels_text(best.kernels),
-                best.best_val_iou,
-            )
+            log.info("%s: trial %s (%s, val IoU %.4f)", source, best.trial_id, best.label, best.best_val_iou)
             return LoadedModel(model, payload, source, str(file))
     if not best.mlflow_run_id:
         raise InputError(
