@@ -80,8 +80,11 @@ class TrialSpec:
         return f"{self.phase}-{self.config_name}-s{self.seed}"
 
     @property
-    def key(self) -> tuple[str, int]:
-        """What makes a trial unique in a sweep: (configuration, seed)."""
+    def key(self) -> tuple[Kernels | str, int]:
+        """What makes a trial unique in a sweep: (kernels, seed) for a configuration of kernels alone
+        (every DCN sweep without a grid), else (configuration name, seed)."""
+        if self.kernels is not None and not self.grid_values:
+            return self.kernels, self.seed
         return self.config_name, self.seed
 
     def to_config(self) -> dict[str, Any]:
