@@ -93,8 +93,10 @@ def test_the_job_chooses_the_family(synthetic_stack):
     assert job.model.family == "unet" and job.flat()["model.family"] == "unet"
     model = build_model(job)
     assert isinstance(model, UNet) and model.kwargs["depth"] == 2
-    dcn = build_model(job_from_dict(small_job(*synthetic_stack)), (4, 8, 16))
-    assert isinstance(dcn, DCN)
+    dcn = build_model(job_from_dict(small_job(*synthetic_stack, train={"seed": 7})), (4, 8, 16))
+    direct = DCN(kernels=(4, 8, 16), width=4, seed=7)  # through the registry, the DCN is built as before
+    assert isinstance(dcn, DCN) and dcn.kwargs == direct.kwargs
+    assert all(torch.equal(a, b) for a, b in zip(dcn.state_dict().values(), direct.state_dict().values()))
     for model_section, message in (
         ({"family": "vit"}, "model.family must be one of dcn, unet, got 'vit'"),
         ({"family": "unet", "depth": 0}, "model.depth must be 1 to 6"),

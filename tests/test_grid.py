@@ -112,3 +112,33 @@ def test_follow_ups_need_the_dcn():
     raw["sweep"] = {"followup": {"enabled": True}}
     with pytest.raises(InputError, match="sweep.followup.enabled needs the DCN's branches F1-F3; model.family is unet"):
         variants(job_from_dict(raw))
+
+
+@pytest.mark.integration
+def test_a_family_grid_sweeps_dcn_and_unet_side_by_side(synthetic_stack, tmp_path):
+    from conftest import small_job, sweep_on_local_ray
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = small_job(
+        *synthetic_stack,
+        name="families",
+        train={"steps": 6, "eval_every": 6, "threads": 1},
+        sweep={"kernels": [[4, 8, 16]], "resources": {"gpu": 0, "cpu": 1}, "grid": {"model.family": ["dcn", "unet"]}},
+        tracking={"uri": uri, "experiment": "families"},
+    )
+    raw["model"] = {"width": 4, "depth": 2}
+    outcome = sweep_on_local_ray(raw, tmp_path / "runs")
+    rows = {r["config"]: r for r in outcome.table.to_pylist()}
+    assert set(rows) == {"4-8-16", "unet"} and {r["status"] for r in rows.values()} == {"finished"}
+    assert rows["unet"]["k1"] is None and rows["unet"]["model_family"] == "unet"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("families").experiment_id
+    children = {
+        r.data.tags["config"]: r for r in client.search_runs([experiment]) if "mlflow.parentRunId" in r.data.tags
+    }
+    assert set(children) == {"4-8-16", "unet"}
+    unet = children["unet"]
+    assert unet.data.tags["weak_branch"] == "not applicable (unet)" and "calibrated_F1" not in unet.data.metrics
+    assert unet.data.params["model.family"] == "unet" and "k1" not in unet.data.params
+    assert "calibrated_F1" in children["4-8-16"].data.metrics and children["4-8-16"].data.params["k1"] == "4"

@@ -23,7 +23,6 @@ from dcn_ray import models
 from dcn_ray.config import JobConfig
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import Dataset
-from dcn_ray.core.dcn import DCN
 from dcn_ray.core.device import select_device
 from dcn_ray.core.kernels import Kernels
 from dcn_ray.core.loss import Loss, aux_weight, dcn_loss, make_loss
@@ -95,19 +94,13 @@ def make_train_step(
 def build_model(job: JobConfig, kernels: Kernels | None = None) -> nn.Module:
     """The network of ``job.model.family`` (with ``kernels`` for the DCN), each layer initialised
     from the trial seed and its name (:func:`dcn_ray.core.init.init_weights`)."""
-    if job.model.family == "dcn":
-        if kernels is None:
-            raise ValueError("a DCN needs its kernels (k1, k2, k3)")
-        return DCN(
-            kernels=kernels,
-            width=job.model.width,
-            batch_norm=job.model.batch_norm,
-            in_channels=1,
-            branch_noise=job.model.branch_noise,
-            seed=job.train.seed,
-        )
     family = models.get(job.model.family)
-    return models.build(family.name, **family.job_kwargs(job.to_dict()["model"]), seed=job.train.seed)
+    kwargs = family.job_kwargs(job.to_dict()["model"])
+    if family.uses_kernels:
+        if kernels is None:
+            raise ValueError(f"a {family.title} needs its kernels (k1, k2, k3)")
+        kwargs["kernels"] = kernels
+    return models.build(family.name, **kwargs, seed=job.train.seed)
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, masks: np.ndarray) -> dict[str, float]:
