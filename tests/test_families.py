@@ -172,3 +172,12 @@ def test_predict_and_inspect_on_a_unet_checkpoint(synthetic_stack, unet_file, tm
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "inspect looks at the DCN's branches F1-F3" in err and "U-Net (unet)" in err
     assert not (tmp_path / "look").exists()
+
+
+def test_block_wise_volumes_refuse_a_family_off_their_8_pixel_grid(tmp_path):
+    from dcn_ray.predict.volume import plan_volume
+    from dcn_ray.track.sources import LoadedModel
+
+    loaded = LoadedModel(UNet(depth=4, width=4), {}, "unet.pt", "unet.pt")
+    with pytest.raises(InputError, match="U-Net depth 4, width 4 needs 16 .write a TIFF instead."):
+        plan_volume(loaded, tmp_path / "missing.zarr", PredictOptions(device="cpu"))
