@@ -77,6 +77,27 @@ def test_results_group_by_the_full_configuration():
     assert [r.score.n for r in results] == [2, 2, 2] and results[0].score.mean == pytest.approx(0.81)
 
 
+def test_the_report_tables_and_charts_a_family_comparison(tmp_path):
+    from dcn_ray.track import report
+
+    rows = [
+        {"k1": k1, "k2": k2, "k3": k3, "config": config, "model_family": family, "seed": seed, "round": 0,
+         "phase": "grid", "status": "finished", "best_val_iou": score + 0.01 * seed, "weak_branch": weak,
+         "mlflow_run_id": f"{config}-{seed}", "trial_id": f"t-{config}-{seed}"}
+        for k1, k2, k3, config, family, score, weak in (
+            (None, None, None, "unet", "unet", 0.9, None), (4, 8, 16, "4-8-16", "dcn", 0.8, "F3"),
+        )
+        for seed in (0, 1, 2)
+    ]  # fmt: skip
+    table = report.results_table(rows)
+    assert table.column("config").to_pylist() == ["4-8-16"] * 3 + ["unet"] * 3  # the reference first
+    text = report.markdown(table)
+    assert "| unet | grid | 3 |" in text and "| 4, 8, 16 | grid | 3 |" in text
+    assert all(path.exists() for path in report.write(table, tmp_path))
+    unet = next(r for r in report.statistics(table) if r.config == "unet")
+    assert unet.difference is not None and unet.difference.mean == pytest.approx(0.1)
+
+
 def test_dry_run_lists_every_configuration_and_the_trial_count():
     lines = planned_trials(job(grid=FAMILY_GRID))
     assert len(lines) == 7 and lines[-1] == "12 grid trials: 6 configuration(s) x 2 seed(s)"

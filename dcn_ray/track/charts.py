@@ -63,7 +63,9 @@ def interval_chart(
     axes.set_xticks(range(len(shown)), [r.config or kernels_text(r.kernels) for r in shown], rotation=60, ha="right")
     seeds = max((r.score.n for r in shown), default=0)
     axes.set_ylabel(f"{label} (mean, 95 % CI)")
-    axes.set_title(f"{label} per kernel configuration (k1-k2-k3), up to {seeds} seed(s)", fontsize=10)
+    kernels_only = all(r.kernels is not None and r.config in ("", kernels_text(r.kernels)) for r in shown)
+    what = "kernel configuration (k1-k2-k3)" if kernels_only else "configuration"
+    axes.set_title(f"{label} per {what}, up to {seeds} seed(s)", fontsize=10)
     axes.legend(handles=handles, loc="best", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
