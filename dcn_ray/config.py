@@ -16,6 +16,7 @@ from typing import Any, Union
 
 from dcn_ray.core.kernels import REFERENCE, Kernels, kernel_problem
 from dcn_ray.errors import InputError
+from dcn_ray.model_config import ModelConfig, validate_model
 from dcn_ray.train_config import TrainConfig, apply_preset, validate_train
 
 #: A split: slice text ("0:27"), one slice index (5), or a list of indices.
@@ -57,15 +58,6 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    width: int = 64
-    batch_norm: bool = True
-    #: Noise on each branch's input features (in feature sd): a planted weakness, for validating
-    #: the weak-branch rule; (0, 0, 0) for every real use.
-    branch_noise: tuple[float, ...] = (0.0, 0.0, 0.0)
-
-
-@dataclass(frozen=True)
 class ResourcesConfig:
     gpu: float = 1.0
     cpu: float = 1.0
@@ -104,6 +96,9 @@ class SweepConfig:
     max_concurrent: int | None = None
     max_failures: int = 2
     followup: FollowupConfig = field(default_factory=FollowupConfig)
+    #: A grid over any job key ``--set`` accepts: ``{"train.lr": [1e-3, 3e-3], "model.family": [dcn, unet]}``,
+    #: crossed with ``kernels`` (DCN only) and the seeds (:mod:`dcn_ray.sweep_grid`).
+    grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -184,6 +179,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         raise errors[0] if len(errors) == 1 else InputError(f"{key} has the wrong type: got {value!r}")
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
+    if origin is dict:  # sweep.grid: job keys -> lists of plain values (checked in dcn_ray.sweep_grid)
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, list | tuple) for k, v in value.items()
+        ):
+            raise InputError(f"{key} must map job keys to lists of values, got {value!r}")
+        return {k: tuple(v) for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise InputError(f"{key} must be a list, got {value!r}")
@@ -255,11 +256,7 @@ def _validate(job: JobConfig) -> None:
         job.data.roi is None or len(job.data.roi) == 4,
         f"data.roi must be [y0, x0, height, width], got {job.data.roi!r}",
     )
-    need(job.model.width >= 1, f"model.width must be >= 1, got {job.model.width}")
-    need(
-        len(job.model.branch_noise) == 3 and all(0 <= v < float("inf") for v in job.model.branch_noise),
-        f"model.branch_noise must be three finite numbers >= 0 (F1, F2, F3), got {list(job.model.branch_noise)}",
-    )
+    validate_model(job.model, need, crop=job.train.crop)
     validate_train(job.train, need)
     deepest = job.train.batch_size * (job.train.crop // 8) ** 2  # values per channel after three poolings
     need(

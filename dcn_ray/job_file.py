@@ -17,6 +17,7 @@ from dcn_ray.config import JobConfig, job_from_dict
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.io.paths import input_file
 from dcn_ray.strict_yaml import load_yaml, yaml_problem
+from dcn_ray.sweep_grid import variants
 
 
 def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
@@ -31,7 +32,9 @@ def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
         if key in ("data.images", "data.labels") and isinstance(value, str):
             value = _absolute(Path(value))
         _set_key(raw, key, value)
-    return job_from_dict(raw)
+    job = job_from_dict(raw)
+    variants(job)  # every combination of sweep.grid is a valid job (InputError naming it otherwise)
+    return job
 
 
 def read_job_file(path: str | Path) -> dict[str, Any]:

@@ -174,7 +174,7 @@ def predict(
 
     keep_local_ray_on_loopback(address)
     from dcn_ray.core.evaluation import format_scores
-    from dcn_ray.core.kernels import kernels_text
+    from dcn_ray.models import describe
     from dcn_ray.predict.stack import PredictOptions, check_paths, predict_stack
     from dcn_ray.track.sources import load_source
 
@@ -196,7 +196,7 @@ def predict(
     loaded = load_source(model, storage=storage, tracking_uri=tracking_uri)
     check_paths(input_path, output_path, labels=labels_path, model=loaded.location, level=level)
     open_volume(input_path, level)  # its values too (NaN is refused) before anything is printed
-    _echo(f"model {model}: kernels {kernels_text(loaded.model.kernels)} ({loaded.location})")
+    _echo(f"model {model}: {describe(loaded.model)} ({loaded.location})")
     bar = _ProgressBar()
     try:
         result = predict_stack(
@@ -223,7 +223,7 @@ def _tiff_only(**given: object) -> None:
 def _predict_volume(model: str, input_path: Path, output_path: Path, options, **settings) -> None:
     """The OME-Zarr output of ``predict``: blocks, resumable, on Ray with --workers or --address."""
     from dcn_ray.core.evaluation import format_scores
-    from dcn_ray.core.kernels import kernels_text
+    from dcn_ray.models import describe
     from dcn_ray.predict.volume import check_volume_paths, predict_volume
     from dcn_ray.track.sources import load_source
 
@@ -235,7 +235,7 @@ def _predict_volume(model: str, input_path: Path, output_path: Path, options, **
     bar = _BlockBar()
 
     def ready() -> None:  # every check passed (values, --resume): only now is anything printed
-        _echo(f"model {model}: kernels {kernels_text(loaded.model.kernels)} ({loaded.location})")
+        _echo(f"model {model}: {describe(loaded.model)} ({loaded.location})")
 
     try:
         result = predict_volume(loaded, input_path, output_path, options, progress=bar, ready=ready, **settings)

@@ -109,14 +109,13 @@ def register(name: str, model_name: str, storage: str | None, alias: str) -> Non
 
     The version is tagged with its sweep, trial, kernels, family, seed and test scores.
     """
-    from dcn_ray.core.kernels import kernels_text
     from dcn_ray.track.sources import register_best
 
     _check_alias(alias)
     version, best = register_best(name, model_name, storage=storage, alias=alias)
     test = f", test IoU {best.scores['test_iou']:.4f}" if "test_iou" in best.scores else ""
     _echo(
-        f"best trial of sweep '{name}': kernels {kernels_text(best.kernels)}, val IoU {best.best_val_iou:.4f}"
+        f"best trial of sweep '{name}': {best.label}, val IoU {best.best_val_iou:.4f}"
         f"{test} (MLflow run {best.mlflow_run_id} in {best.tracking_uri})"
     )
     click.echo(f"registered {model_name} version {version}" + (f" as models:/{model_name}@{alias}" if alias else ""))

@@ -2,8 +2,9 @@
 
 A checkpoint folder holds two files:
 
-- ``model.pt`` the best model so far: format tag, model keyword arguments, the resolved job
-  config, weights, its step and validation metrics. ``predict`` needs nothing else.
+- ``model.pt`` the best model so far: format tag, model family (``model_family``; a checkpoint
+  without it is a DCN, as every checkpoint before model families was), model keyword arguments,
+  the resolved job config, weights, its step and validation metrics. ``predict`` needs nothing else.
 - ``state.pt`` the training state to resume from: current weights, optimizer state, sampler
   RNG state, step, best model, metric history, and ``finished`` once training is over.
 """
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from dcn_ray.core.dcn import DCN
+from dcn_ray import models
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.io.paths import input_file
 
@@ -56,17 +58,26 @@ def load(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, A
     return payload
 
 
-def model_from_payload(payload: dict[str, Any], *, path: Path | str = "checkpoint") -> DCN:
-    """Rebuild the DCN of a model payload and load its weights."""
+def family_of_payload(payload: dict[str, Any], *, path: Path | str = "checkpoint") -> models.Family:
+    """The model family a payload names (``model_family``); a DCN when it names none (old checkpoints)."""
+    name = payload.get("model_family", "dcn")
+    if not isinstance(name, str) or name not in models.FAMILIES:
+        raise InputError(f"{path}: unknown model family {name!r} (known: {', '.join(models.FAMILIES)})")
+    return models.FAMILIES[name]
+
+
+def model_from_payload(payload: dict[str, Any], *, path: Path | str = "checkpoint") -> nn.Module:
+    """Rebuild the network of a model payload (of the family it names) and load its weights."""
+    family = family_of_payload(payload, path=path)
     try:
-        model = DCN(**payload["model_kwargs"])
+        model = models.build(family.name, **payload["model_kwargs"])
         model.load_state_dict(payload["weights"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise InputError(f"{path}: checkpoint does not match the DCN ({first_line(error, 160)})") from None
+        raise InputError(f"{path}: checkpoint does not match the {family.title} ({first_line(error, 160)})") from None
     return model.eval()
 
 
-def load_model(path: Path, *, map_location: str | torch.device = "cpu") -> tuple[DCN, dict[str, Any]]:
+def load_model(path: Path, *, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The model of a ``model.pt`` (or of a checkpoint folder) and its payload.
 
     Weights or batch-norm statistics that are NaN or infinite (a diverged training) are refused:
@@ -80,25 +91,24 @@ def load_model(path: Path, *, map_location: str | torch.device = "cpu") -> tuple
     return model, payload
 
 
-def _cpu_weights(model: DCN) -> dict[str, torch.Tensor]:
+def _cpu_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def model_payload(model: DCN, *, config: dict[str, Any], step: int, metrics: dict[str, float]) -> dict[str, Any]:
-    """The ``model.pt`` payload: what ``predict`` needs, and the step and metrics it was chosen at."""
-    return {
-        "format": FORMAT,
-        "model_kwargs": dict(model.kwargs),
-        "config": config,
-        "kernels": list(model.kernels),
-        "weights": _cpu_weights(model),
-        "step": step,
-        "metrics": dict(metrics),
-    }
+def model_payload(model: nn.Module, *, config: dict[str, Any], step: int, metrics: dict[str, float]) -> dict[str, Any]:
+    """The ``model.pt`` payload: what ``predict`` needs, and the step and metrics it was chosen at.
+
+    ``kernels`` is kept for a DCN (older readers look there); other families have none."""
+    family = models.family_of(model)
+    payload: dict[str, Any] = {"format": FORMAT, "model_family": family.name, "model_kwargs": dict(model.kwargs)}
+    payload["config"] = config
+    if family.uses_kernels:
+        payload["kernels"] = list(model.kernels)
+    return {**payload, "weights": _cpu_weights(model), "step": step, "metrics": dict(metrics)}
 
 
 def state_payload(
-    model: DCN,
+    model: nn.Module,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     *,

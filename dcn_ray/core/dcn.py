@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -12,18 +11,16 @@ from torch import Tensor, nn
 
 from dcn_ray.core.init import init_weights
 from dcn_ray.core.kernels import REFERENCE, STRIDES, check_kernels
+from dcn_ray.models.outputs import SegmentationOutput
 
 #: Input sides must be multiples of this (three 2x2 poolings).
 MULTIPLE = 8
 
 
-class DCNOutput(NamedTuple):
-    """What :class:`DCN` returns: logits, each (N, num_classes, H, W) at the input size."""
-
-    fused: Tensor
-    """The sum of the three branches; softmax of it gives the segmentation."""
-    branches: tuple[Tensor, Tensor, Tensor]
-    """The side-branch logits F1, F2, F3 (from 1/2, 1/4 and 1/8 resolution)."""
+#: What :class:`DCN` returns: ``fused`` (the sum of the three branches; softmax of it gives the
+#: segmentation) and ``branches`` (the side-branch logits F1, F2, F3 from 1/2, 1/4 and 1/8
+#: resolution), each (N, num_classes, H, W) at the input size. Every model family returns this shape.
+DCNOutput = SegmentationOutput
 
 
 def _conv_block(in_channels: int, out_channels: int, convs: int, batch_norm: bool) -> nn.Sequential:
@@ -117,6 +114,8 @@ class DCN(nn.Module):
         ...
         ValueError: k3=6 is invalid for branch F3: the kernel must be at least the branch stride 8
     """
+
+    family = "dcn"
 
     def __init__(
         self,

@@ -1,8 +1,9 @@
-"""The DCN training losses: fused cross-entropy plus decaying auxiliary branch losses, and two
+"""The training losses: fused cross-entropy plus decaying auxiliary branch losses, and two
 variants for sparse foreground (class-weighted cross-entropy; cross-entropy plus soft Dice).
 
 Every loss is ``loss(output, target, aux) -> (total, parts)``; :func:`make_loss` picks one by the
-job key ``train.loss``."""
+job key ``train.loss``. ``output`` is any family's :class:`~dcn_ray.models.outputs.SegmentationOutput`:
+a model without branches (the U-Net) has no auxiliary term, and its parts are only "fused"."""
 
 from __future__ import annotations
 
@@ -47,12 +48,12 @@ def dcn_loss(output: DCNOutput, target: Tensor, aux: float) -> tuple[Tensor, Ten
     """
     fused = F.cross_entropy(output.fused, target)
     branches = [F.cross_entropy(branch, target) for branch in output.branches]
-    total = fused + aux * torch.stack(branches).sum()
+    total = fused + aux * torch.stack(branches).sum() if branches else fused
     return total, torch.stack([fused, *branches]).detach()
 
 
 def loss_parts(parts: Tensor) -> dict[str, float]:
-    """The parts of dcn_loss as floats by name (one device synchronisation)."""
+    """The parts of dcn_loss as floats by name (one device synchronisation; only "fused" without branches)."""
     return dict(zip(LOSS_PARTS, parts.float().tolist()))
 
 
@@ -81,7 +82,7 @@ def weighted_dcn_loss(output: DCNOutput, target: Tensor, aux: float, *, weights:
 
     fused = term(output.fused)
     branches = [term(branch) for branch in output.branches]
-    total = fused + aux * torch.stack(branches).sum()
+    total = fused + aux * torch.stack(branches).sum() if branches else fused
     return total, torch.stack([fused, *branches]).detach()
 
 

@@ -1,4 +1,4 @@
-"""Train one kernel configuration: the loop every sweep trial runs, free of Ray.
+"""Train one configuration of any model family: the loop every sweep trial runs, free of Ray.
 
 Ray enters only through the ``report`` hook, which receives the metrics of each
 evaluation and a folder holding the checkpoint written for it.
@@ -17,17 +17,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from dcn_ray import models
 from dcn_ray.config import JobConfig
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import Dataset
-from dcn_ray.core.dcn import DCN, pad_forward
 from dcn_ray.core.device import select_device
 from dcn_ray.core.kernels import Kernels
 from dcn_ray.core.loss import Loss, aux_weight, dcn_loss, make_loss
 from dcn_ray.core.metrics import segmentation_scores
 from dcn_ray.core.sampler import CropSampler
 from dcn_ray.core.schedule import lr_factor, set_lr
+from dcn_ray.models.outputs import pad_forward
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ def default_step_options(device: torch.device, *, compile: bool = False) -> Step
 
 
 def make_train_step(
-    model: DCN, optimizer: torch.optim.Optimizer, options: StepOptions, *, loss: Loss = dcn_loss
+    model: nn.Module, optimizer: torch.optim.Optimizer, options: StepOptions, *, loss: Loss = dcn_loss
 ) -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]:
     """``step(images, targets, aux) -> loss``: one optimizer step of ``loss``; the loss stays on the device.
 
@@ -92,32 +94,33 @@ def make_train_step(
     return step
 
 
-def build_model(job: JobConfig, kernels: Kernels) -> DCN:
-    """The DCN of ``job`` with ``kernels``, each layer initialised from the trial seed and its name."""
-    return DCN(
-        kernels=kernels,
-        width=job.model.width,
-        batch_norm=job.model.batch_norm,
-        in_channels=1,
-        branch_noise=job.model.branch_noise,
-        seed=job.train.seed,
-    )
+def build_model(job: JobConfig, kernels: Kernels | None = None) -> nn.Module:
+    """The network of ``job.model.family`` (with ``kernels`` for the DCN), each layer initialised
+    from the trial seed and its name (:func:`dcn_ray.core.init.init_weights`)."""
+    family = models.get(job.model.family)
+    kwargs = family.job_kwargs(job.to_dict()["model"])
+    if family.uses_kernels:
+        if kernels is None:
+            raise ValueError(f"a {family.title} needs its kernels (k1, k2, k3)")
+        kwargs["kernels"] = kernels
+    return models.build(family.name, **kwargs, seed=job.train.seed)
 
 
-def evaluate(model: DCN, images: torch.Tensor, masks: np.ndarray) -> dict[str, float]:
+def evaluate(model: nn.Module, images: torch.Tensor, masks: np.ndarray) -> dict[str, float]:
     """Whole-slice inference over (Z, Y, X) images on the model's device; segmentation metrics."""
     predictions = np.empty(masks.shape, dtype=bool)
+    multiple = models.size_multiple(model)
     was_training = model.training
     model.eval()
     with torch.no_grad(), _autocast(images.device, images.device.type == "cuda"):
         for index in range(images.shape[0]):
-            output = pad_forward(model, images[index][None, None])
+            output = pad_forward(model, images[index][None, None], multiple)
             predictions[index] = (output.fused[0].argmax(0) == 1).cpu().numpy()
     model.train(was_training)
     return segmentation_scores(predictions, masks)
 
 
-def score_test_split(model: DCN, dataset: Dataset, device: torch.device) -> dict[str, float]:
+def score_test_split(model: nn.Module, dataset: Dataset, device: torch.device) -> dict[str, float]:
     """The test split scored once with ``model`` (the chosen checkpoint): ``test_iou``, ``test_dice``...
 
     Keys are ``test_`` + :data:`~dcn_ray.core.metrics.SCORE_KEYS`; {} when the dataset has no test split.
@@ -131,14 +134,15 @@ def score_test_split(model: DCN, dataset: Dataset, device: torch.device) -> dict
 
 def train(
     job: JobConfig,
-    kernels: Kernels,
+    kernels: Kernels | None,
     dataset: Dataset,
     *,
     report: Reporter | None = None,
     state: dict[str, Any] | None = None,
     device: torch.device | None = None,
 ) -> TrainResult:
-    """Train ``kernels`` for ``job.train.steps`` steps, evaluating every ``eval_every`` steps.
+    """Train ``kernels`` (a DCN's; None for other families) for ``job.train.steps`` steps, evaluating
+    every ``eval_every`` steps.
 
     ``state`` is a ``state.pt`` payload to resume from; a finished state returns at once.
     The best model by validation IoU is kept. Seeds make a run repeatable.
@@ -149,6 +153,7 @@ def train(
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     model = build_model(job, kernels).to(device)
+    label = kernels if kernels is not None else models.describe(model)  # in log lines
     optimizer = make_optimizer(job, model)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     train_images = torch.from_numpy(dataset.train_images).to(device)
@@ -169,7 +174,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"].cpu() if device.type == "cpu" else state["generator"])
         step, history, best = state["step"], list(state["history"]), state["best"]
-        log.info("resuming %s at step %d", kernels, step)
+        log.info("resuming %s at step %d", label, step)
         if state.get("finished"):
             return _result(best, step, history)
 
@@ -203,7 +208,7 @@ def train(
             best = checkpoint.model_payload(model, config=job.to_dict(), step=step, metrics=metrics)
         metrics["best_val_iou"] = best["metrics"]["val_iou"]
         history.append(metrics)
-        log.info("%s step %d: val_iou %.4f (best %.4f)", kernels, step, metrics["val_iou"], metrics["best_val_iou"])
+        log.info("%s step %d: val_iou %.4f (best %.4f)", label, step, metrics["val_iou"], metrics["best_val_iou"])
         if report is not None:
             finished = step >= settings.steps
             _report(
@@ -236,7 +241,7 @@ def _result(best: dict, step: int, history: list[dict[str, float]]) -> TrainResu
     )
 
 
-def make_optimizer(job: JobConfig, model: DCN) -> torch.optim.Optimizer:
+def make_optimizer(job: JobConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer of ``train.optimizer`` over every parameter, with ``train.weight_decay``."""
     settings = job.train
     if settings.optimizer == "sgd":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dcn_ray import models
 from dcn_ray.core.analysis import IMAGE_FILES, analyse
 from dcn_ray.core.dataset import parse_split
 from dcn_ray.core.kernels import kernels_text
@@ -32,6 +33,7 @@ def inspect_model(
     """Score the branches of a model on labelled slices, write the montage and JSON; return a summary.
 
     ``source`` is any model source of ``predict``: a checkpoint, runs:/, models:/ or sweep:NAME.
+    Only a DCN has branches: a model of another family is refused (InputError).
     """
     inputs = {"the model file": source if Path(source).exists() else None, "the image stack": stack, "--labels": labels}
     input_file(stack, "TIFF file")
@@ -40,6 +42,11 @@ def inspect_model(
     output_folder(out_dir, OUTPUT_FILES, inputs)  # before anything is loaded or written
     loaded = load_source(source, storage=storage, tracking_uri=tracking_uri)
     model, payload = loaded.model, loaded.payload
+    family = models.family_of(model)
+    if not family.branches:
+        raise InputError(
+            f"inspect looks at the DCN's branches F1-F3; {loaded.location} is a {family.title} ({family.name}), which has none"
+        )
     data = payload.get("config", {}).get("data", {})
     labels = labels or (Path(data["labels"]) if data.get("labels") else None)
     if labels is None:

@@ -1,15 +1,18 @@
-"""Segment new stacks with a trained DCN: tiled, test-time-augmented, streamed slice by slice.
+"""Segment new stacks with a trained model of any family: tiled, test-time-augmented, streamed.
 
-Tiling. The DCN is translation-equivariant for shifts by multiples of 8 (three 2x2 poolings),
-and an output pixel depends only on the input within :func:`receptive_radius` pixels (54 for
-kernels 4-8-16). A slice is padded to multiples of 8 as :func:`~dcn_ray.core.dcn.pad_forward`
-pads it, then cut into tiles whose starts are multiples of 8 and which share ``overlap``
+Tiling. A model is translation-equivariant for shifts by its family's size multiple (8 for the
+DCN's three 2x2 poolings, ``2**depth`` for a U-Net), and an output pixel depends only on the input
+within its family's receptive radius (:func:`dcn_ray.models.receptive_radius`; 54 for DCN kernels
+4-8-16). A slice is padded to that multiple as :func:`~dcn_ray.models.outputs.pad_forward`
+pads it, then cut into tiles whose starts are multiples of it and which share ``overlap``
 pixels with their neighbours. Each tile's foreground probability is weighted by a window that
 is zero within ``margin = min(radius, overlap // 2)`` pixels of the tile's inner borders (those
 not on the slice's edge) and rises as a raised cosine to one across the rest of the overlap.
 With ``overlap >= 2 * radius`` every weighted pixel sees all of its receptive field, so the
 blend equals the whole-slice output up to float rounding; with less, seams differ slightly
-(a warning says so). The default overlap, 128, is enough for every k3 <= 32 (with k1, k2 <= 84).
+(a warning says so). The default overlap, 128, is enough for every DCN with k3 <= 32 (with
+k1, k2 <= 84); a U-Net of depth 4 (radius 122) needs 248. The model's logits are its output's
+``fused`` field, whatever its family (:class:`~dcn_ray.models.outputs.SegmentationOutput`).
 
 TTA. The whole slice (not each tile) goes through each of the 8 dihedral transforms, is
 predicted, transformed back, and the probabilities are averaged: the result is exactly
@@ -21,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,26 +32,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from dcn_ray import __version__
-from dcn_ray.core.dcn import DCN, MULTIPLE
+from dcn_ray import __version__, models
+from dcn_ray.core.dcn import MULTIPLE
 from dcn_ray.core.device import select_device
 from dcn_ray.core.evaluation import score_probabilities
-from dcn_ray.core.kernels import STRIDES, kernels_text
 from dcn_ray.core.sampler import apply_transform, invert_transform
 from dcn_ray.errors import InputError
 from dcn_ray.io.paths import output_file
 from dcn_ray.io.predictions import read_prediction
 from dcn_ray.io.tiff_writer import StackWriter
 from dcn_ray.io.volumes import input_slices, read_label_volume, volume_shape
+from dcn_ray.models import dcn_receptive_radius as receptive_radius  # noqa: F401 (the DCN radius, re-exported)
 from dcn_ray.track.sources import LoadedModel
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("probabilities", "mask", "float")
-#: Receptive-field width of the trunk at the features of branches F1, F2, F3 (strides 2, 4, 8).
-TRUNK_FIELD = (14, 40, 92)
 _BIGTIFF_ABOVE = 3 * 2**30  # output bytes above which the TIFF is written as BigTIFF
 
 #: Maps slices (Y, X) float32 in [0, 1] to (foreground probability, name of who predicted it).
@@ -97,16 +98,6 @@ class PredictResult:
 # ----------------------------------------------------------------------------- one slice
 
 
-def receptive_radius(kernels: Sequence[int]) -> int:
-    """How far (pixels, an upper bound) the input behind one output pixel reaches to each side.
-
-    Each branch sees the trunk's field at its features plus ``ceil(k / s) - 1`` feature pixels
-    of its deconvolution; half of the widest, plus half a pooling cell for the alignment.
-    """
-    widths = (field + (math.ceil(k / s) - 1) * s for field, k, s in zip(TRUNK_FIELD, kernels, STRIDES))
-    return max(widths) // 2 + MULTIPLE // 2
-
-
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Starts of tiles of ``tile`` pixels covering ``length``; neighbours share >= ``overlap``."""
     if length <= tile:
@@ -135,19 +126,23 @@ def edge_weights(size: int, *, inner_before: bool, inner_after: bool, overlap: i
 class SlicePredictor:
     """The foreground probability of single slices, by one model on one device."""
 
-    def __init__(self, model: DCN, options: PredictOptions) -> None:
+    def __init__(self, model: nn.Module, options: PredictOptions) -> None:
         self.options = options
+        self.multiple = models.size_multiple(model)
+        for name, value in (("--tile", options.tile), ("--overlap", options.overlap)):
+            if value % self.multiple:
+                raise InputError(f"{name} {value}: must be a multiple of {self.multiple} for {models.describe(model)}")
         self.device = select_device(options.device)
         self.model = model.to(self.device).eval()
-        radius = receptive_radius(model.kernels)
+        radius = models.receptive_radius(model)
         self.margin = min(radius, options.overlap // 2)
         if self.margin < radius:
             log.warning(
-                "--overlap %d is below %d, twice the receptive radius of kernels %s: tile seams "
+                "--overlap %d is below %d, twice the receptive radius of %s: tile seams "
                 "may differ slightly from whole-slice predictions",
                 options.overlap,
                 2 * radius,
-                kernels_text(model.kernels),
+                models.describe(model),
             )
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
@@ -162,7 +157,7 @@ class SlicePredictor:
 
     def _tiled(self, image: Tensor) -> Tensor:
         height, width = image.shape
-        pad_h, pad_w = -height % MULTIPLE, -width % MULTIPLE
+        pad_h, pad_w = -height % self.multiple, -width % self.multiple
         mode = "reflect" if pad_h < height and pad_w < width else "replicate"  # as pad_forward
         padded = F.pad(image[None, None], (0, pad_w, 0, pad_h), mode=mode)[0, 0] if pad_h or pad_w else image
         rows, cols = padded.shape
@@ -207,7 +202,7 @@ def encode(probability: np.ndarray, output: str, threshold: float) -> np.ndarray
 
 
 @contextmanager
-def local_mapper(model: DCN, options: PredictOptions) -> Iterator[SliceMapper]:
+def local_mapper(model: nn.Module, options: PredictOptions) -> Iterator[SliceMapper]:
     """Predict in this process, one slice after the other."""
     predict = SlicePredictor(model, options)
     yield lambda slices: ((predict(image), "local") for image in slices)
@@ -304,7 +299,8 @@ def _metadata(loaded: LoadedModel, options: PredictOptions) -> dict:
     return {
         "model": loaded.source,
         "model_location": loaded.location,
-        "kernels": list(loaded.model.kernels),
+        "model_family": models.family_of(loaded.model).name,
+        "kernels": list(loaded.model.kernels) if models.family_of(loaded.model).uses_kernels else None,
         "model_step": loaded.payload.get("step"),
         "dcn_ray_version": __version__,
         "output": options.output,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from dcn_ray import __version__
+from dcn_ray import __version__, models
 from dcn_ray.core.dcn import DCN
 from dcn_ray.core.evaluation import score_probabilities
 from dcn_ray.errors import InputError
@@ -33,7 +33,7 @@ from dcn_ray.io.predictions import read_prediction
 from dcn_ray.io.volumes import Volume, is_zarr_path, open_volume, read_label_volume, volume_shape
 from dcn_ray.predict import blocks as blocking
 from dcn_ray.predict.blocks import Block
-from dcn_ray.predict.stack import PredictOptions, SlicePredictor, encode, receptive_radius
+from dcn_ray.predict.stack import PredictOptions, SlicePredictor, encode
 from dcn_ray.track.sources import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,13 @@ def plan_volume(
     chunks: tuple[int, int, int] | None = None,
     block: int | None = None,
 ) -> VolumePlan:
+    if blocking.MULTIPLE % models.size_multiple(loaded.model):  # blocks lie on the 8-pixel grid
+        raise InputError(
+            f"block-wise volume output needs a model whose size multiple divides {blocking.MULTIPLE}; "
+            f"{models.describe(loaded.model)} needs {models.size_multiple(loaded.model)} (write a TIFF instead)"
+        )
     volume = open_volume(input_path, level)
-    halo = blocking.halo_for(receptive_radius(loaded.model.kernels))
+    halo = blocking.halo_for(models.receptive_radius(loaded.model))
     chunk = blocking.default_chunks(volume.shape, chunks)
     shape = blocking.default_block(volume.shape, chunk, tile=options.tile, halo=halo, block=block)
     return VolumePlan(volume, chunk, shape, halo, options)
@@ -294,7 +299,8 @@ def _settings(loaded: LoadedModel, plan: VolumePlan, *, level: int, ngff: str, l
         "model_location": loaded.location,
         "model_sha256": model_digest(loaded.payload),
         "mlflow_run_id": loaded.mlflow_run_id or run_id or loaded.payload.get("mlflow_run_id"),
-        "kernels": list(loaded.model.kernels),
+        "model_family": models.family_of(loaded.model).name,
+        "kernels": list(loaded.model.kernels) if models.family_of(loaded.model).uses_kernels else None,
         "model_step": loaded.payload.get("step"),
         "dcn_ray_version": __version__,
         "input": volume.source,

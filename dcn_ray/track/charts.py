@@ -41,12 +41,14 @@ def interval_chart(
     figure, axes = plt.subplots(figsize=(max(7.5, 0.45 * len(shown) + 2.5), 4.2))
     for index, result in enumerate(shown):
         below, above = _bounds(result)
-        is_reference = result.kernels == tuple(reference)
+        is_reference = result.config in ("", kernels_text(tuple(reference))) and result.kernels == tuple(reference)
         axes.errorbar(
             index, result.score.mean, yerr=[[below], [above]], fmt="*" if is_reference else "o",
             markersize=12 if is_reference else 6, color=PHASE_COLOURS.get(result.phase, "#555555"), capsize=3,
         )  # fmt: skip
-    reference_result = next((r for r in shown if r.kernels == tuple(reference)), None)
+    reference_result = next(
+        (r for r in shown if r.kernels == tuple(reference) and r.config in ("", kernels_text(tuple(reference)))), None
+    )
     handles = [
         Line2D([], [], color=c, marker="o", linestyle="", label=PHASE_LABELS[p]) for p, c in PHASE_COLOURS.items()
     ]
@@ -58,10 +60,12 @@ def interval_chart(
     if floor is not None:
         axes.axhline(floor, color="#c44e52", linestyle=":", linewidth=1.5)
         handles.append(Line2D([], [], color="#c44e52", linestyle=":", label="all-foreground baseline"))
-    axes.set_xticks(range(len(shown)), [kernels_text(r.kernels) for r in shown], rotation=60, ha="right")
+    axes.set_xticks(range(len(shown)), [r.config or kernels_text(r.kernels) for r in shown], rotation=60, ha="right")
     seeds = max((r.score.n for r in shown), default=0)
     axes.set_ylabel(f"{label} (mean, 95 % CI)")
-    axes.set_title(f"{label} per kernel configuration (k1-k2-k3), up to {seeds} seed(s)", fontsize=10)
+    kernels_only = all(r.kernels is not None and r.config in ("", kernels_text(r.kernels)) for r in shown)
+    what = "kernel configuration (k1-k2-k3)" if kernels_only else "configuration"
+    axes.set_title(f"{label} per {what}, up to {seeds} seed(s)", fontsize=10)
     axes.legend(handles=handles, loc="best", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -70,9 +74,9 @@ def interval_chart(
 
 
 def kernel_chart(results: Sequence[ConfigResult], path: Path, label: str) -> Path:
-    """Score against each kernel size k1, k2, k3 (one panel each), with intervals."""
+    """Score against each kernel size k1, k2, k3 (one panel each), with intervals (DCN configurations)."""
     plt = _pyplot()
-    shown = [r for r in results if not math.isnan(r.score.mean)]
+    shown = [r for r in results if not math.isnan(r.score.mean) and r.kernels is not None]
     figure, panels = plt.subplots(1, 3, figsize=(11.0, 3.6), sharey=True)
     for branch, axes in enumerate(panels):
         for result in shown:

@@ -28,10 +28,13 @@ SEPARATION_COLUMNS = (*(f"calibrated_{name}" for name in BRANCHES), *(f"separati
 #: Final metrics of a trial kept per row (validation chooses; test, where there is one, reports).
 METRIC_COLUMNS = ("best_val_iou", "val_vrand", "val_vinfo", *TEST_COLUMNS, *SEPARATION_COLUMNS)
 IDENTITY_COLUMNS = ("k1", "k2", "k3", "seed", "round")
+#: The full configuration (``4-8-16``, ``unet_train.lr=0.001``) and the model family of a trial.
+CONFIG_COLUMNS = ("config", "model_family")
 #: Where a follow-up comes from: its reference configuration (``4-8-16``) and that one's weak branch.
 PROVENANCE_COLUMNS = ("reference", "reference_weak")
 COLUMNS = (
     *IDENTITY_COLUMNS,
+    *CONFIG_COLUMNS,
     "phase",
     "status",
     *METRIC_COLUMNS,
@@ -65,16 +68,22 @@ def results_table(
     test = evaluation["split"] == "test" if evaluation else any(_number(r.get("test_iou")) for r in rows)
     key = "test_iou" if test else "best_val_iou"
     reference_iou = {  # by seed: a trial is compared with the reference trial of its own seed
-        r.get("seed") or 0: r[key] for r in rows if (r["k1"], r["k2"], r["k3"]) == reference and _number(r.get(key))
+        r.get("seed") or 0: r[key]
+        for r in rows
+        if (r["k1"], r["k2"], r["k3"]) == reference
+        and r.get("config") in (None, "-".join(map(str, reference)))  # the reference alone, not a grid variant of it
+        and _number(r.get(key))
     }
     ordered = sorted(
         rows,
         key=lambda r: (
             PHASE_ORDER.get(r["phase"], 9),
             (r["k1"], r["k2"], r["k3"]) != reference,
-            r["k1"],
-            r["k2"],
-            r["k3"],
+            r["k1"] is None,  # other families after the DCN
+            r["k1"] or 0,
+            r["k2"] or 0,
+            r["k3"] or 0,
+            r.get("config") or "",
             r.get("seed") or 0,
         ),
     )
@@ -87,6 +96,7 @@ def results_table(
     schema = pa.schema(
         [
             *(pa.field(n, pa.int64()) for n in IDENTITY_COLUMNS),
+            *(pa.field(n, pa.string()) for n in CONFIG_COLUMNS),
             pa.field("phase", pa.string()),
             pa.field("status", pa.string()),
             *(pa.field(n, pa.float64()) for n in (*METRIC_COLUMNS, "vs_reference")),
@@ -187,7 +197,8 @@ def trials_markdown(table: pa.Table) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in table.to_pylist():
         seed = "" if r.get("seed") is None else str(r["seed"])
-        cells = [f"{r['k1']}, {r['k2']}, {r['k3']}", seed, r["phase"], r["status"]]
+        plain = r["k1"] is not None and r.get("config") in (None, f"{r['k1']}-{r['k2']}-{r['k3']}")
+        cells = [f"{r['k1']}, {r['k2']}, {r['k3']}" if plain else r.get("config") or "", seed, r["phase"], r["status"]]
         cells += [_fmt(r[name], signed=name == "vs_reference") for _, name in scores]
         lines.append("| " + " | ".join([*cells, r["weak_branch"] or ""]) + " |")
     return "\n".join(lines)

@@ -64,6 +64,15 @@ class BestTrial:
     tracking_uri: str
     seed: int | None = None
     scores: dict[str, float] = field(default_factory=dict)  # VERSION_SCORES the trial has
+    #: The full configuration (``4-8-16``, ``unet_train.lr=0.001``); "" in tables from before model families.
+    config: str = ""
+
+    @property
+    def label(self) -> str:
+        """``kernels 4-8-16`` for a configuration of kernels alone, else ``configuration unet_train.lr=0.001``."""
+        if self.config and self.config != kernels_text(self.kernels):
+            return f"configuration {self.config}"
+        return f"kernels {kernels_text(self.kernels)}"
 
 
 def load_source(source: str, *, storage: str | None = None, tracking_uri: str | None = None) -> LoadedModel:
@@ -140,13 +149,18 @@ def best_trial(name: str, storage: str | None = None) -> BestTrial:
         record["tracking_uri"],
         seed=best.get("seed"),
         scores=scores,
+        config=best.get("config") or "",
     )
 
 
 def version_tags(best: BestTrial, family: str) -> dict[str, str]:
     """The tags of a registered version: where it comes from, its kernels, family, seed and scores."""
-    tags = {"sweep": best.sweep, "trial_id": best.trial_id, "kernels": kernels_text(best.kernels), "family": family}
-    tags.update({name: str(value) for name, value in zip(("k1", "k2", "k3"), best.kernels)})
+    kernels = kernels_text(best.kernels) if best.kernels[0] is not None else ""
+    tags = {"sweep": best.sweep, "trial_id": best.trial_id, "kernels": kernels, "family": family}
+    tags["config"] = best.config or kernels
+    tags["best_val_iou"] = f"{best.best_val_iou:.6f}"
+    if kernels:
+        tags.update({name: str(value) for name, value in zip(("k1", "k2", "k3"), best.kernels)})
     if best.seed is not None:
         tags["seed"] = str(best.seed)
     tags.update({key: f"{value:.6f}" for key, value in best.scores.items()})
@@ -186,8 +200,7 @@ def register_best(
             f"{run.info.artifact_uri}/{RUN_ARTIFACT}",
             run_id=best.mlflow_run_id,
             tags=version_tags(best, family),
-            description=f"best trial of sweep {name}: kernels {kernels_text(best.kernels)}, "
-            f"val IoU {best.best_val_iou:.4f}{test}",
+            description=f"best trial of sweep {name}: {best.label}, val IoU {best.best_val_iou:.4f}{test}",
         )
         if alias:
             client.set_registered_model_alias(model_name, alias, version.version)
@@ -217,13 +230,7 @@ def _from_sweep(source: str, name: str, storage: str | None) -> LoadedModel:
             except InputError:
                 continue
             model, payload = checkpoint.load_model(file)
-            log.info(
-                "%s: trial %s (kernels %s, val IoU %.4f)",
-                source,
-                best.trial_id,
-                kernels_text(best.kernels),
-                best.best_val_iou,
-            )
+            log.info("%s: trial %s (%s, val IoU %.4f)", source, best.trial_id, best.label, best.best_val_iou)
             return LoadedModel(model, payload, source, str(file), best.mlflow_run_id)
     if not best.mlflow_run_id:
         raise InputError(

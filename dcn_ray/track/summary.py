@@ -41,13 +41,23 @@ Row = Mapping[str, Any]
 class ConfigResult:
     """One configuration over its seeds."""
 
-    kernels: Kernels
+    #: The DCN's kernels; None for a configuration of another family.
+    kernels: Kernels | None
     phase: str
     score: Estimate
     #: Paired difference from the reference (None for the reference itself).
     difference: Estimate | None
     p_value: float
     p_holm: float
+    #: The full configuration (``4-8-16``, ``unet_train.lr=0.001``: :attr:`dcn_ray.tune.spec.TrialSpec.config_name`).
+    config: str = ""
+
+    @property
+    def label(self) -> str:
+        """``4, 8, 16`` for a configuration of kernels alone, else its full name."""
+        if self.kernels is not None and self.config in ("", kernels_text(self.kernels)):
+            return ", ".join(map(str, self.kernels))
+        return self.config
 
 
 #: Equivalence margin of the verdict when the sweep's rounds name none (sweep.followup.margin).
@@ -139,8 +149,14 @@ class Mechanism:
         )
 
 
-def _kernels(row: Row) -> Kernels:
-    return (int(row["k1"]), int(row["k2"]), int(row["k3"]))
+def _kernels(row: Row) -> Kernels | None:
+    return None if row.get("k1") is None else (int(row["k1"]), int(row["k2"]), int(row["k3"]))
+
+
+def config_of(row: Row) -> str:
+    """A row's full configuration: its ``config`` column, else (older tables) its kernels, ``4-8-16``."""
+    kernels = _kernels(row)
+    return row.get("config") or (kernels_text(kernels) if kernels is not None else "")
 
 
 def _finished(rows: Sequence[Row], key: str) -> list[Row]:
@@ -148,30 +164,37 @@ def _finished(rows: Sequence[Row], key: str) -> list[Row]:
 
 
 def scores_by_trial(rows: Sequence[Row], key: str) -> dict[tuple[Kernels, int], float]:
-    """``(kernels, seed) -> score`` of every finished trial ((kernels, seed) is unique in a sweep)."""
-    return {(_kernels(r), int(r.get("seed") or 0)): float(r[key]) for r in _finished(rows, key)}
+    """``(kernels, seed) -> score`` of every finished trial of kernels alone (DCN configurations without
+    grid values: (kernels, seed) is unique among them); the follow-up comparisons read these."""
+    return {
+        (kernels, int(r.get("seed") or 0)): float(r[key])
+        for r in _finished(rows, key)
+        if (kernels := _kernels(r)) is not None and config_of(r) == kernels_text(kernels)
+    }
 
 
 def configuration_results(rows: Sequence[Row], key: str, reference: Sequence[int]) -> list[ConfigResult]:
     """Per configuration (in first-seen order): n, mean and interval, paired difference from the reference."""
-    reference = tuple(reference)
-    by_config: dict[tuple[Kernels, str], dict[int, float]] = defaultdict(dict)
+    reference_name = kernels_text(tuple(reference))
+    by_config: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    kernels_of: dict[str, Kernels | None] = {}
     for row in _finished(rows, key):
-        by_config[(_kernels(row), row["phase"])][int(row.get("seed") or 0)] = float(row[key])
-    reference_scores = next((seeds for (k, _), seeds in by_config.items() if k == reference), {})
+        by_config[(config_of(row), row["phase"])][int(row.get("seed") or 0)] = float(row[key])
+        kernels_of[config_of(row)] = _kernels(row)
+    reference_scores = next((seeds for (c, _), seeds in by_config.items() if c == reference_name), {})
     results, p_values = [], []
-    for (kernels, phase), seeds in by_config.items():
+    for (config, phase), seeds in by_config.items():
         score = mean_interval(list(seeds.values()))
-        if kernels == reference or not reference_scores:
-            results.append((kernels, phase, score, None, math.nan))
+        if config == reference_name or not reference_scores:
+            results.append((config, phase, score, None, math.nan))
             continue
         paired = paired_difference(seeds, reference_scores)
-        results.append((kernels, phase, score, paired.estimate, paired.p_value))
+        results.append((config, phase, score, paired.estimate, paired.p_value))
         p_values.append(paired.p_value)
     adjusted = iter(holm(p_values))
     return [
-        ConfigResult(k, phase, score, diff, p, next(adjusted) if diff is not None else math.nan)
-        for k, phase, score, diff, p in results
+        ConfigResult(kernels_of[c], phase, score, diff, p, next(adjusted) if diff is not None else math.nan, c)
+        for c, phase, score, diff, p in results
     ]
 
 
@@ -312,8 +335,7 @@ def configuration_markdown(results: Sequence[ConfigResult], label: str, referenc
     for r in results:
         diff = r.difference.text(signed=True) if r.difference else "reference"
         lines.append(
-            f"| {', '.join(map(str, r.kernels))} | {r.phase} | {r.score.n} | {r.score.text()} | {diff} | "
-            f"{_p(r.p_value)} | {_p(r.p_holm)} |"
+            f"| {r.label} | {r.phase} | {r.score.n} | {r.score.text()} | {diff} | {_p(r.p_value)} | {_p(r.p_holm)} |"
         )
     return "\n".join(lines)
 

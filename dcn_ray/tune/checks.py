@@ -11,6 +11,7 @@ from pathlib import Path
 from dcn_ray.config import JobConfig, kernels_of
 from dcn_ray.core.kernels import kernels_text
 from dcn_ray.errors import InputError
+from dcn_ray.sweep_grid import value_text, variants
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +31,20 @@ def planned_trials(job: JobConfig, gpu: float | None = None) -> list[str]:
     resources = job.sweep.resources
     gpu = resources.gpu if gpu is None else gpu
     seeds = ",".join(str(s) for s in job.seeds)
-    lines = [
-        f"grid  {kernels_text(k):>10}  k1={k[0]} k2={k[1]} k3={k[2]}  seeds {seeds}  gpu={gpu:g} cpu={resources.cpu:g}"
-        for k in kernels_of(job)
-    ]
+    configurations = variants(job)
+    lines = []
+    for variant in configurations:
+        k = variant.kernels
+        what = f"k1={k[0]} k2={k[1]} k3={k[2]}" if k is not None else f"model.family={variant.family}"
+        values = "".join(f" {key}={value_text(value)}" for key, value in variant.params)
+        name = variant.name if variant.params or k is None else kernels_text(k)
+        lines.append(f"grid  {name:>10}  {what}{values}  seeds {seeds}  gpu={gpu:g} cpu={resources.cpu:g}")
     followup = job.sweep.followup
+    count = len(configurations)
     if followup.enabled:
         reference = tuple(followup.reference)
         if reference not in kernels_of(job):
+            count += 1
             lines.insert(
                 0, f"grid  {kernels_text(reference):>10}  (reference, added for the follow-ups)  seeds {seeds}"
             )
@@ -48,6 +55,7 @@ def planned_trials(job: JobConfig, gpu: float | None = None) -> list[str]:
             f"controls{extras}, chosen from the calibrated F1-F3 separations of {kernels_text(reference)} over its seeds, "
             f"each run once per seed; verdict with an equivalence margin of +-{followup.margin:g}"
         )
+    lines.append(f"{count * len(job.seeds)} grid trials: {count} configuration(s) x {len(job.seeds)} seed(s)")
     return lines
 
 

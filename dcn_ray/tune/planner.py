@@ -20,6 +20,7 @@ from typing import Any
 from dcn_ray.config import FollowupConfig
 from dcn_ray.core.branches import weak_across_seeds
 from dcn_ray.core.kernels import BRANCHES, STRIDES, Kernels, kernels_text
+from dcn_ray.sweep_grid import Variant
 from dcn_ray.tune.proposals import plan_followups, propose_controls
 from dcn_ray.tune.spec import METRIC, TrialSpec
 
@@ -71,14 +72,17 @@ def summary_of(result: Mapping[str, Any] | None) -> dict[str, Any]:
 class RoundPlanner:
     """The queue of trials to run, and the follow-up rounds planned as trials finish."""
 
-    def __init__(self, grid: Sequence[Kernels], seeds: Sequence[int], followup: FollowupConfig) -> None:
+    def __init__(self, grid: Sequence[Kernels | Variant], seeds: Sequence[int], followup: FollowupConfig) -> None:
+        """``grid``: the configurations, as DCN kernel triples or :class:`~dcn_ray.sweep_grid.Variant` objects."""
         self.followup = followup
         self.seeds = tuple(seeds)
-        configs = [tuple(k) for k in grid]
-        reference = tuple(followup.reference)
-        if followup.enabled:  # the reference first, so the follow-ups can start early
-            configs = [reference, *(k for k in configs if k != reference)]
-        self.queue: list[TrialSpec] = [TrialSpec(k, seed=s) for k in configs for s in self.seeds]
+        configs = [c if isinstance(c, Variant) else Variant("dcn", tuple(c)) for c in grid]
+        reference = Variant("dcn", tuple(followup.reference))
+        if followup.enabled:  # the reference first, so the follow-ups can start early (a DCN without a grid)
+            configs = [reference, *(c for c in configs if c != reference)]
+        self.queue: list[TrialSpec] = [
+            TrialSpec(c.kernels, seed=s, family=c.family, grid_values=c.params) for c in configs for s in self.seeds
+        ]
         self.live: dict[str, TrialSpec] = {}
         self.done: dict[str, Finished] = {}
         self.decisions: list[RoundDecision] = []
@@ -109,7 +113,7 @@ class RoundPlanner:
     def seen(self) -> set[Kernels]:
         """Every configuration queued, running or done: never proposed again."""
         specs = [*self.queue, *self.live.values(), *(f.spec for f in self.done.values())]
-        return {spec.kernels for spec in specs}
+        return {spec.kernels for spec in specs if spec.kernels is not None}
 
     # -- rounds ------------------------------------------------------------------------------
     def _plan_next_round(self) -> None:

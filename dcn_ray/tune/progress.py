@@ -73,7 +73,8 @@ class Progress(Callback):
 
 def _label(trial) -> str:
     """``grid-4-8-16-s0``; ``?`` before Tune has the trial's config."""
-    return TrialSpec.from_config(trial.config).name if (trial.config or {}).get("kernels") else "?"
+    config = trial.config or {}
+    return TrialSpec.from_config(config).name if config.get("kernels") or config.get("family") else "?"
 
 
 def _reason(trial) -> str:

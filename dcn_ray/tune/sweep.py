@@ -13,10 +13,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from dcn_ray.config import JobConfig, job_from_dict, kernels_of
+from dcn_ray.config import JobConfig, job_from_dict
 from dcn_ray.core.kernels import BRANCHES, kernels_text
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.runtime import alive_nodes, ray_session, trial_resources
+from dcn_ray.sweep_grid import variants
 from dcn_ray.track import report, uris
 from dcn_ray.track import runs as tracking
 from dcn_ray.track.storage import SWEEP_FILE, Storage
@@ -125,6 +126,7 @@ def _run_sweep(
     store.check_writable()
     uri = uris.resolve_uri(job.tracking.uri)
     uris.check_store(uri)  # a database of another program is refused before MLflow adds its tables
+    variants(job)  # every grid combination is a valid job, before Ray starts
     data_summary = check_data(job)
     with ray_session(address):
         nodes = alive_nodes()
@@ -145,9 +147,10 @@ def _run_sweep(
         if store.is_local:
             tracking.log_parent_file(uri, parent, Path(store.folder(job.name)) / "job.yaml")
         context = SweepContext(job, uri, experiment_id, parent, storage_root=store.root, sweep=job.name)
-        planner = RoundPlanner(kernels_of(job), job.seeds, job.sweep.followup)
+        configurations = variants(job)
+        planner = RoundPlanner(configurations, job.seeds, job.sweep.followup)
         write(
-            f"sweep '{job.name}': {len(planner.queue)} grid trials ({len(kernels_of(job))} configurations x "
+            f"sweep '{job.name}': {len(planner.queue)} grid trials ({len(configurations)} configurations x "
             f"{len(job.seeds)} seed(s)), up to {max_concurrent} at a time; MLflow {uri}, experiment '{job.experiment}'"
         )
         searcher = GridThenFollowups(planner)
@@ -296,7 +299,7 @@ def _rows(grid) -> list[dict[str, Any]]:
     rows = []
     for result in grid:
         config, metrics = result.config or {}, result.metrics or {}
-        spec = TrialSpec.from_config(config) if config.get("kernels") else None
+        spec = TrialSpec.from_config(config) if config.get("kernels") or config.get("family") else None
         status = "finished" if metrics.get("finished") else ("errored" if result.error else "unfinished")
         weak = metrics.get("weak_branch")
         identity: dict[str, Any] = {
@@ -308,7 +311,9 @@ def _rows(grid) -> list[dict[str, Any]]:
         }
         if spec is not None:
             identity = {
-                **dict(zip(("k1", "k2", "k3"), spec.kernels)),
+                **dict(zip(("k1", "k2", "k3"), spec.kernels or (None, None, None))),
+                "config": spec.config_name,
+                "model_family": spec.family,
                 "seed": spec.seed,
                 "round": spec.round,
                 "phase": spec.phase,

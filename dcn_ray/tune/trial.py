@@ -7,7 +7,6 @@ and exits at once (Tune's state snapshot can lag behind a kill).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import tempfile
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from typing import Any
 
 from ray import tune
 
+from dcn_ray import models, sweep_grid
 from dcn_ray.config import JobConfig
 from dcn_ray.core import checkpoint
 from dcn_ray.core.analysis import analyse
@@ -57,8 +57,8 @@ def already_finished(run_metrics: Mapping[str, float] | None, state: Mapping[str
 
 
 def trial_job(job: JobConfig, spec: TrialSpec) -> JobConfig:
-    """The job as this trial trains it: with the trial's seed."""
-    return dataclasses.replace(job, train=dataclasses.replace(job.train, seed=spec.seed))
+    """The job as this trial trains it: its family and grid values set, with the trial's seed."""
+    return sweep_grid.trial_job(job, spec.family, spec.grid_values, spec.seed)
 
 
 def run_trial(config: dict[str, Any], context: SweepContext) -> None:
@@ -112,13 +112,20 @@ def _train_and_analyse(job: JobConfig, spec: TrialSpec, run: runs.TrialRun, stat
         run.log_metrics(test, step=result.steps)
     with tempfile.TemporaryDirectory(prefix="dcn-trial-") as folder:
         folder = Path(folder)
-        analysis = analyse(model, dataset.val_images, dataset.val_masks, folder / "feature_maps", device=device)
-        for image in analysis.images:
-            run.log_artifact(image, "feature_maps")
+        branch_metrics: dict[str, float] = {}
+        if models.family_of(model).branches:
+            analysis = analyse(model, dataset.val_images, dataset.val_masks, folder / "feature_maps", device=device)
+            for image in analysis.images:
+                run.log_artifact(image, "feature_maps")
+            branch_metrics = analysis.metrics()
+            run.log_metrics(branch_metrics, step=result.steps)
+            weak_tag = analysis.weak_name
+        else:  # the F1-F3 analysis is the DCN's: other families have no branches to score
+            weak_tag = f"not applicable ({models.family_of(model).name})"
+            log.info("trial %s: no branch analysis for a %s", spec.name, models.family_of(model).title)
         checkpoint.save(result.model, folder / "checkpoint" / checkpoint.MODEL_FILE)
         run.log_artifact(folder / "checkpoint" / checkpoint.MODEL_FILE, "checkpoint")
-        run.log_metrics(analysis.metrics(), step=result.steps)
-        run.set_tags({"weak_branch": analysis.weak_name})
+        run.set_tags({"weak_branch": weak_tag})
         run.flush()
         final = {
             **result.best_metrics,
@@ -126,7 +133,7 @@ def _train_and_analyse(job: JobConfig, spec: TrialSpec, run: runs.TrialRun, stat
             "step": result.steps,
             METRIC: result.best_iou,
             **test,
-            **analysis.metrics(),
+            **branch_metrics,
             "mlflow_run_id": run.run_id,
             "finished": 1,
         }

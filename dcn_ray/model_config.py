@@ -1,0 +1,47 @@
+"""The ``model`` section of a job: the family and its parameters, and their validation.
+
+Split out of :mod:`dcn_ray.config` (which re-exports :class:`ModelConfig`), as
+:mod:`dcn_ray.train_config` is. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dcn_ray.models import FAMILIES
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    #: The model family (:data:`dcn_ray.models.FAMILIES`): "dcn" (the default) or "unet".
+    family: str = "dcn"
+    #: Filters of the first block (DCN) or level (U-Net).
+    width: int = 64
+    batch_norm: bool = True
+    #: U-Net only: the number of 2x2 poolings (1 to 6; the paper: 4).
+    depth: int = 4
+    #: DCN only. Noise on each branch's input features (in feature sd): a planted weakness, for
+    #: validating the weak-branch rule; (0, 0, 0) for every real use.
+    branch_noise: tuple[float, ...] = (0.0, 0.0, 0.0)
+
+
+def validate_model(model: ModelConfig, need: Callable[[bool, str], None], *, crop: int) -> None:
+    """Check the ``model`` section and that ``train.crop`` suits it; ``need(condition, message)`` raises."""
+    need(
+        model.family in FAMILIES,
+        f"model.family must be one of {', '.join(FAMILIES)}, got {model.family!r}",
+    )
+    need(model.width >= 1, f"model.width must be >= 1, got {model.width}")
+    need(1 <= model.depth <= 6, f"model.depth must be 1 to 6, got {model.depth}")
+    need(
+        len(model.branch_noise) == 3 and all(0 <= v < float("inf") for v in model.branch_noise),
+        f"model.branch_noise must be three finite numbers >= 0 (F1, F2, F3), got {list(model.branch_noise)}",
+    )
+    if model.family != "dcn":
+        need(not any(model.branch_noise), f"model.branch_noise applies to the DCN only, not to {model.family}")
+    if model.family == "unet":
+        need(
+            crop % 2**model.depth == 0,
+            f"train.crop={crop} must be a multiple of {2**model.depth} for a U-Net of depth {model.depth}",
+        )

@@ -1,0 +1,42 @@
+"""What every model family's forward returns, and a forward for inputs of any size."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SegmentationOutput(NamedTuple):
+    """A segmentation network's output: logits, each (N, num_classes, H, W) at the input size.
+
+    Example:
+        >>> import torch
+        >>> out = SegmentationOutput(fused=torch.zeros(1, 2, 8, 8), branches=())
+        >>> out.fused.shape[1], len(out.branches)
+        (2, 0)
+    """
+
+    fused: Tensor
+    """The model's logits; softmax of them gives the segmentation (the DCN: the sum of F1-F3)."""
+    branches: tuple[Tensor, ...]
+    """Auxiliary logits the loss adds with the ``aux`` weight: F1, F2, F3 for the DCN; () for a U-Net."""
+
+
+def pad_forward(model: nn.Module, images: Tensor, multiple: int) -> SegmentationOutput:
+    """Run ``model`` on (N, C, H, W) ``images`` of any size; outputs are cropped back to H x W.
+
+    The bottom and right are padded by reflection up to multiples of ``multiple`` (by edge
+    replication where an image is too small to reflect), as the predictor pads slices.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"pad_forward expects (N, C, H, W) input, got {tuple(images.shape)}")
+    height, width = images.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if not pad_h and not pad_w:
+        return model(images)
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    out = model(F.pad(images, (0, pad_w, 0, pad_h), mode=mode))
+    branches = tuple(branch[..., :height, :width] for branch in out.branches)
+    return SegmentationOutput(fused=out.fused[..., :height, :width], branches=branches)

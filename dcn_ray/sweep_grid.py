@@ -1,0 +1,148 @@
+"""``sweep.grid``: a grid over any job key, crossed with ``sweep.kernels`` (DCN only) and the seeds.
+
+A grid maps job keys (any key ``--set`` accepts, except the sweep's own settings, ``name``,
+``tracking.*`` and ``train.seed``, whose axis is ``sweep.seeds``) to lists of values. Every
+combination of the values is a configuration; a DCN configuration runs once per triple of
+``sweep.kernels``, a configuration of another family (``model.family: unet``) once, as kernels are
+not its parameter. Each configuration then runs once per seed. Every combination is checked as the
+job it makes, so a bad value is refused before anything runs, naming its key.
+
+Follow-up rounds (``sweep.followup``) change the kernels of one DCN configuration and compare them
+with matched controls; they are refused together with a grid (one clear line): a round's reference,
+controls and verdict would be ambiguous across the other axes, and across families meaningless.
+Nothing here imports torch.
+
+>>> from dcn_ray.config import job_from_dict
+>>> job = job_from_dict({"data": {"images": "i.tif", "labels": "l.tif"}, "sweep": {"kernels": [[4, 8, 16], [2, 8, 16]],
+...     "grid": {"model.family": ["dcn", "unet"], "train.lr": [0.001, 0.003]}}})
+>>> [variant.name for variant in variants(job)]  # doctest: +NORMALIZE_WHITESPACE
+['4-8-16_train.lr=0.001', '2-8-16_train.lr=0.001', '4-8-16_train.lr=0.003', '2-8-16_train.lr=0.003',
+ 'unet_train.lr=0.001', 'unet_train.lr=0.003']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dcn_ray.config import JobConfig, job_from_dict, kernels_of
+from dcn_ray.core.kernels import Kernels, kernels_text
+from dcn_ray.errors import InputError
+from dcn_ray.models import get
+
+#: Keys a grid may not vary: the sweep's own settings, its name and tracking, and the seed (sweep.seeds).
+FIXED_KEYS = ("name", "train.seed")
+FIXED_PREFIXES = ("sweep.", "tracking.")
+#: The most configurations a grid may make (before kernels and seeds).
+MAX_COMBINATIONS = 10_000
+
+Params = tuple[tuple[str, Any], ...]
+
+
+def plain(value: Any) -> Any:
+    """A grid value made hashable: lists become tuples (recursively)."""
+    return tuple(plain(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def value_text(value: Any) -> str:
+    """``0.001``, ``unet``, ``1-0-0`` (a list): how a value is written in a configuration's name."""
+    if isinstance(value, tuple | list):
+        return "-".join(value_text(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def config_name(family: str, kernels: Kernels | None, params: Params) -> str:
+    """``4-8-16`` (a DCN), ``unet`` (another family), with the varied values: ``unet_train.lr=0.001``."""
+    head = kernels_text(kernels) if kernels is not None else family
+    return "_".join([head, *(f"{key}={value_text(value)}" for key, value in params)])
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of a sweep (before seeds): the family, its kernels (DCN) and the varied values."""
+
+    family: str
+    kernels: Kernels | None
+    #: The grid's values of this configuration in the grid's key order, ``model.family`` excluded.
+    params: Params = ()
+
+    @property
+    def name(self) -> str:
+        return config_name(self.family, self.kernels, self.params)
+
+
+def with_params(job: JobConfig, params: Mapping[str, Any] | Params, family: str | None = None) -> JobConfig:
+    """``job`` with the values ``params`` (and ``model.family``) set, its grid emptied; validated."""
+    raw = job.to_dict()
+    raw["sweep"]["grid"] = {}
+    values = dict(params)
+    if family is not None:
+        values["model.family"] = family
+    for key, value in values.items():
+        node = raw
+        *sections, last = key.split(".")
+        for section in sections:
+            node = node[section]
+        node[last] = list(value) if isinstance(value, tuple) else value
+    return job_from_dict(raw)
+
+
+def check_grid(job: JobConfig) -> None:
+    """Refuse a grid that names an unknown or fixed key, lists no value or one twice, or combines with follow-ups."""
+    known = set(JobConfig().flat())
+    for key, values in job.sweep.grid.items():
+        if key in FIXED_KEYS or key.startswith(FIXED_PREFIXES):
+            axis = "sweep.seeds" if key == "train.seed" else "a separate sweep"
+            raise InputError(f"sweep.grid: {key} cannot be varied in a grid (use {axis})")
+        if key not in known:
+            raise InputError(f"sweep.grid: unknown job key '{key}'")
+        if not values:
+            raise InputError(f"sweep.grid.{key} must list at least one value")
+        if len({plain(v) for v in values}) != len(values):
+            raise InputError(f"sweep.grid.{key} lists a value twice: {list(values)}")
+    if job.sweep.grid and job.sweep.followup.enabled:
+        raise InputError(
+            "sweep.followup.enabled cannot be combined with sweep.grid: follow-up rounds change the kernels of one "
+            "DCN configuration (run the grid and the follow-ups as two sweeps)"
+        )
+    if job.sweep.followup.enabled and not get(job.model.family).branches:
+        raise InputError(f"sweep.followup.enabled needs the DCN's branches F1-F3; model.family is {job.model.family}")
+    count = 1
+    for values in job.sweep.grid.values():
+        count *= len(values)
+    if count > MAX_COMBINATIONS:
+        raise InputError(f"sweep.grid makes {count} combinations; at most {MAX_COMBINATIONS}")
+
+
+def variants(job: JobConfig) -> list[Variant]:
+    """Every configuration of the job, grid values (in the grid's order) outermost, kernels innermost.
+
+    Each grid combination is checked as the job it makes (InputError naming its values)."""
+    check_grid(job)
+    keys = list(job.sweep.grid)
+    found: list[Variant] = []
+    for combination in itertools.product(*(job.sweep.grid[k] for k in keys)):
+        values = dict(zip(keys, (plain(v) for v in combination)))
+        family = str(values.pop("model.family", job.model.family))
+        params: Params = tuple(values.items())
+        try:
+            with_params(job, params, family)
+        except InputError as error:
+            shown = ", ".join(f"{k}={value_text(v)}" for k, v in zip(keys, combination))
+            raise InputError(f"sweep.grid ({shown}): {error}") from None
+        if get(family).uses_kernels:
+            found += [Variant(family, k, params) for k in kernels_of(job)]
+        else:
+            found.append(Variant(family, None, params))
+    return found
+
+
+def trial_job(job: JobConfig, family: str, params: Params | Sequence[tuple[str, Any]], seed: int) -> JobConfig:
+    """The job as one trial trains it: the grid's values of its configuration set, and its seed."""
+    varied = with_params(job, tuple(params), family) if (params or family != job.model.family) else job
+    return dataclasses.replace(varied, train=dataclasses.replace(varied.train, seed=seed))

@@ -1,0 +1,183 @@
+"""Model families: the registry, the U-Net beside the DCN, checkpoints naming their family, predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from conftest import run_cli, small_job
+
+from dcn_ray import models
+from dcn_ray.config import job_from_dict
+from dcn_ray.core import checkpoint
+from dcn_ray.core.dataset import load_job_dataset
+from dcn_ray.core.dcn import DCN
+from dcn_ray.core.loss import dcn_loss, loss_parts
+from dcn_ray.core.train import build_model, train
+from dcn_ray.errors import InputError
+from dcn_ray.io.tiff import read_metadata
+from dcn_ray.models.outputs import pad_forward
+from dcn_ray.models.unet import UNet
+from dcn_ray.predict.stack import PredictOptions, SlicePredictor
+
+pytestmark = pytest.mark.usefixtures("two_threads")
+
+
+def unet_job(synthetic_stack, **train_settings):
+    settings = {"steps": 12, "eval_every": 6, "threads": 2, **train_settings}
+    raw = small_job(*synthetic_stack, model={"family": "unet", "depth": 2, "width": 4}, train=settings)
+    return job_from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def unet_file(synthetic_stack, tmp_path_factory) -> Path:
+    job = unet_job(synthetic_stack)
+    result = train(job, None, load_job_dataset(job))
+    path = tmp_path_factory.mktemp("unet") / checkpoint.MODEL_FILE
+    checkpoint.save(result.model, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+def test_registry_builds_each_family_by_name_and_refuses_others():
+    assert set(models.FAMILIES) == {"dcn", "unet"}
+    dcn = models.build("dcn", kernels=(4, 8, 16), width=4)
+    unet = models.build("unet", depth=3, width=4)
+    assert isinstance(dcn, DCN) and isinstance(unet, UNet)
+    assert models.family_of(dcn).branches and not models.family_of(unet).branches
+    assert (models.size_multiple(dcn), models.size_multiple(unet)) == (8, 8)
+    assert models.receptive_radius(dcn) == 54 and models.receptive_radius(unet) == 58
+    assert models.describe(dcn) == "kernels 4-8-16" and models.describe(unet) == "U-Net depth 3, width 4"
+    with pytest.raises(ValueError, match="unknown model family 'vit'; choose one of dcn, unet"):
+        models.build("vit")
+    with pytest.raises(ValueError, match="depth must be an integer from 1 to 6"):
+        UNet(depth=7)
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_unet_receptive_radius_bounds_the_reach_of_a_pixel(depth):
+    model = UNet(depth=depth, width=4, batch_norm=False, seed=1).eval()
+    size, reach = 192, 0
+    x = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base = model(x).fused
+        for offset in range(0, 2**depth, 3):
+            centre = size // 2 + offset
+            nudged = x.clone()
+            nudged[0, 0, centre, centre] += 5.0
+            rows, cols = torch.nonzero((model(nudged).fused - base).abs().amax(1)[0] > 0, as_tuple=True)
+            reach = max(reach, centre - rows.min().item(), rows.max().item() - centre)
+            reach = max(reach, centre - cols.min().item(), cols.max().item() - centre)
+    assert models.unet_receptive_radius(depth) * 0.8 < reach <= models.unet_receptive_radius(depth)
+
+
+def test_unet_seeds_pair_and_its_output_feeds_the_loss():
+    first, again, other = (UNet(depth=2, width=4, seed=s) for s in (3, 3, 4))
+    for (name, a), b in zip(first.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(first.classify.weight, other.classify.weight)
+    out = pad_forward(first, torch.rand(2, 1, 30, 21), models.size_multiple(first))
+    assert out.fused.shape == (2, 2, 30, 21) and out.branches == ()
+    total, parts = dcn_loss(out, torch.zeros(2, 30, 21, dtype=torch.int64), aux=0.5)
+    assert total.requires_grad and list(loss_parts(parts)) == ["fused"]
+    assert total.item() == pytest.approx(parts[0].item())
+
+
+def test_the_job_chooses_the_family(synthetic_stack):
+    job = unet_job(synthetic_stack)
+    assert job.model.family == "unet" and job.flat()["model.family"] == "unet"
+    model = build_model(job)
+    assert isinstance(model, UNet) and model.kwargs["depth"] == 2
+    dcn = build_model(job_from_dict(small_job(*synthetic_stack, train={"seed": 7})), (4, 8, 16))
+    direct = DCN(kernels=(4, 8, 16), width=4, seed=7)  # through the registry, the DCN is built as before
+    assert isinstance(dcn, DCN) and dcn.kwargs == direct.kwargs
+    assert all(torch.equal(a, b) for a, b in zip(dcn.state_dict().values(), direct.state_dict().values()))
+    for model_section, message in (
+        ({"family": "vit"}, "model.family must be one of dcn, unet, got 'vit'"),
+        ({"family": "unet", "depth": 0}, "model.depth must be 1 to 6"),
+        ({"family": "unet", "depth": 6}, "train.crop=32 must be a multiple of 64 for a U-Net of depth 6"),
+        ({"family": "unet", "branch_noise": [1, 0, 0]}, "model.branch_noise applies to the DCN only"),
+    ):
+        with pytest.raises(InputError, match=message):
+            job_from_dict(small_job(*synthetic_stack, model=model_section))
+
+
+# ----------------------------------------------------------------------------- training, checkpoints
+
+
+def test_unet_trains_and_its_checkpoint_names_its_family(synthetic_stack, unet_file):
+    job = unet_job(synthetic_stack, steps=40, eval_every=20, lr=0.01)
+    result = train(job, None, load_job_dataset(job))
+    assert result.best_iou > 0.5 and all(np.isfinite(h["train_loss"]) for h in result.history)
+    assert result.model["model_family"] == "unet" and "kernels" not in result.model
+    model, payload = checkpoint.load_model(unet_file)
+    assert isinstance(model, UNet) and payload["model_family"] == "unet"
+    assert model.kwargs == {"depth": 2, "width": 4, "batch_norm": True, "in_channels": 1, "num_classes": 2}
+    again = checkpoint.model_from_payload(payload)
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).fused, again(x).fused)
+
+
+def test_old_checkpoints_without_a_family_load_as_dcn(tmp_path):
+    model = DCN(kernels=(4, 8, 16), width=4)
+    payload = checkpoint.model_payload(model, config={}, step=1, metrics={})
+    assert payload["model_family"] == "dcn" and payload["kernels"] == [4, 8, 16]
+    del payload["model_family"]  # as every checkpoint before model families
+    checkpoint.save(payload, tmp_path / "old.pt")
+    loaded, _ = checkpoint.load_model(tmp_path / "old.pt")
+    assert isinstance(loaded, DCN) and loaded.kernels == (4, 8, 16)
+    checkpoint.save({**payload, "model_family": "vit"}, tmp_path / "odd.pt")
+    with pytest.raises(InputError, match="unknown model family 'vit'"):
+        checkpoint.load_model(tmp_path / "odd.pt")
+
+
+# ----------------------------------------------------------------------------- predict, inspect
+
+
+def test_unet_tiles_blend_to_the_whole_slice(unet_file):
+    model, _ = checkpoint.load_model(unet_file)
+    image = np.random.default_rng(0).random((203, 141), dtype=np.float32)
+    radius = models.receptive_radius(model)
+    tiled = SlicePredictor(model, PredictOptions(tile=144, overlap=56, tta=False, device="cpu"))
+    assert tiled.margin == radius == 26
+    with torch.no_grad():
+        logits = pad_forward(model, torch.from_numpy(image)[None, None], 4).fused
+    np.testing.assert_allclose(tiled(image), torch.softmax(logits, 1)[0, 1].numpy(), atol=1e-4)
+    deep = UNet(depth=4, width=4)
+    with pytest.raises(InputError, match="--tile 200: must be a multiple of 16 for U-Net depth 4"):
+        SlicePredictor(deep, PredictOptions(tile=200, overlap=64, device="cpu"))
+
+
+def test_predict_and_inspect_on_a_unet_checkpoint(synthetic_stack, unet_file, tmp_path, capsys):
+    images, labels = synthetic_stack
+    stack = tifffile.imread(images)[:2]
+    tifffile.imwrite(tmp_path / "in.tif", stack, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "truth.tif", tifffile.imread(labels)[:2], photometric="minisblack")
+    args = ["predict", unet_file, tmp_path / "in.tif", tmp_path / "out.tif", "--no-tta"]
+    code, _, err = run_cli(capsys, [*args, "--labels", tmp_path / "truth.tif"])
+    assert code == 0, err
+    assert "U-Net depth 2, width 4" in err
+    assert tifffile.imread(tmp_path / "out.tif").shape == stack.shape
+    meta = read_metadata(tmp_path / "out.tif")
+    assert meta["model_family"] == "unet" and meta["kernels"] is None
+    code, _, err = run_cli(capsys, ["score", tmp_path / "out.tif", tmp_path / "truth.tif"])
+    assert code == 0, err
+    code, _, err = run_cli(capsys, ["inspect", unet_file, images, tmp_path / "look"])
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "inspect looks at the DCN's branches F1-F3" in err and "U-Net (unet)" in err
+    assert not (tmp_path / "look").exists()
+
+
+def test_block_wise_volumes_refuse_a_family_off_their_8_pixel_grid(tmp_path):
+    from dcn_ray.predict.volume import plan_volume
+    from dcn_ray.track.sources import LoadedModel
+
+    loaded = LoadedModel(UNet(depth=4, width=4), {}, "unet.pt", "unet.pt")
+    with pytest.raises(InputError, match="U-Net depth 4, width 4 needs 16 .write a TIFF instead."):
+        plan_volume(loaded, tmp_path / "missing.zarr", PredictOptions(device="cpu"))

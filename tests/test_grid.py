@@ -1,0 +1,165 @@
+"""``sweep.grid``: a grid over any job key, crossed with kernels (DCN only) and seeds (no Ray, no torch)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dcn_ray.config import job_from_dict
+from dcn_ray.errors import InputError
+from dcn_ray.sweep_grid import trial_job, variants
+from dcn_ray.track.summary import configuration_results
+from dcn_ray.tune.checks import planned_trials
+from dcn_ray.tune.planner import RoundPlanner
+from dcn_ray.tune.spec import TrialSpec
+
+
+def job(**sweep):
+    raw = {
+        "name": "g",
+        "data": {"images": "/nowhere/i.tif", "labels": "/nowhere/l.tif"},
+        "model": {"width": 8},
+        "sweep": {"kernels": [[4, 8, 16], [2, 8, 16]], "seeds": 2, **sweep},
+    }
+    return job_from_dict(raw)
+
+
+FAMILY_GRID = {"model.family": ["dcn", "unet"], "train.lr": [0.001, 0.003]}
+
+
+def test_grid_crosses_families_values_kernels_and_seeds():
+    found = variants(job(grid=FAMILY_GRID))
+    assert [v.name for v in found] == [
+        "4-8-16_train.lr=0.001", "2-8-16_train.lr=0.001", "4-8-16_train.lr=0.003", "2-8-16_train.lr=0.003",
+        "unet_train.lr=0.001", "unet_train.lr=0.003",
+    ]  # fmt: skip
+    assert {v.family for v in found} == {"dcn", "unet"} and found[-1].kernels is None
+    planner = RoundPlanner(found, (0, 1), job(grid=FAMILY_GRID).sweep.followup)
+    names = [spec.name for spec in planner.queue]
+    assert len(names) == 12 == len(set(names))
+    assert names[0] == "grid-4-8-16_train.lr=0.001-s0" and names[-1] == "grid-unet_train.lr=0.003-s1"
+    assert len({spec.key for spec in planner.queue}) == 12
+
+
+def test_without_a_grid_the_trials_are_those_of_before():
+    plain = job()
+    planner = RoundPlanner(variants(plain), plain.seeds, plain.sweep.followup)
+    before = RoundPlanner([(4, 8, 16), (2, 8, 16)], plain.seeds, plain.sweep.followup)
+    assert planner.queue == before.queue
+    assert [s.name for s in planner.queue] == ["grid-4-8-16-s0", "grid-4-8-16-s1", "grid-2-8-16-s0", "grid-2-8-16-s1"]
+    assert planner.queue[0].tags()["config"] == "4-8-16" and planner.queue[0].params()["k1"] == 4
+
+
+def test_the_trial_identity_carries_the_values_to_tune_mlflow_and_the_job():
+    spec = TrialSpec(None, seed=1, family="unet", grid_values=(("train.lr", 0.003), ("model.branch_noise", [0, 0, 0])))
+    assert TrialSpec.from_config(spec.to_config()) == spec
+    assert spec.to_config()["k1"] is None and spec.tags()["config"] == "unet_train.lr=0.003_model.branch_noise=0-0-0"
+    params = spec.params()
+    assert params["train.lr"] == 0.003 and params["model.family"] == "unet" and "k1" not in params
+    trained = trial_job(job(grid=FAMILY_GRID), spec.family, spec.grid_values, spec.seed)
+    assert (trained.model.family, trained.train.lr, trained.train.seed, trained.sweep.grid) == ("unet", 0.003, 1, {})
+    with pytest.raises(ValueError, match="a unet trial has no kernels"):
+        TrialSpec((4, 8, 16), family="unet")
+
+
+def test_results_group_by_the_full_configuration():
+    rows = [
+        {"k1": 4, "k2": 8, "k3": 16, "config": name, "seed": seed, "phase": "grid", "status": "finished", "s": score}
+        for name, scores in (("4-8-16_train.lr=0.001", (0.8, 0.82)), ("4-8-16_train.lr=0.003", (0.7, 0.72)))
+        for seed, score in enumerate(scores)
+    ]
+    rows += [
+        {"k1": None, "k2": None, "k3": None, "config": "unet_train.lr=0.001", "seed": s, "phase": "grid",
+         "status": "finished", "s": 0.9}
+        for s in (0, 1)
+    ]  # fmt: skip
+    results = configuration_results(rows, "s", (4, 8, 16))
+    assert [r.label for r in results] == ["4-8-16_train.lr=0.001", "4-8-16_train.lr=0.003", "unet_train.lr=0.001"]
+    assert [r.score.n for r in results] == [2, 2, 2] and results[0].score.mean == pytest.approx(0.81)
+
+
+def test_the_report_tables_and_charts_a_family_comparison(tmp_path):
+    from dcn_ray.track import report
+
+    rows = [
+        {"k1": k1, "k2": k2, "k3": k3, "config": config, "model_family": family, "seed": seed, "round": 0,
+         "phase": "grid", "status": "finished", "best_val_iou": score + 0.01 * seed, "weak_branch": weak,
+         "mlflow_run_id": f"{config}-{seed}", "trial_id": f"t-{config}-{seed}"}
+        for k1, k2, k3, config, family, score, weak in (
+            (None, None, None, "unet", "unet", 0.9, None), (4, 8, 16, "4-8-16", "dcn", 0.8, "F3"),
+        )
+        for seed in (0, 1, 2)
+    ]  # fmt: skip
+    table = report.results_table(rows)
+    assert table.column("config").to_pylist() == ["4-8-16"] * 3 + ["unet"] * 3  # the reference first
+    text = report.markdown(table)
+    assert "| unet | grid | 3 |" in text and "| 4, 8, 16 | grid | 3 |" in text
+    assert all(path.exists() for path in report.write(table, tmp_path))
+    unet = next(r for r in report.statistics(table) if r.config == "unet")
+    assert unet.difference is not None and unet.difference.mean == pytest.approx(0.1)
+
+
+def test_dry_run_lists_every_configuration_and_the_trial_count():
+    lines = planned_trials(job(grid=FAMILY_GRID))
+    assert len(lines) == 7 and lines[-1] == "12 grid trials: 6 configuration(s) x 2 seed(s)"
+    assert "model.family=unet train.lr=0.001  seeds 0,1" in lines[4]
+    assert "k1=2 k2=8 k3=16 train.lr=0.003" in lines[3]
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        ({"grid": {"train.lrr": [1]}}, "sweep.grid: unknown job key 'train.lrr'"),
+        ({"grid": {"train.seed": [1, 2]}}, "train.seed cannot be varied in a grid .use sweep.seeds."),
+        ({"grid": {"sweep.kernels": [[4, 8, 16]]}}, "sweep.kernels cannot be varied"),
+        ({"grid": {"train.lr": []}}, "sweep.grid.train.lr must list at least one value"),
+        ({"grid": {"train.lr": [0.1, 0.1]}}, "lists a value twice"),
+        ({"grid": {"train.lr": [0.1, -1]}}, r"sweep.grid \(train.lr=-1\): train.lr must be a finite number > 0"),
+        ({"grid": {"model.family": ["dcn", "vit"]}}, "model.family must be one of dcn, unet, got 'vit'"),
+        ({"grid": {"train.lr": 0.1}}, "sweep.grid must map job keys to lists of values"),
+        (
+            {"grid": {"model.family": ["dcn", "unet"]}, "followup": {"enabled": True}},
+            "sweep.followup.enabled cannot be combined with sweep.grid",
+        ),
+    ],
+)
+def test_bad_grids_are_refused_with_one_line(sweep, message):
+    with pytest.raises(InputError, match=message) as raised:
+        variants(job(**sweep))
+    assert "\n" not in str(raised.value)
+
+
+def test_follow_ups_need_the_dcn():
+    raw = {"data": {"images": "i.tif", "labels": "l.tif"}, "model": {"family": "unet"}}
+    raw["sweep"] = {"followup": {"enabled": True}}
+    with pytest.raises(InputError, match="sweep.followup.enabled needs the DCN's branches F1-F3; model.family is unet"):
+        variants(job_from_dict(raw))
+
+
+@pytest.mark.integration
+def test_a_family_grid_sweeps_dcn_and_unet_side_by_side(synthetic_stack, tmp_path):
+    from conftest import small_job, sweep_on_local_ray
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = small_job(
+        *synthetic_stack,
+        name="families",
+        train={"steps": 6, "eval_every": 6, "threads": 1},
+        sweep={"kernels": [[4, 8, 16]], "resources": {"gpu": 0, "cpu": 1}, "grid": {"model.family": ["dcn", "unet"]}},
+        tracking={"uri": uri, "experiment": "families"},
+    )
+    raw["model"] = {"width": 4, "depth": 2}
+    outcome = sweep_on_local_ray(raw, tmp_path / "runs")
+    rows = {r["config"]: r for r in outcome.table.to_pylist()}
+    assert set(rows) == {"4-8-16", "unet"} and {r["status"] for r in rows.values()} == {"finished"}
+    assert rows["unet"]["k1"] is None and rows["unet"]["model_family"] == "unet"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("families").experiment_id
+    children = {
+        r.data.tags["config"]: r for r in client.search_runs([experiment]) if "mlflow.parentRunId" in r.data.tags
+    }
+    assert set(children) == {"4-8-16", "unet"}
+    unet = children["unet"]
+    assert unet.data.tags["weak_branch"] == "not applicable (unet)" and "calibrated_F1" not in unet.data.metrics
+    assert unet.data.params["model.family"] == "unet" and "k1" not in unet.data.params
+    assert "calibrated_F1" in children["4-8-16"].data.metrics and children["4-8-16"].data.params["k1"] == "4"
