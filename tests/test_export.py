@@ -96,7 +96,12 @@ def test_refusals_are_one_line(trained, synthetic_stack, tmp_path, capsys):
     checkpoint.save(train(job, (4, 8, 16), load_job_dataset(job)).model, no_test)
     payload = checkpoint.load(trained["path"])
     other_family = tmp_path / "unet.pt"
-    checkpoint.save({**payload, "family": "unet"}, other_family)
+    from dcn_ray.models.unet import UNet
+
+    unet = checkpoint.model_payload(
+        UNet(depth=2, width=4), config=payload["config"], step=1, metrics=payload["metrics"]
+    )
+    checkpoint.save(unet, other_family)
     for args, message in (
         ([no_test, tmp_path / "a.zip"], "no test split (data.split.test)"),
         ([tmp_path / "gone.pt", tmp_path / "a.zip"], "gone.pt' not found"),

@@ -8,7 +8,8 @@ foreground probability (N, 1, H, W) of its first output. The state dict keys sta
 checkpoint, and nothing is copied by hand, so a changed network exports as it trains.
 
 A new family is one :class:`Family` entry in :data:`FAMILIES`, keyed like the checkpoint's
-``family`` (checkpoints written before families existed are ``dcn``).
+``model_family`` (checkpoints written before families existed are ``dcn``). Only the DCN has one
+so far: a U-Net checkpoint is refused in one line.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ FAMILIES: dict[str, Family] = {
 
 def family_of(payload: Mapping[str, Any]) -> tuple[str, Family]:
     """The family named by a checkpoint payload (``dcn`` when it names none)."""
-    name = str(payload.get("family", "dcn"))
+    name = str(payload.get("model_family", "dcn"))
     if name not in FAMILIES:
         raise InputError(f"model family {name!r} cannot be exported yet (known: {', '.join(sorted(FAMILIES))})")
     return name, FAMILIES[name]
