@@ -87,6 +87,8 @@ def with_params(job: JobConfig, params: Mapping[str, Any] | Params, family: str 
         node = raw
         *sections, last = key.split(".")
         for section in sections:
+            if node.get(section) is None:  # data.synthetic: a section that is off (None)
+                node[section] = {}
             node = node[section]
         node[last] = list(value) if isinstance(value, tuple) else value
     return job_from_dict(raw)
@@ -94,7 +96,7 @@ def with_params(job: JobConfig, params: Mapping[str, Any] | Params, family: str 
 
 def check_grid(job: JobConfig) -> None:
     """Refuse a grid that names an unknown or fixed key, lists no value or one twice, or combines with follow-ups."""
-    known = set(JobConfig().flat())
+    known = {k for k in {*JobConfig().flat(), *job.flat()} if not k.startswith("sweep.grid.")}
     for key, values in job.sweep.grid.items():
         if key in FIXED_KEYS or key.startswith(FIXED_PREFIXES):
             axis = "sweep.seeds" if key == "train.seed" else "a separate sweep"

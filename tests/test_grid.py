@@ -128,6 +128,17 @@ def test_bad_grids_are_refused_with_one_line(sweep, message):
     assert "\n" not in str(raised.value)
 
 
+def test_a_grid_reaches_sections_the_job_sets():
+    raw = {"data": {"images": "i.tif", "labels": "l.tif", "synthetic": {"slices": 4, "size": 64}}}
+    raw["sweep"] = {"grid": {"data.synthetic.size": [64, 96], "model.width": [4, 8]}}
+    found = variants(job_from_dict(raw))
+    assert [v.name for v in found][:2] == [
+        "4-8-16_data.synthetic.size=64_model.width=4",
+        "4-8-16_data.synthetic.size=64_model.width=8",
+    ]
+    assert trial_job(job_from_dict(raw), "dcn", found[-1].params, 0).data.synthetic.size == 96
+
+
 def test_follow_ups_need_the_dcn():
     raw = {"data": {"images": "i.tif", "labels": "l.tif"}, "model": {"family": "unet"}}
     raw["sweep"] = {"followup": {"enabled": True}}
