@@ -3,7 +3,7 @@ today's code against the code at a git ref (default ef35c69, before issue 24), s
 
 Settings: the CPU study's (jobs/isbi2012-cpu.yaml: width 8, crops 128, batch 4, Adam, 1 thread) and
 width 16 / crops 256. A step is what the training loop does: sample and augment a batch, set the rate,
-forward, loss, backward, Adam. Step rates: the variants alternate REPEATS times in this process (the
+forward, loss, backward, Adam. Step rates: the variants alternate --repeats times in this process (the
 machine is noisy), best of each; the fp32 matmul rate (1024 x 1024) is measured between them, best kept;
 FLOPs per step are counted by torch's FlopCounterMode. Trials per hour: whole `train()` runs on ISBI
 (`--trial-steps`, evaluations every 50 steps) in fresh processes, before (the package at the ref, from
@@ -40,7 +40,6 @@ from dcn_ray.job_file import load_job  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 JOB = REPO / "jobs" / "isbi2012-cpu.yaml"
-REPEATS = 2
 SETTINGS = {"study": (8, 128, 4), "wide": (16, 256, 4)}  # width, crop, batch
 
 
@@ -135,7 +134,7 @@ def step_rates(args: argparse.Namespace) -> None:
         }
         same = [variants["before"]() for _ in range(3)] == [variants["now"]() for _ in range(3)]
         best, rate = dict.fromkeys(variants, 0.0), 0.0
-        for _ in range(REPEATS):
+        for _ in range(args.repeats):
             for key, step in variants.items():
                 rate = max(rate, matmul_rate())
                 best[key] = max(best[key], images_per_s(step, steps, batch))
@@ -193,7 +192,7 @@ def trial_rates(args: argparse.Namespace) -> None:
     }
     print(f"\ntrials per hour: train() of jobs/isbi2012-cpu.yaml for {args.trial_steps} steps, fresh processes")
     best = dict.fromkeys(layouts, 0.0)
-    for _ in range(REPEATS):
+    for _ in range(args.repeats):
         for name, (tree, threads, at_once) in layouts.items():
             wall, results = trials(tree, args.trial_steps, threads, at_once, args.overrides)
             best[name] = max(best[name], 2 * 3600 / wall)
@@ -204,15 +203,15 @@ def trial_rates(args: argparse.Namespace) -> None:
 
 
 def accuracy(args: argparse.Namespace) -> None:
-    """The job's full training for seeds 0..N-1, before and now (two at once): best val IoU and test IoU."""
-    print(f"\naccuracy: jobs/isbi2012-cpu.yaml as written (kernels 4-8-16), seeds 0-{args.seeds - 1}")
+    """The job's training (``--accuracy-steps``, 0: as written) for seeds 0..N-1 at once, before and now."""
+    steps = args.accuracy_steps or "all"
+    print(f"\naccuracy: jobs/isbi2012-cpu.yaml, kernels 4-8-16, {steps} steps, seeds 0-{args.seeds - 1}")
     for name, tree in (("before", package_at(args.ref)), ("now", REPO)):
-        for first in range(0, args.seeds, 2):
-            seeds = tuple(range(first, min(first + 2, args.seeds)))
-            for seed, result in zip(seeds, trials(tree, 0, 1, True, args.overrides, seeds)[1]):
-                print(
-                    f"  {name:6s} seed {seed}: best val IoU {result['best_val_iou']:.4f}, test IoU {result['test_iou']:.4f}"
-                )
+        seeds = tuple(range(args.seeds))
+        for seed, result in zip(seeds, trials(tree, args.accuracy_steps, 1, True, args.overrides, seeds)[1]):
+            print(
+                f"  {name:6s} seed {seed}: best val IoU {result['best_val_iou']:.4f}, test IoU {result['test_iou']:.4f}"
+            )
 
 
 def main() -> None:
@@ -223,14 +222,18 @@ def main() -> None:
     parser.add_argument("--wide-steps", type=int, default=3)
     parser.add_argument("--trial-steps", type=int, default=100)
     parser.add_argument("--no-trials", action="store_true", help="step rates only")
-    parser.add_argument("--seeds", type=int, default=0, help="also train the job fully for N seeds, both codes")
+    parser.add_argument("--seeds", type=int, default=0, help="also train the job for N seeds, both codes")
+    parser.add_argument("--accuracy-steps", type=int, default=0, help="steps of those runs (0: the job's 400)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternations of before and now (best kept)")
+    parser.add_argument("--no-steps", action="store_true", help="skip the step rates")
     parser.add_argument("--isbi", type=Path, default=None, help="ISBI 2012 folder (default: the job's paths)")
     args = parser.parse_args()
     folder = args.isbi.resolve() if args.isbi else None
     args.overrides = (
         [f"data.images={folder / 'train-volume.tif'}", f"data.labels={folder / 'train-labels.tif'}"] if folder else []
     )
-    step_rates(args)
+    if not args.no_steps:
+        step_rates(args)
     if not args.no_trials:
         trial_rates(args)
     if args.seeds:
