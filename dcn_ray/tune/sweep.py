@@ -110,6 +110,7 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run the job's grid (and follow-ups) as a new sweep named ``job.name`` (held against a second one)."""
     store = Storage.for_sweeps(storage)
+    store.check_writable()  # before the lock, which writes in the storage
     with store.holding(job.name):
         return _run_sweep(
             job, store, job_text=job_text, storage=storage, address=address, write=write, callbacks=callbacks
