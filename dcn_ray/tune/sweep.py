@@ -275,12 +275,9 @@ def _log_mechanism(uri: str, table) -> None:
     found = mechanism(table.to_pylist(), report.rounds_of(table))
     if found is None:
         return
-    prediction = f"{found.branch} calibrated separation rises when its kernel shrinks"
-    tracking.log_child_values(
-        uri,
-        {run: {"weak_separation_change": change} for run, change in found.per_run.items()},
-        {run: {"mechanism_prediction": prediction, "mechanism_observed": found.observed} for run in found.per_run},
-    )
+    tags = {"mechanism_prediction": f"{found.branch} calibrated separation rises when its kernel shrinks"}
+    changes = {run: {"weak_separation_change": change} for run, change in found.per_run.items()}
+    tracking.log_child_values(uri, changes, {run: {**tags, "mechanism_observed": found.observed} for run in changes})
 
 
 def _reported_split(job: JobConfig) -> dict[str, Any] | None:
