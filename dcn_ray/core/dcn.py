@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from dcn_ray.core.init import init_weights
 from dcn_ray.core.kernels import REFERENCE, STRIDES, check_kernels
-from dcn_ray.models.outputs import SegmentationOutput
+from dcn_ray.models.outputs import SegmentationOutput, check_common_arguments
+from dcn_ray.models.outputs import pad_forward as pad_to_multiple
 
 #: Input sides must be multiples of this (three 2x2 poolings).
 MULTIPLE = 8
@@ -133,15 +134,7 @@ class DCN(nn.Module):
         noise = tuple(float(v) for v in branch_noise)
         if len(noise) != len(STRIDES) or not all(0.0 <= v < math.inf for v in noise):
             raise ValueError(f"branch_noise must be three finite numbers >= 0, got {branch_noise!r}")
-        for name, value, least in (
-            ("width", width, 1),
-            ("in_channels", in_channels, 1),
-            ("num_classes", num_classes, 2),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-        if not isinstance(batch_norm, bool):
-            raise ValueError(f"batch_norm must be True or False, got {batch_norm!r}")
+        check_common_arguments(width=width, batch_norm=batch_norm, in_channels=in_channels, num_classes=num_classes)
         self.kwargs: dict[str, object] = {
             "kernels": list(kernels),
             "width": width,
@@ -187,15 +180,6 @@ def pad_forward(model: DCN, images: Tensor) -> DCNOutput:
     """Run ``model`` on (N, C, H, W) ``images`` of any size; outputs are cropped back to H x W.
 
     The bottom and right are padded by reflection up to multiples of 8 (by edge replication
-    where an image is too small to reflect).
+    where an image is too small to reflect): :func:`dcn_ray.models.outputs.pad_forward`.
     """
-    if images.ndim != 4:
-        raise ValueError(f"pad_forward expects (N, C, H, W) input, got {tuple(images.shape)}")
-    height, width = images.shape[-2:]
-    pad_h, pad_w = -height % MULTIPLE, -width % MULTIPLE
-    if not pad_h and not pad_w:
-        return model(images)
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    out = model(F.pad(images, (0, pad_w, 0, pad_h), mode=mode))
-    f1, f2, f3 = (branch[..., :height, :width] for branch in out.branches)
-    return DCNOutput(fused=out.fused[..., :height, :width], branches=(f1, f2, f3))
+    return pad_to_multiple(model, images, MULTIPLE)

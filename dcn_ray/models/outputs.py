@@ -1,4 +1,5 @@
-"""What every model family's forward returns, and a forward for inputs of any size."""
+"""What every model family shares: the check of its common arguments, what its forward returns,
+and a forward for inputs of any size."""
 
 from __future__ import annotations
 
@@ -6,6 +7,16 @@ from typing import NamedTuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def check_common_arguments(*, width: object, batch_norm: object, in_channels: object, num_classes: object) -> None:
+    """ValueError naming the argument when width, in_channels or num_classes is not a large enough
+    integer (1, 1, 2) or batch_norm is not a bool: the arguments every family takes."""
+    for name, value, least in (("width", width, 1), ("in_channels", in_channels, 1), ("num_classes", num_classes, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    if not isinstance(batch_norm, bool):
+        raise ValueError(f"batch_norm must be True or False, got {batch_norm!r}")
 
 
 class SegmentationOutput(NamedTuple):

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from dcn_ray.core.init import init_weights
-from dcn_ray.models.outputs import SegmentationOutput
+from dcn_ray.models.outputs import SegmentationOutput, check_common_arguments
 
 #: The depths accepted: poolings between the first level and the bottom one.
 DEPTHS = range(1, 7)
@@ -71,15 +71,7 @@ class UNet(nn.Module):
         super().__init__()
         if isinstance(depth, bool) or not isinstance(depth, int) or depth not in DEPTHS:
             raise ValueError(f"depth must be an integer from {DEPTHS.start} to {DEPTHS.stop - 1}, got {depth!r}")
-        for name, value, least in (
-            ("width", width, 1),
-            ("in_channels", in_channels, 1),
-            ("num_classes", num_classes, 2),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-        if not isinstance(batch_norm, bool):
-            raise ValueError(f"batch_norm must be True or False, got {batch_norm!r}")
+        check_common_arguments(width=width, batch_norm=batch_norm, in_channels=in_channels, num_classes=num_classes)
         self.kwargs: dict[str, object] = {
             "depth": depth,
             "width": width,
