@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from dcn_ray.core.init import init_weights
 from dcn_ray.core.kernels import REFERENCE, STRIDES, check_kernels
 from dcn_ray.models.outputs import SegmentationOutput, check_common_arguments
-from dcn_ray.models.outputs import pad_forward as pad_to_multiple
 
 #: Input sides must be multiples of this (three 2x2 poolings).
 MULTIPLE = 8
@@ -180,6 +179,15 @@ def pad_forward(model: DCN, images: Tensor) -> DCNOutput:
     """Run ``model`` on (N, C, H, W) ``images`` of any size; outputs are cropped back to H x W.
 
     The bottom and right are padded by reflection up to multiples of 8 (by edge replication
-    where an image is too small to reflect): :func:`dcn_ray.models.outputs.pad_forward`.
+    where an image is too small to reflect).
     """
-    return pad_to_multiple(model, images, MULTIPLE)
+    if images.ndim != 4:
+        raise ValueError(f"pad_forward expects (N, C, H, W) input, got {tuple(images.shape)}")
+    height, width = images.shape[-2:]
+    pad_h, pad_w = -height % MULTIPLE, -width % MULTIPLE
+    if not pad_h and not pad_w:
+        return model(images)
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    out = model(F.pad(images, (0, pad_w, 0, pad_h), mode=mode))
+    f1, f2, f3 = (branch[..., :height, :width] for branch in out.branches)
+    return DCNOutput(fused=out.fused[..., :height, :width], branches=(f1, f2, f3))
