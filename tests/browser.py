@@ -14,6 +14,8 @@ from typing import Any
 from conftest import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+#: Seconds to wait for Chromium's DevTools port on an idle machine (times the load per core).
+START_WAIT_S = 90.0
 
 
 class Browser:
@@ -23,14 +25,21 @@ class Browser:
         import websocket
 
         self.profile = tempfile.TemporaryDirectory(prefix="dcn-chromium-")
+        self.log = open(os.path.join(self.profile.name, "chromium.log"), "wb")  # noqa: SIM115 (closed in __exit__)
         port = free_port()
+        # The flags of the machine's own probe: without the background-networking ones Chromium keeps
+        # dialling Google's hosts through a closed network at start-up. A first start on a fresh machine
+        # also builds the font cache, so the wait is generous and scales with the load.
         self.process = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=2000,1200",
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", "--window-size=2000,1200",
              f"--remote-debugging-port={port}", "--remote-debugging-address=127.0.0.1",
              f"--user-data-dir={self.profile.name}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=self.log,
         )  # fmt: skip
-        deadline = time.monotonic() + 30 * load_factor()
+        wait = START_WAIT_S * load_factor()
+        deadline = time.monotonic() + wait
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=2) as answer:
@@ -39,9 +48,12 @@ class Browser:
                     break
             except OSError:
                 pass
-            if time.monotonic() > deadline:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                code = self.process.poll()
+                state = f"exited with {code}" if code is not None else f"did not open its DevTools port in {wait:.0f} s"
+                said = self.stderr_tail()
                 self.__exit__()
-                raise RuntimeError("chromium did not open its DevTools port within 30 s")
+                raise RuntimeError(f"chromium {state}; its last words: {said}")
             time.sleep(0.2)
         self.socket = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60)
         self.calls = 0
@@ -51,13 +63,22 @@ class Browser:
     def __exit__(self, *_: object) -> None:
         if getattr(self, "socket", None) is not None:
             self.socket.close()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.log.close()
         self.profile.cleanup()
+
+    def stderr_tail(self) -> str:
+        """The last lines Chromium wrote to its stderr (for a failure message)."""
+        self.log.flush()
+        with open(self.log.name, "rb") as handle:
+            lines = handle.read().decode(errors="replace").strip().splitlines()
+        return " | ".join(lines[-5:]) or "(nothing)"
 
     def call(self, method: str, **params: Any) -> dict:
         self.calls += 1
