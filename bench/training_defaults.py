@@ -1,10 +1,15 @@
 """Measure training defaults on sparse foreground: the paper's training against candidates, paired by seed.
 
-Two tasks with a sparse foreground, each with z-blocked train / val / test splits (one-slice gaps):
+Tasks with a sparse foreground:
+- ``epfl``: EPFL hippocampus mitochondria (about 8 % of the pixels), from ``--epfl`` (default:
+  ``../shared/datasets/epfl-mito``). Its 27 training slices give validation (original slices 89-91
+  and 105, a run of neighbours kept together) and training (the other 23); its separate 5-slice test
+  volume is the test split. The three are stacked into one temporary TIFF (never into the repository);
 - ``isbi``: ISBI 2012 membranes (``data.foreground: 0``, about 22 % of the pixels), read in place
-  from ``--isbi`` (default: ``../shared/datasets/isbi2012`` beside the repository);
+  from ``--isbi`` (default: ``../shared/datasets/isbi2012``), z-blocked as ``jobs/table1.yaml``
+  (train 0-19, validation 21-23, test 25-29, one-slice gaps);
 - ``organelles``: ``dcn-ray synth --task organelles`` (about 4.5 % of the pixels), made in a
-  temporary folder.
+  temporary folder, split as ``isbi``.
 
 Every arm trains the same narrow DCN with the same seeds (same initial weights per seed); the
 checkpoint is chosen on validation IoU and scored once on the test split. Each finished run is
@@ -27,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import torch
 from scipy import stats
 
@@ -39,27 +45,53 @@ from dcn_ray.io.synth import write_synthetic
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = {"train": "0:20", "val": "21:24", "test": "25:30"}  # as jobs/table1.yaml
 KERNELS = (4, 8, 16)
-#: The arms: the paper's training (the old defaults) and the candidates.
+#: EPFL: positions in train-images.tif of the validation slices (original slices 89, 90, 91, 105).
+EPFL_VAL = (17, 18, 19, 20)
+#: The arms: the paper's training (the old defaults), the sparse recipe, and each of its parts alone.
 ARMS: dict[str, dict] = {
     "paper": {"preset": "paper"},
     "ce_dice+cosine+fg0.5": {"loss": "ce_dice", "schedule": "cosine", "warmup": 20, "foreground_crops": 0.5},
     "weighted_ce+cosine+fg0.5": {"loss": "weighted_ce", "schedule": "cosine", "warmup": 20, "foreground_crops": 0.5},
+    "ce_dice": {"preset": "paper", "loss": "ce_dice"},
+    "fg0.5": {"preset": "paper", "foreground_crops": 0.5},
+    "cosine": {"preset": "paper", "schedule": "cosine", "warmup": 20},
 }
 
 
 def task_data(task: str, args: argparse.Namespace, work: Path) -> dict:
+    """The job's ``data`` section of a task (files in ``work`` where the task needs new ones)."""
     if task == "isbi":
         folder = Path(args.isbi)
-        return {"images": str(folder / "train-volume.tif"), "labels": str(folder / "train-labels.tif"), "foreground": 0}
+        images, labels = folder / "train-volume.tif", folder / "train-labels.tif"
+        return {"images": str(images), "labels": str(labels), "foreground": 0, "split": SPLIT}
+    if task == "epfl":
+        return epfl_data(Path(args.epfl), work)
     images, labels = write_synthetic(work / "organelles", slices=30, size=256, seed=0, task="organelles")
-    return {"images": str(images), "labels": str(labels), "foreground": 255}
+    return {"images": str(images), "labels": str(labels), "foreground": 255, "split": SPLIT}
+
+
+def epfl_data(folder: Path, work: Path) -> dict:
+    """EPFL mitochondria as one stack: training slices, validation slices, then the test volume."""
+    train_images, test_images = (tifffile.imread(folder / f"{s}-images.tif") for s in ("train", "test"))
+    train_masks, test_masks = (tifffile.imread(folder / f"{s}-mitochondria.tif") for s in ("train", "test"))
+    train = [i for i in range(len(train_images)) if i not in EPFL_VAL]
+    order = train + list(EPFL_VAL)
+    images = np.concatenate([train_images[order], test_images])
+    masks = np.concatenate([train_masks[order], test_masks])
+    (work / "epfl").mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(work / "epfl" / "images.tif", images)
+    tifffile.imwrite(work / "epfl" / "labels.tif", masks)
+    n_train, n_val = len(train), len(EPFL_VAL)
+    split = {"train": f"0:{n_train}", "val": f"{n_train}:{n_train + n_val}", "test": f"{n_train + n_val}:{len(images)}"}
+    return {"images": str(work / "epfl" / "images.tif"), "labels": str(work / "epfl" / "labels.tif"),
+            "foreground": 255, "split": split}  # fmt: skip
 
 
 def run_one(task: str, arm: str, seed: int, data: dict, args: argparse.Namespace) -> dict:
     job = job_from_dict(
         {
             "name": f"defaults-{task}",
-            "data": {**data, "split": SPLIT},
+            "data": data,
             "model": {"width": args.width, "batch_norm": True},
             "train": {
                 "steps": args.steps,
@@ -146,6 +178,7 @@ def summarise(records: list[dict], metric: str = "test_iou") -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--isbi", default=str(REPO.parent / "shared" / "datasets" / "isbi2012"))
+    parser.add_argument("--epfl", default=str(REPO.parent / "shared" / "datasets" / "epfl-mito"))
     parser.add_argument("--tasks", default="isbi,organelles")
     parser.add_argument("--arms", default="paper,ce_dice+cosine+fg0.5")
     parser.add_argument("--seeds", type=int, default=5)
