@@ -17,7 +17,7 @@ from typing import Any, Union
 from dcn_ray.core.kernels import REFERENCE, Kernels, kernel_problem
 from dcn_ray.errors import InputError
 from dcn_ray.model_config import ModelConfig, validate_model
-from dcn_ray.train_config import TrainConfig, apply_preset, validate_train
+from dcn_ray.train_config import TrainConfig, validate_train
 
 #: A split: slice text ("0:27"), one slice index (5), or a list of indices.
 Split = str | int | tuple[int, ...]
@@ -141,7 +141,7 @@ class JobConfig:
 
 def job_from_dict(raw: Mapping[str, Any]) -> JobConfig:
     """Build and validate a JobConfig from a nested mapping."""
-    job = _build(JobConfig, apply_preset(raw), "")
+    job = _build(JobConfig, raw, "")  # train.preset's keys stay None until the data is known (core.train.job_for_data)
     _validate(job)
     return job
 

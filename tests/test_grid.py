@@ -173,4 +173,6 @@ def test_a_family_grid_sweeps_dcn_and_unet_side_by_side(synthetic_stack, tmp_pat
     unet = children["unet"]
     assert unet.data.tags["weak_branch"] == "not applicable (unet)" and "calibrated_F1" not in unet.data.metrics
     assert unet.data.params["model.family"] == "unet" and "k1" not in unet.data.params
+    for run in children.values():  # train.preset auto, decided by the dense synthetic foreground, logged as trained
+        assert (run.data.params["train.preset"], run.data.params["train.loss"]) == ("paper", "ce")
     assert "calibrated_F1" in children["4-8-16"].data.metrics and children["4-8-16"].data.params["k1"] == "4"

@@ -111,7 +111,7 @@ def test_a_job_can_ask_for_the_organelle_task(tmp_path):
                  "split": {"train": "0:4", "val": "4:6"}, "synthetic": {"slices": 6, "size": 64, "task": "organelles"}},
         "train": {"crop": 32},
     }  # fmt: skip
-    assert "data: 4 training and 2 validation slices" in check_data(job_from_dict(raw))
+    assert "data: 4 training and 2 validation slices" in check_data(job_from_dict(raw))[0]
     share = (tifffile.imread(tmp_path / "labels.tif") == 255).mean()
     assert 0.01 < share < 0.1  # sparse organelles, not the ~80 % cell interior
     raw["data"]["synthetic"]["task"] = "nuclei"

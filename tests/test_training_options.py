@@ -19,10 +19,9 @@ from dcn_ray.core.dcn import DCN, DCNOutput
 from dcn_ray.core.loss import class_weights, dcn_loss, make_loss, soft_dice_loss
 from dcn_ray.core.sampler import CropSampler
 from dcn_ray.core.schedule import lr_factor
-from dcn_ray.core.train import make_optimizer, train
+from dcn_ray.core.train import job_for_data, make_optimizer, train
 from dcn_ray.errors import InputError
 from dcn_ray.io.synth import make_synthetic
-from dcn_ray.job_file import load_job
 
 REPO = Path(__file__).resolve().parents[1]
 LN2 = math.log(2.0)
@@ -244,6 +243,7 @@ def test_weight_decay_reaches_the_optimizer_in_its_two_forms(synthetic_stack) ->
     shrunk = {}
     for name in ("adam", "adamw"):
         job = job_from_dict(small_job(*synthetic_stack, train={"optimizer": name, "weight_decay": 0.5, "lr": 0.1}))
+        job = job_for_data(job, load_job_dataset(job))
         candidate = DCN(width=4)
         candidate.load_state_dict(model.state_dict())
         optimizer = make_optimizer(job, candidate)
@@ -277,7 +277,8 @@ def test_resume_mid_schedule_gives_the_uninterrupted_run(synthetic_stack, tmp_pa
 
     full = train(job, (4, 8, 16), dataset, report=keep)
     lrs = {step: checkpoint.load(path)["optimizer"]["param_groups"][0]["lr"] for step, path in states.items()}
-    schedule = {"schedule": job.train.schedule, "warmup": job.train.warmup}
+    settled = job_for_data(job, dataset).train  # the keys the job leaves out come from its preset
+    schedule = {"schedule": settled.schedule, "warmup": settled.warmup}
     for step, lr in lrs.items():  # the last step taken (step - 1) ran at the schedule's rate
         assert lr == pytest.approx(job.train.lr * lr_factor(step - 1, 12, **schedule))
     resumed = train(job, (4, 8, 16), dataset, state=checkpoint.load(states[4]))
@@ -312,26 +313,6 @@ def test_training_keys_are_validated_and_logged(synthetic_stack) -> None:
     ):
         with pytest.raises(InputError, match=key):
             job(**bad)
-
-
-def test_paper_preset_sets_the_papers_training_and_given_keys_win(synthetic_stack) -> None:
-    paper = job_from_dict(small_job(*synthetic_stack, train={"preset": "paper", "loss": "ce_dice"})).train
-    assert (paper.preset, paper.loss, paper.schedule, paper.foreground_crops, paper.weight_decay) == (
-        "paper",
-        "ce_dice",
-        "constant",
-        0.0,
-        0.0,
-    )
-    table1 = load_job(REPO / "jobs" / "table1.yaml").train
-    assert (table1.loss, table1.schedule, table1.warmup, table1.foreground_crops, table1.optimizer) == (
-        "ce",
-        "constant",
-        0,
-        0.0,
-        "adam",
-    )
-    assert table1.weight_decay == 0.0 and table1.preset == "paper"
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

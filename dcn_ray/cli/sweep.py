@@ -50,7 +50,7 @@ def sweep(
         from dcn_ray.runtime import check_resources
         from dcn_ray.tune.checks import check_data, cpu_estimate, planned_trials
 
-        data = check_data(job, make=False)
+        data, _ = check_data(job, make=False)
         resources, gpu, slots = check_resources(job, address)
         _echo("\n".join([data, resources] + ([cpu_estimate(job, slots)] if gpu == 0 else [])))
         click.echo("\n".join(planned_trials(job, gpu)))

@@ -111,6 +111,11 @@ class Dataset:
     val_slices: list[int]
     test_slices: list[int]  # [] when there is no test split
 
+    @property
+    def train_foreground(self) -> float:
+        """The foreground fraction of the training split (what ``train.preset: auto`` decides by)."""
+        return float(self.train_masks.mean())
+
 
 def load_dataset(
     images: PathLike,

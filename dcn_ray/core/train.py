@@ -11,7 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from dcn_ray.core.metrics import segmentation_scores
 from dcn_ray.core.sampler import CropSampler
 from dcn_ray.core.schedule import lr_factor, set_lr
 from dcn_ray.models.outputs import pad_forward
+from dcn_ray.train_config import resolve_training
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ def train(
     ``state`` is a ``state.pt`` payload to resume from; a finished state returns at once.
     The best model by validation IoU is kept. Seeds make a run repeatable.
     """
+    job = job_for_data(job, dataset)
     settings = job.train
     device = device or select_device()
     if settings.threads:
@@ -179,7 +181,7 @@ def train(
             return _result(best, step, history)
 
     model.train()
-    loss = make_loss(settings.loss, foreground_fraction=float(dataset.train_masks.mean()), device=device)
+    loss = make_loss(settings.loss, foreground_fraction=dataset.train_foreground, device=device)
     options = default_step_options(device, compile=settings.compile)
     train_step = make_train_step(model, optimizer, options, loss=loss)
     loss_sum = torch.zeros((), device=device)
@@ -241,9 +243,17 @@ def _result(best: dict, step: int, history: list[dict[str, float]]) -> TrainResu
     )
 
 
+def job_for_data(job: JobConfig, dataset: Dataset) -> JobConfig:
+    """``job`` with its training decided for ``dataset`` (``train.preset: auto`` looks at its foreground)."""
+    return replace(job, train=resolve_training(job.train, dataset.train_foreground))
+
+
 def make_optimizer(job: JobConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer of ``train.optimizer`` over every parameter, with ``train.weight_decay``."""
+    """The optimizer of ``train.optimizer`` over every parameter, with ``train.weight_decay``
+    (of a job whose training is decided: :func:`job_for_data`)."""
     settings = job.train
+    if not settings.resolved:
+        raise ValueError("the job's training preset is not decided yet: pass it through job_for_data first")
     if settings.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay

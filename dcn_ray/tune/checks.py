@@ -12,6 +12,7 @@ from dcn_ray.config import JobConfig, kernels_of
 from dcn_ray.core.kernels import kernels_text
 from dcn_ray.errors import InputError
 from dcn_ray.sweep_grid import value_text, variants
+from dcn_ray.train_config import preset_line
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,11 @@ def ensure_data(job: JobConfig) -> None:
     log.debug("made the synthetic stack %s", folder)
 
 
-def check_data(job: JobConfig, *, make: bool = True) -> str:
-    """Read and validate the data; the crop must fit the slices. Returns a one-line summary.
+def check_data(job: JobConfig, *, make: bool = True) -> tuple[str, float | None]:
+    """Read and validate the data; the crop must fit the slices. Returns a summary (a line on the data,
+    one on the training its preset gives) and the training split's foreground fraction.
 
-    With ``make=False`` (a dry run) a missing synthetic stack is checked, not written.
+    With ``make=False`` (a dry run) a missing synthetic stack is checked, not written (no fraction then).
     """
     folder = synthetic_folder(job)
     if folder is not None and not make:
@@ -118,7 +120,8 @@ def check_data(job: JobConfig, *, make: bool = True) -> str:
             raise InputError(f"train.crop={job.train.crop} is larger than the synthetic slices ({synth.size})")
         return (
             f"data: a synthetic stack of {synth.slices} slices of {synth.size} x {synth.size} will be made in {folder}"
-        )
+            f"\ntraining: train.preset {job.train.preset}, decided by the training foreground once the stack is made"
+        ), None
     ensure_data(job)
     from dcn_ray.core.dataset import load_job_dataset
 
@@ -127,7 +130,8 @@ def check_data(job: JobConfig, *, make: bool = True) -> str:
     if job.train.crop > min(height, width):
         raise InputError(f"train.crop={job.train.crop} is larger than the slices ({height} x {width})")
     test = f", {len(dataset.test_slices)} test slices" if dataset.test_slices else ""
-    return (
+    summary = (
         f"data: {len(dataset.train_slices)} training and {len(dataset.val_slices)} validation slices "
         f"of {height} x {width}{test} from {job.data.images}"
     )
+    return f"{summary}\n{preset_line(job.train, dataset.train_foreground)}", dataset.train_foreground

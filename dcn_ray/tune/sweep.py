@@ -7,7 +7,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from dcn_ray.sweep_grid import variants
 from dcn_ray.track import report, uris
 from dcn_ray.track import runs as tracking
 from dcn_ray.track.storage import SWEEP_FILE, Storage
+from dcn_ray.train_config import resolve_training
 from dcn_ray.tune.checks import check_data
 from dcn_ray.tune.planner import RoundDecision, RoundPlanner, replay_rounds
 from dcn_ray.tune.searcher import GridThenFollowups
@@ -128,7 +129,7 @@ def _run_sweep(
     uri = uris.resolve_uri(job.tracking.uri)
     uris.check_store(uri)  # a database of another program is refused before MLflow adds its tables
     variants(job)  # every grid combination is a valid job, before Ray starts
-    data_summary = check_data(job)
+    data_summary, foreground = check_data(job)
     with ray_session(address):
         nodes = alive_nodes()
         if len(nodes) > 1 and storage is None:
@@ -141,7 +142,8 @@ def _run_sweep(
             write(line)
         experiment_id = tracking.prepare_experiment(uri, job.experiment)
         # the children's keys: the runs view then has one column per setting, not a job.* copy of each
-        parent = tracking.start_parent_run(uri, experiment_id, job.name, job.flat())
+        settled = replace(job, train=resolve_training(job.train, foreground or 0.0))  # as its trials train
+        parent = tracking.start_parent_run(uri, experiment_id, job.name, settled.flat())
         record = SweepRecord(job.name, job.to_dict(), uri, experiment_id, parent, gpu, max_concurrent)
         store.write_text(job.name, "job.yaml", job_text)
         store.write_text(job.name, SWEEP_FILE, json.dumps(record.__dict__, indent=2))

@@ -20,9 +20,9 @@ from dcn_ray import models, sweep_grid
 from dcn_ray.config import JobConfig
 from dcn_ray.core import checkpoint
 from dcn_ray.core.analysis import analyse
-from dcn_ray.core.dataset import load_job_dataset
+from dcn_ray.core.dataset import Dataset, load_job_dataset
 from dcn_ray.core.device import select_device
-from dcn_ray.core.train import TrainResult, score_test_split, train
+from dcn_ray.core.train import TrainResult, job_for_data, score_test_split, train
 from dcn_ray.track import runs
 from dcn_ray.track.storage import Storage
 from dcn_ray.tune.spec import METRIC, TrialSpec
@@ -80,6 +80,8 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         if run.run_id and not run.is_finished():
             run.end("FINISHED")
         return
+    dataset = load_job_dataset(job)
+    job = job_for_data(job, dataset)  # train.preset decided by the training foreground: logged as trained
     params = {**spec.params(), **job.flat()}
     run.open(
         name=spec.name, tags={**spec.tags(), **runs.trial_tags()}, params=params, experiment_id=context.experiment_id
@@ -88,7 +90,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         run.set_tags({"resumed_from_step": state["step"]})
         run.backfill(state["history"])
     try:
-        result = _train_and_analyse(job, spec, run, state)
+        result = _train_and_analyse(job, dataset, spec, run, state)
     except Exception:  # not SystemExit: Tune stops a trial (Ctrl-C) with sys.exit in tune.report
         _quietly(run.flush, wait=5.0)
         _quietly(run.end, "FAILED")
@@ -97,8 +99,9 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     log.info("trial %s finished: best val IoU %.4f", spec.name, result.best_iou)
 
 
-def _train_and_analyse(job: JobConfig, spec: TrialSpec, run: runs.TrialRun, state: dict | None) -> TrainResult:
-    dataset = load_job_dataset(job)
+def _train_and_analyse(
+    job: JobConfig, dataset: Dataset, spec: TrialSpec, run: runs.TrialRun, state: dict | None
+) -> TrainResult:
     device = select_device()
 
     def report(metrics: dict[str, float], folder: Path) -> None:
