@@ -7,6 +7,9 @@ combination of the values is a configuration; a DCN configuration runs once per 
 not its parameter. Each configuration then runs once per seed. Every combination is checked as the
 job it makes, so a bad value is refused before anything runs, naming its key.
 
+Keys joined by commas vary together (one axis, not crossed): ``"model.family,model.width":
+[[dcn, 8], [unet, 6]]`` compares a DCN of width 8 with a U-Net of width 6 (matched parameter counts).
+
 Follow-up rounds (``sweep.followup``) change the kernels of one DCN configuration and compare them
 with matched controls; they are refused together with a grid (one clear line): a round's reference,
 controls and verdict would be ambiguous across the other axes, and across families meaningless.
@@ -94,19 +97,40 @@ def with_params(job: JobConfig, params: Mapping[str, Any] | Params, family: str 
     return job_from_dict(raw)
 
 
+def linked_keys(axis: str) -> list[str]:
+    """The job keys of one grid axis: ``"train.lr"`` -> ``["train.lr"]``; ``"a,b"`` -> ``["a", "b"]`` (linked)."""
+    return [key.strip() for key in axis.split(",")]
+
+
+def axis_values(axis: str, value: Any) -> list[tuple[str, Any]]:
+    """The (key, value) pairs one value of a grid axis sets (a linked axis: one value per key)."""
+    keys = linked_keys(axis)
+    return list(zip(keys, value)) if len(keys) > 1 else [(axis, value)]
+
+
 def check_grid(job: JobConfig) -> None:
     """Refuse a grid that names an unknown or fixed key, lists no value or one twice, or combines with follow-ups."""
     known = {k for k in {*JobConfig().flat(), *job.flat()} if not k.startswith("sweep.grid.")}
-    for key, values in job.sweep.grid.items():
-        if key in FIXED_KEYS or key.startswith(FIXED_PREFIXES):
-            axis = "sweep.seeds" if key == "train.seed" else "a separate sweep"
-            raise InputError(f"sweep.grid: {key} cannot be varied in a grid (use {axis})")
-        if key not in known:
-            raise InputError(f"sweep.grid: unknown job key '{key}'")
+    seen: set[str] = set()
+    for axis, values in job.sweep.grid.items():
+        keys = linked_keys(axis)
+        for key in keys:
+            if key in FIXED_KEYS or key.startswith(FIXED_PREFIXES):
+                where = "sweep.seeds" if key == "train.seed" else "a separate sweep"
+                raise InputError(f"sweep.grid: {key} cannot be varied in a grid (use {where})")
+            if key not in known:
+                raise InputError(f"sweep.grid: unknown job key '{key}'")
+            if key in seen:
+                raise InputError(f"sweep.grid: {key} is varied twice")
+            seen.add(key)
         if not values:
-            raise InputError(f"sweep.grid.{key} must list at least one value")
+            raise InputError(f"sweep.grid.{axis} must list at least one value")
+        if len(keys) > 1 and not all(isinstance(v, list | tuple) and len(v) == len(keys) for v in values):
+            raise InputError(
+                f"sweep.grid.{axis} varies {len(keys)} keys together: each value must be a list of {len(keys)}"
+            )
         if len({plain(v) for v in values}) != len(values):
-            raise InputError(f"sweep.grid.{key} lists a value twice: {list(values)}")
+            raise InputError(f"sweep.grid.{axis} lists a value twice: {list(values)}")
     if job.sweep.grid and job.sweep.followup.enabled:
         raise InputError(
             "sweep.followup.enabled cannot be combined with sweep.grid: follow-up rounds change the kernels of one "
@@ -126,16 +150,16 @@ def variants(job: JobConfig) -> list[Variant]:
 
     Each grid combination is checked as the job it makes (InputError naming its values)."""
     check_grid(job)
-    keys = list(job.sweep.grid)
+    axes = list(job.sweep.grid)
     found: list[Variant] = []
-    for combination in itertools.product(*(job.sweep.grid[k] for k in keys)):
-        values = dict(zip(keys, (plain(v) for v in combination)))
+    for combination in itertools.product(*(job.sweep.grid[a] for a in axes)):
+        values = dict(pair for axis, value in zip(axes, combination) for pair in axis_values(axis, plain(value)))
         family = str(values.pop("model.family", job.model.family))
         params: Params = tuple(values.items())
         try:
             with_params(job, params, family)
         except InputError as error:
-            shown = ", ".join(f"{k}={value_text(v)}" for k, v in zip(keys, combination))
+            shown = ", ".join(f"{k}={value_text(v)}" for a, c in zip(axes, combination) for k, v in axis_values(a, c))
             raise InputError(f"sweep.grid ({shown}): {error}") from None
         if get(family).uses_kernels:
             found += [Variant(family, k, params) for k in kernels_of(job)]

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dcn_ray.config import job_from_dict
 from dcn_ray.errors import InputError
+from dcn_ray.job_file import load_job
 from dcn_ray.sweep_grid import trial_job, variants
 from dcn_ray.track.summary import configuration_results
 from dcn_ray.tune.checks import planned_trials
 from dcn_ray.tune.planner import RoundPlanner
 from dcn_ray.tune.spec import TrialSpec
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def job(**sweep):
@@ -120,6 +125,12 @@ def test_dry_run_lists_every_configuration_and_the_trial_count():
             {"grid": {"model.family": ["dcn", "unet"]}, "followup": {"enabled": True}},
             "sweep.followup.enabled cannot be combined with sweep.grid",
         ),
+        ({"grid": {"model.family,model.width": [["dcn", 8], ["unet"]]}}, "each value must be a list of 2"),
+        ({"grid": {"model.family,model.width": ["dcn", "unet"]}}, "each value must be a list of 2"),
+        ({"grid": {"model.width": [4, 8], "model.family,model.width": [["dcn", 8]]}}, "model.width is varied twice"),
+        ({"grid": {"model.family,train.seed": [["dcn", 1]]}}, "train.seed cannot be varied"),
+        ({"grid": {"model.family,model.widht": [["dcn", 1]]}}, "unknown job key 'model.widht'"),
+        ({"grid": {"model.family,model.width": [["unet", 0]]}}, r"\(model.family=unet, model.width=0\): model.width"),
     ],
 )
 def test_bad_grids_are_refused_with_one_line(sweep, message):
@@ -137,6 +148,23 @@ def test_a_grid_reaches_sections_the_job_sets():
         "4-8-16_data.synthetic.size=64_model.width=8",
     ]
     assert trial_job(job_from_dict(raw), "dcn", found[-1].params, 0).data.synthetic.size == 96
+
+
+def test_linked_keys_vary_together_not_crossed():
+    """A DCN of width 8 beside a U-Net of width 6 (matched parameter counts), each at two rates."""
+    found = variants(job(grid={"model.family,model.width": [["dcn", 8], ["unet", 6]], "train.lr": [0.001, 0.003]}))
+    assert [v.name for v in found] == [
+        "4-8-16_model.width=8_train.lr=0.001",
+        "2-8-16_model.width=8_train.lr=0.001",
+        "4-8-16_model.width=8_train.lr=0.003",
+        "2-8-16_model.width=8_train.lr=0.003",
+        "unet_model.width=6_train.lr=0.001",
+        "unet_model.width=6_train.lr=0.003",
+    ]
+    unet = trial_job(job(), "unet", found[-1].params, 3)
+    assert (unet.model.family, unet.model.width, unet.train.lr, unet.train.seed) == ("unet", 6, 0.003, 3)
+    families = load_job(REPO / "jobs" / "isbi2012-families.yaml")
+    assert {v.family: dict(v.params)["model.width"] for v in variants(families)} == {"dcn": 8, "unet": 6}
 
 
 def test_follow_ups_need_the_dcn():

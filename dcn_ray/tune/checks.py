@@ -65,7 +65,7 @@ def cpu_estimate(job: JobConfig, slots: int) -> str:
     train = job.train
     per_image = CPU_SECONDS_PER_FULL_IMAGE * (job.model.width / 64) ** 2 * (train.crop / 512) ** 2
     per_trial = train.steps * (CPU_STEP_OVERHEAD_S + train.batch_size * per_image)
-    trials = len(kernels_of(job)) * len(job.seeds)
+    trials = len(variants(job)) * len(job.seeds)
     total = per_trial * -(-trials // max(slots, 1))
     return (
         f"estimate on CPU: about {_duration(per_trial)} per trial, {_duration(total)} for the {trials} grid "
