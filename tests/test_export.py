@@ -11,6 +11,7 @@ import yaml
 from conftest import run_cli, small_job
 from PIL import Image
 
+from dcn_ray import models
 from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import load_job_dataset
@@ -52,7 +53,7 @@ def test_export_passes_bioimageio_core_test(trained, tmp_path, capsys):
     with zipfile.ZipFile(out) as package:
         rdf = yaml.safe_load(package.read("rdf.yaml"))
         cover = Image.open(package.open(rdf["covers"][0]["source"]))
-        arch = package.read("dcn_architecture.py").decode()
+        arch = package.read(rdf["weights"]["pytorch_state_dict"]["architecture"]["source"]).decode()
         weights = package.extract("weights.pt", tmp_path)
     assert rdf["format_version"].startswith("0.5.") and rdf["license"] == "CC-BY-4.0"
     assert rdf["authors"][0] == {
@@ -95,17 +96,12 @@ def test_refusals_are_one_line(trained, synthetic_stack, tmp_path, capsys):
     no_test = tmp_path / "no-test.pt"
     checkpoint.save(train(job, (4, 8, 16), load_job_dataset(job)).model, no_test)
     payload = checkpoint.load(trained["path"])
-    other_family = tmp_path / "unet.pt"
-    from dcn_ray.models.unet import UNet
-
-    unet = checkpoint.model_payload(
-        UNet(depth=2, width=4), config=payload["config"], step=1, metrics=payload["metrics"]
-    )
-    checkpoint.save(unet, other_family)
+    other_family = tmp_path / "vit.pt"
+    checkpoint.save({**payload, "model_family": "vit"}, other_family)
     for args, message in (
         ([no_test, tmp_path / "a.zip"], "no test split (data.split.test)"),
         ([tmp_path / "gone.pt", tmp_path / "a.zip"], "gone.pt' not found"),
-        ([other_family, tmp_path / "a.zip"], "model family 'unet' cannot be exported yet"),
+        ([other_family, tmp_path / "a.zip"], "model family 'vit'"),
         (["sweep:nosuch", tmp_path / "a.zip"], "no sweep 'nosuch'"),
         ([trained["path"], tmp_path / "a.tar"], "give OUT.zip"),
         ([trained["path"], tmp_path / "a.zip", "--license", "NOPE"], "--license 'NOPE'"),
@@ -114,3 +110,37 @@ def test_refusals_are_one_line(trained, synthetic_stack, tmp_path, capsys):
         code, _, err = run_cli(capsys, ["export", *args])
         assert code == 2 and err.count("\n") == 1 and message in err, err
     assert list(tmp_path.glob("*.zip")) == []  # nothing left behind
+
+
+def test_a_unet_exports_and_passes_bioimageio_core_test(synthetic_stack, tmp_path, capsys):
+    """Every family exports: a U-Net with its own halo, size step, citation and standalone source."""
+    raw = small_job(*synthetic_stack, name="tiny-unet", data={"split": SPLIT}, train={"steps": 6, "eval_every": 6})
+    raw["model"] = {"family": "unet", "depth": 2, "width": 4}
+    job = job_from_dict(raw)
+    dataset = load_job_dataset(job)
+    path = tmp_path / "unet.pt"
+    checkpoint.save(train(job, None, dataset).model, path)
+    model, _ = checkpoint.load_model(path)
+    out = tmp_path / "unet.zip"
+    code, stdout, err = run_cli(capsys, ["export", path, out])
+    halo = models.get("unet").radius({"depth": 2})
+    assert code == 0 and stdout.startswith(f"wrote {out}: halo {halo} px"), err
+    summary = bioimageio_core.test_model(out)
+    assert summary.status == "passed", summary.format()
+    with zipfile.ZipFile(out) as package:
+        rdf = yaml.safe_load(package.read("rdf.yaml"))
+        architecture = rdf["weights"]["pytorch_state_dict"]["architecture"]
+        source = package.read(architecture["source"]).decode()
+        weights = package.extract("weights.pt", tmp_path)
+    (raw_input,), (fg,) = rdf["inputs"], rdf["outputs"]
+    assert raw_input["axes"][2]["size"]["step"] == 4 and [a.get("halo") for a in fg["axes"][2:]] == [halo, halo]
+    assert rdf["config"]["dcn_ray"]["family"] == "unet" and "unet" in rdf["tags"]
+    assert any("U-Net" in entry["text"] for entry in rdf["cite"])
+    namespace: dict = {}
+    exec(compile(source, architecture["source"], "exec"), namespace)
+    network = namespace[architecture["callable"]](**architecture["kwargs"]).eval()
+    network.load_state_dict(torch.load(weights, weights_only=True))
+    image = torch.rand(1, 1, 64, 68)
+    with torch.inference_mode():
+        expected = torch.softmax(model(image).fused, dim=1)[:, 1:2]
+        assert torch.allclose(network(image), expected, atol=1e-6)

@@ -7,9 +7,10 @@ order), then appends :data:`EXPORTED_CLASS`: the family's class whose ``forward`
 foreground probability (N, 1, H, W) of its first output. The state dict keys stay those of the
 checkpoint, and nothing is copied by hand, so a changed network exports as it trains.
 
-A new family is one :class:`Family` entry in :data:`FAMILIES`, keyed like the checkpoint's
-``model_family`` (checkpoints written before families existed are ``dcn``). Only the DCN has one
-so far: a U-Net checkpoint is refused in one line.
+A family exports when :data:`SOURCES` names the module and class of its network (keyed like
+:data:`dcn_ray.models.FAMILIES` and the checkpoint's ``model_family``; checkpoints written before
+families existed are ``dcn``); its size multiple, receptive radius and title come from
+:mod:`dcn_ray.models`, as in training and prediction.
 """
 
 from __future__ import annotations
@@ -17,46 +18,39 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dcn_ray import models
 from dcn_ray.errors import InputError
 
 EXPORTED_CLASS = "BioImageIOModel"
 
 
 @dataclass(frozen=True)
-class Family:
-    """What the exporter needs of a model family."""
+class Source:
+    """Where the exporter finds a family's network: ``class_name(**payload["model_kwargs"])``."""
 
-    module: str  # the module defining the network class
-    class_name: str  # built as ``class_name(**payload["model_kwargs"])``
-    multiple: int  # input sides must be multiples of this
-    radius: Callable[[Mapping[str, Any]], int]  # receptive radius (pixels) from the model kwargs
-    title: str  # for people: "Deep Contextual Network (DCN)"
+    module: str
+    class_name: str
 
 
-def _dcn_radius(kwargs: Mapping[str, Any]) -> int:
-    from dcn_ray.predict.stack import receptive_radius
-
-    return receptive_radius(kwargs["kernels"])
-
-
-FAMILIES: dict[str, Family] = {
-    "dcn": Family("dcn_ray.core.dcn", "DCN", 8, _dcn_radius, "Deep Contextual Network (DCN)"),
+SOURCES: dict[str, Source] = {
+    "dcn": Source("dcn_ray.core.dcn", "DCN"),
+    "unet": Source("dcn_ray.models.unet", "UNet"),
 }
 
 
-def family_of(payload: Mapping[str, Any]) -> tuple[str, Family]:
-    """The family named by a checkpoint payload (``dcn`` when it names none)."""
+def family_of(payload: Mapping[str, Any]) -> tuple[models.Family, Source]:
+    """The family named by a checkpoint payload (``dcn`` when it names none) and its source."""
     name = str(payload.get("model_family", "dcn"))
-    if name not in FAMILIES:
-        raise InputError(f"model family {name!r} cannot be exported yet (known: {', '.join(sorted(FAMILIES))})")
-    return name, FAMILIES[name]
+    if name not in SOURCES:
+        raise InputError(f"model family {name!r} cannot be exported yet (known: {', '.join(sorted(SOURCES))})")
+    return models.get(name), SOURCES[name]
 
 
-def architecture_source(family: Family) -> str:
+def architecture_source(family: Source) -> str:
     """One importable Python file: the family's modules, then the exported class."""
     order: list[str] = []
     _visit(family.module, order, set())

@@ -100,7 +100,7 @@ def model_description(
         )
         outputs = m.OutputTensorDescr(
             id=out,
-            description="foreground (cell interior) probability; membranes near 0",
+            description="foreground probability (the class the training labels marked as foreground)",
             axes=[
                 m.BatchAxis(),
                 m.ChannelAxis(channel_names=[m.Identifier("foreground")]),

@@ -26,7 +26,7 @@ import numpy as np
 import tifffile
 import torch
 
-from dcn_ray import __version__
+from dcn_ray import __version__, models
 from dcn_ray.core.kernels import kernels_text
 from dcn_ray.errors import InputError
 from dcn_ray.export.architecture import architecture_source, family_of
@@ -37,10 +37,17 @@ from dcn_ray.io.paths import output_file
 log = logging.getLogger(__name__)
 
 DEFAULT_LICENSE = "CC-BY-4.0"
-DCN_CITATION = (
-    "Chen, Qi, Cheng, Heng: Deep Contextual Networks for Neuronal Structure Segmentation. AAAI 2016",
-    "https://scholar.google.com/scholar?q=Deep+Contextual+Networks+for+Neuronal+Structure+Segmentation",
-)
+#: The paper of each family's network, cited in its packages beside what ``--cite`` adds.
+CITATIONS = {
+    "dcn": (
+        "Chen, Qi, Cheng, Heng: Deep Contextual Networks for Neuronal Structure Segmentation. AAAI 2016",
+        "https://scholar.google.com/scholar?q=Deep+Contextual+Networks+for+Neuronal+Structure+Segmentation",
+    ),
+    "unet": (
+        "Ronneberger, Fischer, Brox: U-Net: Convolutional Networks for Biomedical Image Segmentation. MICCAI 2015",
+        "https://doi.org/10.1007/978-3-319-24574-4_28",
+    ),
+}
 TEST_SIDE = 256  # the test input's largest side
 
 
@@ -50,7 +57,7 @@ class ExportOptions:
 
     authors: tuple[str, ...] = ()  # "Name" or "Name;affiliation;ORCID"
     license: str = DEFAULT_LICENSE  # an SPDX identifier
-    cite: tuple[str, ...] = ()  # "text;DOI-or-URL", beside the DCN paper
+    cite: tuple[str, ...] = ()  # "text;DOI-or-URL", beside the family's paper
     name: str | None = None
     description: str | None = None
 
@@ -79,20 +86,24 @@ def export_package(
     output_file(output)
     authors = parse_authors(options.authors)
     check_fields(authors, options.license)
-    cite = [{"text": DCN_CITATION[0], "url": DCN_CITATION[1]}, *parse_citations(options.cite)]
+    extra_citations = parse_citations(options.cite)
     loaded = load_source(source, storage=storage, tracking_uri=tracking_uri)
     payload = loaded.payload
-    family_name, family = family_of(payload)
+    family, source_code = family_of(payload)
+    kwargs = payload["model_kwargs"]
+    multiple = family.multiple(kwargs)
+    paper, address = CITATIONS[family.name]
+    cite = [{"text": paper, "url": address}, *extra_citations]
     data = payload.get("config", {}).get("data", {})
     if not (data.get("split") or {}).get("test"):
         raise InputError(
             f"model {source!r}: its job has no test split (data.split.test); a package needs a held-out test input"
         )
     dataset = _test_data(data, source)
-    halo = family.radius(payload["model_kwargs"])
-    least = -(-(2 * halo + 1) // family.multiple) * family.multiple  # the smallest input that outlives the halo
+    halo = family.radius(kwargs)
+    least = -(-(2 * halo + 1) // multiple) * multiple  # the smallest input that outlives the halo
     image, truth = dataset.test_images[0], dataset.test_masks[0]
-    crop = _centre_crop(image.shape, family.multiple, least, source)
+    crop = _centre_crop(image.shape, multiple, least, source)
     image, truth = image[crop], truth[crop]
     scaling = _input_scaling(data["images"])
     raw, scaled = _as_stored(image, scaling)
@@ -105,10 +116,10 @@ def export_package(
     probability = torch.softmax(logits, dim=1)[:, 1:2].numpy()
     branches = [b[0].numpy() for b in out.branches] if hasattr(out, "branches") else None
     kernels = tuple(payload.get("kernels") or payload["model_kwargs"].get("kernels") or ())
-    provenance = _provenance(loaded, family_name, family.title, kernels, test_scores, dataset.test_slices)
+    provenance = _provenance(loaded, family.name, family.title, kernels, test_scores, dataset.test_slices)
     with tempfile.TemporaryDirectory(prefix="dcn-export-") as folder:
         work = Path(folder)
-        files = _write_files(work, loaded, family, raw, scaled, probability, truth, branches, provenance, halo)
+        files = _write_files(work, loaded, source_code, raw, scaled, probability, truth, branches, provenance, halo)
         title = f"{family.title} {provenance['kernels']}".strip()
         descr = model_description(
             files,
@@ -122,7 +133,7 @@ def export_package(
             scaling=scaling,
             halo=halo,
             least=least,
-            multiple=family.multiple,
+            multiple=multiple,
         )
         save_package(descr, output)
     log.debug("wrote %s (kernels %s, halo %d)", output, kernels_text(kernels) if kernels else "-", halo)
@@ -193,7 +204,7 @@ def _write_files(
 ) -> dict[str, Path]:
     files = {
         "weights": work / "weights.pt",
-        "architecture": work / "dcn_architecture.py",
+        "architecture": work / f"{provenance['family']}_architecture.py",
         "test_input": work / "test_input.npy",
         "test_output": work / "test_output.npy",
         "sample_input": work / "sample_input.tif",
@@ -208,7 +219,7 @@ def _write_files(
     tifffile.imwrite(files["sample_input"], raw[0, 0])  # what a viewer shows: one (Y, X) image each
     tifffile.imwrite(files["sample_output"], probability[0, 0].astype(np.float32))
     scores = provenance["test_scores"]
-    lines = [f"kernels {provenance['kernels'] or '-'}", f"halo {halo} px"]
+    lines = [provenance["model"], f"halo {halo} px"]
     lines += [f"test {key[5:]} {value:.3f}" for key, value in scores.items() if key in ("test_iou", "test_vrand")]
     render_cover(scaled, probability[0, 0], truth, branches, files["cover"], lines=lines)
     files["readme"].write_text(_readme(provenance, halo))
@@ -217,11 +228,12 @@ def _write_files(
 
 def _readme(provenance: dict[str, Any], halo: int) -> str:
     scores = "\n".join(f"| {key} | {value:.4f} |" for key, value in provenance["test_scores"].items())
-    return f"""# {provenance["family_title"]}, kernels {provenance["kernels"]}
+    return f"""# {provenance["family_title"]}, {provenance["model"]}
 
 Trained with dcn-ray {provenance["dcn_ray_version"]} (source `{provenance["source"]}`, sweep `{provenance["sweep"]}`).
 Input: one EM slice (axes b, c, y, x); unsigned integers are divided by their maximum, as in training.
-Output: the foreground (cell interior) probability; membranes are near 0. Tile with a halo of {halo} pixels.
+Output: the foreground probability (the class the training labels marked, data.foreground {provenance["foreground"]}).
+Tile with a halo of {halo} pixels.
 
 ## Validation
 
@@ -246,6 +258,8 @@ def _provenance(loaded, family: str, title: str, kernels, test_scores, test_slic
         "family": family,
         "family_title": title,
         "kernels": kernels_text(kernels) if kernels else "",
+        "model": models.get(family).describe(payload["model_kwargs"]),
+        "foreground": (config.get("data") or {}).get("foreground"),
         "model_kwargs": dict(payload["model_kwargs"]),
         "seed": (config.get("train") or {}).get("seed"),
         "step": payload.get("step"),
