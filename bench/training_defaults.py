@@ -124,6 +124,13 @@ def run_one(task: str, arm: str, seed: int, data: dict, args: argparse.Namespace
     }
 
 
+def finished_runs(out: Path) -> set[tuple[str, str, int]]:
+    """(task, arm, seed) of every run recorded in ``out`` so far."""
+    if not out.exists():
+        return set()
+    return {(r["task"], r["arm"], r["seed"]) for r in map(json.loads, out.read_text().splitlines())}
+
+
 def holm(p_values: list[float]) -> list[float]:
     """Holm-adjusted p-values, in the order given."""
     order = np.argsort(p_values)
@@ -191,18 +198,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "training-defaults.jsonl")
     parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument("--reverse", action="store_true", help="seeds from the last: a second process beside a first")
     args = parser.parse_args()
 
     records = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
     if not args.summary_only:
-        done = {(r["task"], r["arm"], r["seed"]) for r in records}
         args.out.parent.mkdir(parents=True, exist_ok=True)
+        seeds = list(range(args.seeds))[:: -1 if args.reverse else 1]
         with tempfile.TemporaryDirectory(prefix="dcn-defaults-") as work:
             for task in args.tasks.split(","):
                 data = task_data(task, args, Path(work))
-                for seed in range(args.seeds):
+                for seed in seeds:
                     for arm in args.arms.split(","):
-                        if (task, arm, seed) in done:
+                        if (task, arm, seed) in finished_runs(args.out):  # another process may have run it
                             continue
                         record = run_one(task, arm, seed, data, args)
                         keys = ("steps", "width", "crop", "batch", "lr", "threads", "eval_every")
