@@ -182,6 +182,33 @@ def summarise(records: list[dict], metric: str = "test_iou") -> str:
     return "\n".join(lines)
 
 
+def decisions(records: list[dict]) -> str:
+    """The pre-registered choice, on validation IoU only: per task, the candidate with the best mean
+    validation IoU, and whether its paired 95 % interval against ``paper`` lies above zero."""
+    lines = ["| task | winner on validation | mean val IoU | val diff vs paper | 95 % t interval | wins the task |"]
+    lines.append("|---|---|---|---|---|---|")
+    value = {(r["task"], r["arm"], r["seed"]): r["val_iou"] for r in records}
+    for task in sorted({r["task"] for r in records}):
+        candidates = {
+            arm: [v for (t, a, _), v in value.items() if t == task and a == arm] for arm in ARMS if arm != "paper"
+        }
+        candidates = {arm: values for arm, values in candidates.items() if values}
+        if not candidates:
+            continue
+        winner = max(candidates, key=lambda arm: float(np.mean(candidates[arm])))
+        seeds = sorted(s for (t, a, s) in value if t == task and a == winner and (task, "paper", s) in value)
+        diffs = np.array([value[task, winner, s] - value[task, "paper", s] for s in seeds])
+        if len(diffs) < 2:
+            continue
+        half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs))
+        low, high = diffs.mean() - half, diffs.mean() + half
+        lines.append(
+            f"| {task} | {winner} | {np.mean(candidates[winner]):.4f} | {diffs.mean():+.4f} | "
+            f"[{low:+.4f}, {high:+.4f}] | {'yes' if low > 0 else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--isbi", default=str(REPO.parent / "shared" / "datasets" / "isbi2012"))
@@ -226,9 +253,13 @@ def main() -> None:
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
     wall, cpu = sum(r["wall_s"] for r in records), sum(r.get("cpu_s", 0.0) for r in records)
     print(f"training + scoring: {wall:.0f} s wall, {cpu:.0f} s CPU over {len(records)} runs\n")
+    print(decisions(records))
+    print()
     print(summarise(records))
     print()
     print(summarise(records, "test_dice"))
+    print()
+    print(summarise(records, "val_iou"))
 
 
 if __name__ == "__main__":
