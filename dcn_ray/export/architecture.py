@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dcn_ray.errors import InputError
+from dcn_ray.models import dcn_receptive_radius
 
 EXPORTED_CLASS = "BioImageIOModel"
 
@@ -38,9 +39,7 @@ class Family:
 
 
 def _dcn_radius(kwargs: Mapping[str, Any]) -> int:
-    from dcn_ray.predict.stack import receptive_radius
-
-    return receptive_radius(kwargs["kernels"])
+    return dcn_receptive_radius(kwargs["kernels"])
 
 
 FAMILIES: dict[str, Family] = {
