@@ -1,4 +1,4 @@
-"""The package's boundaries: a pure core, no import cycle, small modules, a fast CLI."""
+"""The package's boundaries: the layer table, a pure core, no import cycle, small modules, a fast CLI."""
 
 from __future__ import annotations
 
