@@ -16,7 +16,7 @@ from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import load_job_dataset
 from dcn_ray.core.train import score_test_split, train
-from dcn_ray.predict.stack import receptive_radius
+from dcn_ray.models import dcn_receptive_radius as receptive_radius
 
 bioimageio_core = pytest.importorskip(
     "bioimageio.core", reason="bioimageio.core is not installed: pip install -e '.[export]'"

@@ -21,7 +21,7 @@ from dcn_ray.errors import InputError
 from dcn_ray.io.tiff import read_metadata
 from dcn_ray.models.outputs import pad_forward
 from dcn_ray.models.unet import UNet
-from dcn_ray.predict.stack import PredictOptions, SlicePredictor
+from dcn_ray.predict.engine import PredictOptions, SlicePredictor
 
 pytestmark = pytest.mark.usefixtures("two_threads")
 

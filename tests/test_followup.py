@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dcn_ray.core.kernels import REFERENCE, kernel_problem
-from dcn_ray.tune.proposals import (
+from dcn_ray.core.proposals import (
     FollowupPlan,
     control_candidates,
     control_kind,

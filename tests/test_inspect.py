@@ -13,8 +13,8 @@ from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import load_job_dataset
 from dcn_ray.core.kernels import BRANCHES, kernel_problem
+from dcn_ray.core.proposals import plan_followups
 from dcn_ray.core.train import train
-from dcn_ray.tune.proposals import plan_followups
 
 pytestmark = pytest.mark.usefixtures("two_threads")
 

@@ -1,8 +1,9 @@
-"""The package's boundaries: a pure core, no import cycle, small modules, a fast CLI."""
+"""The package's boundaries: the layer table, a pure core, no import cycle, small modules, a fast CLI."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,31 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dcn_ray"
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 MAX_LINES = 350
+
+#: The floors of the package, bottom first: floor -> (its members, the floors it may import).
+#: Members are relative to ``dcn_ray``: ``name/`` a package and every module in it, ``name`` one
+#: module (``__init__``: the package itself); a module belongs to its own name's floor, else to
+#: its longest package's. Within a floor imports are free (the cycle test holds them). This is
+#: the layer table of docs/architecture.md (test_the_layer_table_is_the_documented_one): a new
+#: arrow is a change of both, made on purpose.
+LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "base": (("__init__", "errors", "strict_yaml", "core.kernels"), ()),
+    "models": (("models/", "core.dcn", "core.init"), ("base",)),
+    "io": (("io/",), ("base",)),
+    "runtime": (("runtime",), ("base",)),
+    "job": (("config", "train_config", "model_config", "sweep_grid", "job_file"), ("base", "models", "io")),
+    "core": (("core/",), ("base", "models", "io", "job")),
+    "track": (("track/",), ("base", "models", "io", "job", "core")),
+    "predict": (("predict/",), ("base", "models", "io", "runtime", "core", "track")),
+    "export": (("export/",), ("base", "models", "io", "core", "track")),
+    "tune": (("tune/",), ("base", "models", "io", "runtime", "job", "core", "track")),
+    "cli": (
+        ("cli/", "__main__"),
+        ("base", "models", "io", "runtime", "job", "core", "track", "predict", "export", "tune"),
+    ),
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -23,15 +48,45 @@ def _modules() -> dict[str, Path]:
     return found
 
 
+def _type_checking(node: ast.AST) -> bool:
+    """Whether ``node`` is ``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``)."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _import_nodes(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement of a module, at any depth (in functions, methods, branches).
+
+    Imports guarded by ``if TYPE_CHECKING:`` are left out (its ``else`` branch is read): they never
+    run, so they neither load a module nor close a cycle (runtime.py and core/evaluation.py name
+    types that way).
+    """
+    found: list[ast.Import | ast.ImportFrom] = []
+    todo: list[ast.AST] = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        elif _type_checking(node):
+            todo.extend(node.orelse)  # type: ignore[attr-defined]
+        else:
+            todo.extend(ast.iter_child_nodes(node))
+    return found
+
+
 def _imports(path: Path, name: str) -> set[str]:
-    """The dcn_ray modules a module imports at its top level (not inside functions)."""
+    """The dcn_ray modules a module imports anywhere in its body (function-level imports too)."""
     tree = ast.parse(path.read_text())
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in tree.body:
+    for node in _import_nodes(tree):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
+        else:
             base = node.module or ""
             if node.level:
                 base = ".".join(
@@ -41,6 +96,10 @@ def _imports(path: Path, name: str) -> set[str]:
             found |= {f"{base}.{alias.name}" for alias in node.names}
     modules = _modules()
     return {m for m in found if m in modules and m != name}
+
+
+def _graph() -> dict[str, set[str]]:
+    return {name: _imports(path, name) for name, path in _modules().items()}
 
 
 def test_core_imports_without_ray_or_mlflow():
@@ -64,10 +123,15 @@ def test_core_imports_without_ray_or_mlflow():
     assert result.stdout.startswith("ok")
 
 
+def test_imports_are_read_inside_functions_but_not_under_type_checking():
+    graph = _graph()
+    assert "dcn_ray.predict.inspection" in graph["dcn_ray.cli.predict"]  # imported inside a command
+    assert "dcn_ray.config" not in graph["dcn_ray.runtime"]  # only under TYPE_CHECKING
+
+
 def test_no_import_cycle():
-    """The top-level import graph of the package is acyclic."""
-    modules = _modules()
-    graph = {name: _imports(path, name) for name, path in modules.items()}
+    """The import graph of the package, function-level imports included, is acyclic."""
+    graph = _graph()
     state: dict[str, int] = {}
 
     def visit(node: str, trail: list[str]) -> None:
@@ -82,6 +146,61 @@ def test_no_import_cycle():
     for name in graph:
         if name not in state:
             visit(name, [name])
+
+
+def _floor(module: str) -> str | None:
+    """The floor of a dotted module name (see :data:`LAYERS`), or None."""
+    name = "__init__" if module == "dcn_ray" else module.removeprefix("dcn_ray.")
+    best: tuple[int, str] | None = None
+    for floor, (members, _) in LAYERS.items():
+        for member in members:
+            if member == name:
+                return floor
+            package = member.rstrip("/")
+            if member.endswith("/") and (name == package or name.startswith(package + ".")):
+                if best is None or len(package) > best[0]:
+                    best = (len(package), floor)
+    return best[1] if best else None
+
+
+def test_every_module_has_a_floor_and_the_floors_are_ordered():
+    assert sorted(m for m in _modules() if _floor(m) is None) == []
+    seen: set[str] = set()
+    for floor, (_, below) in LAYERS.items():  # bottom first: a floor imports only floors listed before it
+        assert set(below) <= seen, f"{floor} may import {sorted(set(below) - seen)}, which are not below it"
+        seen.add(floor)
+
+
+def test_imports_follow_the_layer_table():
+    """Every import between floors (function-level ones too) is an arrow of :data:`LAYERS`.
+
+    So errors and strict_yaml import nothing; core never imports runtime, track, predict, export,
+    tune or cli; predict never imports tune, export or cli; only cli imports the commands' floors.
+    """
+    breaks = []
+    for module, imported in sorted(_graph().items()):
+        floor = _floor(module)
+        for target in sorted(imported):
+            other = _floor(target)
+            if other != floor and other not in LAYERS[floor][1]:
+                breaks.append(f"{module} ({floor}) imports {target} ({other})")
+    assert breaks == []
+
+
+def _documented_layers() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The rows of the table under "## Layers" in docs/architecture.md: floor -> (members, may import)."""
+    section = ARCHITECTURE.read_text().split("\n## Layers\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            floor, members, _, below = (tuple(re.findall(r"`([^`]+)`", cell)) for cell in cells)
+            rows[floor[0]] = (members, below)
+    return rows
+
+
+def test_the_layer_table_is_the_documented_one():
+    assert _documented_layers() == LAYERS
 
 
 def test_modules_stay_small():

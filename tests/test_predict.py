@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +21,10 @@ from dcn_ray.core.metrics import segmentation_scores
 from dcn_ray.core.train import train
 from dcn_ray.errors import InputError
 from dcn_ray.io.tiff import read_metadata
-from dcn_ray.predict.stack import (
-    PredictOptions,
-    SlicePredictor,
-    edge_weights,
-    predict_stack,
-    receptive_radius,
-    tile_starts,
-)
-from dcn_ray.predict.workers import SliceWorker, ordered_map
+from dcn_ray.models import dcn_receptive_radius as receptive_radius
+from dcn_ray.predict.engine import PredictOptions, SlicePredictor, edge_weights, tile_starts
+from dcn_ray.predict.ray_pool import PredictorWorker, ordered_map
+from dcn_ray.predict.stack import predict_stack
 from dcn_ray.track.sources import load_source
 
 pytestmark = pytest.mark.usefixtures("two_threads")
@@ -312,8 +308,8 @@ def test_two_workers_share_the_slices_and_agree_with_one(model_file, synthetic_s
 def test_actors_get_a_bounded_number_of_slices_and_results_come_in_order(model_file, two_gpu_ray):
     loaded = load_source(str(model_file))
     options = PredictOptions(tta=False)
-    worker = ray.remote(num_cpus=1, num_gpus=1)(SliceWorker)
-    actors = [worker.remote(loaded.payload, options) for _ in range(2)]
+    worker = ray.remote(num_cpus=1, num_gpus=1)(PredictorWorker)
+    actors = [worker.remote(loaded.payload, partial(SlicePredictor, options=options)) for _ in range(2)]
     rng = np.random.default_rng(4)
     images = [rng.random((24, 40), dtype=np.float32) for _ in range(9)]
     pulled: list[int] = []
@@ -331,3 +327,17 @@ def test_actors_get_a_bounded_number_of_slices_and_results_come_in_order(model_f
     local = SlicePredictor(loaded.model, options)
     for image, (probability, _) in zip(images, results, strict=True):
         np.testing.assert_allclose(probability, local(image), atol=1e-5)
+
+
+def test_ray_actors_rebuild_the_family_the_checkpoint_names():
+    """The payload sent to the actors keeps ``model_family``: a U-Net is not rebuilt as a DCN."""
+    from dcn_ray.models.unet import UNet
+    from dcn_ray.predict.ray_pool import actor_payload
+
+    unet = UNet(depth=2, width=4)
+    payload = {"model_family": "unet", "model_kwargs": unet.kwargs, "weights": unet.state_dict(), "step": 3}
+    sent = actor_payload(payload)
+    assert set(sent) == {"model_family", "model_kwargs", "weights"}
+    assert isinstance(checkpoint.model_from_payload(sent), UNet)
+    old = {"model_kwargs": {"kernels": (4, 8, 16), "width": 4}, "weights": {}}  # before families: a DCN
+    assert set(actor_payload(old)) == {"model_kwargs", "weights"}

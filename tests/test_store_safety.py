@@ -162,7 +162,7 @@ def test_score_reads_masks_as_masks_and_refuses_what_is_neither(work: Path, caps
 
 def interrupted(monkeypatch, capsys, model: Path, source, output: Path, after: int = 3) -> None:
     """Run ``predict`` into ``output`` and stop it (as Ctrl-C would) after ``after`` blocks."""
-    from dcn_ray.predict.volume import BlockPredictor
+    from dcn_ray.predict.engine import BlockPredictor
 
     original, calls = BlockPredictor.__call__, []
 

@@ -32,7 +32,7 @@ from dcn_ray.io.omezarr import stored_settings
 from dcn_ray.io.tiff import read_stack
 from dcn_ray.io.volumes import open_volume, read_label_volume, read_volume
 from dcn_ray.predict import blocks
-from dcn_ray.predict.stack import PredictOptions, SlicePredictor
+from dcn_ray.predict.engine import PredictOptions, SlicePredictor
 from dcn_ray.predict.volume import predict_volume
 from dcn_ray.track.sources import load_source
 

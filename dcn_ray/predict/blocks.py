@@ -5,12 +5,13 @@ of output chunks (less at the volume's far edges), so two blocks never write int
 and workers can write concurrently into one store. Its *region* is the rows and columns it
 reads: the core widened by ``halo`` pixels on each side, clipped to the slice.
 
-Why the result equals whole-slice inference. The DCN is translation-equivariant for shifts by
-multiples of 8 (:data:`~dcn_ray.core.dcn.MULTIPLE`), and a pixel depends on the input within the
-receptive radius only. So a region must start on the 8-pixel grid of the slice (core starts are
-chunk multiples, chunks and halo are multiples of 8), and, because test-time augmentation flips
-the region and the flipped grid is anchored at its far end, a region that ends inside the slice
-ends at a distance from the slice's end that is a multiple of 8 as well. With ``halo`` at least
+Why the result equals whole-slice inference. A model whose size multiple divides :data:`MULTIPLE`
+(8: the DCN, a U-Net up to depth 3) is translation-equivariant for shifts by multiples of 8, and a
+pixel depends on the input within the receptive radius only. So a region must start on the
+8-pixel grid of the slice (core starts are chunk multiples, chunks and halo are multiples of 8),
+and, because test-time augmentation flips the region and the flipped grid is anchored at its far
+end, a region that ends inside the slice ends at a distance from the slice's end that is a
+multiple of 8 as well. With ``halo`` at least
 the receptive radius, every core pixel then sees exactly what it sees in the whole slice; rows
 that a region pads at an inner border lie more than the radius away from its core.
 """
@@ -21,10 +22,11 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from dcn_ray.core.dcn import MULTIPLE
 from dcn_ray.errors import InputError
 
 Shape3 = tuple[int, int, int]
+#: The pixel grid of tiles, overlaps, chunks, halos and block starts (the DCN's size multiple).
+MULTIPLE = 8
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def default_chunks(shape: Shape3, chunks: Sequence[int] | None = None) -> Shape3
     """Output chunks, (1, 512, 512) unless given, clipped to the volume; Y and X multiples of 8.
 
     A chunk side that covers its whole axis may be anything; a smaller one must be a multiple of 8
-    (block starts, which are chunk multiples, must lie on the DCN's pooling grid).
+    (block starts, which are chunk multiples, must lie on the 8-pixel grid).
     """
     wanted = tuple(chunks) if chunks is not None else (1, 512, 512)
     if len(wanted) != 3 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in wanted):

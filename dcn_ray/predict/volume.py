@@ -2,11 +2,12 @@
 
 The volume is cut into blocks aligned to the output chunks (:mod:`dcn_ray.predict.blocks`); each
 block is read with a halo of at least the receptive radius, predicted slice by slice with the
-tiled, test-time-augmented :class:`~dcn_ray.predict.stack.SlicePredictor`, cropped to its core and
-written straight into the store (:mod:`dcn_ray.io.omezarr`), so the result equals whole-slice
-inference and memory is bounded by the block, whatever the volume's size. With ``workers`` or
-``address`` the blocks go to Ray actors, each writing its own chunks; with ``resume`` the blocks
-an interrupted run recorded as written are skipped.
+tiled, test-time-augmented engine (:class:`~dcn_ray.predict.engine.BlockPredictor`), cropped to
+its core and written straight into the store (:mod:`dcn_ray.io.omezarr`), so the result equals
+whole-slice inference and memory is bounded by the block, whatever the volume's size. With
+``workers`` or ``address`` the blocks go to the Ray actors of :mod:`~dcn_ray.predict.ray_pool`,
+each writing its own chunks (only block descriptions and voxel counts pass through the driver);
+with ``resume`` the blocks an interrupted run recorded as written are skipped.
 """
 
 from __future__ import annotations
@@ -15,25 +16,26 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dcn_ray import __version__, models
-from dcn_ray.core.dcn import DCN
 from dcn_ray.core.evaluation import score_probabilities
 from dcn_ray.errors import InputError
 from dcn_ray.io import omezarr
-from dcn_ray.io.fingerprint import check_regions, metadata_fingerprint, region_digest
+from dcn_ray.io.fingerprint import check_regions, metadata_fingerprint
 from dcn_ray.io.guard import refuse_overlaps
 from dcn_ray.io.predictions import read_prediction
-from dcn_ray.io.volumes import Volume, is_zarr_path, open_volume, read_label_volume, volume_shape
+from dcn_ray.io.volumes import is_zarr_path, open_volume, read_label_volume, volume_shape
 from dcn_ray.predict import blocks as blocking
 from dcn_ray.predict.blocks import Block
-from dcn_ray.predict.stack import PredictOptions, SlicePredictor, encode
+from dcn_ray.predict.engine import BlockPredictor, PredictOptions, VolumePlan
+from dcn_ray.predict.ray_pool import actor_pool
 from dcn_ray.track.sources import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -59,52 +61,6 @@ class VolumeResult:
     seconds: float
     workers: tuple[str, ...]  # who predicted each block of this run
     scores: dict[str, float] | None
-
-
-@dataclass(frozen=True)
-class VolumePlan:
-    """What a prediction writes where: the input, the block grid and the output's settings."""
-
-    volume: Volume
-    chunks: tuple[int, int, int]
-    block: tuple[int, int, int]
-    halo: int
-    options: PredictOptions
-
-    def blocks(self, skip: Iterable[tuple[int, int, int]] = ()) -> Iterator[Block]:
-        skipped = set(skip)
-        for block in blocking.iter_blocks(self.volume.shape, self.block, self.halo):
-            if block.index not in skipped:
-                yield block
-
-    @property
-    def grid(self) -> tuple[int, int, int]:
-        return blocking.grid(self.volume.shape, self.block)
-
-    @property
-    def dtype(self) -> str:
-        return "float32" if self.options.output == "float" else "uint8"
-
-
-class BlockPredictor:
-    """Predict blocks with one model on one device and write each into the store."""
-
-    def __init__(self, model: DCN, plan: VolumePlan, store: omezarr.OutputStore) -> None:
-        self.predict = SlicePredictor(model, plan.options)
-        self.plan, self.store = plan, store
-
-    def __call__(self, block: Block) -> int:
-        """Read, predict, write and record ``block``; its voxel count."""
-        options = self.plan.options
-        region = self.plan.volume.read(block.core[0], block.rows, block.cols)
-        rows, cols = block.inner
-        probability = np.stack([self.predict(image)[rows, cols] for image in region])
-        values = encode(probability, options.output, options.threshold)
-        if values.dtype == np.bool_:
-            values = values.astype(np.uint8) * np.uint8(255)  # a mask is stored 0/255, as in TIFF
-        self.store.write(block.core, values, probability > options.threshold)
-        self.store.mark_done(block.index, region_digest(region))
-        return block.voxels
 
 
 def plan_volume(
@@ -242,15 +198,15 @@ def _run(
     workers: int | None,
     address: str | None,
 ) -> Iterator[tuple[int, str]]:
-    """(voxels, who) of each block, in the order they finish."""
+    """(voxels, who) of each block of ``todo``, in its order."""
     if workers is None and address is None:
         predict = BlockPredictor(loaded.model, plan, store)
         for block in todo:
             yield predict(block), "local"
         return
-    from dcn_ray.predict.block_workers import ray_blocks
-
-    yield from ray_blocks(loaded.payload, plan, store, todo, workers=workers, address=address)
+    build = partial(BlockPredictor, plan=plan, store=store)
+    with actor_pool(loaded.payload, build, device=plan.options.device, workers=workers, address=address) as pool:
+        yield from pool(todo)
 
 
 def _truth(labels: str | Path, shape: tuple[int, int, int], loaded: LoadedModel, level: int) -> np.ndarray:

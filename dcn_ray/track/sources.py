@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from dcn_ray.core import checkpoint
-from dcn_ray.core.dcn import DCN
 from dcn_ray.core.kernels import kernels_text
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.io.paths import input_file
@@ -45,7 +46,7 @@ RUN_ARTIFACT = "checkpoint"  # the folder of a trial's MLflow run holding model.
 class LoadedModel:
     """A model ready to predict, with its checkpoint payload and where it came from."""
 
-    model: DCN
+    model: nn.Module  # of any family (dcn_ray.models)
     payload: dict[str, Any]
     source: str  # as the user gave it
     location: str  # the file or URI it was read from

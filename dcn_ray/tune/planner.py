@@ -3,9 +3,10 @@
 Round 1 starts when every seed of the reference configuration (default 4-8-16) has finished:
 the weak branch is the one whose calibrated separation is the lowest over its seeds by more than
 their spread allows (:func:`dcn_ray.core.branches.weak_across_seeds`); guided follow-ups shrink
-that branch's kernel and every matched control runs beside them (:mod:`dcn_ray.tune.proposals`). Each further round takes as its reference the guided follow-up
-with the best mean validation score of the last round. Every planned configuration runs once
-per seed. :class:`dcn_ray.tune.searcher.GridThenFollowups` adapts this planner to Ray Tune.
+that branch's kernel and every matched control runs beside them (:mod:`dcn_ray.core.proposals`).
+Each further round takes as its reference the guided follow-up with the best mean validation
+score of the last round. Every planned configuration runs once per seed.
+:class:`dcn_ray.tune.searcher.GridThenFollowups` adapts this planner to Ray Tune.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any
 from dcn_ray.config import FollowupConfig
 from dcn_ray.core.branches import weak_across_seeds
 from dcn_ray.core.kernels import BRANCHES, STRIDES, Kernels, kernels_text
+from dcn_ray.core.proposals import plan_followups, propose_controls
 from dcn_ray.sweep_grid import Variant
-from dcn_ray.tune.proposals import plan_followups, propose_controls
 from dcn_ray.tune.spec import METRIC, TrialSpec
 
 log = logging.getLogger(__name__)

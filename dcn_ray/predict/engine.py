@@ -1,0 +1,229 @@
+"""The prediction engine: slices and blocks by one model of any family on one device.
+
+Model-agnostic: what it needs of a model comes from its family (:mod:`dcn_ray.models`): the size
+multiple, the receptive radius and the logits in the output's ``fused`` field. The drivers
+(:mod:`~dcn_ray.predict.stack`, :mod:`~dcn_ray.predict.volume`) and the Ray pool
+(:mod:`~dcn_ray.predict.ray_pool`) import it; it imports none of them.
+
+Tiling. A model is translation-equivariant for shifts by its family's size multiple (8 for the
+DCN's three 2x2 poolings, ``2**depth`` for a U-Net), and an output pixel depends only on the input
+within its family's receptive radius (:func:`dcn_ray.models.receptive_radius`; 54 for DCN kernels
+4-8-16). A slice is padded to that multiple as :func:`~dcn_ray.models.outputs.pad_forward`
+pads it, then cut into tiles whose starts are multiples of it and which share ``overlap``
+pixels with their neighbours. Each tile's foreground probability is weighted by a window that
+is zero within ``margin = min(radius, overlap // 2)`` pixels of the tile's inner borders (those
+not on the slice's edge) and rises as a raised cosine to one across the rest of the overlap.
+With ``overlap >= 2 * radius`` every weighted pixel sees all of its receptive field, so the
+blend equals the whole-slice output up to float rounding; with less, seams differ slightly
+(a warning says so). The default overlap, 128, is enough for every DCN with k3 <= 32 (with
+k1, k2 <= 84); a U-Net of depth 4 (radius 122) needs 248. The model's logits are its output's
+``fused`` field, whatever its family (:class:`~dcn_ray.models.outputs.SegmentationOutput`).
+
+TTA. The whole slice (not each tile) goes through each of the 8 dihedral transforms, is
+predicted, transformed back, and the probabilities are averaged: the result is exactly
+equivariant to flips and rotations of the input, whatever the tiling.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dcn_ray import models
+from dcn_ray.core.device import select_device
+from dcn_ray.core.sampler import apply_transform, invert_transform
+from dcn_ray.errors import InputError
+from dcn_ray.io.fingerprint import region_digest
+from dcn_ray.io.omezarr import OutputStore
+from dcn_ray.io.volumes import Volume
+from dcn_ray.predict import blocks as blocking
+from dcn_ray.predict.blocks import MULTIPLE, Block
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("probabilities", "mask", "float")
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to predict: tiling, test-time augmentation, what to write, where to compute."""
+
+    tile: int = 2048  # whole slices up to 2048 x 2048 in one forward (bench/predict_volume.py)
+    overlap: int = 128
+    tta: bool = True
+    output: str = "probabilities"  # uint8 0-255; "float": float32 0-1; "mask": uint8 0/255
+    threshold: float = 0.5  # foreground where the probability exceeds it (mask and --labels)
+    device: str | None = None  # "cpu", "cuda", or None: a GPU when one is visible
+
+    def __post_init__(self) -> None:
+        if self.tile < MULTIPLE or self.tile % MULTIPLE:
+            raise InputError(f"--tile {self.tile}: must be a positive multiple of {MULTIPLE}")
+        if self.overlap < 0 or self.overlap % MULTIPLE:
+            raise InputError(f"--overlap {self.overlap}: must be a multiple of {MULTIPLE} (0 or more)")
+        if self.tile <= 2 * self.overlap:
+            raise InputError(f"--tile {self.tile} must be larger than twice --overlap {self.overlap}")
+        if self.output not in OUTPUTS:
+            raise InputError(f"--output {self.output!r}: choose one of {', '.join(OUTPUTS)}")
+        if not 0.0 < self.threshold < 1.0:
+            raise InputError(f"--threshold {self.threshold}: must lie strictly between 0 and 1")
+        if self.device not in (None, "cpu", "cuda"):
+            raise InputError(f"--device {self.device!r}: choose cpu or cuda")
+
+
+# ----------------------------------------------------------------------------- a slice
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Starts of tiles of ``tile`` pixels covering ``length``; neighbours share >= ``overlap``."""
+    if length <= tile:
+        return [0]
+    return [*range(0, length - tile, tile - overlap), length - tile]
+
+
+def edge_weights(size: int, *, inner_before: bool, inner_after: bool, overlap: int, margin: int) -> np.ndarray:
+    """A tile's 1-D window: zero within ``margin`` of an inner border, one beyond ``overlap - margin``."""
+    distance = np.arange(size, dtype=np.float64)
+    ramp = overlap - 2 * margin
+
+    def rise(d: np.ndarray) -> np.ndarray:
+        if ramp <= 0:
+            return (d >= margin).astype(np.float64)
+        return 0.5 - 0.5 * np.cos(np.pi * np.clip((d - margin + 0.5) / ramp, 0.0, 1.0))
+
+    weights = np.ones(size)
+    if inner_before:
+        weights *= rise(distance)
+    if inner_after:
+        weights *= rise(distance[::-1])
+    return weights.astype(np.float32)
+
+
+class SlicePredictor:
+    """The foreground probability of single slices, by one model on one device."""
+
+    def __init__(self, model: nn.Module, options: PredictOptions) -> None:
+        self.options = options
+        self.multiple = models.size_multiple(model)
+        for name, value in (("--tile", options.tile), ("--overlap", options.overlap)):
+            if value % self.multiple:
+                raise InputError(f"{name} {value}: must be a multiple of {self.multiple} for {models.describe(model)}")
+        self.device = select_device(options.device)
+        self.model = model.to(self.device).eval()
+        radius = models.receptive_radius(model)
+        self.margin = min(radius, options.overlap // 2)
+        if self.margin < radius:
+            log.warning(
+                "--overlap %d is below %d, twice the receptive radius of %s: tile seams "
+                "may differ slightly from whole-slice predictions",
+                options.overlap,
+                2 * radius,
+                models.describe(model),
+            )
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """(Y, X) float32 in [0, 1] -> (Y, X) float32 foreground probability."""
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
+        transforms = range(8) if self.options.tta else range(1)
+        total = torch.zeros_like(x)
+        with torch.inference_mode():
+            for t in transforms:
+                total += invert_transform(self._tiled(apply_transform(x, t)), t)
+        return (total / len(transforms)).cpu().numpy()
+
+    def _tiled(self, image: Tensor) -> Tensor:
+        height, width = image.shape
+        pad_h, pad_w = -height % self.multiple, -width % self.multiple
+        mode = "reflect" if pad_h < height and pad_w < width else "replicate"  # as pad_forward
+        padded = F.pad(image[None, None], (0, pad_w, 0, pad_h), mode=mode)[0, 0] if pad_h or pad_w else image
+        rows, cols = padded.shape
+        tile_h, tile_w = min(self.options.tile, rows), min(self.options.tile, cols)
+        if (tile_h, tile_w) == (rows, cols):
+            return self._probability(padded)[:height, :width]
+        total = torch.zeros_like(padded)
+        weight = torch.zeros_like(padded)
+        for top in tile_starts(rows, tile_h, self.options.overlap):
+            across = self._weights(tile_h, top, rows)
+            for left in tile_starts(cols, tile_w, self.options.overlap):
+                window = across[:, None] * self._weights(tile_w, left, cols)[None, :]
+                tile = padded[top : top + tile_h, left : left + tile_w]
+                total[top : top + tile_h, left : left + tile_w] += window * self._probability(tile)
+                weight[top : top + tile_h, left : left + tile_w] += window
+        return (total / weight)[:height, :width]
+
+    def _weights(self, size: int, start: int, length: int) -> Tensor:
+        weights = edge_weights(
+            size,
+            inner_before=start > 0,
+            inner_after=start + size < length,
+            overlap=self.options.overlap,
+            margin=self.margin,
+        )
+        return torch.from_numpy(weights).to(self.device)
+
+    def _probability(self, tile: Tensor) -> Tensor:
+        return torch.softmax(self.model(tile[None, None]).fused, dim=1)[0, 1]
+
+
+def encode(probability: np.ndarray, output: str, threshold: float) -> np.ndarray:
+    """The page written for one slice: uint8 0-255, float32 0-1, or a bool mask (stored 0/255)."""
+    if output == "float":
+        return probability.astype(np.float32, copy=False)
+    if output == "mask":
+        return probability > threshold
+    return np.rint(probability * 255.0).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- a block
+
+
+@dataclass(frozen=True)
+class VolumePlan:
+    """What a prediction writes where: the input, the block grid and the output's settings."""
+
+    volume: Volume
+    chunks: tuple[int, int, int]
+    block: tuple[int, int, int]
+    halo: int
+    options: PredictOptions
+
+    def blocks(self, skip: Iterable[tuple[int, int, int]] = ()) -> Iterator[Block]:
+        skipped = set(skip)
+        for block in blocking.iter_blocks(self.volume.shape, self.block, self.halo):
+            if block.index not in skipped:
+                yield block
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return blocking.grid(self.volume.shape, self.block)
+
+    @property
+    def dtype(self) -> str:
+        return "float32" if self.options.output == "float" else "uint8"
+
+
+class BlockPredictor:
+    """Predict blocks with one model on one device and write each into the store."""
+
+    def __init__(self, model: nn.Module, plan: VolumePlan, store: OutputStore) -> None:
+        self.predict = SlicePredictor(model, plan.options)
+        self.device = self.predict.device
+        self.plan, self.store = plan, store
+
+    def __call__(self, block: Block) -> int:
+        """Read, predict, write and record ``block``; its voxel count."""
+        options = self.plan.options
+        region = self.plan.volume.read(block.core[0], block.rows, block.cols)
+        rows, cols = block.inner
+        probability = np.stack([self.predict(image)[rows, cols] for image in region])
+        values = encode(probability, options.output, options.threshold)
+        if values.dtype == np.bool_:
+            values = values.astype(np.uint8) * np.uint8(255)  # a mask is stored 0/255, as in TIFF
+        self.store.write(block.core, values, probability > options.threshold)
+        self.store.mark_done(block.index, region_digest(region))
+        return block.voxels
