@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from PIL import Image
 
@@ -34,6 +35,8 @@ MAP_FILES = tuple(f"{name}.png" for name in BRANCHES)
 FUSED_FILE, MONTAGE_FILE = "prediction_overlay.png", "F1-F3_montage.png"
 DEFAULT_STYLE = AtlasStyle()
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+#: Trials in a row without images after which the rest are not asked for (none found yet).
+GIVE_UP = 3
 
 
 def build(
@@ -50,19 +53,21 @@ def build(
     source = None
     with tempfile.TemporaryDirectory(prefix="dcn-atlas-") as folder:
         for index, row in enumerate(chosen):
+            if len(missing) >= GIVE_UP and not rows:  # the store is down, or no run has maps: do not wait on each
+                missing += [_name(r) for r in chosen[index:]]
+                break
+            here = Path(folder) / str(index)
             try:
-                images = [
-                    _download(client, row["mlflow_run_id"], name, Path(folder) / str(index)) for name in MAP_FILES
-                ]
-                fused = _download(client, row["mlflow_run_id"], FUSED_FILE, Path(folder) / str(index))
+                images = [_download(client, row["mlflow_run_id"], name, here) for name in (*MAP_FILES, FUSED_FILE)]
                 if source is None:
-                    source = _download(client, row["mlflow_run_id"], MONTAGE_FILE, Path(folder) / str(index))
-                    source = _input_of(source, Image.open(images[0]).size, style.panel)
+                    with Image.open(images[0]) as first:
+                        size = first.size
+                    source = _input_of(_download(client, row["mlflow_run_id"], MONTAGE_FILE, here), size, style.panel)
             except Exception as error:  # no feature maps in that run (an old sweep, a removed artifact)
                 log.debug("atlas: no feature maps for %s: %s", row.get("trial_id"), first_line(error))
                 missing.append(_name(row))
                 continue
-            rows.append(_row(row, images, fused, key, reference, style.panel))
+            rows.append(_row(row, images, key, reference, style.panel))
     if missing:
         notes.append(f"{len(missing)} trial(s) without logged feature maps are left out: {', '.join(missing[:8])}")
     if key != "test_iou":
@@ -152,15 +157,15 @@ def _quiet_downloads() -> Iterator[None]:
             os.environ[PROGRESS_BAR] = before
 
 
-def _input_of(montage: Path, size: tuple[int, int], side: int):
+def _input_of(montage: Path, size: tuple[int, int], side: int) -> np.ndarray:
     """The input slice: the first panel (``size`` = width, height) of a trial's F1-F3 montage."""
     with Image.open(montage) as picture:
         return render.panel(picture.crop((0, 0, *size)), side)
 
 
-def _row(
-    row: Mapping[str, Any], images: list[Path], fused: Path, key: str, reference: Sequence[int], side: int
-) -> AtlasRow:
+def _row(row: Mapping[str, Any], images: list[Path], key: str, reference: Sequence[int], side: int) -> AtlasRow:
+    """The atlas row of a results-table row: its F1, F2, F3 and fused images (``images``), scaled."""
+
     def scaled(path: Path):
         with Image.open(path) as picture:
             return render.panel(picture, side)
@@ -173,7 +178,7 @@ def _row(
         phase=str(row.get("phase") or ""),
         reference=render.is_reference(row, reference),
         maps=(scaled(images[0]), scaled(images[1]), scaled(images[2])),
-        fused=scaled(fused),
+        fused=scaled(images[3]),
         branch_scores=scores,  # type: ignore[arg-type]
         weak=row.get("weak_branch"),
         score=_number(row.get(key)),
