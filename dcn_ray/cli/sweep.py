@@ -87,11 +87,25 @@ def resume(name: str, storage: str | None, address: str | None) -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="A difference in the headline score (e.g. 0.005): say how many seeds detect it with power 0.8.",
 )
-def report(name: str, storage: str | None, effect: float | None) -> None:
-    """Print the results table of sweep NAME again, with what its seeds can detect."""
+@click.option(
+    "--atlas",
+    "atlas_dir",
+    type=click.Path(path_type=Path),
+    help="Also write the branch atlas (branch_atlas.png, branch_atlas.html) into this folder.",
+)
+def report(name: str, storage: str | None, effect: float | None, atlas_dir: Path | None) -> None:
+    """Print the results table of sweep NAME again, with what its seeds can detect.
+
+    With --atlas: every configuration's F1-F3 maps and fused output on one validation slice.
+    """
     from dcn_ray.tune.sweep import load_report
 
-    click.echo(load_report(name, storage, effect))
+    text = load_report(name, storage, effect)
+    if atlas_dir is not None:
+        from dcn_ray.track.atlas import write_from_sweep
+
+        _echo("branch atlas: " + ", ".join(str(file) for file in write_from_sweep(name, storage, atlas_dir)))
+    click.echo(text)
 
 
 @click.command()

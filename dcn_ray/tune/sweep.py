@@ -18,7 +18,7 @@ from dcn_ray.core.kernels import BRANCHES, kernels_text
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.runtime import alive_nodes, ray_session, trial_resources
 from dcn_ray.sweep_grid import variants
-from dcn_ray.track import report, uris
+from dcn_ray.track import atlas, report, uris
 from dcn_ray.track import runs as tracking
 from dcn_ray.track.storage import SWEEP_FILE, Storage
 from dcn_ray.train_config import resolve_training
@@ -236,7 +236,7 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
     rounds = [_round_record(d, followup.margin) for d in replay_rounds(rows, followup)]
     table = report.results_table(rows, reference, evaluation, rounds)
     folder = Path(store.folder(record.name)) if store.is_local else Path(tempfile.mkdtemp(prefix="dcn-results-"))
-    files = report.write(table, folder, reference)
+    files = report.write(table, folder, reference) + atlas.for_sweep(table, record.tracking_uri, folder, reference)
     if not store.is_local:
         store.upload(record.name, files)
     if evaluation is not None:
