@@ -175,32 +175,63 @@ def test_follow_ups_need_the_dcn():
 
 
 @pytest.mark.integration
-def test_a_family_grid_sweeps_dcn_and_unet_side_by_side(synthetic_stack, tmp_path):
-    from conftest import small_job, sweep_on_local_ray
+def test_a_family_by_rate_grid_runs_resumes_after_a_killed_driver_and_reports_per_configuration(
+    synthetic_stack, tmp_path
+):
+    """model.family x train.lr: the driver is killed once a trial finished; resume finishes the rest,
+    reruns nothing finished, and each configuration has its child run, params and row."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import small_job
     from mlflow.tracking import MlflowClient
+    from processes import SweepDriver
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     raw = small_job(
         *synthetic_stack,
         name="families",
-        train={"steps": 6, "eval_every": 6, "threads": 1},
-        sweep={"kernels": [[4, 8, 16]], "resources": {"gpu": 0, "cpu": 1}, "grid": {"model.family": ["dcn", "unet"]}},
+        train={"steps": 120, "eval_every": 30, "batch_size": 4, "crop": 64, "threads": 1},
+        sweep={
+            "kernels": [[4, 8, 16]],
+            "resources": {"gpu": 0, "cpu": 1},
+            "grid": {"model.family": ["dcn", "unet"], "train.lr": [0.001, 0.003]},
+        },
         tracking={"uri": uri, "experiment": "families"},
     )
     raw["model"] = {"width": 4, "depth": 2}
-    outcome = sweep_on_local_ray(raw, tmp_path / "runs")
-    rows = {r["config"]: r for r in outcome.table.to_pylist()}
-    assert set(rows) == {"4-8-16", "unet"} and {r["status"] for r in rows.values()} == {"finished"}
-    assert rows["unet"]["k1"] is None and rows["unet"]["model_family"] == "unet"
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("families").experiment_id
-    children = {
-        r.data.tags["config"]: r for r in client.search_runs([experiment]) if "mlflow.parentRunId" in r.data.tags
-    }
-    assert set(children) == {"4-8-16", "unet"}
-    unet = children["unet"]
+    storage = tmp_path / "runs"
+
+    def children():
+        found = MlflowClient(uri).get_experiment_by_name("families")
+        runs = MlflowClient(uri).search_runs([found.experiment_id]) if found else []
+        return {r.data.tags["config"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+
+    with SweepDriver(raw, tmp_path, storage) as driver:
+        deadline = time.monotonic() + 300
+        while not any(r.info.status == "FINISHED" for r in children().values()):
+            assert time.monotonic() < deadline and driver.process.poll() is None, "no trial finished"
+            time.sleep(0.5)
+        driver.kill()
+    finished = {name: run.info.end_time for name, run in children().items() if run.info.status == "FINISHED"}
+    resumed = subprocess.run(
+        [sys.executable, "-m", "dcn_ray", "resume", "families", "--storage", str(storage)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    runs = children()
+    names = {"4-8-16_train.lr=0.001", "4-8-16_train.lr=0.003", "unet_train.lr=0.001", "unet_train.lr=0.003"}
+    assert set(runs) == names and all(r.info.status == "FINISHED" for r in runs.values())
+    for name, end_time in finished.items():
+        assert runs[name].info.end_time == end_time, f"{name} finished before the kill and was run again"
+    unet = runs["unet_train.lr=0.003"]
     assert unet.data.tags["weak_branch"] == "not applicable (unet)" and "calibrated_F1" not in unet.data.metrics
     assert unet.data.params["model.family"] == "unet" and "k1" not in unet.data.params
-    for run in children.values():  # train.preset auto, decided by the dense synthetic foreground, logged as trained
+    assert unet.data.params["train.lr"] == "0.003"
+    for run in runs.values():  # train.preset auto, decided by the dense synthetic foreground, logged as trained
         assert (run.data.params["train.preset"], run.data.params["train.loss"]) == ("paper", "ce")
-    assert "calibrated_F1" in children["4-8-16"].data.metrics and children["4-8-16"].data.params["k1"] == "4"
+    assert "calibrated_F1" in runs["4-8-16_train.lr=0.001"].data.metrics
+    results = (storage / "families" / "results.md").read_text()
+    assert results.count("| finished |") == 4 and all(name in results for name in names)

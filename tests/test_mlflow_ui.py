@@ -123,6 +123,15 @@ def test_branch_atlas_is_on_the_parent_run_and_shown_by_mlflow(ui_sweep, mlflow_
 
     if CHROMIUM is None:
         pytest.skip(f"the artifacts and `report --atlas` pass; MLflow's view is not checked: {NO_CHROMIUM}")
+    # the link a sweep prints for its own run opens as model training (not GenAI's evaluation runs)
+    printed = runs_view_url(mlflow_server.uri, experiment.experiment_id, run_id).splitlines()[1].split(": ", 1)[1]
+    with Browser() as browser:
+        browser.open(printed)
+        text = browser.wait_for(
+            "(() => { const t = document.body.innerText; return t.includes('job.yaml') && t.includes('results')"
+            " ? t : null; })()"
+        )
+    assert "Evaluation runs" not in text and "Artifacts" in text, text[:500]
     view = f"{mlflow_server.uri}/#/experiments/{experiment.experiment_id}/runs/{run_id}/artifacts/results"
     # DCN_RAY_SCREENSHOTS=docs keeps the screenshot for the documentation
     shot = Path(os.environ.get("DCN_RAY_SCREENSHOTS", tmp_path)) / "mlflow-branch-atlas.png"

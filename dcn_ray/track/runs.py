@@ -61,12 +61,21 @@ def _prepare_experiment(uri: str, name: str) -> str:
     return experiment_id
 
 
-def runs_view_url(uri: str, experiment_id: str) -> str:
-    """Where to look at a sweep: the experiment's runs view (and, for a local store, how to serve it)."""
-    path = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/{path}"
-    return f"http://127.0.0.1:5000/{path}  (after: mlflow ui --backend-store-uri {uri})"
+def runs_view_url(uri: str, experiment_id: str, parent_run_id: str | None = None) -> str:
+    """Where to look at a sweep: the experiment's runs view (and, for a local store, how to serve it);
+    with ``parent_run_id``, a second line: the sweep's own run, its results, charts and branch atlas.
+
+    Every link carries ``workflowType=machine_learning``: MLflow 3.17's UI shows a page as model
+    training only with it (or after the user switched its sidebar toggle), whatever the tags say."""
+    served = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    query = "?workflowType=machine_learning"
+    text = f"{served}/#/experiments/{experiment_id}/runs{query}"
+    if not uri.startswith(("http://", "https://")):
+        text += f"  (after: mlflow ui --backend-store-uri {uri})"
+    if parent_run_id:
+        run = f"{served}/#/experiments/{experiment_id}/runs/{parent_run_id}/artifacts{query}"
+        text += f"\nthe sweep's own run (results, charts, branch atlas): {run}"
+    return text
 
 
 def log_child_values(

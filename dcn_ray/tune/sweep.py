@@ -252,7 +252,7 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
         folder=store.folder(record.name),
         interrupted=interrupted,
         errored=errored,
-        runs_view=tracking.runs_view_url(record.tracking_uri, record.experiment_id),
+        runs_view=tracking.runs_view_url(record.tracking_uri, record.experiment_id, record.parent_run_id),
     )
 
 
