@@ -52,11 +52,11 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from dcn_ray.core.scores import SCORE_KEYS as SCORE_KEYS  # re-exported: the keys of segmentation_scores
+
 #: Thresholds over which V_rand and V_info of a probability map are maximised (foreground where
 #: probability > threshold), the challenge's 0.0, 0.1, ..., 0.9.
 ISBI_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(10))
-#: The keys of :func:`segmentation_scores`.
-SCORE_KEYS = ("iou", "dice", "pixel_error", "membrane_iou", "vrand", "vinfo")
 
 
 def _check_pair(pred: np.ndarray, truth: np.ndarray) -> None:

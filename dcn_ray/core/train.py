@@ -29,6 +29,7 @@ from dcn_ray.core.loss import Loss, aux_weight, dcn_loss, make_loss
 from dcn_ray.core.metrics import segmentation_scores
 from dcn_ray.core.sampler import CropSampler
 from dcn_ray.core.schedule import lr_factor, set_lr
+from dcn_ray.core.scores import BEST_VAL_HEADLINE, VAL_HEADLINE
 from dcn_ray.models.outputs import pad_forward
 from dcn_ray.train_config import resolve_training
 
@@ -206,11 +207,18 @@ def train(
         metrics["elapsed_s"] = elapsed + time.perf_counter() - loop_started  # training wall time, reports included
         loss_sum.zero_()
         losses_since_eval = 0
-        if best is None or metrics["val_iou"] > best["metrics"]["val_iou"]:
+        if best is None or metrics[VAL_HEADLINE] > best["metrics"][VAL_HEADLINE]:
             best = checkpoint.model_payload(model, config=job.to_dict(), step=step, metrics=metrics)
-        metrics["best_val_iou"] = best["metrics"]["val_iou"]
+        metrics[BEST_VAL_HEADLINE] = best["metrics"][VAL_HEADLINE]
         history.append(metrics)
-        log.info("%s step %d: val_iou %.4f (best %.4f)", label, step, metrics["val_iou"], metrics["best_val_iou"])
+        log.info(
+            "%s step %d: %s %.4f (best %.4f)",
+            label,
+            step,
+            VAL_HEADLINE,
+            metrics[VAL_HEADLINE],
+            metrics[BEST_VAL_HEADLINE],
+        )
         if report is not None:
             finished = step >= settings.steps
             _report(
@@ -234,7 +242,7 @@ def _report(report: Reporter, metrics: dict[str, float], best: dict, state: dict
 
 def _result(best: dict, step: int, history: list[dict[str, float]]) -> TrainResult:
     return TrainResult(
-        best_iou=best["metrics"]["val_iou"],
+        best_iou=best["metrics"][VAL_HEADLINE],
         best_step=best["step"],
         steps=step,
         best_metrics=dict(best["metrics"]),

@@ -24,6 +24,7 @@ from PIL import Image
 from dcn_ray.core import atlas as render
 from dcn_ray.core.atlas import HTML_FILE, PNG_FILE, Atlas, AtlasRow, AtlasStyle
 from dcn_ray.core.kernels import BRANCHES, kernels_text
+from dcn_ray.core.scores import TEST_HEADLINE
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.track import report, uris
 
@@ -70,7 +71,7 @@ def build(
             rows.append(_row(row, images, key, reference, style.panel))
     if missing:
         notes.append(f"{len(missing)} trial(s) without logged feature maps are left out: {', '.join(missing[:8])}")
-    if key != "test_iou":
+    if key != TEST_HEADLINE:
         notes.append(f"no test split: the score is the {label}, from the slices that chose the checkpoint")
     named = f" of sweep '{sweep}'" if sweep else ""
     title = f"Branch atlas{named}: F1-F3 and fused output on the first validation slice, rows by (k1, k2, k3)"

@@ -17,16 +17,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dcn_ray.core import scores
 from dcn_ray.core.kernels import BRANCHES, REFERENCE
 from dcn_ray.track import charts, power, summary
 
 #: Test-split scores of a trial (empty without a test split): dcn_ray.core.metrics.SCORE_KEYS, prefixed.
-TEST_COLUMNS = ("test_iou", "test_dice", "test_pixel_error", "test_membrane_iou", "test_vrand", "test_vinfo")
+TEST_COLUMNS = scores.TEST_COLUMNS
 #: Branch separations of a trial's model: calibrated (the weak-branch score; the planner and the
 #: mechanism check read them) and raw (not identified, kept for comparison).
 SEPARATION_COLUMNS = (*(f"calibrated_{name}" for name in BRANCHES), *(f"separation_{name}" for name in BRANCHES))
 #: Final metrics of a trial kept per row (validation chooses; test, where there is one, reports).
-METRIC_COLUMNS = ("best_val_iou", "val_vrand", "val_vinfo", *TEST_COLUMNS, *SEPARATION_COLUMNS)
+METRIC_COLUMNS = (scores.BEST_VAL_HEADLINE, "val_vrand", "val_vinfo", *TEST_COLUMNS, *SEPARATION_COLUMNS)
 IDENTITY_COLUMNS = ("k1", "k2", "k3", "seed", "round")
 #: The full configuration (``4-8-16``, ``unet_train.lr=0.001``) and the model family of a trial.
 CONFIG_COLUMNS = ("config", "model_family")
@@ -65,8 +66,8 @@ def results_table(
     when any row has one.
     """
     reference = tuple(reference)
-    test = evaluation["split"] == "test" if evaluation else any(_number(r.get("test_iou")) for r in rows)
-    key = "test_iou" if test else "best_val_iou"
+    test = evaluation["split"] == "test" if evaluation else any(_number(r.get(scores.TEST_HEADLINE)) for r in rows)
+    key = scores.TEST_HEADLINE if test else scores.BEST_VAL_HEADLINE
     reference_iou = {  # by seed: a trial is compared with the reference trial of its own seed
         r.get("seed") or 0: r[key]
         for r in rows
@@ -117,7 +118,7 @@ def evaluation_of(table: pa.Table) -> dict[str, Any]:
     """The table's evaluation record: ``split`` ("test" or "validation"), ``slices``, ``baselines`` (if known)."""
     raw = (table.schema.metadata or {}).get(EVALUATION_KEY)
     if raw is None:  # a table written before test splits were reported
-        return {"split": "test" if any(_number(v) for v in _column(table, "test_iou")) else "validation"}
+        return {"split": "test" if any(_number(v) for v in _column(table, scores.TEST_HEADLINE)) else "validation"}
     return json.loads(raw)
 
 
@@ -128,9 +129,8 @@ def rounds_of(table: pa.Table) -> list[dict[str, Any]]:
 
 def headline(table: pa.Table) -> tuple[str, str]:
     """(column, label) of the score the table leads with: test IoU, else best validation IoU."""
-    if evaluation_of(table)["split"] == "test":
-        return "test_iou", "test IoU"
-    return "best_val_iou", "best val IoU"
+    column = scores.TEST_HEADLINE if evaluation_of(table)["split"] == "test" else scores.BEST_VAL_HEADLINE
+    return column, scores.label(column)
 
 
 def evaluation_note(table: pa.Table) -> str:
@@ -186,20 +186,19 @@ def markdown(table: pa.Table, reference: Sequence[int] = REFERENCE, effect: floa
 
 def trials_markdown(table: pa.Table) -> str:
     """One row per trial (seed), with every score."""
-    if headline(table)[0] == "test_iou":
-        scores = [("test IoU", "test_iou"), ("vs reference", "vs_reference"), ("test Dice", "test_dice")]
-        scores += [("test pixel error", "test_pixel_error"), ("test membrane IoU", "test_membrane_iou")]
-        scores += [("test V_rand", "test_vrand"), ("test V_info", "test_vinfo"), ("best val IoU", "best_val_iou")]
+    key = headline(table)[0]
+    if key.startswith("test_"):
+        others = [c for c in scores.TEST_COLUMNS if c != key] + [scores.BEST_VAL_HEADLINE]
     else:
-        scores = [("best val IoU", "best_val_iou"), ("vs reference", "vs_reference")]
-        scores += [("val V_rand", "val_vrand"), ("val V_info", "val_vinfo")]
-    headers = ["k1, k2, k3", "seed", "phase", "status", *(label for label, _ in scores), "weak branch"]
+        others = ["val_vrand", "val_vinfo"]
+    columns = [(scores.label(key), key), ("vs reference", "vs_reference"), *((scores.label(c), c) for c in others)]
+    headers = ["k1, k2, k3", "seed", "phase", "status", *(label for label, _ in columns), "weak branch"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in table.to_pylist():
         seed = "" if r.get("seed") is None else str(r["seed"])
         plain = r["k1"] is not None and r.get("config") in (None, f"{r['k1']}-{r['k2']}-{r['k3']}")
         cells = [f"{r['k1']}, {r['k2']}, {r['k3']}" if plain else r.get("config") or "", seed, r["phase"], r["status"]]
-        cells += [_fmt(r[name], signed=name == "vs_reference") for _, name in scores]
+        cells += [_fmt(r[name], signed=name == "vs_reference") for _, name in columns]
         lines.append("| " + " | ".join([*cells, r["weak_branch"] or ""]) + " |")
     return "\n".join(lines)
 

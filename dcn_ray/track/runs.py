@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from dcn_ray.core.scores import VAL_HEADLINE
 from dcn_ray.track.locks import creation_lock
 from dcn_ray.track.uris import fail_fast_http
 
@@ -134,7 +135,7 @@ class TrialRun:
     def is_finished(self) -> bool:
         return self.run_id is not None and _retry(lambda: self.client.get_run(self.run_id)).info.status == "FINISHED"
 
-    def backfill(self, history: list[dict[str, float]], key: str = "val_iou") -> None:
+    def backfill(self, history: list[dict[str, float]], key: str = VAL_HEADLINE) -> None:
         """Log the evaluations of a checkpoint's history that MLflow has not got (killed in between)."""
         logged = {m.step for m in _retry(lambda: self.client.get_metric_history(self.run_id, key))}
         for metrics in history:

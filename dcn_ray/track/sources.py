@@ -27,6 +27,7 @@ from torch import nn
 
 from dcn_ray.core import checkpoint
 from dcn_ray.core.kernels import kernels_text
+from dcn_ray.core.scores import BEST_VAL_HEADLINE, TEST_COLUMNS
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.io.paths import input_file
 from dcn_ray.track import uris
@@ -38,7 +39,7 @@ SOURCES = (
 )
 DEFAULT_ALIAS = "champion"  # the alias `dcn-ray register` moves to the version it creates
 #: The trial scores a registered version is tagged with (where the sweep has them).
-VERSION_SCORES = ("best_val_iou", "test_iou", "test_dice", "test_pixel_error", "test_vrand", "test_vinfo")
+VERSION_SCORES = (BEST_VAL_HEADLINE, *TEST_COLUMNS)
 RUN_ARTIFACT = "checkpoint"  # the folder of a trial's MLflow run holding model.pt
 
 
@@ -133,18 +134,18 @@ def best_trial(name: str, storage: str | None = None) -> BestTrial:
         row
         for row in store.read_table(name, TABLE_FILE).to_pylist()
         if row["status"] == "finished"
-        and isinstance(row["best_val_iou"], float)
-        and not math.isnan(row["best_val_iou"])
+        and isinstance(row[BEST_VAL_HEADLINE], float)
+        and not math.isnan(row[BEST_VAL_HEADLINE])
     ]
     if not rows:
         raise InputError(f"sweep '{name}' in {store.root} has no finished trial")
-    best = max(rows, key=lambda row: row["best_val_iou"])  # the first of equals, in table order
+    best = max(rows, key=lambda row: row[BEST_VAL_HEADLINE])  # the first of equals, in table order
     record = store.read_record(name)
     scores = {key: float(best[key]) for key in VERSION_SCORES if _finite(best.get(key))}
     return BestTrial(
         name,
         (best["k1"], best["k2"], best["k3"]),
-        best["best_val_iou"],
+        best[BEST_VAL_HEADLINE],
         best["trial_id"],
         best["mlflow_run_id"],
         record["tracking_uri"],

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from ray.tune import Callback
 
+from dcn_ray.core.scores import TEST_HEADLINE, VAL_HEADLINE
 from dcn_ray.errors import first_line
 from dcn_ray.tune.spec import METRIC, TrialSpec
 
@@ -26,12 +27,12 @@ class Progress(Callback):
         self.write(f"{self._elapsed()}  start    {_label(trial)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "val_iou" in result:
-            self.latest[trial.trial_id] = result["val_iou"]
+        if VAL_HEADLINE in result:
+            self.latest[trial.trial_id] = result[VAL_HEADLINE]
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         best = (trial.last_result or {}).get(METRIC)
-        test = (trial.last_result or {}).get("test_iou")  # scored once after training, where a test split exists
+        test = (trial.last_result or {}).get(TEST_HEADLINE)  # scored once after training, where a test split exists
         self.write(
             f"{self._elapsed()}  finished {_label(trial)}  best val IoU {best:.4f}"
             + (f"  test IoU {test:.4f}" if test is not None else "")

@@ -21,12 +21,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from dcn_ray.core.kernels import Kernels, check_kernels, kernels_text
+from dcn_ray.core.scores import BEST_VAL_HEADLINE
 from dcn_ray.models import get
 from dcn_ray.sweep_grid import Params, config_name, plain
 
 #: The metric a sweep optimises: the best validation IoU of a trial. Test scores are never used
 #: for a choice; they are reported beside it.
-METRIC = "best_val_iou"
+METRIC = BEST_VAL_HEADLINE
 Phase = Literal["grid", "followup", "control", "random"]
 #: grid: the job's configurations; followup: guided by F1-F3; control: matched to the guided
 #: changes; random: extra random one-branch changes.

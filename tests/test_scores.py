@@ -1,0 +1,29 @@
+"""The score registry (dcn_ray.core.scores): what training computes is what reports and sources name."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dcn_ray.core import scores
+from dcn_ray.core.metrics import segmentation_scores
+from dcn_ray.track import report, sources
+from dcn_ray.tune.spec import METRIC
+
+
+def test_the_registry_names_every_score_the_metrics_compute() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.random((2, 32, 32)) > 0.3
+    computed = segmentation_scores(rng.random((2, 32, 32)) > 0.3, truth)
+    assert tuple(computed) == scores.SCORE_KEYS
+    assert report.TEST_COLUMNS == tuple(f"test_{key}" for key in computed)
+    assert set(sources.VERSION_SCORES) == {METRIC, *report.TEST_COLUMNS}
+    assert METRIC == scores.BEST_VAL_HEADLINE == "best_val_iou"
+    lower = [s.key for s in scores.SCORES if not s.higher_is_better]
+    assert lower == ["pixel_error"]
+
+
+def test_labels_read_as_people_write_them() -> None:
+    assert scores.label("test_vrand") == "test V_rand"
+    assert scores.label("best_val_iou") == "best val IoU"
+    assert scores.label("val_membrane_iou") == "val membrane IoU"
+    assert scores.label("vs_reference") == "vs_reference"
