@@ -163,6 +163,9 @@ def test_linked_keys_vary_together_not_crossed():
     ]
     unet = trial_job(job(), "unet", found[-1].params, 3)
     assert (unet.model.family, unet.model.width, unet.train.lr, unet.train.seed) == ("unet", 6, 0.003, 3)
+    from dcn_ray.track.runs import param_key  # the parent run logs the axis under a name MLflow accepts
+
+    assert param_key("sweep.grid.model.family,model.width") == "sweep.grid.model.family/model.width"
     families = load_job(REPO / "jobs" / "isbi2012-families.yaml")
     assert {v.family: dict(v.params)["model.width"] for v in variants(families)} == {"dcn": 8, "unet": 6}
 
@@ -178,7 +181,7 @@ def test_follow_ups_need_the_dcn():
 def test_a_family_by_rate_grid_runs_resumes_after_a_killed_driver_and_reports_per_configuration(
     synthetic_stack, tmp_path
 ):
-    """model.family x train.lr: the driver is killed once a trial finished; resume finishes the rest,
+    """(model.family, model.width) linked x train.lr: the driver is killed once a trial finished; resume finishes the rest,
     reruns nothing finished, and each configuration has its child run, params and row."""
     import subprocess
     import sys
@@ -196,7 +199,7 @@ def test_a_family_by_rate_grid_runs_resumes_after_a_killed_driver_and_reports_pe
         sweep={
             "kernels": [[4, 8, 16]],
             "resources": {"gpu": 0, "cpu": 1},
-            "grid": {"model.family": ["dcn", "unet"], "train.lr": [0.001, 0.003]},
+            "grid": {"model.family,model.width": [["dcn", 4], ["unet", 6]], "train.lr": [0.001, 0.003]},
         },
         tracking={"uri": uri, "experiment": "families"},
     )
@@ -222,16 +225,22 @@ def test_a_family_by_rate_grid_runs_resumes_after_a_killed_driver_and_reports_pe
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     runs = children()
-    names = {"4-8-16_train.lr=0.001", "4-8-16_train.lr=0.003", "unet_train.lr=0.001", "unet_train.lr=0.003"}
+    names = {
+        f"{family}_model.width={width}_train.lr={lr}"
+        for family, width in (("4-8-16", 4), ("unet", 6))
+        for lr in ("0.001", "0.003")
+    }
     assert set(runs) == names and all(r.info.status == "FINISHED" for r in runs.values())
     for name, end_time in finished.items():
         assert runs[name].info.end_time == end_time, f"{name} finished before the kill and was run again"
-    unet = runs["unet_train.lr=0.003"]
+    unet = runs["unet_model.width=6_train.lr=0.003"]
     assert unet.data.tags["weak_branch"] == "not applicable (unet)" and "calibrated_F1" not in unet.data.metrics
     assert unet.data.params["model.family"] == "unet" and "k1" not in unet.data.params
-    assert unet.data.params["train.lr"] == "0.003"
+    assert (unet.data.params["train.lr"], unet.data.params["model.width"]) == ("0.003", "6")
     for run in runs.values():  # train.preset auto, decided by the dense synthetic foreground, logged as trained
         assert (run.data.params["train.preset"], run.data.params["train.loss"]) == ("paper", "ce")
-    assert "calibrated_F1" in runs["4-8-16_train.lr=0.001"].data.metrics
+    assert "calibrated_F1" in runs["4-8-16_model.width=4_train.lr=0.001"].data.metrics
+    parent = MlflowClient(uri).get_run(unet.data.tags["mlflow.parentRunId"])  # the linked axis, as MLflow allows
+    assert "sweep.grid.model.family/model.width" in parent.data.params
     results = (storage / "families" / "results.md").read_text()
     assert results.count("| finished |") == 4 and all(name in results for name in names)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -94,8 +95,14 @@ def log_child_values(
 def start_parent_run(uri: str, experiment_id: str, sweep: str, params: Mapping[str, Any]) -> str:
     client = MlflowClient(uri)
     run = client.create_run(experiment_id, run_name=sweep, tags={SWEEP_TAG: sweep, "role": "sweep"})
-    client.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
+    client.log_batch(run.info.run_id, params=[Param(param_key(k), _param(v)) for k, v in params.items()])
     return run.info.run_id
+
+
+def param_key(key: str) -> str:
+    """A job key as an MLflow param name: a grid's linked axis ``a,b`` becomes ``a/b`` (MLflow refuses
+    commas and allows only letters, digits, ``_ - . : /`` and spaces)."""
+    return re.sub(r"[^\w\-.: /]", "/", key)
 
 
 class TrialRun:
