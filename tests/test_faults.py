@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from processes import SweepDriver
 
 from dcn_ray.config import job_from_dict
-from dcn_ray.track.runs import TrialRun, prepare_experiment, start_parent_run
+from dcn_ray.track.runs import TrialRun, prepare_experiment, reconcile, start_parent_run
 from dcn_ray.tune.sweep import run_sweep
 
 pytestmark = pytest.mark.integration
@@ -275,6 +275,26 @@ def test_a_trial_relaunched_under_a_new_id_adopts_the_run_of_its_kernels(mlflow_
     assert TrialRun(mlflow_server.uri, experiment, parent, "bbbb2222", "4-8-14").adopted_from is None, (
         "found by its own id now"
     )
+
+
+@pytest.mark.parametrize("interrupted", [False, True], ids=["ended", "interrupted"])
+def test_run_statuses_follow_tunes_verdict(mlflow_server, interrupted):
+    """The driver ends child runs from Tune's rows: a trial that errored before it reported is found by
+    its trial id; on an interrupted sweep the runs still RUNNING end KILLED, never FAILED."""
+    experiment = prepare_experiment(mlflow_server.uri, f"verdict-{interrupted}")
+    parent = start_parent_run(mlflow_server.uri, experiment, "verdict", {})
+    opened = {}
+    for trial in ("done", "broke", "cut"):
+        run = TrialRun(mlflow_server.uri, experiment, parent, trial, trial)
+        opened[trial] = run.open(name=trial, tags={"trial_key": trial}, params={}, experiment_id=experiment)
+    rows = [
+        {"trial_id": "done", "mlflow_run_id": opened["done"], "status": "finished"},
+        {"trial_id": "broke", "status": "errored"},  # died before its first report: no run id in Tune's row
+    ]
+    reconcile(mlflow_server.uri, experiment, parent, rows, interrupted=interrupted)
+    client = MlflowClient(mlflow_server.uri)
+    status = {trial: client.get_run(run_id).info.status for trial, run_id in opened.items()}
+    assert status == {"done": "FINISHED", "broke": "FAILED", "cut": "KILLED" if interrupted else "RUNNING"}
 
 
 @pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])

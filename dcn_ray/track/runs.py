@@ -238,15 +238,16 @@ def reconcile(uri: str, experiment_id: str, parent_run_id: str, rows: list[dict]
     the sweep was interrupted (Ctrl-C) or killed: KILLED.
     """
     client = MlflowClient(uri)
-    outcome = {row["mlflow_run_id"]: row["status"] for row in rows if row.get("mlflow_run_id")}
+    by_run = {row["mlflow_run_id"]: row["status"] for row in rows if row.get("mlflow_run_id")}
+    by_trial = {row["trial_id"]: row["status"] for row in rows if row.get("trial_id")}  # errored before reporting
     for run in child_runs(uri, experiment_id, parent_run_id):
-        trial = outcome.get(run.info.run_id)
+        trial = by_run.get(run.info.run_id) or by_trial.get(run.data.tags.get(TRIAL_TAG, ""))
         if trial == "finished":
             status = "FINISHED"
         elif trial == "errored":
             status = "FAILED"
         elif interrupted and (trial == "unfinished" or run.info.status == "RUNNING"):
-            status = "KILLED"  # stopped by Ctrl-C (the trial may have marked itself FAILED on the way out)
+            status = "KILLED"
         else:
             continue
         if status != run.info.status:

@@ -91,9 +91,11 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         run.backfill(state["history"])
     try:
         result = _train_and_analyse(job, dataset, spec, run, state)
-    except Exception:  # not SystemExit: Tune stops a trial (Ctrl-C) with sys.exit in tune.report
+    except Exception:
+        # The run stays RUNNING: the driver ends it from Tune's verdict (FAILED once out of retries,
+        # KILLED when the sweep was interrupted). A trial dying because its sweep was stopped raises
+        # too, often after the driver's last word, and must not mark itself FAILED.
         _quietly(run.flush, wait=5.0)
-        _quietly(run.end, "FAILED")
         raise
     run.end("FINISHED")
     log.info("trial %s finished: best val IoU %.4f", spec.name, result.best_iou)
