@@ -103,6 +103,34 @@ def test_the_report_tables_and_charts_a_family_comparison(tmp_path):
     assert unet.difference is not None and unet.difference.mean == pytest.approx(0.1)
 
 
+def test_a_grid_compares_its_configurations_with_the_first_at_the_reference_kernels(tmp_path):
+    """No configuration is the kernels alone: the reference is the first with them (the families
+    grid's DCN), and every other configuration gets its paired difference, in the table and the text."""
+    from dcn_ray.track import report
+
+    rows = [
+        {"k1": k1, "k2": k2, "k3": k3, "config": config, "model_family": family, "seed": seed, "round": 0,
+         "phase": "grid", "status": "finished", "best_val_iou": score + 0.01 * seed,
+         "mlflow_run_id": f"{config}-{seed}", "trial_id": f"t-{config}-{seed}"}
+        for k1, k2, k3, config, family, score in (
+            (None, None, None, "unet_model.width=6", "unet", 0.85),
+            (4, 8, 16, "4-8-16_model.width=8", "dcn", 0.8),
+            (2, 8, 16, "2-8-16_model.width=8", "dcn", 0.75),
+        )
+        for seed in (0, 1, 2)
+    ]  # fmt: skip
+    table = report.results_table(rows)
+    by_config = dict(zip(table.column("config").to_pylist(), table.column("vs_reference").to_pylist()))
+    assert by_config["4-8-16_model.width=8"] == 0.0
+    assert by_config["unet_model.width=6"] == pytest.approx(0.05)
+    results = {r.config: r for r in report.statistics(table)}
+    assert [c for c, r in results.items() if r.reference] == ["4-8-16_model.width=8"]
+    assert results["unet_model.width=6"].difference.mean == pytest.approx(0.05)
+    assert results["2-8-16_model.width=8"].difference.mean == pytest.approx(-0.05)
+    assert "vs 4-8-16_model.width=8 (paired by seed)" in report.markdown(table)
+    assert all(path.exists() for path in report.write(table, tmp_path))
+
+
 def test_dry_run_lists_every_configuration_and_the_trial_count():
     lines = planned_trials(job(grid=FAMILY_GRID))
     assert len(lines) == 7 and lines[-1] == "12 grid trials: 6 configuration(s) x 2 seed(s)"

@@ -41,21 +41,26 @@ def interval_chart(
     figure, axes = plt.subplots(figsize=(max(7.5, 0.45 * len(shown) + 2.5), 4.2))
     for index, result in enumerate(shown):
         below, above = _bounds(result)
-        is_reference = result.config in ("", kernels_text(tuple(reference))) and result.kernels == tuple(reference)
+        is_reference = result.reference
         axes.errorbar(
             index, result.score.mean, yerr=[[below], [above]], fmt="*" if is_reference else "o",
             markersize=12 if is_reference else 6, color=PHASE_COLOURS.get(result.phase, "#555555"), capsize=3,
         )  # fmt: skip
-    reference_result = next(
-        (r for r in shown if r.kernels == tuple(reference) and r.config in ("", kernels_text(tuple(reference)))), None
-    )
+    reference_result = next((r for r in shown if r.reference), None)
     handles = [
         Line2D([], [], color=c, marker="o", linestyle="", label=PHASE_LABELS[p]) for p, c in PHASE_COLOURS.items()
     ]
     if reference_result is not None:
         axes.axhline(reference_result.score.mean, color="black", linestyle="--", linewidth=1)
         handles.append(
-            Line2D([], [], color="black", linestyle="--", marker="*", label=f"reference {kernels_text(reference)}")
+            Line2D(
+                [],
+                [],
+                color="black",
+                linestyle="--",
+                marker="*",
+                label=f"reference {reference_result.config or kernels_text(reference)}",
+            )
         )
     if floor is not None:
         axes.axhline(floor, color="#c44e52", linestyle=":", linewidth=1.5)

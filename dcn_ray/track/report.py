@@ -68,13 +68,6 @@ def results_table(
     reference = tuple(reference)
     test = evaluation["split"] == "test" if evaluation else any(_number(r.get(scores.TEST_HEADLINE)) for r in rows)
     key = scores.TEST_HEADLINE if test else scores.BEST_VAL_HEADLINE
-    reference_iou = {  # by seed: a trial is compared with the reference trial of its own seed
-        r.get("seed") or 0: r[key]
-        for r in rows
-        if (r["k1"], r["k2"], r["k3"]) == reference
-        and r.get("config") in (None, "-".join(map(str, reference)))  # the reference alone, not a grid variant of it
-        and _number(r.get(key))
-    }
     ordered = sorted(
         rows,
         key=lambda r: (
@@ -88,6 +81,10 @@ def results_table(
             r.get("seed") or 0,
         ),
     )
+    reference_name = summary.reference_config(ordered, reference)  # the statistics' reference, same order
+    reference_iou = {  # by seed: a trial is compared with the reference trial of its own seed
+        r.get("seed") or 0: r[key] for r in ordered if summary.config_of(r) == reference_name and _number(r.get(key))
+    }
     columns: dict[str, list] = {name: [] for name in COLUMNS}
     for row in ordered:
         iou, base = row.get(key), reference_iou.get(row.get("seed") or 0)

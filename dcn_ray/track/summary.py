@@ -51,6 +51,8 @@ class ConfigResult:
     p_holm: float
     #: The full configuration (``4-8-16``, ``unet_train.lr=0.001``: :attr:`dcn_ray.tune.spec.TrialSpec.config_name`).
     config: str = ""
+    #: Whether this is the configuration the others are compared with (:func:`reference_config`).
+    reference: bool = False
 
     @property
     def label(self) -> str:
@@ -173,9 +175,19 @@ def scores_by_trial(rows: Sequence[Row], key: str) -> dict[tuple[Kernels, int], 
     }
 
 
+def reference_config(rows: Sequence[Row], reference: Sequence[int]) -> str | None:
+    """The configuration the others are compared with: the reference kernels alone (``4-8-16``); in a grid
+    sweep, where no configuration is that, the first in the rows' order with the reference kernels (the
+    DCN of a families grid, ``4-8-16_train.lr=0.001`` of a learning-rate grid); None when none has them."""
+    configs = [config_of(row) for row in rows if _kernels(row) == tuple(reference)]
+    name = kernels_text(tuple(reference))
+    return name if name in configs else next(iter(configs), None)
+
+
 def configuration_results(rows: Sequence[Row], key: str, reference: Sequence[int]) -> list[ConfigResult]:
-    """Per configuration (in first-seen order): n, mean and interval, paired difference from the reference."""
-    reference_name = kernels_text(tuple(reference))
+    """Per configuration (in first-seen order): n, mean and interval, paired difference from the reference
+    configuration (:func:`reference_config`)."""
+    reference_name = reference_config(rows, reference)
     by_config: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     kernels_of: dict[str, Kernels | None] = {}
     for row in _finished(rows, key):
@@ -193,7 +205,16 @@ def configuration_results(rows: Sequence[Row], key: str, reference: Sequence[int
         p_values.append(paired.p_value)
     adjusted = iter(holm(p_values))
     return [
-        ConfigResult(kernels_of[c], phase, score, diff, p, next(adjusted) if diff is not None else math.nan, c)
+        ConfigResult(
+            kernels_of[c],
+            phase,
+            score,
+            diff,
+            p,
+            next(adjusted) if diff is not None else math.nan,
+            c,
+            c == reference_name,
+        )
         for c, phase, score, diff, p in results
     ]
 
@@ -322,12 +343,13 @@ def round_lines(rounds: Sequence[Round]) -> list[str]:
 
 def configuration_markdown(results: Sequence[ConfigResult], label: str, reference: Sequence[int]) -> str:
     """The per-configuration table: n, mean [95 % CI], difference from the reference, p, Holm p."""
+    named = next((r.config for r in results if r.reference and r.config), kernels_text(reference))
     head = [
         "k1, k2, k3",
         "phase",
         "n",
         f"{label} mean [95 % CI]",
-        f"vs {kernels_text(reference)} (paired by seed)",
+        f"vs {named} (paired by seed)",
         "p",
         "p (Holm)",
     ]
