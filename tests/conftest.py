@@ -169,7 +169,9 @@ class MlflowServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+            # No job runner: MLflow 3's server otherwise starts a Huey runner and its consumers (GenAI
+            # scorer jobs), six more Python processes per server that dcn-ray never uses.
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
         # Ends the server's process group if this test process dies without stopping it (SIGKILL)
         self.watchdog = subprocess.Popen(

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dcn_ray.core import scores
-from dcn_ray.core.kernels import BRANCHES, REFERENCE
+from dcn_ray.core.kernels import BRANCHES, REFERENCE, kernels_text
 from dcn_ray.track import charts, power, summary
 
 #: Test-split scores of a trial (empty without a test split): dcn_ray.core.metrics.SCORE_KEYS, prefixed.
@@ -173,10 +173,31 @@ def findings(table: pa.Table, reference: Sequence[int] = REFERENCE, effect: floa
     return [line for line in lines if line]
 
 
+def configuration_markdown(results: Sequence[summary.ConfigResult], label: str, reference: Sequence[int]) -> str:
+    """The per-configuration table: n, mean [95 % CI], difference from the reference, p, Holm p."""
+    named = next((r.config for r in results if r.reference and r.config), kernels_text(reference))
+    head = [
+        "k1, k2, k3",
+        "phase",
+        "n",
+        f"{label} mean [95 % CI]",
+        f"vs {named} (paired by seed)",
+        "p",
+        "p (Holm)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        diff = r.difference.text(signed=True) if r.difference else "reference"
+        lines.append(
+            f"| {r.label} | {r.phase} | {r.score.n} | {r.score.text()} | {diff} | {summary.p_text(r.p_value)} | {summary.p_text(r.p_holm)} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown(table: pa.Table, reference: Sequence[int] = REFERENCE, effect: float | None = None) -> str:
     """Per configuration over seeds (mean, interval, paired difference, p), the findings, then every trial."""
     label = headline(table)[1]
-    parts = [summary.configuration_markdown(statistics(table, reference), label, reference), evaluation_note(table)]
+    parts = [configuration_markdown(statistics(table, reference), label, reference), evaluation_note(table)]
     parts += findings(table, reference, effect)
     return "\n\n".join(parts) + "\n\n### Trials\n\n" + trials_markdown(table) + "\n"
 

@@ -94,7 +94,7 @@ class Contrast:
         tost = "n/a" if math.isnan(self.equivalence.p_value) else f"{self.equivalence.p_value:.3g}"
         return (
             f"guided minus {CONTRASTS[self.kind]}: {self.difference.text(signed=True)} over {self.seeds} seed(s), "
-            f"paired t p = {_p(self.p_value) or 'n/a'}, permutation p = {_p(self.p_permutation) or 'n/a'}, "
+            f"paired t p = {p_text(self.p_value) or 'n/a'}, permutation p = {p_text(self.p_permutation) or 'n/a'}, "
             f"TOST (+-{self.equivalence.margin:g}) p = {tost}: {self.verdict}"
         )
 
@@ -341,28 +341,8 @@ def round_lines(rounds: Sequence[Round]) -> list[str]:
     return lines
 
 
-def configuration_markdown(results: Sequence[ConfigResult], label: str, reference: Sequence[int]) -> str:
-    """The per-configuration table: n, mean [95 % CI], difference from the reference, p, Holm p."""
-    named = next((r.config for r in results if r.reference and r.config), kernels_text(reference))
-    head = [
-        "k1, k2, k3",
-        "phase",
-        "n",
-        f"{label} mean [95 % CI]",
-        f"vs {named} (paired by seed)",
-        "p",
-        "p (Holm)",
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results:
-        diff = r.difference.text(signed=True) if r.difference else "reference"
-        lines.append(
-            f"| {r.label} | {r.phase} | {r.score.n} | {r.score.text()} | {diff} | {_p(r.p_value)} | {_p(r.p_holm)} |"
-        )
-    return "\n".join(lines)
-
-
-def _p(value: float) -> str:
+def p_text(value: float) -> str:
+    """A p-value in three digits; empty for none (NaN)."""
     return "" if math.isnan(value) else f"{value:.3g}"
 
 
