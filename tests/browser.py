@@ -97,9 +97,6 @@ class Browser:
     def open(self, url: str) -> None:
         self.call("Page.navigate", url=url)
 
-    def reload(self) -> None:
-        self.call("Page.reload")
-
     def wait_for(self, expression: str, timeout: float = 60.0) -> Any:
         """Poll ``expression`` in the page until it is truthy; return its value."""
         deadline = time.monotonic() + timeout * load_factor()

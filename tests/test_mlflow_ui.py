@@ -68,6 +68,10 @@ def test_runs_view_shows_every_child_run_with_its_kernels_and_seed(ui_sweep, mlf
         # What a user does: expand the sweep's parent run, show the k1-k3 and seed columns.
         key = f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment.experiment_id}"]-ReactComponentState'
         browser.wait_for(f"localStorage.getItem({json.dumps(key)}) !== null")
+        # Written while the app is not loaded (a page of the same origin): the app saves its own state
+        # as it unloads, which could overwrite what a reload from the runs view would read back.
+        browser.open(mlflow_server.uri + "/health")
+        browser.wait_for("location.pathname === '/health' && document.readyState === 'complete'")
         browser.evaluate(
             f"""(() => {{
               const key = {json.dumps(key)};
@@ -77,7 +81,7 @@ def test_runs_view_shows_every_child_run_with_its_kernels_and_seed(ui_sweep, mlf
               localStorage.setItem(key, JSON.stringify(state));
             }})()"""
         )
-        browser.reload()
+        browser.open(url)
         rows = browser.wait_for(f"(() => {{ const r = {ROWS_JS}; return r.length >= 5 ? r : null; }})()")
         browser.screenshot(tmp_path / "runs.png")
     header = browser_text = " ".join(rows)
