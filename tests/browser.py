@@ -12,6 +12,7 @@ import urllib.request
 from typing import Any
 
 from conftest import free_port
+from processes import descendants, kill_all
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 #: Seconds to wait for Chromium's DevTools port on an idle machine (times the load per core).
@@ -33,7 +34,7 @@ class Browser:
         self.process = subprocess.Popen(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", "--window-size=2000,1200",
+             "--disable-dev-shm-usage", "--disable-breakpad", "--window-size=2000,1200",
              f"--remote-debugging-port={port}", "--remote-debugging-address=127.0.0.1",
              f"--user-data-dir={self.profile.name}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=self.log,
@@ -63,6 +64,7 @@ class Browser:
     def __exit__(self, *_: object) -> None:
         if getattr(self, "socket", None) is not None:
             self.socket.close()
+        helpers = descendants(self.process.pid)  # renderer, zygote, network and storage services
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -70,8 +72,16 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+        kill_all(helpers)  # a helper outliving the browser still writes into the profile folder
         self.log.close()
-        self.profile.cleanup()
+        for attempt in range(10):
+            try:
+                self.profile.cleanup()
+                break
+            except OSError:  # a file written between the listing and the removal: list again
+                if attempt == 9:
+                    raise
+                time.sleep(0.5)
 
     def stderr_tail(self) -> str:
         """The last lines Chromium wrote to its stderr (for a failure message)."""
