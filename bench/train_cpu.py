@@ -33,7 +33,7 @@ from before import module_at, package_at  # noqa: E402
 
 from dcn_ray.core import sampler as sampler_now  # noqa: E402
 from dcn_ray.core import train as train_now  # noqa: E402
-from dcn_ray.core.dataset import load_job_dataset  # noqa: E402
+from dcn_ray.core.dataset import load_data  # noqa: E402
 from dcn_ray.core.dcn import DCN  # noqa: E402
 from dcn_ray.core.loss import dcn_loss  # noqa: E402
 from dcn_ray.job_file import load_job  # noqa: E402
@@ -121,7 +121,7 @@ def profile(images, masks, width: int, crop: int, batch: int, steps: int) -> dic
 
 def step_rates(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    dataset = load_job_dataset(load_job(JOB, args.overrides))
+    dataset = load_data(load_job(JOB, args.overrides).data)
     images, masks = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_masks)
     before = (module_at(args.ref, "dcn_ray/core/train.py"), module_at(args.ref, "dcn_ray/core/sampler.py"))
     print(f"torch {torch.__version__}, {args.threads} thread(s), before = {args.ref}")
@@ -151,15 +151,16 @@ def step_rates(args: argparse.Namespace) -> None:
 TRIAL = """
 import dataclasses, json, sys, time, torch
 from dcn_ray.job_file import load_job
-from dcn_ray.core.dataset import load_job_dataset
+from dcn_ray.core import dataset as data_module
 from dcn_ray.core.dcn import DCN
 from dcn_ray.core.train import score_test_split, train
 job = load_job(sys.argv[1], sys.argv[5:])
 steps, threads, seed = (int(sys.argv[2]) or job.train.steps), int(sys.argv[3]), int(sys.argv[4])
 job = dataclasses.replace(job, train=dataclasses.replace(job.train, steps=steps, threads=threads, seed=seed))
-dataset = load_job_dataset(job)
+sections = hasattr(data_module, "load_data")  # core takes the job's sections (older refs: the whole job)
+dataset = data_module.load_data(job.data) if sections else data_module.load_job_dataset(job)
 start = time.perf_counter()
-result = train(job, (4, 8, 16), dataset)
+result = train(job.model, job.train, dataset, kernels=(4, 8, 16)) if sections else train(job, (4, 8, 16), dataset)
 seconds = time.perf_counter() - start
 model = DCN(**result.model["model_kwargs"])
 model.load_state_dict(result.model["weights"])

@@ -38,7 +38,7 @@ from scipy import stats
 
 from dcn_ray.config import job_from_dict
 from dcn_ray.core.checkpoint import model_from_payload
-from dcn_ray.core.dataset import load_job_dataset
+from dcn_ray.core.dataset import load_data
 from dcn_ray.core.train import score_test_split, train
 from dcn_ray.io.synth import write_synthetic
 
@@ -105,9 +105,9 @@ def run_one(task: str, arm: str, seed: int, data: dict, args: argparse.Namespace
             },
         }
     )
-    dataset = load_job_dataset(job)
+    dataset = load_data(job.data)
     started, cpu = time.perf_counter(), time.process_time()
-    result = train(job, KERNELS, dataset, device=torch.device("cpu"))
+    result = train(job.model, job.train, dataset, kernels=KERNELS, device=torch.device("cpu"))
     scores = score_test_split(model_from_payload(result.model), dataset, torch.device("cpu"))
     return {
         "task": task,

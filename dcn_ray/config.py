@@ -15,46 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from dcn_ray.core.kernels import REFERENCE, Kernels, kernel_problem
+from dcn_ray.data_config import DataConfig
 from dcn_ray.errors import InputError
 from dcn_ray.model_config import ModelConfig, validate_model
-from dcn_ray.train_config import TrainConfig, validate_train
+from dcn_ray.train_config import TrainConfig, resolve_training, validate_train
 
-#: A split: slice text ("0:27"), one slice index (5), or a list of indices.
-Split = str | int | tuple[int, ...]
 #: The largest synthetic stack a job may ask for (slices x size x size).
 MAX_SYNTHETIC_VOXELS = 2**27
-
-
-@dataclass(frozen=True)
-class SplitConfig:
-    """Slices of the stack used for training, validation and (optionally) testing."""
-
-    train: Split = "0:27"
-    val: Split = "27:30"
-    test: Split | None = None
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    """Make the data with ``dcn-ray synth`` settings when the files are missing."""
-
-    slices: int = 24
-    size: int = 256
-    seed: int = 0
-    #: "cells" (cell interior, ~80 % of pixels, as ISBI) or "organelles" (sparse blobs, ~4 %).
-    task: str = "cells"
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    images: str = ""
-    labels: str = ""
-    #: Label value of the foreground (ISBI: 255 = cell interior), or "color" for RGB labels.
-    foreground: int | str = 255
-    #: Region of interest (y0, x0, height, width), or None for the whole slice.
-    roi: tuple[int, ...] | None = None
-    split: SplitConfig = field(default_factory=SplitConfig)
-    synthetic: SynthConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +97,11 @@ class JobConfig:
             return (self.train.seed,)
         return tuple(range(seeds)) if isinstance(seeds, int) else tuple(seeds)
 
+    def trained_on(self, train_foreground: float) -> JobConfig:
+        """This job with ``train.preset`` decided for a training split of this foreground fraction
+        (:func:`~dcn_ray.train_config.resolve_training`): the job as it trains, and is logged."""
+        return dataclasses.replace(self, train=resolve_training(self.train, train_foreground))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists for tuples), as YAML or MLflow params want it."""
         return _plain(dataclasses.asdict(self))
@@ -141,7 +113,7 @@ class JobConfig:
 
 def job_from_dict(raw: Mapping[str, Any]) -> JobConfig:
     """Build and validate a JobConfig from a nested mapping."""
-    job = _build(JobConfig, raw, "")  # train.preset's keys stay None until the data is known (core.train.job_for_data)
+    job = _build(JobConfig, raw, "")  # train.preset's keys stay None until the data is known (JobConfig.trained_on)
     _validate(job)
     return job
 

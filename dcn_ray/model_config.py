@@ -7,7 +7,8 @@ Split out of :mod:`dcn_ray.config` (which re-exports :class:`ModelConfig`), as
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from dcn_ray.models import FAMILIES
 
@@ -24,6 +25,10 @@ class ModelConfig:
     #: DCN only. Noise on each branch's input features (in feature sd): a planted weakness, for
     #: validating the weak-branch rule; (0, 0, 0) for every real use.
     branch_noise: tuple[float, ...] = (0.0, 0.0, 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (a list for the tuple), as a job file or a checkpoint holds it."""
+        return {**asdict(self), "branch_noise": list(self.branch_noise)}
 
 
 def validate_model(model: ModelConfig, need: Callable[[bool, str], None], *, crop: int) -> None:

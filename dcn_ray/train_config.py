@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 #: Loss functions (dcn_ray.core.loss.make_loss).
@@ -90,6 +90,10 @@ class TrainConfig:
     compile: bool = False
     #: "paper", "sparse" or "auto": where the keys of PRESET_KEYS left out come from (PRESETS).
     preset: str = AUTO
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, as a job file or a checkpoint holds it."""
+        return asdict(self)
 
     @property
     def resolved(self) -> bool:

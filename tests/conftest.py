@@ -115,6 +115,14 @@ def small_job(images: Path, labels: Path, **sections) -> dict:
     return job
 
 
+def train_job(job, kernels, dataset, **options):
+    """``core.train.train`` of a job's model and train sections, the job recorded in its checkpoints
+    (as a sweep trial calls it)."""
+    from dcn_ray.core.train import train
+
+    return train(job.model, job.train, dataset, kernels=kernels, provenance=job.to_dict(), **options)
+
+
 def sweep_on_local_ray(raw: dict, storage: Path):
     """Run the job ``raw`` as a sweep on a fresh local Ray (2 CPUs), shut down afterwards."""
     import ray

@@ -8,7 +8,7 @@ import torch
 from conftest import small_job
 
 from dcn_ray.config import job_from_dict
-from dcn_ray.core.dataset import load_job_dataset
+from dcn_ray.core.dataset import load_data
 from dcn_ray.core.evaluation import reported_split, score_probabilities
 from dcn_ray.core.metrics import SCORE_KEYS, iou, segmentation_scores
 from dcn_ray.core.train import build_model, evaluate, score_test_split
@@ -21,9 +21,9 @@ SPLITS = {"train": "0:6", "val": "7:9", "test": "10:12"}
 
 def test_test_split_is_scored_with_the_given_model(synthetic_stack):
     job = job_from_dict(small_job(*synthetic_stack, data={"split": SPLITS}))
-    dataset = load_job_dataset(job)
+    dataset = load_data(job.data)
     torch.manual_seed(0)
-    model = build_model(job, (4, 8, 16))
+    model = build_model(job.model, (4, 8, 16), seed=job.train.seed)
     scores = score_test_split(model, dataset, torch.device("cpu"))
     assert tuple(scores) == tuple(f"test_{key}" for key in SCORE_KEYS)
     expected = evaluate(model, torch.from_numpy(dataset.test_images), dataset.test_masks)
@@ -31,19 +31,19 @@ def test_test_split_is_scored_with_the_given_model(synthetic_stack):
     assert scores != {f"test_{key}": value for key, value in evaluate(
         model, torch.from_numpy(dataset.val_images), dataset.val_masks
     ).items()}  # fmt: skip
-    without = load_job_dataset(job_from_dict(small_job(*synthetic_stack)))
+    without = load_data(job_from_dict(small_job(*synthetic_stack)).data)
     assert score_test_split(model, without, torch.device("cpu")) == {}
 
 
 def test_reported_split_is_test_when_there_is_one_with_its_baselines(synthetic_stack):
-    dataset = load_job_dataset(job_from_dict(small_job(*synthetic_stack, data={"split": SPLITS})))
+    dataset = load_data(job_from_dict(small_job(*synthetic_stack, data={"split": SPLITS})).data)
     evaluation = reported_split(dataset)
     assert evaluation["split"] == "test" and evaluation["slices"] == [10, 11]
     everything = evaluation["baselines"]["all_foreground"]
     assert everything == segmentation_scores(np.ones_like(dataset.test_masks), dataset.test_masks)
     assert everything["iou"] == pytest.approx(dataset.test_masks.mean())
     assert evaluation["baselines"]["all_background"]["iou"] == 0.0
-    validation = reported_split(load_job_dataset(job_from_dict(small_job(*synthetic_stack))))
+    validation = reported_split(load_data(job_from_dict(small_job(*synthetic_stack)).data))
     assert validation["split"] == "validation" and validation["slices"] == [10, 11]
 
 

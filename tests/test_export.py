@@ -8,14 +8,14 @@ import zipfile
 import pytest
 import torch
 import yaml
-from conftest import run_cli, small_job
+from conftest import run_cli, small_job, train_job
 from PIL import Image
 
 from dcn_ray import models
 from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
-from dcn_ray.core.dataset import load_job_dataset
-from dcn_ray.core.train import score_test_split, train
+from dcn_ray.core.dataset import load_data
+from dcn_ray.core.train import score_test_split
 from dcn_ray.models import dcn_receptive_radius as receptive_radius
 
 bioimageio_core = pytest.importorskip(
@@ -32,8 +32,8 @@ def trained(synthetic_stack, tmp_path_factory):
     job = job_from_dict(
         small_job(*synthetic_stack, name="tiny", data={"split": SPLIT}, train={"steps": 12, "eval_every": 6})
     )
-    dataset = load_job_dataset(job)
-    result = train(job, (4, 8, 12), dataset)
+    dataset = load_data(job.data)
+    result = train_job(job, (4, 8, 12), dataset)
     path = tmp_path_factory.mktemp("trained") / "model.pt"
     checkpoint.save(result.model, path)
     model, _ = checkpoint.load_model(path)
@@ -94,7 +94,7 @@ def test_export_passes_bioimageio_core_test(trained, tmp_path, capsys):
 def test_refusals_are_one_line(trained, synthetic_stack, tmp_path, capsys):
     job = job_from_dict(small_job(*synthetic_stack, train={"steps": 2, "eval_every": 2}))  # no test split
     no_test = tmp_path / "no-test.pt"
-    checkpoint.save(train(job, (4, 8, 16), load_job_dataset(job)).model, no_test)
+    checkpoint.save(train_job(job, (4, 8, 16), load_data(job.data)).model, no_test)
     payload = checkpoint.load(trained["path"])
     other_family = tmp_path / "vit.pt"
     checkpoint.save({**payload, "model_family": "vit"}, other_family)
@@ -117,9 +117,9 @@ def test_a_unet_exports_and_passes_bioimageio_core_test(synthetic_stack, tmp_pat
     raw = small_job(*synthetic_stack, name="tiny-unet", data={"split": SPLIT}, train={"steps": 6, "eval_every": 6})
     raw["model"] = {"family": "unet", "depth": 2, "width": 4}
     job = job_from_dict(raw)
-    dataset = load_job_dataset(job)
+    dataset = load_data(job.data)
     path = tmp_path / "unet.pt"
-    checkpoint.save(train(job, None, dataset).model, path)
+    checkpoint.save(train_job(job, None, dataset).model, path)
     model, _ = checkpoint.load_model(path)
     out = tmp_path / "unet.zip"
     code, stdout, err = run_cli(capsys, ["export", path, out])

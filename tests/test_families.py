@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import run_cli, small_job
+from conftest import run_cli, small_job, train_job
 
 from dcn_ray import models
 from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
-from dcn_ray.core.dataset import load_job_dataset
+from dcn_ray.core.dataset import load_data
 from dcn_ray.core.dcn import DCN
 from dcn_ray.core.loss import dcn_loss, loss_parts
-from dcn_ray.core.train import build_model, train
+from dcn_ray.core.train import build_model
 from dcn_ray.errors import InputError
 from dcn_ray.io.tiff import read_metadata
 from dcn_ray.models.outputs import pad_forward
@@ -35,7 +35,7 @@ def unet_job(synthetic_stack, **train_settings):
 @pytest.fixture(scope="module")
 def unet_file(synthetic_stack, tmp_path_factory) -> Path:
     job = unet_job(synthetic_stack)
-    result = train(job, None, load_job_dataset(job))
+    result = train_job(job, None, load_data(job.data))
     path = tmp_path_factory.mktemp("unet") / checkpoint.MODEL_FILE
     checkpoint.save(result.model, path)
     return path
@@ -91,9 +91,9 @@ def test_unet_seeds_pair_and_its_output_feeds_the_loss():
 def test_the_job_chooses_the_family(synthetic_stack):
     job = unet_job(synthetic_stack)
     assert job.model.family == "unet" and job.flat()["model.family"] == "unet"
-    model = build_model(job)
+    model = build_model(job.model, seed=job.train.seed)
     assert isinstance(model, UNet) and model.kwargs["depth"] == 2
-    dcn = build_model(job_from_dict(small_job(*synthetic_stack, train={"seed": 7})), (4, 8, 16))
+    dcn = build_model(job_from_dict(small_job(*synthetic_stack)).model, (4, 8, 16), seed=7)
     direct = DCN(kernels=(4, 8, 16), width=4, seed=7)  # through the registry, the DCN is built as before
     assert isinstance(dcn, DCN) and dcn.kwargs == direct.kwargs
     assert all(torch.equal(a, b) for a, b in zip(dcn.state_dict().values(), direct.state_dict().values()))
@@ -112,7 +112,7 @@ def test_the_job_chooses_the_family(synthetic_stack):
 
 def test_unet_trains_and_its_checkpoint_names_its_family(synthetic_stack, unet_file):
     job = unet_job(synthetic_stack, steps=40, eval_every=20, lr=0.01)
-    result = train(job, None, load_job_dataset(job))
+    result = train_job(job, None, load_data(job.data))
     assert result.best_iou > 0.5 and all(np.isfinite(h["train_loss"]) for h in result.history)
     assert result.model["model_family"] == "unet" and "kernels" not in result.model
     model, payload = checkpoint.load_model(unet_file)

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import small_job
+from conftest import small_job, train_job
 from PIL import Image
 
 from dcn_ray.cli import main
 from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
-from dcn_ray.core.dataset import load_job_dataset
+from dcn_ray.core.dataset import load_data
 from dcn_ray.core.kernels import BRANCHES, kernel_problem
 from dcn_ray.core.proposals import plan_followups
-from dcn_ray.core.train import train
 
 pytestmark = pytest.mark.usefixtures("two_threads")
 
@@ -22,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("two_threads")
 def test_inspect_writes_the_montage_and_scores_and_names_the_weak_branch(synthetic_stack, tmp_path, capsys):
     images, labels = synthetic_stack
     job = job_from_dict(small_job(images, labels, train={"steps": 30, "eval_every": 30, "batch_size": 4, "crop": 64}))
-    result = train(job, (4, 8, 16), load_job_dataset(job))
+    result = train_job(job, (4, 8, 16), load_data(job.data))
     model_file = tmp_path / "model.pt"
     checkpoint.save(result.model, model_file)
 

@@ -25,15 +25,16 @@ LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "models": (("models/", "core.dcn", "core.init"), ("base",)),
     "io": (("io/",), ("base",)),
     "runtime": (("runtime",), ("base",)),
-    "job": (("config", "train_config", "model_config", "sweep_grid", "job_file"), ("base", "models", "io")),
-    "core": (("core/",), ("base", "models", "io", "job")),
-    "track": (("track/",), ("base", "models", "io", "job", "core")),
+    "sections": (("data_config", "model_config", "train_config"), ("base", "models")),
+    "job": (("config", "sweep_grid", "job_file"), ("base", "models", "io", "sections")),
+    "core": (("core/",), ("base", "models", "io", "sections")),
+    "track": (("track/",), ("base", "models", "io", "sections", "job", "core")),
     "predict": (("predict/",), ("base", "models", "io", "runtime", "core", "track")),
     "export": (("export/",), ("base", "models", "io", "core", "track")),
-    "tune": (("tune/",), ("base", "models", "io", "runtime", "job", "core", "track")),
+    "tune": (("tune/",), ("base", "models", "io", "runtime", "sections", "job", "core", "track")),
     "cli": (
         ("cli/", "__main__"),
-        ("base", "models", "io", "runtime", "job", "core", "track", "predict", "export", "tune"),
+        ("base", "models", "io", "runtime", "sections", "job", "core", "track", "predict", "export", "tune"),
     ),
 }
 

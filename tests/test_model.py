@@ -147,15 +147,14 @@ def test_one_seed_gives_two_kernel_configurations_identical_trunks_and_unchanged
     data = {"images": "a.tif", "labels": "b.tif"}
     job = job_from_dict({"data": data, "model": {"width": 4}, "train": {"seed": 3}})
     torch.manual_seed(0)
-    a = build_model(job, (4, 8, 16)).state_dict()
+    a = build_model(job.model, (4, 8, 16), seed=job.train.seed).state_dict()
     torch.manual_seed(99)  # the global stream plays no part
-    b = build_model(job, (2, 8, 16)).state_dict()
+    b = build_model(job.model, (2, 8, 16), seed=job.train.seed).state_dict()
     differs = {key for key in a if a[key].shape != b[key].shape or not torch.equal(a[key], b[key])}
     assert differs == {"branches.0.deconv.weight"}  # only F1's deconvolution has another shape
     trunk = [key for key in a if key.startswith("block")]
     assert len(trunk) > 20 and all(torch.equal(a[key], b[key]) for key in trunk)
-    other = build_model(job_from_dict({"data": data, "model": {"width": 4}, "train": {"seed": 4}}), (4, 8, 16))
-    other = other.state_dict()
+    other = build_model(job.model, (4, 8, 16), seed=4).state_dict()
     assert not torch.equal(a["block1.0.weight"], other["block1.0.weight"])  # another seed, another start
     again = DCN(kernels=(4, 8, 16), width=4, seed=3).state_dict()
     assert all(torch.equal(a[key], again[key]) for key in a)  # reproducible

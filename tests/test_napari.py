@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from conftest import run_cli, small_job
+from conftest import run_cli, small_job, train_job
 from PIL import Image
 
 from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
-from dcn_ray.core.dataset import load_job_dataset
-from dcn_ray.core.train import train
+from dcn_ray.core.dataset import load_data
 
 pytestmark = pytest.mark.integration
 HAVE_NAPARI = all(importlib.util.find_spec(name) for name in ("napari", "napari_ome_zarr", "PySide6"))
@@ -58,7 +57,7 @@ def test_napari_opens_the_output_with_its_labels_and_scale(synthetic_stack, tmp_
         handle["volumes/raw"].attrs["resolution"] = SCALE
     job = job_from_dict(small_job(*synthetic_stack, train={"steps": 40, "eval_every": 40, "batch_size": 4, "crop": 64}))
     model = tmp_path / "model.pt"
-    checkpoint.save(train(job, (4, 8, 16), load_job_dataset(job)).model, model)
+    checkpoint.save(train_job(job, (4, 8, 16), load_data(job.data)).model, model)
     out = tmp_path / "prediction.ome.zarr"
     code, _, err = run_cli(capsys, ["predict", model, f"{raw}:/volumes/raw", out, "--no-tta", "--label-image"])
     assert code == 0, err

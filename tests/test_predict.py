@@ -10,15 +10,14 @@ import pytest
 import ray
 import tifffile
 import torch
-from conftest import run_cli, small_job
+from conftest import run_cli, small_job, train_job
 
 from dcn_ray import __version__
 from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
-from dcn_ray.core.dataset import load_job_dataset
+from dcn_ray.core.dataset import load_data
 from dcn_ray.core.dcn import DCN, pad_forward
 from dcn_ray.core.metrics import segmentation_scores
-from dcn_ray.core.train import train
 from dcn_ray.errors import InputError
 from dcn_ray.io.tiff import read_metadata
 from dcn_ray.models import dcn_receptive_radius as receptive_radius
@@ -34,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("two_threads")
 def model_file(synthetic_stack, tmp_path_factory) -> Path:
     """A narrow DCN trained for a few steps (real batch-norm statistics), saved as a checkpoint."""
     job = job_from_dict(small_job(*synthetic_stack, train={"steps": 8, "eval_every": 8, "threads": 2}))
-    result = train(job, (4, 8, 16), load_job_dataset(job))
+    result = train_job(job, (4, 8, 16), load_data(job.data))
     path = tmp_path_factory.mktemp("model") / checkpoint.MODEL_FILE
     checkpoint.save(result.model, path)
     return path

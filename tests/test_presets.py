@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import small_job
+from conftest import small_job, train_job
 
 from dcn_ray.config import job_from_dict
-from dcn_ray.core.dataset import load_job_dataset
-from dcn_ray.core.train import job_for_data, train
+from dcn_ray.core.dataset import load_data
 from dcn_ray.errors import InputError
 from dcn_ray.io.synth import write_synthetic
 from dcn_ray.job_file import load_job
@@ -62,14 +61,14 @@ def test_the_default_is_auto_and_a_bad_preset_is_named(synthetic_stack) -> None:
 def test_a_job_gets_the_training_its_data_calls_for(synthetic_stack, organelles) -> None:
     for (images, labels), preset in ((organelles, "sparse"), (synthetic_stack, "paper")):
         job = job_from_dict(small_job(images, labels))
-        dataset = load_job_dataset(job)
+        dataset = load_data(job.data)
         assert (dataset.train_foreground < SPARSE_BELOW) == (preset == "sparse")
-        settled = job_for_data(job, dataset).train
+        settled = job.trained_on(dataset.train_foreground).train
         warmup = min(PRESETS[preset]["warmup"], job.train.steps // 10)
         assert settled.preset == preset and preset_values(settled) == {**PRESETS[preset], "warmup": warmup}
         assert f"train.preset auto -> {preset}" in check_data(job)[0]
     pinned = job_from_dict(small_job(*organelles, train={"preset": "paper"}))
-    assert job_for_data(pinned, load_job_dataset(pinned)).train.preset == "paper"
+    assert pinned.trained_on(load_data(pinned.data).train_foreground).train.preset == "paper"
     assert "train.preset paper (" in check_data(pinned)[0]
 
 
@@ -78,8 +77,8 @@ def test_auto_on_sparse_data_trains_exactly_the_sparse_recipe(organelles) -> Non
     auto = job_from_dict(base)
     explicit = job_from_dict({**base, "train": {**base["train"], **PRESETS["sparse"], "warmup": 0}})
     paper = job_from_dict({**base, "train": {**base["train"], "preset": "paper"}})
-    dataset = load_job_dataset(auto)
-    weights = [train(job, (4, 8, 16), dataset).model["weights"] for job in (auto, explicit, paper)]
+    dataset = load_data(auto.data)
+    weights = [train_job(job, (4, 8, 16), dataset).model["weights"] for job in (auto, explicit, paper)]
     for name, tensor in weights[0].items():
         torch.testing.assert_close(weights[1][name], tensor, rtol=0, atol=0)
     assert any(not torch.equal(weights[2][name], tensor) for name, tensor in weights[0].items())
@@ -87,11 +86,14 @@ def test_auto_on_sparse_data_trains_exactly_the_sparse_recipe(organelles) -> Non
 
 def test_a_grid_over_the_preset_gives_each_variant_its_own_training(organelles) -> None:
     job = job_from_dict(small_job(*organelles))
-    dataset = load_job_dataset(job)
+    dataset = load_data(job.data)
     for preset in ("paper", "sparse"):
         variant = with_params(job, {"train.preset": preset})
         warmup = min(PRESETS[preset]["warmup"], job.train.steps // 10)
-        assert preset_values(job_for_data(variant, dataset).train) == {**PRESETS[preset], "warmup": warmup}
+        assert preset_values(variant.trained_on(dataset.train_foreground).train) == {
+            **PRESETS[preset],
+            "warmup": warmup,
+        }
 
 
 def test_table1_and_the_cpu_studies_keep_the_papers_training() -> None:

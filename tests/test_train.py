@@ -5,13 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import small_job
+from conftest import small_job, train_job
 
 from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
-from dcn_ray.core.dataset import load_job_dataset
+from dcn_ray.core.dataset import load_data
 from dcn_ray.core.metrics import segmentation_scores
-from dcn_ray.core.train import build_model, evaluate, train
+from dcn_ray.core.train import build_model, evaluate
 from dcn_ray.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("two_threads")
@@ -26,12 +26,14 @@ def test_narrow_dcn_learns_the_synthetic_stack(synthetic_stack):
             train={"steps": 150, "batch_size": 4, "crop": 64, "eval_every": 50, "threads": None},
         )
     )
-    dataset = load_job_dataset(job)
+    dataset = load_data(job.data)
     torch.manual_seed(job.train.seed)
-    untrained = evaluate(build_model(job, (4, 8, 16)), torch.from_numpy(dataset.val_images), dataset.val_masks)
+    untrained = evaluate(
+        build_model(job.model, (4, 8, 16), seed=job.train.seed), torch.from_numpy(dataset.val_images), dataset.val_masks
+    )
     all_foreground = segmentation_scores(np.ones_like(dataset.val_masks), dataset.val_masks)
 
-    result = train(job, (4, 8, 16), dataset)
+    result = train_job(job, (4, 8, 16), dataset)
 
     assert result.steps == 150 and len(result.history) == 3
     assert result.best_iou >= untrained["iou"] + 0.08
@@ -42,7 +44,7 @@ def test_narrow_dcn_learns_the_synthetic_stack(synthetic_stack):
 
 def test_checkpoints_are_self_describing_and_resume_exactly(synthetic_stack, tmp_path):
     job = job_from_dict(small_job(*synthetic_stack, train={"steps": 12, "eval_every": 4}))
-    dataset = load_job_dataset(job)
+    dataset = load_data(job.data)
     saved: list[tuple[dict, Path]] = []
 
     def keep(metrics, folder):
@@ -52,7 +54,7 @@ def test_checkpoints_are_self_describing_and_resume_exactly(synthetic_stack, tmp
             (copy / name).write_bytes((folder / name).read_bytes())
         saved.append((metrics, copy))
 
-    full = train(job, (2, 8, 16), dataset, report=keep)
+    full = train_job(job, (2, 8, 16), dataset, report=keep)
     assert [int(m["step"]) for m, _ in saved] == [4, 8, 12]
 
     # model.pt alone rebuilds the model: kwargs, config, weights, step
@@ -66,7 +68,7 @@ def test_checkpoints_are_self_describing_and_resume_exactly(synthetic_stack, tmp
     # resuming from step 4 continues the same run: same steps, same final weights
     state = checkpoint.load(saved[0][1] / checkpoint.STATE_FILE)
     resumed_steps: list[int] = []
-    resumed = train(job, (2, 8, 16), dataset, state=state, report=lambda m, f: resumed_steps.append(int(m["step"])))
+    resumed = train_job(job, (2, 8, 16), dataset, state=state, report=lambda m, f: resumed_steps.append(int(m["step"])))
     assert resumed_steps == [8, 12]
     assert [h["step"] for h in resumed.history] == [4, 8, 12]
     assert resumed.history[-1]["val_iou"] == pytest.approx(full.history[-1]["val_iou"], abs=1e-6)
@@ -75,7 +77,7 @@ def test_checkpoints_are_self_describing_and_resume_exactly(synthetic_stack, tmp
 
     # a finished state returns at once, without training
     calls: list = []
-    again = train(
+    again = train_job(
         job,
         (2, 8, 16),
         dataset,
@@ -87,8 +89,8 @@ def test_checkpoints_are_self_describing_and_resume_exactly(synthetic_stack, tmp
 
 def test_same_seed_same_run(synthetic_stack):
     job = job_from_dict(small_job(*synthetic_stack, train={"steps": 6, "eval_every": 3}))
-    dataset = load_job_dataset(job)
-    first, second = train(job, (4, 8, 16), dataset), train(job, (4, 8, 16), dataset)
+    dataset = load_data(job.data)
+    first, second = train_job(job, (4, 8, 16), dataset), train_job(job, (4, 8, 16), dataset)
     assert [h["val_iou"] for h in first.history] == [h["val_iou"] for h in second.history]
     assert [h["train_loss"] for h in first.history] == pytest.approx([h["train_loss"] for h in second.history])
 

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import small_job
+from conftest import small_job, train_job
 
 from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
-from dcn_ray.core.dataset import load_job_dataset
+from dcn_ray.core.dataset import load_data
 from dcn_ray.core.dcn import DCN, DCNOutput
 from dcn_ray.core.loss import class_weights, dcn_loss, make_loss, soft_dice_loss
 from dcn_ray.core.sampler import CropSampler
 from dcn_ray.core.schedule import lr_factor
-from dcn_ray.core.train import job_for_data, make_optimizer, train
+from dcn_ray.core.train import make_optimizer
 from dcn_ray.errors import InputError
 from dcn_ray.io.synth import make_synthetic
 
@@ -243,10 +243,10 @@ def test_weight_decay_reaches_the_optimizer_in_its_two_forms(synthetic_stack) ->
     shrunk = {}
     for name in ("adam", "adamw"):
         job = job_from_dict(small_job(*synthetic_stack, train={"optimizer": name, "weight_decay": 0.5, "lr": 0.1}))
-        job = job_for_data(job, load_job_dataset(job))
+        job = job.trained_on(load_data(job.data).train_foreground)
         candidate = DCN(width=4)
         candidate.load_state_dict(model.state_dict())
-        optimizer = make_optimizer(job, candidate)
+        optimizer = make_optimizer(job.train, candidate)
         assert optimizer.param_groups[0]["weight_decay"] == 0.5
         for p in candidate.parameters():
             p.grad = torch.zeros_like(p)  # only the decay moves the weights
@@ -268,20 +268,20 @@ def test_weight_decay_reaches_the_optimizer_in_its_two_forms(synthetic_stack) ->
 )
 def test_resume_mid_schedule_gives_the_uninterrupted_run(synthetic_stack, tmp_path, options) -> None:
     job = job_from_dict(small_job(*synthetic_stack, train={"steps": 12, "eval_every": 4, **options}))
-    dataset = load_job_dataset(job)
+    dataset = load_data(job.data)
     states: dict[int, Path] = {}
 
     def keep(metrics, folder):
         states[int(metrics["step"])] = path = tmp_path / f"state{int(metrics['step'])}.pt"
         path.write_bytes((folder / checkpoint.STATE_FILE).read_bytes())
 
-    full = train(job, (4, 8, 16), dataset, report=keep)
+    full = train_job(job, (4, 8, 16), dataset, report=keep)
     lrs = {step: checkpoint.load(path)["optimizer"]["param_groups"][0]["lr"] for step, path in states.items()}
-    settled = job_for_data(job, dataset).train  # the keys the job leaves out come from its preset
+    settled = job.trained_on(dataset.train_foreground).train  # the keys the job leaves out come from its preset
     schedule = {"schedule": settled.schedule, "warmup": settled.warmup}
     for step, lr in lrs.items():  # the last step taken (step - 1) ran at the schedule's rate
         assert lr == pytest.approx(job.train.lr * lr_factor(step - 1, 12, **schedule))
-    resumed = train(job, (4, 8, 16), dataset, state=checkpoint.load(states[4]))
+    resumed = train_job(job, (4, 8, 16), dataset, state=checkpoint.load(states[4]))
     assert resumed.steps == 12
     for name, tensor in full.model["weights"].items():
         torch.testing.assert_close(resumed.model["weights"][name], tensor)

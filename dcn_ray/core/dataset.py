@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dcn_ray.config import JobConfig
+from dcn_ray.data_config import DataConfig
 from dcn_ray.errors import InputError
 from dcn_ray.io.tiff import PathLike
 from dcn_ray.io.volumes import read_label_volume, read_volume
@@ -178,9 +178,8 @@ def load_dataset(
     )
 
 
-def load_job_dataset(job: JobConfig) -> Dataset:
-    """The splits of a job's data (``data.images``, ``data.labels``, ``data.split``, ``data.roi``)."""
-    data = job.data
+def load_data(data: DataConfig) -> Dataset:
+    """The splits of a job's ``data`` section (``images``, ``labels``, ``split``, ``roi``)."""
     return load_dataset(
         data.images, data.labels, foreground=data.foreground, train=data.split.train,
         val=data.split.val, test=data.split.test, roi=data.roi,

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from dcn_ray import models
-from dcn_ray.config import JobConfig
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import Dataset
 from dcn_ray.core.device import select_device
@@ -30,8 +29,9 @@ from dcn_ray.core.metrics import segmentation_scores
 from dcn_ray.core.sampler import CropSampler
 from dcn_ray.core.schedule import lr_factor, set_lr
 from dcn_ray.core.scores import BEST_VAL_HEADLINE, VAL_HEADLINE
+from dcn_ray.model_config import ModelConfig
 from dcn_ray.models.outputs import pad_forward
-from dcn_ray.train_config import resolve_training
+from dcn_ray.train_config import TrainConfig, resolve_training
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +96,16 @@ def make_train_step(
     return step
 
 
-def build_model(job: JobConfig, kernels: Kernels | None = None) -> nn.Module:
-    """The network of ``job.model.family`` (with ``kernels`` for the DCN), each layer initialised
-    from the trial seed and its name (:func:`dcn_ray.core.init.init_weights`)."""
-    family = models.get(job.model.family)
-    kwargs = family.job_kwargs(job.to_dict()["model"])
+def build_model(config: ModelConfig, kernels: Kernels | None = None, *, seed: int) -> nn.Module:
+    """The network of ``config.family`` (with ``kernels`` for the DCN), each layer initialised
+    from ``seed`` and its name (:func:`dcn_ray.core.init.init_weights`)."""
+    family = models.get(config.family)
+    kwargs = family.job_kwargs(config.to_dict())
     if family.uses_kernels:
         if kernels is None:
             raise ValueError(f"a {family.title} needs its kernels (k1, k2, k3)")
         kwargs["kernels"] = kernels
-    return models.build(family.name, **kwargs, seed=job.train.seed)
+    return models.build(family.name, **kwargs, seed=seed)
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, masks: np.ndarray) -> dict[str, float]:
@@ -135,29 +135,33 @@ def score_test_split(model: nn.Module, dataset: Dataset, device: torch.device) -
 
 
 def train(
-    job: JobConfig,
-    kernels: Kernels | None,
+    model_config: ModelConfig,
+    settings: TrainConfig,
     dataset: Dataset,
     *,
+    kernels: Kernels | None = None,
+    provenance: Mapping[str, Any] | None = None,
     report: Reporter | None = None,
     state: dict[str, Any] | None = None,
     device: torch.device | None = None,
 ) -> TrainResult:
-    """Train ``kernels`` (a DCN's; None for other families) for ``job.train.steps`` steps, evaluating
-    every ``eval_every`` steps.
+    """Train the network of ``model_config`` (a DCN with ``kernels``) for ``settings.steps`` steps,
+    evaluating every ``settings.eval_every`` steps.
 
+    ``settings.preset: auto`` is decided here from the dataset's training foreground. Checkpoints
+    record ``provenance`` (the trial's job: data, split...) with the model and training as trained.
     ``state`` is a ``state.pt`` payload to resume from; a finished state returns at once.
     The best model by validation IoU is kept. Seeds make a run repeatable.
     """
-    job = job_for_data(job, dataset)
-    settings = job.train
+    settings = resolve_training(settings, dataset.train_foreground)
+    config = {**(provenance or {}), "model": model_config.to_dict(), "train": settings.to_dict()}
     device = device or select_device()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
-    model = build_model(job, kernels).to(device)
+    model = build_model(model_config, kernels, seed=settings.seed).to(device)
     label = kernels if kernels is not None else models.describe(model)  # in log lines
-    optimizer = make_optimizer(job, model)
+    optimizer = make_optimizer(settings, model)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     train_images = torch.from_numpy(dataset.train_images).to(device)
     sampler = CropSampler(
@@ -208,7 +212,7 @@ def train(
         loss_sum.zero_()
         losses_since_eval = 0
         if best is None or metrics[VAL_HEADLINE] > best["metrics"][VAL_HEADLINE]:
-            best = checkpoint.model_payload(model, config=job.to_dict(), step=step, metrics=metrics)
+            best = checkpoint.model_payload(model, config=config, step=step, metrics=metrics)
         metrics[BEST_VAL_HEADLINE] = best["metrics"][VAL_HEADLINE]
         history.append(metrics)
         log.info(
@@ -251,17 +255,11 @@ def _result(best: dict, step: int, history: list[dict[str, float]]) -> TrainResu
     )
 
 
-def job_for_data(job: JobConfig, dataset: Dataset) -> JobConfig:
-    """``job`` with its training decided for ``dataset`` (``train.preset: auto`` looks at its foreground)."""
-    return replace(job, train=resolve_training(job.train, dataset.train_foreground))
-
-
-def make_optimizer(job: JobConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer of ``train.optimizer`` over every parameter, with ``train.weight_decay``
-    (of a job whose training is decided: :func:`job_for_data`)."""
-    settings = job.train
+def make_optimizer(settings: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of ``settings.optimizer`` over every parameter, with ``settings.weight_decay``
+    (of decided settings: :func:`dcn_ray.train_config.resolve_training`)."""
     if not settings.resolved:
-        raise ValueError("the job's training preset is not decided yet: pass it through job_for_data first")
+        raise ValueError("the training preset is not decided yet: pass the settings through resolve_training first")
     if settings.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay

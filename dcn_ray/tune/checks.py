@@ -123,9 +123,9 @@ def check_data(job: JobConfig, *, make: bool = True) -> tuple[str, float | None]
             f"\ntraining: train.preset {job.train.preset}, decided by the training foreground once the stack is made"
         ), None
     ensure_data(job)
-    from dcn_ray.core.dataset import load_job_dataset
+    from dcn_ray.core.dataset import load_data
 
-    dataset = load_job_dataset(job)
+    dataset = load_data(job.data)
     height, width = dataset.train_images.shape[1:]
     if job.train.crop > min(height, width):
         raise InputError(f"train.crop={job.train.crop} is larger than the slices ({height} x {width})")

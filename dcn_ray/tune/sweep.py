@@ -7,7 +7,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from dcn_ray.sweep_grid import variants
 from dcn_ray.track import atlas, report, uris
 from dcn_ray.track import runs as tracking
 from dcn_ray.track.storage import SWEEP_FILE, Storage
-from dcn_ray.train_config import resolve_training
 from dcn_ray.tune.checks import check_data
 from dcn_ray.tune.planner import RoundDecision, RoundPlanner, replay_rounds
 from dcn_ray.tune.searcher import GridThenFollowups
@@ -142,7 +141,7 @@ def _run_sweep(
             write(line)
         experiment_id = tracking.prepare_experiment(uri, job.experiment)
         # the children's keys: the runs view then has one column per setting, not a job.* copy of each
-        settled = replace(job, train=resolve_training(job.train, foreground or 0.0))  # as its trials train
+        settled = job.trained_on(foreground or 0.0)  # as its trials train
         parent = tracking.start_parent_run(uri, experiment_id, job.name, settled.flat())
         record = SweepRecord(job.name, job.to_dict(), uri, experiment_id, parent, gpu, max_concurrent)
         store.write_text(job.name, "job.yaml", job_text)
@@ -284,11 +283,11 @@ def _log_mechanism(uri: str, table) -> None:
 
 def _reported_split(job: JobConfig) -> dict[str, Any] | None:
     """The split the table reports (test, else validation) and its baselines; None if the data is unreadable now."""
-    from dcn_ray.core.dataset import load_job_dataset
+    from dcn_ray.core.dataset import load_data
     from dcn_ray.core.evaluation import reported_split
 
     try:
-        return reported_split(load_job_dataset(job))
+        return reported_split(load_data(job.data))
     except InputError as error:
         log.warning("results table without baselines: %s", error)
         return None

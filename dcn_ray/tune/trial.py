@@ -20,9 +20,9 @@ from dcn_ray import models, sweep_grid
 from dcn_ray.config import JobConfig
 from dcn_ray.core import checkpoint
 from dcn_ray.core.analysis import analyse
-from dcn_ray.core.dataset import Dataset, load_job_dataset
+from dcn_ray.core.dataset import Dataset, load_data
 from dcn_ray.core.device import select_device
-from dcn_ray.core.train import TrainResult, job_for_data, score_test_split, train
+from dcn_ray.core.train import TrainResult, score_test_split, train
 from dcn_ray.track import runs
 from dcn_ray.track.storage import Storage
 from dcn_ray.tune.spec import METRIC, TrialSpec
@@ -80,8 +80,8 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         if run.run_id and not run.is_finished():
             run.end("FINISHED")
         return
-    dataset = load_job_dataset(job)
-    job = job_for_data(job, dataset)  # train.preset decided by the training foreground: logged as trained
+    dataset = load_data(job.data)
+    job = job.trained_on(dataset.train_foreground)  # train.preset decided by the training foreground: logged as trained
     params = {**spec.params(), **job.flat()}
     run.open(
         name=spec.name, tags={**spec.tags(), **runs.trial_tags()}, params=params, experiment_id=context.experiment_id
@@ -110,7 +110,10 @@ def _train_and_analyse(
         tune.report({**metrics, "mlflow_run_id": run.run_id}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
         run.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
 
-    result = train(job, spec.kernels, dataset, report=report, state=state, device=device)
+    result = train(
+        job.model, job.train, dataset, kernels=spec.kernels, provenance=job.to_dict(),
+        report=report, state=state, device=device,
+    )  # fmt: skip
     model = checkpoint.model_from_payload(result.model)
     test = score_test_split(model, dataset, device)  # once, with the chosen checkpoint; {} without a test split
     if test:

@@ -58,7 +58,7 @@ def run_trial(trial: dict) -> dict:
     from dcn_ray.core.analysis import branch_logits
     from dcn_ray.core.branches import score_branches
     from dcn_ray.core.checkpoint import model_from_payload
-    from dcn_ray.core.dataset import load_job_dataset
+    from dcn_ray.core.dataset import load_data
     from dcn_ray.core.train import score_test_split, train
     from dcn_ray.job_file import load_job
 
@@ -72,9 +72,9 @@ def run_trial(trial: dict) -> dict:
         model=dataclasses.replace(job.model, branch_noise=tuple(noise)),
         train=dataclasses.replace(job.train, seed=trial["seed"]),
     )
-    dataset = load_job_dataset(job)
+    dataset = load_data(job.data)
     started = time.perf_counter()
-    result = train(job, tuple(trial["kernels"]), dataset, device=torch.device("cpu"))
+    result = train(job.model, job.train, dataset, kernels=tuple(trial["kernels"]), device=torch.device("cpu"))
     model = model_from_payload(result.model)
     torch.manual_seed(1_000_003)  # the crippled branch's noise at scoring time: one fixed draw
     scores = score_branches(branch_logits(model, dataset.val_images), dataset.val_masks)

@@ -1,0 +1,45 @@
+"""The ``data`` section of a job: the stack, its labels, the splits and the synthetic fallback.
+
+Split out of :mod:`dcn_ray.config` (which validates them), as
+:mod:`dcn_ray.model_config` and :mod:`dcn_ray.train_config` are, so that ``core`` takes the
+section it reads and never the whole job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: A split: slice text ("0:27"), one slice index (5), or a list of indices.
+Split = str | int | tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Slices of the stack used for training, validation and (optionally) testing."""
+
+    train: Split = "0:27"
+    val: Split = "27:30"
+    test: Split | None = None
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Make the data with ``dcn-ray synth`` settings when the files are missing."""
+
+    slices: int = 24
+    size: int = 256
+    seed: int = 0
+    #: "cells" (cell interior, ~80 % of pixels, as ISBI) or "organelles" (sparse blobs, ~4 %).
+    task: str = "cells"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    images: str = ""
+    labels: str = ""
+    #: Label value of the foreground (ISBI: 255 = cell interior), or "color" for RGB labels.
+    foreground: int | str = 255
+    #: Region of interest (y0, x0, height, width), or None for the whole slice.
+    roi: tuple[int, ...] | None = None
+    split: SplitConfig = field(default_factory=SplitConfig)
+    synthetic: SynthConfig | None = None
