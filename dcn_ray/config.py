@@ -17,7 +17,7 @@ from typing import Any, Union
 from dcn_ray.core.kernels import REFERENCE, Kernels, kernel_problem
 from dcn_ray.data_config import DataConfig
 from dcn_ray.errors import InputError
-from dcn_ray.model_config import ModelConfig, validate_model
+from dcn_ray.model_config import ModelConfig, size_multiple, validate_model
 from dcn_ray.train_config import TrainConfig, resolve_training, validate_train
 
 #: The largest synthetic stack a job may ask for (slices x size x size).
@@ -228,14 +228,15 @@ def _validate(job: JobConfig) -> None:
         job.data.roi is None or len(job.data.roi) == 4,
         f"data.roi must be [y0, x0, height, width], got {job.data.roi!r}",
     )
-    validate_model(job.model, need, crop=job.train.crop)
     validate_train(job.train, need)
-    deepest = job.train.batch_size * (job.train.crop // 8) ** 2  # values per channel after three poolings
+    validate_model(job.model, need, crop=job.train.crop)
+    scale = size_multiple(job.model)  # the deepest layer's downsampling: 8 for the DCN, 2^depth for a U-Net
+    deepest = job.train.batch_size * (job.train.crop // scale) ** 2  # values per channel there
     need(
         not job.model.batch_norm or deepest > 1,
-        f"train.batch_size={job.train.batch_size} with train.crop={job.train.crop}: batch norm needs more than one "
-        "value per channel at the deepest layer (crop / 8 squared, times the batch); raise either, or set "
-        "model.batch_norm=false",
+        f"train.batch_size={job.train.batch_size} with train.crop={job.train.crop}: batch norm needs more than "
+        f"one value per channel at the deepest layer (crop / {scale} squared, times the batch); raise either, "
+        "or set model.batch_norm=false",
     )
     sweep = job.sweep
     need(len(sweep.kernels) >= 1, "sweep.kernels must list at least one [k1, k2, k3]")

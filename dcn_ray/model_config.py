@@ -45,8 +45,12 @@ def validate_model(model: ModelConfig, need: Callable[[bool, str], None], *, cro
     )
     if model.family != "dcn":
         need(not any(model.branch_noise), f"model.branch_noise applies to the DCN only, not to {model.family}")
-    if model.family == "unet":
-        need(
-            crop % 2**model.depth == 0,
-            f"train.crop={crop} must be a multiple of {2**model.depth} for a U-Net of depth {model.depth}",
-        )
+    family = FAMILIES[model.family]
+    multiple = size_multiple(model)  # 8 for the DCN (train.crop's own rule), 2^depth for a U-Net
+    name = family.title if family.uses_kernels else family.describe(model.to_dict())  # kernels come per trial
+    need(crop % multiple == 0, f"train.crop={crop} must be a multiple of {multiple} for a {name}")
+
+
+def size_multiple(model: ModelConfig) -> int:
+    """The multiple the input sides of this section's network must have (its family's, from the registry)."""
+    return FAMILIES[model.family].multiple(model.to_dict())

@@ -100,11 +100,15 @@ def test_the_job_chooses_the_family(synthetic_stack):
     for model_section, message in (
         ({"family": "vit"}, "model.family must be one of dcn, unet, got 'vit'"),
         ({"family": "unet", "depth": 0}, "model.depth must be 1 to 6"),
-        ({"family": "unet", "depth": 6}, "train.crop=32 must be a multiple of 64 for a U-Net of depth 6"),
+        ({"family": "unet", "depth": 6}, "train.crop=32 must be a multiple of 64 for a U-Net depth 6, width 4"),
         ({"family": "unet", "branch_noise": [1, 0, 0]}, "model.branch_noise applies to the DCN only"),
     ):
         with pytest.raises(InputError, match=message):
             job_from_dict(small_job(*synthetic_stack, model=model_section))
+    deep = {"family": "unet", "depth": 5}  # one value per channel after five poolings of a 32-pixel crop
+    with pytest.raises(InputError, match=r"batch norm needs more than one value per channel .*crop / 32 squared"):
+        job_from_dict(small_job(*synthetic_stack, model=deep, train={"batch_size": 1}))
+    assert job_from_dict(small_job(*synthetic_stack, model={**deep, "batch_norm": False}, train={"batch_size": 1}))
 
 
 # ----------------------------------------------------------------------------- training, checkpoints
@@ -174,10 +178,26 @@ def test_predict_and_inspect_on_a_unet_checkpoint(synthetic_stack, unet_file, tm
     assert not (tmp_path / "look").exists()
 
 
-def test_block_wise_volumes_refuse_a_family_off_their_8_pixel_grid(tmp_path):
-    from dcn_ray.predict.volume import plan_volume
-    from dcn_ray.track.sources import LoadedModel
+def test_a_unet_of_depth_4_writes_block_wise_volumes_equal_to_whole_slices(tmp_path):
+    """Its size multiple is 16: blocks, chunks and halo lie on the 16-pixel grid (8 would misalign its poolings)."""
+    import zarr
 
-    loaded = LoadedModel(UNet(depth=4, width=4), {}, "unet.pt", "unet.pt")
-    with pytest.raises(InputError, match="U-Net depth 4, width 4 needs 16 .write a TIFF instead."):
-        plan_volume(loaded, tmp_path / "missing.zarr", PredictOptions(device="cpu"))
+    from dcn_ray.predict.volume import predict_volume
+    from dcn_ray.track.sources import load_source
+
+    model = UNet(depth=4, width=4, seed=3)
+    path = tmp_path / checkpoint.MODEL_FILE
+    checkpoint.save(checkpoint.model_payload(model, config={}, step=0, metrics={}), path)
+    loaded = load_source(str(path))
+    volume = np.random.default_rng(0).integers(0, 256, (1, 301, 285), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", volume, photometric="minisblack")
+    options = PredictOptions(tta=True, output="float", device="cpu")
+    with pytest.raises(InputError, match="the Y side 40 must be a multiple of 16"):
+        predict_volume(loaded, tmp_path / "in.tif", tmp_path / "bad.ome.zarr", options, chunks=(1, 40, 48))
+    result = predict_volume(
+        loaded, tmp_path / "in.tif", tmp_path / "out.ome.zarr", options, chunks=(1, 48, 48), block=48
+    )
+    assert result.blocks == 7 * 6  # halo 128 (radius 122 on the 16 grid): every region is a part of the slice
+    expected = SlicePredictor(loaded.model, options)(volume[0].astype(np.float32) / 255)
+    written = zarr.open_array(store=str(tmp_path / "out.ome.zarr"), path="0", mode="r")[0]
+    np.testing.assert_allclose(written, expected, atol=2e-6)

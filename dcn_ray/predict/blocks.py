@@ -5,13 +5,14 @@ of output chunks (less at the volume's far edges), so two blocks never write int
 and workers can write concurrently into one store. Its *region* is the rows and columns it
 reads: the core widened by ``halo`` pixels on each side, clipped to the slice.
 
-Why the result equals whole-slice inference. A model whose size multiple divides :data:`MULTIPLE`
-(8: the DCN, a U-Net up to depth 3) is translation-equivariant for shifts by multiples of 8, and a
-pixel depends on the input within the receptive radius only. So a region must start on the
-8-pixel grid of the slice (core starts are chunk multiples, chunks and halo are multiples of 8),
+Why the result equals whole-slice inference. A model whose size multiple divides ``align`` (the
+pixel grid: :data:`MULTIPLE` = 8 for the DCN and a U-Net up to depth 3, 16 for a U-Net of depth 4,
+:func:`grid_for`) is translation-equivariant for shifts by multiples of ``align``, and a pixel
+depends on the input within the receptive radius only. So a region must start on the ``align``
+grid of the slice (core starts are chunk multiples, chunks and halo are multiples of ``align``),
 and, because test-time augmentation flips the region and the flipped grid is anchored at its far
 end, a region that ends inside the slice ends at a distance from the slice's end that is a
-multiple of 8 as well. With ``halo`` at least
+multiple of ``align`` as well. With ``halo`` at least
 the receptive radius, every core pixel then sees exactly what it sees in the whole slice; rows
 that a region pads at an inner border lie more than the radius away from its core.
 """
@@ -25,8 +26,13 @@ from dataclasses import dataclass
 from dcn_ray.errors import InputError
 
 Shape3 = tuple[int, int, int]
-#: The pixel grid of tiles, overlaps, chunks, halos and block starts (the DCN's size multiple).
+#: The finest pixel grid of tiles, overlaps, chunks, halos and block starts (the DCN's size multiple).
 MULTIPLE = 8
+
+
+def grid_for(size_multiple: int) -> int:
+    """The pixel grid blocks lie on for a model of this size multiple: a multiple of both it and 8."""
+    return math.lcm(MULTIPLE, size_multiple)
 
 
 @dataclass(frozen=True)
@@ -52,25 +58,25 @@ class Block:
         return math.prod(s.stop - s.start for s in self.core)
 
 
-def halo_for(radius: int) -> int:
-    """The halo read around a block: the receptive radius rounded up to the 8-pixel grid."""
-    return math.ceil(radius / MULTIPLE) * MULTIPLE
+def halo_for(radius: int, align: int = MULTIPLE) -> int:
+    """The halo read around a block: the receptive radius rounded up to the ``align`` grid."""
+    return math.ceil(radius / align) * align
 
 
-def default_chunks(shape: Shape3, chunks: Sequence[int] | None = None) -> Shape3:
-    """Output chunks, (1, 512, 512) unless given, clipped to the volume; Y and X multiples of 8.
+def default_chunks(shape: Shape3, chunks: Sequence[int] | None = None, align: int = MULTIPLE) -> Shape3:
+    """Output chunks, (1, 512, 512) unless given, clipped to the volume; Y and X multiples of ``align``.
 
-    A chunk side that covers its whole axis may be anything; a smaller one must be a multiple of 8
-    (block starts, which are chunk multiples, must lie on the 8-pixel grid).
+    A chunk side that covers its whole axis may be anything; a smaller one must be a multiple of
+    ``align`` (block starts, which are chunk multiples, must lie on the model's pixel grid).
     """
     wanted = tuple(chunks) if chunks is not None else (1, 512, 512)
     if len(wanted) != 3 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in wanted):
         raise InputError(f"--chunk {','.join(map(str, wanted))}: give three positive integers Z,Y,X")
     clipped = tuple(min(c, n) for c, n in zip(wanted, shape))
     for axis, (side, length) in enumerate(zip(clipped[1:], shape[1:])):
-        if side < length and side % MULTIPLE:
+        if side < length and side % align:
             name = "YX"[axis]
-            raise InputError(f"--chunk: the {name} side {side} must be a multiple of {MULTIPLE}")
+            raise InputError(f"--chunk: the {name} side {side} must be a multiple of {align}")
     return clipped  # type: ignore[return-value]
 
 
@@ -93,13 +99,13 @@ def default_block(shape: Shape3, chunks: Shape3, *, tile: int, halo: int, block:
     return chunks[0], sides[0], sides[1]
 
 
-def _region(start: int, stop: int, length: int, halo: int) -> slice:
+def _region(start: int, stop: int, length: int, halo: int, align: int) -> slice:
     """Rows read for the core rows ``start:stop`` of an axis of ``length`` (see the module doc)."""
     first = max(0, start - halo)
     last = stop + halo
     if last >= length:
         return slice(first, length)
-    return slice(first, min(length, last + (length - last) % MULTIPLE))
+    return slice(first, min(length, last + (length - last) % align))
 
 
 def grid(shape: Shape3, block: Shape3) -> Shape3:
@@ -107,15 +113,15 @@ def grid(shape: Shape3, block: Shape3) -> Shape3:
     return tuple(math.ceil(n / b) for n, b in zip(shape, block))  # type: ignore[return-value]
 
 
-def block_at(index: Sequence[int], shape: Shape3, block: Shape3, halo: int) -> Block:
-    """The block at grid position ``index``."""
+def block_at(index: Sequence[int], shape: Shape3, block: Shape3, halo: int, align: int = MULTIPLE) -> Block:
+    """The block at grid position ``index``, its region on the ``align`` pixel grid."""
     core = tuple(slice(i * b, min(n, (i + 1) * b)) for i, b, n in zip(index, block, shape))
     _, y, x = core
     return Block(
         index=tuple(index),  # type: ignore[arg-type]
         core=core,  # type: ignore[arg-type]
-        rows=_region(y.start, y.stop, shape[1], halo),
-        cols=_region(x.start, x.stop, shape[2], halo),
+        rows=_region(y.start, y.stop, shape[1], halo, align),
+        cols=_region(x.start, x.stop, shape[2], halo, align),
     )
 
 
@@ -128,7 +134,7 @@ def iter_indices(counts: Shape3) -> Iterator[Shape3]:
                 yield z, y, x
 
 
-def iter_blocks(shape: Shape3, block: Shape3, halo: int) -> Iterator[Block]:
+def iter_blocks(shape: Shape3, block: Shape3, halo: int, align: int = MULTIPLE) -> Iterator[Block]:
     """Every block, in C order of the grid (Z slowest)."""
     for index in iter_indices(grid(shape, block)):
-        yield block_at(index, shape, block, halo)
+        yield block_at(index, shape, block, halo, align)

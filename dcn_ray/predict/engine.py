@@ -191,10 +191,12 @@ class VolumePlan:
     block: tuple[int, int, int]
     halo: int
     options: PredictOptions
+    #: The pixel grid regions lie on (:func:`~dcn_ray.predict.blocks.grid_for` the model).
+    align: int = blocking.MULTIPLE
 
     def blocks(self, skip: Iterable[tuple[int, int, int]] = ()) -> Iterator[Block]:
         skipped = set(skip)
-        for block in blocking.iter_blocks(self.volume.shape, self.block, self.halo):
+        for block in blocking.iter_blocks(self.volume.shape, self.block, self.halo, self.align):
             if block.index not in skipped:
                 yield block
 

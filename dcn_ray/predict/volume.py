@@ -72,16 +72,12 @@ def plan_volume(
     chunks: tuple[int, int, int] | None = None,
     block: int | None = None,
 ) -> VolumePlan:
-    if blocking.MULTIPLE % models.size_multiple(loaded.model):  # blocks lie on the 8-pixel grid
-        raise InputError(
-            f"block-wise volume output needs a model whose size multiple divides {blocking.MULTIPLE}; "
-            f"{models.describe(loaded.model)} needs {models.size_multiple(loaded.model)} (write a TIFF instead)"
-        )
+    align = blocking.grid_for(models.size_multiple(loaded.model))  # 16 for a U-Net of depth 4
     volume = open_volume(input_path, level)
-    halo = blocking.halo_for(models.receptive_radius(loaded.model))
-    chunk = blocking.default_chunks(volume.shape, chunks)
+    halo = blocking.halo_for(models.receptive_radius(loaded.model), align)
+    chunk = blocking.default_chunks(volume.shape, chunks, align)
     shape = blocking.default_block(volume.shape, chunk, tile=options.tile, halo=halo, block=block)
-    return VolumePlan(volume, chunk, shape, halo, options)
+    return VolumePlan(volume, chunk, shape, halo, options, align)
 
 
 def check_volume_paths(
