@@ -21,7 +21,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).parent))
 from before import module_at  # noqa: E402
 
-from dcn_ray.core import metrics  # noqa: E402
+from dcn_ray.core import metrics, scores  # noqa: E402
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "isbi2012"
 REPEATS = 2
@@ -54,7 +54,7 @@ def main() -> None:
     for repeat in range(REPEATS):
         for name, score in (
             ("before", lambda: before.probability_scores(probability, truth)),
-            ("now", lambda: metrics.probability_scores(probability, truth, workers=workers)),
+            ("now", lambda: scores.probability_scores(probability, truth, workers=workers)),
         ):
             start = time.perf_counter()
             results[name] = score()

@@ -10,7 +10,8 @@ from conftest import small_job
 from dcn_ray.config import job_from_dict
 from dcn_ray.core.dataset import load_data
 from dcn_ray.core.evaluation import reported_split, score_probabilities
-from dcn_ray.core.metrics import SCORE_KEYS, iou, segmentation_scores
+from dcn_ray.core.metrics import iou
+from dcn_ray.core.scores import SCORE_KEYS, segmentation_scores
 from dcn_ray.core.train import build_model, evaluate, score_test_split
 from dcn_ray.errors import InputError
 

@@ -11,21 +11,18 @@ from skimage.metrics import adapted_rand_error, variation_of_information
 from tiffs import ISBI
 
 from dcn_ray.core.metrics import (
-    SCORE_KEYS,
     RandCounts,
-    baseline_scores,
     cells,
     dice,
     info_score,
     iou,
     membrane_iou,
     pixel_error,
-    probability_scores,
     rand_counts,
     rand_info_scores,
-    segmentation_scores,
     thinned_cells,
 )
+from dcn_ray.core.scores import SCORE_KEYS, baseline_scores, probability_scores, segmentation_scores
 
 
 def row(text: str) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dcn_ray.core import scores
-from dcn_ray.core.metrics import segmentation_scores
+from dcn_ray.core.scores import segmentation_scores
 from dcn_ray.track import report, sources
 from dcn_ray.tune.spec import METRIC
 
@@ -20,6 +20,22 @@ def test_the_registry_names_every_score_the_metrics_compute() -> None:
     assert METRIC == scores.BEST_VAL_HEADLINE == "best_val_iou"
     lower = [s.key for s in scores.SCORES if not s.higher_is_better]
     assert lower == ["pixel_error"]
+
+
+def test_each_entry_s_function_computes_its_score_as_the_joint_scoring_does() -> None:
+    rng = np.random.default_rng(1)
+    truth = rng.random((2, 40, 40)) > 0.25
+    pred = truth ^ (rng.random((2, 40, 40)) > 0.9)
+    computed = segmentation_scores(pred, truth)
+    assert {s.key: s.function(pred, truth) for s in scores.SCORES} == computed
+    assert computed["iou"] < 1.0 and computed["pixel_error"] > 0.0
+
+
+def test_direction_decides_what_is_better_and_the_searcher_s_mode() -> None:
+    error = next(s for s in scores.SCORES if s.key == "pixel_error")
+    assert error.better(0.1, 0.2) and not error.better(0.2, 0.1)
+    assert scores.HEADLINE_SCORE.better(0.9, 0.8) and not scores.HEADLINE_SCORE.better(0.8, 0.8)
+    assert scores.HEADLINE_MODE == "max"
 
 
 def test_labels_read_as_people_write_them() -> None:

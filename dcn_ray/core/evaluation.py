@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dcn_ray.core.metrics import ISBI_THRESHOLDS, baseline_scores, iou, probability_scores
+from dcn_ray.core.metrics import ISBI_THRESHOLDS, iou
+from dcn_ray.core.scores import baseline_scores, probability_scores
 from dcn_ray.errors import InputError
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def score_probabilities(
     threshold: float = 0.5,
     thresholds: Sequence[float] = ISBI_THRESHOLDS,
 ) -> dict[str, float]:
-    """:func:`~dcn_ray.core.metrics.probability_scores` plus ``slices`` and the baselines' IoU.
+    """:func:`~dcn_ray.core.scores.probability_scores` plus ``slices`` and the baselines' IoU.
 
     ``baseline_all_foreground_iou`` / ``baseline_all_background_iou``: the IoU of predicting every
     pixel as foreground / background on the same slices.

@@ -28,13 +28,13 @@ of Arganda-Carreras et al. (2015), Front. Neuroanat. 9:142, as the challenge's F
    over slices that have truth foreground.
 
 Steps 5 and 6 make a stack's score independent of how many slices it has: the same error on
-every slice scores the same on 1 or 30 slices. For probability maps, :func:`probability_scores`
+every slice scores the same on 1 or 30 slices. For probability maps, :func:`~dcn_ray.core.scores.probability_scores`
 takes the maximum of each score over thresholds (the challenge uses 0.0, 0.1, ...) and reports
 the threshold that gave it. Both scores are in [0, 1], higher is better.
 
 Averaging V_rand: dcn-ray pools the pair counts of all slices (step 5), so a slice weighs by its
 pairs. The challenge's Fiji script (``getMaximalVRandAfterThinning(0.0, 1.0, 0.1, true)``) takes
-the mean of the per-slice F-scores instead; :func:`probability_scores` reports that one too, as
+the mean of the per-slice F-scores instead; :func:`best_rand_info` reports that one too, as
 ``vrand_slice_mean``, for comparison with the leaderboard. On one slice the two are equal.
 Differences from the Fiji code: a slice whose truth and prediction are each one cluster scores
 V_info 1 (Fiji: 0), and slices without truth foreground are left out of the means.
@@ -51,8 +51,6 @@ from typing import TypeVar
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
-
-from dcn_ray.core.scores import SCORE_KEYS as SCORE_KEYS  # re-exported: the keys of segmentation_scores
 
 #: Thresholds over which V_rand and V_info of a probability map are maximised (foreground where
 #: probability > threshold), the challenge's 0.0, 0.1, ..., 0.9.
@@ -272,19 +270,14 @@ def rand_info_scores(pred: np.ndarray, truth: np.ndarray, *, workers: int | None
     return v_rand, v_info
 
 
-def _pixel_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    return {
-        "iou": iou(pred, truth),
-        "dice": dice(pred, truth),
-        "pixel_error": pixel_error(pred, truth),
-        "membrane_iou": membrane_iou(pred, truth),
-    }
+def vrand(pred: np.ndarray, truth: np.ndarray) -> float:
+    """V_rand of a binary prediction (:func:`rand_info_scores`)."""
+    return rand_info_scores(pred, truth)[0]
 
 
-def segmentation_scores(pred: np.ndarray, truth: np.ndarray, *, workers: int | None = None) -> dict[str, float]:
-    """All scores of a binary prediction, keyed as :data:`SCORE_KEYS` (python floats)."""
-    v_rand, v_info = rand_info_scores(pred, truth, workers=workers)
-    return {**_pixel_scores(pred, truth), "vrand": v_rand, "vinfo": v_info}
+def vinfo(pred: np.ndarray, truth: np.ndarray) -> float:
+    """V_info of a binary prediction (:func:`rand_info_scores`)."""
+    return rand_info_scores(pred, truth)[1]
 
 
 def _over_thresholds(probability: np.ndarray, truth: _Truth, values: Sequence[float]) -> list[SliceResult]:
@@ -296,55 +289,24 @@ def _over_thresholds(probability: np.ndarray, truth: _Truth, values: Sequence[fl
     return results
 
 
-def probability_scores(
-    probability: np.ndarray,
-    truth: np.ndarray,
-    *,
-    threshold: float = 0.5,
-    thresholds: Sequence[float] = ISBI_THRESHOLDS,
-    workers: int | None = None,
-) -> dict[str, float]:
-    """Scores of a foreground-probability map in [0, 1] (foreground where probability > threshold).
+def best_rand_info(
+    probability: np.ndarray, truth: np.ndarray, values: Sequence[float], *, workers: int | None = None
+) -> dict[str, tuple[float, float]]:
+    """``vrand``, ``vrand_slice_mean`` and ``vinfo`` of ``probability > value``, each maximised over the
+    ascending ``values``: (score, the lowest value that gives it).
 
-    IoU, Dice, pixel error and membrane IoU at ``threshold``; V_rand and V_info each maximised
-    over ``thresholds`` as the challenge does, with ``vrand_threshold`` / ``vinfo_threshold``
-    saying which gave them (the lowest on ties); ``vrand_slice_mean`` (and its threshold): the
-    challenge script's mean of per-slice V_rand, maximised alike. A map holding only 0 and 1 is a
-    segmentation: every threshold in [0, 1) gives the same mask, and ``threshold`` is reported. The truth
-    side is computed once, a slice's mask unchanged between thresholds is scored once, and slices are scored
-    on ``workers`` threads (default :func:`default_workers`); none of it changes a score.
+    The truth side is computed once, a slice's mask unchanged between values is scored once, and slices
+    are scored on ``workers`` threads (default :func:`default_workers`); none of it changes a score.
     """
-    if not isinstance(probability, np.ndarray) or probability.dtype.kind != "f":
-        raise ValueError(f"probability must be a float numpy array, got {getattr(probability, 'dtype', None)}")
-    if not thresholds or not all(0.0 <= t < 1.0 for t in thresholds) or not 0.0 <= threshold < 1.0:
-        raise ValueError("thresholds must lie in [0, 1)")
-    mask, at = probability > threshold, float(threshold)
-    scores: dict[str, float] = {**_pixel_scores(mask, truth), "threshold": at}
     if not truth.any():  # nothing to choose; no watershed either
-        v_rand, v_info = rand_info_scores(mask, truth)
-        best = {"vrand": (v_rand, at), "vrand_slice_mean": (v_rand, at), "vinfo": (v_info, at)}
-    else:
-        binary = bool(np.all((probability == 0.0) | (probability == 1.0)))
-        values = [at] if binary else sorted(float(t) for t in thresholds)
-        truths = [_Truth.of(cells(plane)) for plane in _slices(truth)]
-        per_slice = _per_slice(_over_thresholds, workers, list(_slices(probability)), truths, [values] * len(truths))
-        best = {key: (-1.0, 0.0) for key in ("vrand", "vrand_slice_mean", "vinfo")}
-        for index, value in enumerate(values):
-            measured = _rand_info(results[index] for results in per_slice)
-            for key, score in zip(best, measured):
-                if score > best[key][0]:
-                    best[key] = (score, value)
-    for key, (score, value) in best.items():
-        scores[key], scores[f"{key}_threshold"] = score, value
-    return scores
-
-
-def baseline_scores(truth: np.ndarray) -> dict[str, dict[str, float]]:
-    """Scores of the trivial predictions on ``truth``: ``all_foreground`` and ``all_background``.
-
-    The floor any model must beat on the same slices (on ISBI 2012 all-foreground IoU is about 0.8).
-    """
-    return {
-        "all_foreground": segmentation_scores(np.ones_like(truth, dtype=bool), truth),
-        "all_background": segmentation_scores(np.zeros_like(truth, dtype=bool), truth),
-    }
+        v_rand, v_info = rand_info_scores(probability > values[0], truth)
+        return {"vrand": (v_rand, values[0]), "vrand_slice_mean": (v_rand, values[0]), "vinfo": (v_info, values[0])}
+    truths = [_Truth.of(cells(plane)) for plane in _slices(truth)]
+    per_slice = _per_slice(_over_thresholds, workers, list(_slices(probability)), truths, [values] * len(truths))
+    best = {key: (-1.0, 0.0) for key in ("vrand", "vrand_slice_mean", "vinfo")}
+    for index, value in enumerate(values):
+        measured = _rand_info(results[index] for results in per_slice)
+        for key, score in zip(best, measured):
+            if score > best[key][0]:
+                best[key] = (score, value)
+    return best

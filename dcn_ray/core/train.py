@@ -25,10 +25,9 @@ from dcn_ray.core.dataset import Dataset
 from dcn_ray.core.device import select_device
 from dcn_ray.core.kernels import Kernels
 from dcn_ray.core.loss import Loss, aux_weight, dcn_loss, make_loss
-from dcn_ray.core.metrics import segmentation_scores
 from dcn_ray.core.sampler import CropSampler
 from dcn_ray.core.schedule import lr_factor, set_lr
-from dcn_ray.core.scores import BEST_VAL_HEADLINE, VAL_HEADLINE
+from dcn_ray.core.scores import BEST_VAL_HEADLINE, HEADLINE_SCORE, VAL_HEADLINE, segmentation_scores
 from dcn_ray.model_config import ModelConfig
 from dcn_ray.models.outputs import pad_forward
 from dcn_ray.train_config import TrainConfig, resolve_training
@@ -125,7 +124,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, masks: np.ndarray) -> dict[
 def score_test_split(model: nn.Module, dataset: Dataset, device: torch.device) -> dict[str, float]:
     """The test split scored once with ``model`` (the chosen checkpoint): ``test_iou``, ``test_dice``...
 
-    Keys are ``test_`` + :data:`~dcn_ray.core.metrics.SCORE_KEYS`; {} when the dataset has no test split.
+    Keys are ``test_`` + :data:`~dcn_ray.core.scores.SCORE_KEYS`; {} when the dataset has no test split.
     The prediction is the argmax, as for validation: no threshold is chosen on the test slices.
     """
     if dataset.test_images is None or dataset.test_masks is None:
@@ -211,7 +210,7 @@ def train(
         metrics["elapsed_s"] = elapsed + time.perf_counter() - loop_started  # training wall time, reports included
         loss_sum.zero_()
         losses_since_eval = 0
-        if best is None or metrics[VAL_HEADLINE] > best["metrics"][VAL_HEADLINE]:
+        if best is None or HEADLINE_SCORE.better(metrics[VAL_HEADLINE], best["metrics"][VAL_HEADLINE]):
             best = checkpoint.model_payload(model, config=config, step=step, metrics=metrics)
         metrics[BEST_VAL_HEADLINE] = best["metrics"][VAL_HEADLINE]
         history.append(metrics)

@@ -21,7 +21,7 @@ from dcn_ray.core import scores
 from dcn_ray.core.kernels import BRANCHES, REFERENCE, kernels_text
 from dcn_ray.track import charts, power, summary
 
-#: Test-split scores of a trial (empty without a test split): dcn_ray.core.metrics.SCORE_KEYS, prefixed.
+#: Test-split scores of a trial (empty without a test split): dcn_ray.core.scores.SCORE_KEYS, prefixed.
 TEST_COLUMNS = scores.TEST_COLUMNS
 #: Branch separations of a trial's model: calibrated (the weak-branch score; the planner and the
 #: mechanism check read them) and raw (not identified, kept for comparison).

@@ -12,6 +12,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from dcn_ray.core.scores import HEADLINE_MODE
 from dcn_ray.tune.planner import RoundPlanner
 from dcn_ray.tune.spec import METRIC
 
@@ -20,7 +21,7 @@ class GridThenFollowups(Searcher):
     """Suggest the planner's trials; no more once it has nothing queued or running."""
 
     def __init__(self, planner: RoundPlanner):
-        super().__init__(metric=METRIC, mode="max")
+        super().__init__(metric=METRIC, mode=HEADLINE_MODE)
         self.planner = planner
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
