@@ -56,7 +56,8 @@ class Browser:
                 self.__exit__()
                 raise RuntimeError(f"chromium {state}; its last words: {said}")
             time.sleep(0.2)
-        self.socket = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60)
+        # no Origin header: Chromium refuses DevTools connections from an origin it was not told to allow
+        self.socket = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
         self.calls = 0
         self.call("Page.enable")
         return self
@@ -116,6 +117,16 @@ class Browser:
                 return value
             time.sleep(0.5)
         raise AssertionError(f"the page never satisfied: {expression}")
+
+    def click(self, text: str) -> None:
+        """Click, with the mouse as a user does, the button or link whose text is ``text`` (waiting for it)."""
+        x, y = self.wait_for(
+            "(() => { const e = [...document.querySelectorAll('[role=button], button, a')]"
+            f".find(e => e.innerText.trim() === {json.dumps(text)}); if (!e) return null;"
+            " const r = e.getBoundingClientRect(); return r.width ? [r.x + r.width / 2, r.y + r.height / 2] : null; })()"
+        )
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 
     def screenshot(self, path) -> None:
         import base64

@@ -95,6 +95,24 @@ def test_runs_view_shows_every_child_run_with_its_kernels_and_seed(ui_sweep, mlf
     assert parent.info.run_name in header
 
 
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+def test_from_the_ui_s_own_address_two_clicks_reach_the_sweep_s_runs(ui_sweep, mlflow_server):
+    """What a newcomer does: open `mlflow ui`'s address, switch the sidebar to model training, click the
+    experiment. MLflow 3.17 opens on GenAI whatever the tags say; the README says to switch once."""
+    experiment, parent, children, _ = ui_sweep
+    with Browser() as browser:
+        browser.open(mlflow_server.uri + "/")
+        browser.click("Model training")
+        browser.wait_for("document.body.innerText.includes('Model registry')")  # the model-training sidebar
+        browser.click(experiment.name)
+        text = browser.wait_for(
+            "(() => { const t = document.body.innerText; return t.includes('matching runs') ? t : null; })()"
+        )
+        where = browser.evaluate("location.href")
+    assert f"#/experiments/{experiment.experiment_id}/runs" in where and "workflowType=machine_learning" in where
+    assert "Evaluation runs" not in text and parent.info.run_name in text, text[:500]
+
+
 def test_branch_atlas_is_on_the_parent_run_and_shown_by_mlflow(ui_sweep, mlflow_server, tmp_path, capsys):
     """Both atlas files on the parent run, rendered by MLflow's artifact view (where Chromium is installed);
     `report --atlas` writes them too."""
