@@ -43,6 +43,12 @@ def keep_local_ray_on_loopback(address: str | None) -> None:
     os.environ.setdefault(SINGLE_MACHINE_ENV, "0")
 
 
+def ray_log_level() -> int:
+    """Ray's log level: $RAY_LOGGER_LEVEL (the CLI: errors only, everything with -v), else warnings."""
+    level = logging.getLevelName(os.environ.get("RAY_LOGGER_LEVEL", "warning").upper())
+    return level if isinstance(level, int) else logging.WARNING
+
+
 @contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
     """Connect to ``address``, or start a local Ray (no dashboard); shut down only what we started.
@@ -58,12 +64,7 @@ def ray_session(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    # Ray's log level: $RAY_LOGGER_LEVEL (the CLI: errors only, everything with -v), else warnings
-    level = logging.getLevelName(os.environ.get("RAY_LOGGER_LEVEL", "warning").upper())
-    options: dict[str, Any] = {
-        "logging_level": level if isinstance(level, int) else logging.WARNING,
-        "log_to_driver": False,
-    }
+    options: dict[str, Any] = {"logging_level": ray_log_level(), "log_to_driver": False}
     check_answers(address or os.environ.get("RAY_ADDRESS"))  # ray.init waits forever for a silent address
     keep = signal.getsignal(signal.SIGTERM)  # ray.init sets one that exits at once: the CLI's wins
     try:

@@ -95,6 +95,7 @@ def test_submit_runs_the_sweep_as_a_ray_job(two_nodes, synthetic_stack, mlflow_s
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     submission = done.stdout.splitlines()[0].strip()
     assert "SUCCEEDED" in done.stderr and "| 4, 8, 16 | 0 | grid | finished |" in done.stdout
+    assert "Uploading package" not in done.stdout + done.stderr  # Ray's SDK lines only with -v
     status = dcn_ray("status", submission, "--address", two_nodes.dashboard_url, cluster=two_nodes, cwd=tmp_path)
     assert status.stdout.strip() == "SUCCEEDED"
     assert (tmp_path / "runs" / "cluster_submit" / "results.parquet").is_file()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from dcn_ray.core.atlas import HTML_FILE, PNG_FILE, is_atlas_file
-from dcn_ray.track.runs import EXPERIMENT_KIND, runs_view_url
+from dcn_ray.track.runs import EXPERIMENT_KIND, SHARED_VIEW_PREFIX, runs_view_url
 
 pytestmark = pytest.mark.integration
 NO_CHROMIUM = "Debian's chromium is not installed (.ci/run installs it)"
@@ -44,62 +43,48 @@ def ui_sweep(synthetic_stack, mlflow_server, tmp_path_factory):
         sweep={"kernels": [[4, 8, 16], [2, 8, 16]], "seeds": [0, 1], "resources": {"gpu": 0, "cpu": 1}},
         tracking={"uri": mlflow_server.uri, "experiment": "ui"},
     )
-    sweep_on_local_ray(raw, storage)
+    outcome = sweep_on_local_ray(raw, storage)
     client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name("ui")
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    return experiment, parent, children, storage
+    return experiment, parent, children, storage, outcome.runs_view.splitlines()[0]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
-def test_runs_view_shows_every_child_run_with_its_kernels_and_seed(ui_sweep, mlflow_server, tmp_path):
-    experiment, parent, children, _ = ui_sweep
-    assert experiment.tags[EXPERIMENT_KIND[0]] == EXPERIMENT_KIND[1]  # opens on the runs view, not GenAI
+def test_the_printed_link_lists_every_trial_with_its_kernels_seed_and_scores(ui_sweep, mlflow_server, tmp_path):
+    """The runs view the sweep prints opens its shared view: the trials alone, k1-k3, seed and scores shown."""
+    experiment, parent, children, _, printed = ui_sweep
+    assert experiment.tags[EXPERIMENT_KIND[0]] == EXPERIMENT_KIND[1]
     assert len(children) == 4
-    url = runs_view_url(mlflow_server.uri, experiment.experiment_id)
-    assert url.endswith(f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning")
+    shared = f"runs?workflowType=machine_learning&viewStateShareKey={parent.info.run_id}"
+    assert printed == f"{mlflow_server.uri}/#/experiments/{experiment.experiment_id}/{shared}"
+    assert SHARED_VIEW_PREFIX + parent.info.run_id in experiment.tags
 
     with Browser() as browser:
-        browser.open(url)
-        browser.wait_for("document.body.innerText.includes('matching runs')")
-        assert "Runs" in browser.evaluate("document.body.innerText")
-        # What a user does: expand the sweep's parent run, show the k1-k3 and seed columns.
-        key = f'MLflowLocalStorage-1.1-ExperimentPage-["{experiment.experiment_id}"]-ReactComponentState'
-        browser.wait_for(f"localStorage.getItem({json.dumps(key)}) !== null")
-        # Written while the app is not loaded (a page of the same origin): the app saves its own state
-        # as it unloads, which could overwrite what a reload from the runs view would read back.
-        browser.open(mlflow_server.uri + "/health")
-        browser.wait_for("location.pathname === '/health' && document.readyState === 'complete'")
-        browser.evaluate(
-            f"""(() => {{
-              const key = {json.dumps(key)};
-              const state = JSON.parse(localStorage.getItem(key));
-              state.runsExpanded = {{{json.dumps(parent.info.run_id)}: true}};
-              state.selectedColumns = ['params.`k1`', 'params.`k2`', 'params.`k3`', 'params.`seed`'];
-              localStorage.setItem(key, JSON.stringify(state));
-            }})()"""
-        )
-        browser.open(url)
-        rows = browser.wait_for(f"(() => {{ const r = {ROWS_JS}; return r.length >= 5 ? r : null; }})()")
+        browser.open(printed)
+        rows = browser.wait_for(f"(() => {{ const r = {ROWS_JS}; return r.length >= 4 ? r : null; }})()")
+        text = browser.evaluate("document.body.innerText")
         browser.screenshot(tmp_path / "runs.png")
-    header = browser_text = " ".join(rows)
+    assert f"{len(children)} matching runs" in text, text[-800:]  # the trials, not the sweep's own run
     for child in children:
-        params = child.data.params
-        name = child.info.run_name
+        params, name = child.data.params, child.info.run_name
         row = next((r for r in rows if name in r), None)
-        assert row is not None, f"child run {name} is not shown: {browser_text[:500]}"
-        values = f" {params['k1']} {params['k2']} {params['k3']} {params['seed']} "
-        assert values in f" {row} ", f"{name} does not show k1-k3 and seed {values!r}: {row!r}"
-    assert parent.info.run_name in header
+        assert row is not None, f"trial {name} is not listed: {' '.join(rows)[:500]}"
+        values = f" {params['k1']} {params['k2']} {params['k3']} {params['phase']} {params['seed']} "  # params A-Z
+        assert values in f" {row} ", f"{name} does not show k1-k3, phase and seed {values!r}: {row!r}"
+        metrics = child.data.metrics
+        assert f" {metrics['best_val_iou']} {metrics['test_iou']} " in row, f"{name}: val and test IoU: {row!r}"
+    configs = [next(c.data.tags["config"] for c in children if c.info.run_name in r) for r in rows]
+    assert configs == sorted(configs), "rows are ordered by configuration"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 def test_from_the_ui_s_own_address_two_clicks_reach_the_sweep_s_runs(ui_sweep, mlflow_server):
     """What a newcomer does: open `mlflow ui`'s address, switch the sidebar to model training, click the
     experiment. MLflow 3.17 opens on GenAI whatever the tags say; the README says to switch once."""
-    experiment, parent, children, _ = ui_sweep
+    experiment, parent, children, *_ = ui_sweep
     with Browser() as browser:
         browser.open(mlflow_server.uri + "/")
         browser.click("Model training")
@@ -116,7 +101,7 @@ def test_from_the_ui_s_own_address_two_clicks_reach_the_sweep_s_runs(ui_sweep, m
 def test_branch_atlas_is_on_the_parent_run_and_shown_by_mlflow(ui_sweep, mlflow_server, tmp_path, capsys):
     """Both atlas files on the parent run, rendered by MLflow's artifact view (where Chromium is installed);
     `report --atlas` writes them too."""
-    experiment, parent, children, storage = ui_sweep
+    experiment, parent, children, storage, _ = ui_sweep
     client = MlflowClient(mlflow_server.uri)
     run_id = parent.info.run_id
     assert {PNG_FILE, HTML_FILE} <= {Path(a.path).name for a in client.list_artifacts(run_id, "results")}

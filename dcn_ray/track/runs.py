@@ -7,6 +7,7 @@ instead of opening a second one (the trap of MLflowLoggerCallback / setup_mlflow
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -19,7 +20,8 @@ from typing import Any, TypeVar
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from dcn_ray.core.scores import VAL_HEADLINE
+from dcn_ray.core.scores import BEST_VAL_HEADLINE, TEST_HEADLINE, VAL_HEADLINE
+from dcn_ray.sweep_grid import linked_keys
 from dcn_ray.track.locks import creation_lock
 from dcn_ray.track.uris import fail_fast_http
 
@@ -32,6 +34,9 @@ PARENT_TAG = "mlflow.parentRunId"
 RETRY_SECONDS = 120.0
 #: MLflow 3 opens experiments without this tag on its GenAI pages.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+#: MLflow's UI reads a shared view of its runs table (its "Share" button writes one) from the
+#: experiment tag of this prefix and the key a link names in ``viewStateShareKey``.
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
 
 
 def prepare_experiment(uri: str, name: str) -> str:
@@ -63,15 +68,39 @@ def _prepare_experiment(uri: str, name: str) -> str:
     return experiment_id
 
 
-def runs_view_url(uri: str, experiment_id: str, parent_run_id: str | None = None) -> str:
-    """Where to look at a sweep: the experiment's runs view (and, for a local store, how to serve it);
-    with ``parent_run_id``, a second line: the sweep's own run, its results, charts and branch atlas.
+def share_sweep_view(uri: str, experiment_id: str, parent_run_id: str, grid_axes: Sequence[str] = ()) -> str:
+    """Write the sweep's shared view of the runs table; return its key (the parent run id).
+
+    The view lists the sweep's trials (its child runs) ordered by configuration, with the columns a
+    researcher reads first: k1-k3, seed, phase, each key the grid varies, test and best validation IoU
+    and the weak branch. MLflow's own default shows none of the ~60 params a trial logs."""
+    params = ["k1", "k2", "k3", "seed", "phase", *(key for axis in grid_axes for key in linked_keys(axis))]
+    state = {
+        "selectedColumns": [f"params.`{param_key(key)}`" for key in params]
+        + [f"metrics.`{key}`" for key in (TEST_HEADLINE, BEST_VAL_HEADLINE)]
+        + ["tags.`weak_branch`"],
+        "searchFilter": f"tags.{PARENT_TAG} = '{parent_run_id}'",
+        "orderByKey": "tags.`config`",
+        "orderByAsc": True,
+    }
+    client = MlflowClient(uri)
+    _retry(lambda: client.set_experiment_tag(experiment_id, SHARED_VIEW_PREFIX + parent_run_id, json.dumps(state)))
+    return parent_run_id
+
+
+def runs_view_url(
+    uri: str, experiment_id: str, parent_run_id: str | None = None, *, view_key: str | None = None
+) -> str:
+    """Where to look at a sweep: the experiment's runs view (and, for a local store, how to serve it),
+    in the shared view ``view_key`` if given (:func:`share_sweep_view`); with ``parent_run_id``, a
+    second line: the sweep's own run, its results, charts and branch atlas.
 
     Every link carries ``workflowType=machine_learning``: MLflow 3.17's UI shows a page as model
     training only with it (or after the user switched its sidebar toggle), whatever the tags say."""
     served = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     query = "?workflowType=machine_learning"
-    text = f"{served}/#/experiments/{experiment_id}/runs{query}"
+    shared = f"&viewStateShareKey={view_key}" if view_key else ""
+    text = f"{served}/#/experiments/{experiment_id}/runs{query}{shared}"
     if not uri.startswith(("http://", "https://")):
         text += f"  (after: mlflow ui --backend-store-uri {uri})"
     if parent_run_id:

@@ -32,6 +32,7 @@ import yaml
 import dcn_ray
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.job_file import load_job, read_job_file
+from dcn_ray.runtime import ray_log_level
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ REQUEST_TIMEOUT_S = 30.0
 #: While following logs: after this long without a line, the job's status is asked (bounded).
 QUIET_CHECK_S = 60.0
 PACKAGE_DIR = Path(dcn_ray.__file__).resolve().parent
+#: Loggers of the Jobs SDK that set their own level.
+SDK_LOGGERS = ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk")
 
 
 def sweep_entrypoint(
@@ -163,6 +166,10 @@ def _client(address: str):
     """A JobSubmissionClient for ``address``; an unreachable or refusing cluster is an InputError."""
     from ray.job_submission import JobSubmissionClient
 
+    # Ray sets its loggers to INFO as it loads ("Uploading package ...", "Creating a file package"):
+    # they take Ray's level in dcn-ray instead (the CLI: errors only; everything with -v).
+    for name in ("ray", *SDK_LOGGERS):
+        logging.getLogger(name).setLevel(ray_log_level())
     if address.startswith("ray://"):
         raise InputError(
             f"{address} is a Ray Client address; submit needs the dashboard address, e.g. http://HOST:8265"

@@ -227,22 +227,23 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
     except KeyboardInterrupt:
         interrupted, grid = True, None
     rows = _rows(grid) if grid is not None else []
+    uri, experiment_id, parent = record.tracking_uri, record.experiment_id, record.parent_run_id
     interrupted = interrupted or any(row["status"] == "unfinished" for row in rows)
-    tracking.reconcile(record.tracking_uri, record.experiment_id, record.parent_run_id, rows, interrupted=interrupted)
+    tracking.reconcile(uri, experiment_id, parent, rows, interrupted=interrupted)
     reference = tuple(context.job.sweep.followup.reference)
     evaluation = _reported_split(context.job)
     followup = context.job.sweep.followup
     rounds = [_round_record(d, followup.margin) for d in replay_rounds(rows, followup)]
     table = report.results_table(rows, reference, evaluation, rounds)
     folder = Path(store.folder(record.name)) if store.is_local else Path(tempfile.mkdtemp(prefix="dcn-results-"))
-    files = report.write(table, folder, reference) + atlas.for_sweep(table, record.tracking_uri, folder, reference)
+    files = report.write(table, folder, reference) + atlas.for_sweep(table, uri, folder, reference)
     if not store.is_local:
         store.upload(record.name, files)
     if evaluation is not None:
-        tracking.log_parent_evaluation(record.tracking_uri, record.parent_run_id, evaluation)
-    _log_mechanism(record.tracking_uri, table)
-    tracking.log_results(record.tracking_uri, record.parent_run_id, files, finished=not interrupted)
-    errored = sum(1 for row in rows if row["status"] == "errored")
+        tracking.log_parent_evaluation(uri, parent, evaluation)
+    _log_mechanism(uri, table)
+    tracking.log_results(uri, parent, files, finished=not interrupted)
+    view = tracking.share_sweep_view(uri, experiment_id, parent, context.job.sweep.grid)
     if interrupted:
         write(f"sweep '{record.name}' interrupted: `dcn-ray resume {record.name}` finishes it")
     return SweepOutcome(
@@ -250,8 +251,8 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
         markdown=report.markdown(table, reference),
         folder=store.folder(record.name),
         interrupted=interrupted,
-        errored=errored,
-        runs_view=tracking.runs_view_url(record.tracking_uri, record.experiment_id, record.parent_run_id),
+        errored=sum(1 for row in rows if row["status"] == "errored"),
+        runs_view=tracking.runs_view_url(uri, experiment_id, parent, view_key=view),
     )
 
 
