@@ -81,6 +81,8 @@ def ray_session(address: str | None) -> Iterator[None]:
         ) from None
     if callable(keep) and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, keep)
+    if options["logging_level"] > logging.DEBUG:  # Tune's "Trials did not complete": dcn-ray says which failed
+        logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
     try:
         yield
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -351,6 +352,8 @@ def test_a_trial_out_of_retries_ends_failed_and_the_sweep_exits_1(synthetic_stac
     assert "1 trial(s) failed after all retries" in stderr
     # the kill in one line, without Ray's traceback or library warnings around it
     assert "Traceback" not in stderr and "WARNING" not in stderr and "Warning" not in stderr, stderr[-3000:]
+    # nor Ray's worker-death paragraph or its own log lines ("2026-12-03 08:17:43,126	ERROR tune.py:1035 -- ...")
+    assert "unexpected system error" not in stderr and not re.search(r"(INFO|ERROR) \w+\.py:\d+ --", stderr), stderr
     (killed,) = [line for line in stderr.splitlines() if "errored  grid-4-8-16-s0" in line]
     assert "died" in killed and "no retry left" in killed, killed
     (run,) = child_runs(mlflow_server.uri, "outofretries")
