@@ -14,7 +14,6 @@ from typing import Any
 import pyarrow as pa
 
 from dcn_ray.config import JobConfig, job_from_dict
-from dcn_ray.core.kernels import BRANCHES, kernels_text
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.runtime import alive_nodes, ray_session, trial_resources
 from dcn_ray.sweep_grid import variants
@@ -22,7 +21,8 @@ from dcn_ray.track import atlas, report, uris
 from dcn_ray.track import runs as tracking
 from dcn_ray.track.storage import SWEEP_FILE, Storage
 from dcn_ray.tune.checks import check_data
-from dcn_ray.tune.planner import RoundDecision, RoundPlanner, replay_rounds
+from dcn_ray.tune.planner import RoundPlanner, replay_rounds
+from dcn_ray.tune.results import round_record, rows_of
 from dcn_ray.tune.searcher import GridThenFollowups
 from dcn_ray.tune.spec import TrialSpec
 from dcn_ray.tune.trial import SweepContext, run_trial
@@ -226,14 +226,14 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
         grid = tuner.fit()
     except KeyboardInterrupt:
         interrupted, grid = True, None
-    rows = _rows(grid) if grid is not None else []
+    rows = rows_of(grid) if grid is not None else []
     uri, experiment_id, parent = record.tracking_uri, record.experiment_id, record.parent_run_id
     interrupted = interrupted or any(row["status"] == "unfinished" for row in rows)
     tracking.reconcile(uri, experiment_id, parent, rows, interrupted=interrupted)
     reference = tuple(context.job.sweep.followup.reference)
     evaluation = _reported_split(context.job)
     followup = context.job.sweep.followup
-    rounds = [_round_record(d, followup.margin) for d in replay_rounds(rows, followup)]
+    rounds = [round_record(d, followup.margin) for d in replay_rounds(rows, followup)]
     table = report.results_table(rows, reference, evaluation, rounds)
     folder = Path(store.folder(record.name)) if store.is_local else Path(tempfile.mkdtemp(prefix="dcn-results-"))
     files = report.write(table, folder, reference) + atlas.for_sweep(table, uri, folder, reference)
@@ -254,20 +254,6 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
         errored=sum(1 for row in rows if row["status"] == "errored"),
         runs_view=tracking.runs_view_url(uri, experiment_id, parent, view_key=view),
     )
-
-
-def _round_record(decision: RoundDecision, margin: float) -> dict[str, Any]:
-    """A follow-up round as the results table keeps it (plain JSON values), with the verdict's margin."""
-    return {
-        "round": decision.round,
-        "reference": list(decision.reference),
-        "weak": BRANCHES[decision.weak] if decision.weak is not None else None,
-        "votes": list(decision.votes),
-        "agreement": decision.agreement,
-        "guided": [list(k) for k in decision.guided],
-        "controls": [list(k) for k in decision.controls],
-        "margin": margin,
-    }
 
 
 def _log_mechanism(uri: str, table) -> None:
@@ -294,45 +280,6 @@ def _reported_split(job: JobConfig) -> dict[str, Any] | None:
         return None
 
 
-def _rows(grid) -> list[dict[str, Any]]:
-    """One row per trial of Tune's results: its identity, status and final metrics."""
-    rows = []
-    for result in grid:
-        config, metrics = result.config or {}, result.metrics or {}
-        spec = TrialSpec.from_config(config) if config.get("kernels") or config.get("family") else None
-        status = "finished" if metrics.get("finished") else ("errored" if result.error else "unfinished")
-        weak = metrics.get("weak_branch")
-        identity: dict[str, Any] = {
-            "k1": None,
-            "k2": None,
-            "k3": None,
-            "seed": None,
-            "phase": config.get("phase", "grid"),
-        }
-        if spec is not None:
-            identity = {
-                **dict(zip(("k1", "k2", "k3"), spec.kernels or (None, None, None))),
-                "config": spec.config_name,
-                "model_family": spec.family,
-                "seed": spec.seed,
-                "round": spec.round,
-                "phase": spec.phase,
-                "reference": kernels_text(spec.reference) if spec.reference else None,
-                "reference_weak": spec.reference_weak or None,
-            }
-        rows.append(
-            {
-                **identity,
-                "status": status,
-                **{key: metrics.get(key) for key in report.METRIC_COLUMNS},
-                "weak_branch": _branch_name(weak),
-                "mlflow_run_id": metrics.get("mlflow_run_id"),
-                "trial_id": metrics.get("trial_id") or Path(result.path).name,
-            }
-        )
-    return rows
-
-
 def load_report(name: str, storage: str | None, effect: float | None = None) -> str:
     """The results of sweep ``name`` again, with the seeds an ``effect`` would need."""
     store = Storage.for_sweeps(storage)
@@ -341,10 +288,3 @@ def load_report(name: str, storage: str | None, effect: float | None = None) -> 
     _, job = _read_record(store, name)
     reference = tuple(job.sweep.followup.reference)
     return report.markdown(store.read_table(name, report.TABLE_FILE), reference, effect)
-
-
-def _branch_name(weak: Any) -> str | None:
-    """``F3`` for a weak-branch index, ``none`` for -1 (no clear weak branch), None when unknown."""
-    if not isinstance(weak, (int, float)):
-        return None
-    return f"F{int(weak) + 1}" if weak >= 0 else "none"

@@ -1,0 +1,71 @@
+"""Tune's results as the rows of the results table: one per trial, and one record per follow-up round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dcn_ray.core.kernels import BRANCHES, kernels_text
+from dcn_ray.track import report
+from dcn_ray.tune.planner import RoundDecision
+from dcn_ray.tune.spec import TrialSpec
+
+
+def round_record(decision: RoundDecision, margin: float) -> dict[str, Any]:
+    """A follow-up round as the results table keeps it (plain JSON values), with the verdict's margin."""
+    return {
+        "round": decision.round,
+        "reference": list(decision.reference),
+        "weak": BRANCHES[decision.weak] if decision.weak is not None else None,
+        "votes": list(decision.votes),
+        "agreement": decision.agreement,
+        "guided": [list(k) for k in decision.guided],
+        "controls": [list(k) for k in decision.controls],
+        "margin": margin,
+    }
+
+
+def rows_of(grid) -> list[dict[str, Any]]:
+    """One row per trial of Tune's results: its identity, status and final metrics."""
+    rows = []
+    for result in grid:
+        config, metrics = result.config or {}, result.metrics or {}
+        spec = TrialSpec.from_config(config) if config.get("kernels") or config.get("family") else None
+        status = "finished" if metrics.get("finished") else ("errored" if result.error else "unfinished")
+        weak = metrics.get("weak_branch")
+        identity: dict[str, Any] = {
+            "k1": None,
+            "k2": None,
+            "k3": None,
+            "seed": None,
+            "phase": config.get("phase", "grid"),
+        }
+        if spec is not None:
+            identity = {
+                **dict(zip(("k1", "k2", "k3"), spec.kernels or (None, None, None))),
+                "config": spec.config_name,
+                "model_family": spec.family,
+                "seed": spec.seed,
+                "round": spec.round,
+                "phase": spec.phase,
+                "reference": kernels_text(spec.reference) if spec.reference else None,
+                "reference_weak": spec.reference_weak or None,
+            }
+        rows.append(
+            {
+                **identity,
+                "status": status,
+                **{key: metrics.get(key) for key in report.METRIC_COLUMNS},
+                "weak_branch": _branch_name(weak),
+                "mlflow_run_id": metrics.get("mlflow_run_id"),
+                "trial_id": metrics.get("trial_id") or Path(result.path).name,
+            }
+        )
+    return rows
+
+
+def _branch_name(weak: Any) -> str | None:
+    """``F3`` for a weak-branch index, ``none`` for -1 (no clear weak branch), None when unknown."""
+    if not isinstance(weak, (int, float)):
+        return None
+    return f"F{int(weak) + 1}" if weak >= 0 else "none"
