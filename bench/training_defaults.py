@@ -39,6 +39,7 @@ from scipy import stats
 from dcn_ray.config import job_from_dict
 from dcn_ray.core.checkpoint import model_from_payload
 from dcn_ray.core.dataset import load_data
+from dcn_ray.core.stats import holm, paired_difference
 from dcn_ray.core.train import score_test_split, train
 from dcn_ray.io.synth import write_synthetic
 
@@ -131,16 +132,6 @@ def finished_runs(out: Path) -> set[tuple[str, str, int]]:
     return {(r["task"], r["arm"], r["seed"]) for r in map(json.loads, out.read_text().splitlines())}
 
 
-def holm(p_values: list[float]) -> list[float]:
-    """Holm-adjusted p-values, in the order given."""
-    order = np.argsort(p_values)
-    adjusted, running = [0.0] * len(p_values), 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
-        adjusted[index] = running
-    return adjusted
-
-
 def summarise(records: list[dict], metric: str = "test_iou") -> str:
     """Markdown tables: each arm's mean per task, then the paired differences against the paper's arm."""
     tasks = sorted({r["task"] for r in records})
@@ -160,13 +151,12 @@ def summarise(records: list[dict], metric: str = "test_iou") -> str:
             seeds = sorted(s for (t, a, s) in value if t == task and a == arm and (task, "paper", s) in value)
             if len(seeds) < 2:
                 continue
-            diffs = np.array([value[task, arm, s] - value[task, "paper", s] for s in seeds])
-            mean, sem = diffs.mean(), diffs.std(ddof=1) / np.sqrt(len(diffs))
-            half = stats.t.ppf(0.975, len(diffs) - 1) * sem
-            p = float(
-                stats.ttest_rel([value[task, arm, s] for s in seeds], [value[task, "paper", s] for s in seeds]).pvalue
+            diffs = [value[task, arm, s] - value[task, "paper", s] for s in seeds]
+            paired = paired_difference(
+                {s: value[task, arm, s] for s in seeds}, {s: value[task, "paper", s] for s in seeds}
             )
-            rows.append([task, arm, len(seeds), mean, mean - half, mean + half, p, diffs])
+            estimate = paired.estimate
+            rows.append([task, arm, len(seeds), estimate.mean, estimate.low, estimate.high, paired.p_value, diffs])
     for row, adjusted in zip(rows, holm([r[6] for r in rows])):
         row.append(adjusted)
     lines += [
