@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -65,12 +64,6 @@ def test_membranes_are_darker_and_threshold_is_imperfect(default_stack) -> None:
     assert images[~interior].mean() + 40 < images[interior].mean()
     best = max(((images > t) == interior).mean() for t in range(0, 256, 4))
     assert 0.85 < best < 0.99  # the dark blobs and the noise fool a plain threshold
-
-
-def test_fast_enough() -> None:
-    start = time.perf_counter()
-    make_synthetic(slices=24, size=256, seed=11)
-    assert time.perf_counter() - start < 4.0  # the target is well under 2 s; slack for CI
 
 
 @pytest.mark.parametrize(
