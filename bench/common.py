@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import torch
 
-from dcn_ray.core.dcn import DCN
 from dcn_ray.core.sampler import CropSampler
 from dcn_ray.core.train import StepOptions, make_train_step
 from dcn_ray.io.synth import make_synthetic
+from dcn_ray.models.dcn import DCN
 
 
 def add_step_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,9 +20,9 @@ import torch
 from common import add_step_arguments, resident_sampler, synchronize, training_step
 from torch.utils.flop_counter import FlopCounterMode
 
-from dcn_ray.core.dcn import DCN
 from dcn_ray.core.loss import dcn_loss
 from dcn_ray.core.sampler import CropSampler
+from dcn_ray.models.dcn import DCN
 
 VARIANTS = {
     "fp32": dict(bf16=False, channels_last=False, compile=False),

@@ -19,7 +19,7 @@ import time
 import torch
 from common import add_step_arguments, resident_sampler, synchronize, training_step
 
-from dcn_ray.core.dcn import DCN
+from dcn_ray.models.dcn import DCN
 
 TABLE1_KERNELS = [(4, 8, 16), (4, 8, 10), (2, 8, 20), (6, 8, 16)]
 

@@ -31,7 +31,7 @@ def make_model(path: Path) -> None:
     import torch
 
     from dcn_ray.core import checkpoint
-    from dcn_ray.core.dcn import DCN
+    from dcn_ray.models.dcn import DCN
 
     torch.manual_seed(0)
     model = DCN(kernels=(4, 8, 16), width=WIDTH).eval()

@@ -34,9 +34,9 @@ from before import module_at, package_at  # noqa: E402
 from dcn_ray.core import sampler as sampler_now  # noqa: E402
 from dcn_ray.core import train as train_now  # noqa: E402
 from dcn_ray.core.dataset import load_data  # noqa: E402
-from dcn_ray.core.dcn import DCN  # noqa: E402
 from dcn_ray.core.loss import dcn_loss  # noqa: E402
 from dcn_ray.job_file import load_job  # noqa: E402
+from dcn_ray.models.dcn import DCN  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 JOB = REPO / "jobs" / "isbi2012-cpu.yaml"
@@ -152,7 +152,10 @@ TRIAL = """
 import dataclasses, json, sys, time, torch
 from dcn_ray.job_file import load_job
 from dcn_ray.core import dataset as data_module
-from dcn_ray.core.dcn import DCN
+try:
+    from dcn_ray.models.dcn import DCN
+except ImportError:  # older refs: the DCN lived in core
+    from dcn_ray.core.dcn import DCN
 from dcn_ray.core.train import score_test_split, train
 job = load_job(sys.argv[1], sys.argv[5:])
 steps, threads, seed = (int(sys.argv[2]) or job.train.steps), int(sys.argv[3]), int(sys.argv[4])

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from dcn_ray.core.kernels import REFERENCE, Kernels, kernel_problem
 from dcn_ray.data_config import DataConfig
 from dcn_ray.errors import InputError
+from dcn_ray.kernels import REFERENCE, Kernels, kernel_problem
 from dcn_ray.model_config import ModelConfig, size_multiple, validate_model
 from dcn_ray.train_config import TrainConfig, resolve_training, validate_train
 

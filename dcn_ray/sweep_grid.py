@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dcn_ray.config import JobConfig, job_from_dict, kernels_of
-from dcn_ray.core.kernels import Kernels, kernels_text
 from dcn_ray.errors import InputError
+from dcn_ray.kernels import Kernels, kernels_text
 from dcn_ray.models import get
 
 #: Keys a grid may not vary: the sweep's own settings, its name and tracking, and the seed (sweep.seeds).

@@ -22,7 +22,7 @@ import yaml
 from conftest import REPO, free_port, run_cli, small_job
 
 from dcn_ray.core import checkpoint
-from dcn_ray.core.dcn import DCN
+from dcn_ray.models.dcn import DCN
 from dcn_ray.tune.sweep import SWEEP_FILE
 
 RNG = np.random.default_rng(3)

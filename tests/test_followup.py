@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from dcn_ray.core.kernels import REFERENCE, kernel_problem
 from dcn_ray.core.proposals import (
     FollowupPlan,
     control_candidates,
@@ -13,6 +12,7 @@ from dcn_ray.core.proposals import (
     propose_controls,
     propose_guided,
 )
+from dcn_ray.kernels import REFERENCE, kernel_problem
 
 
 def changed_branches(kernels: tuple[int, int, int], reference: tuple[int, int, int]) -> list[int]:
@@ -109,7 +109,7 @@ def test_plan_keeps_random_extras_apart_from_guided_and_done() -> None:
 
 
 def test_matched_controls_are_every_same_change_of_k_over_stride_without_a_draw() -> None:
-    from dcn_ray.core.kernels import STRIDES, relative_change
+    from dcn_ray.kernels import STRIDES, relative_change
 
     plans = {plan_followups(REFERENCE, 2, steps=3, seed=seed) for seed in range(10)}
     assert len(plans) == 1  # no lottery: the seed changes nothing

@@ -6,8 +6,8 @@ import pytest
 from conftest import small_job, sweep_on_local_ray
 from mlflow.tracking import MlflowClient
 
-from dcn_ray.core.kernels import BRANCHES
 from dcn_ray.core.proposals import plan_followups
+from dcn_ray.kernels import BRANCHES
 
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,7 @@ import yaml
 from conftest import run_cli, small_job
 
 from dcn_ray.core import checkpoint
-from dcn_ray.core.dcn import DCN
+from dcn_ray.models.dcn import DCN
 
 RNG = np.random.default_rng(13)
 

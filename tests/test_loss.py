@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcn_ray.core.dcn import DCN, DCNOutput
 from dcn_ray.core.loss import aux_weight, dcn_loss, loss_parts
+from dcn_ray.models.dcn import DCN, DCNOutput
 
 
 def test_aux_weight_endpoints_and_geometric_decay() -> None:

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcn_ray.core.dcn import DCN, DCNOutput, pad_forward
-from dcn_ray.core.kernels import TABLE1
+from dcn_ray.kernels import TABLE1
+from dcn_ray.models.dcn import DCN, DCNOutput, pad_forward
 
 ODD = [(3, 5, 9), (5, 7, 11), (2, 4, 13)]
 

@@ -154,7 +154,7 @@ def test_replay_rebuilds_the_rounds_from_the_results_rows():
 
 
 def test_a_relative_step_gives_every_branch_the_same_change_of_k_over_stride():
-    from dcn_ray.core.kernels import relative_change
+    from dcn_ray.kernels import relative_change
 
     for weak, guided, controls in (
         (2, (4, 8, 12), ((3, 8, 16), (4, 6, 16), (4, 8, 20))),

@@ -16,11 +16,11 @@ from dcn_ray import __version__
 from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import load_data
-from dcn_ray.core.dcn import DCN, pad_forward
 from dcn_ray.core.scores import segmentation_scores
 from dcn_ray.errors import InputError
 from dcn_ray.io.tiff import read_metadata
 from dcn_ray.models import dcn_receptive_radius as receptive_radius
+from dcn_ray.models.dcn import DCN, pad_forward
 from dcn_ray.predict.engine import PredictOptions, SlicePredictor, edge_weights, tile_starts
 from dcn_ray.predict.ray_pool import PredictorWorker, ordered_map
 from dcn_ray.predict.stack import predict_stack

@@ -109,8 +109,8 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
 
 
 def test_step_options_default_per_device_and_channels_last_trains_the_same():
-    from dcn_ray.core.dcn import DCN
     from dcn_ray.core.train import StepOptions, default_step_options, make_train_step
+    from dcn_ray.models.dcn import DCN
 
     assert default_step_options(torch.device("cpu")) == StepOptions(channels_last=True)
     assert default_step_options(torch.device("cuda"), compile=True) == StepOptions(

@@ -15,13 +15,13 @@ from conftest import small_job, train_job
 from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import load_data
-from dcn_ray.core.dcn import DCN, DCNOutput
 from dcn_ray.core.loss import class_weights, dcn_loss, make_loss, soft_dice_loss
 from dcn_ray.core.sampler import CropSampler
 from dcn_ray.core.schedule import lr_factor
 from dcn_ray.core.train import make_optimizer
 from dcn_ray.errors import InputError
 from dcn_ray.io.synth import make_synthetic
+from dcn_ray.models.dcn import DCN, DCNOutput
 
 REPO = Path(__file__).resolve().parents[1]
 LN2 = math.log(2.0)

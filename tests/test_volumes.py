@@ -26,11 +26,11 @@ from ome_zarr.writer import write_image
 from dcn_ray import __version__
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import load_dataset
-from dcn_ray.core.dcn import DCN
 from dcn_ray.errors import InputError
 from dcn_ray.io.omezarr import stored_settings
 from dcn_ray.io.tiff import read_stack
 from dcn_ray.io.volumes import open_volume, read_label_volume, read_volume
+from dcn_ray.models.dcn import DCN
 from dcn_ray.predict import blocks
 from dcn_ray.predict.engine import PredictOptions, SlicePredictor
 from dcn_ray.predict.volume import predict_volume

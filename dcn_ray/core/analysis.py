@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from dcn_ray.core.branches import BranchScore, score_branches, weak_branch
-from dcn_ray.core.dcn import DCN, pad_forward
-from dcn_ray.core.kernels import BRANCHES
 from dcn_ray.core.render import branch_image, render_montage, render_overlay, save_png
+from dcn_ray.kernels import BRANCHES
+from dcn_ray.models.dcn import DCN, pad_forward
 
 #: The images analyse writes: the F1-F3 maps, their montage, the prediction overlay.
 IMAGE_FILES = (*(f"{name}.png" for name in BRANCHES), "F1-F3_montage.png", "prediction_overlay.png")

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from dcn_ray.core.kernels import BRANCHES, STRIDES, kernels_text
+from dcn_ray.kernels import BRANCHES, STRIDES, kernels_text
 
 PNG_FILE, HTML_FILE = "branch_atlas.png", "branch_atlas.html"
 #: What marks a file as this renderer's (PNG text chunk ``Software``, HTML ``<meta name="generator">``).

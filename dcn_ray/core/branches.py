@@ -32,8 +32,8 @@ from scipy.special import expit
 from scipy.stats import rankdata
 from scipy.stats import t as student_t
 
-from dcn_ray.core.kernels import BRANCHES
 from dcn_ray.core.metrics import iou
+from dcn_ray.kernels import BRANCHES
 
 logger = logging.getLogger(__name__)
 

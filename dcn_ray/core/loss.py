@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dcn_ray.core.dcn import DCNOutput
-from dcn_ray.core.kernels import BRANCHES
+from dcn_ray.kernels import BRANCHES
+from dcn_ray.models.dcn import DCNOutput
 
 
 def aux_weight(step: int, total_steps: int, *, start: float = 1.0, end: float = 0.01) -> float:

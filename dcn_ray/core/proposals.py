@@ -14,7 +14,7 @@ import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from dcn_ray.core.kernels import BRANCHES, STRIDES, Kernels, kernel_problem
+from dcn_ray.kernels import BRANCHES, STRIDES, Kernels, kernel_problem
 
 
 def _reference(reference: Sequence[int]) -> Kernels:

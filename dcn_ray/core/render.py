@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from scipy.special import expit
 
 from dcn_ray.core.branches import BranchScore, margin
-from dcn_ray.core.kernels import BRANCHES
+from dcn_ray.kernels import BRANCHES
 
 #: Height in pixels of the caption strip under the montage panels.
 CAPTION_HEIGHT = 14

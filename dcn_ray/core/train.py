@@ -23,11 +23,11 @@ from dcn_ray import models
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import Dataset
 from dcn_ray.core.device import select_device
-from dcn_ray.core.kernels import Kernels
 from dcn_ray.core.loss import Loss, aux_weight, dcn_loss, make_loss
 from dcn_ray.core.sampler import CropSampler
 from dcn_ray.core.schedule import lr_factor, set_lr
 from dcn_ray.core.scores import BEST_VAL_HEADLINE, HEADLINE_SCORE, VAL_HEADLINE, segmentation_scores
+from dcn_ray.kernels import Kernels
 from dcn_ray.model_config import ModelConfig
 from dcn_ray.models.outputs import pad_forward
 from dcn_ray.train_config import TrainConfig, resolve_training
@@ -97,7 +97,7 @@ def make_train_step(
 
 def build_model(config: ModelConfig, kernels: Kernels | None = None, *, seed: int) -> nn.Module:
     """The network of ``config.family`` (with ``kernels`` for the DCN), each layer initialised
-    from ``seed`` and its name (:func:`dcn_ray.core.init.init_weights`)."""
+    from ``seed`` and its name (:func:`dcn_ray.models.init.init_weights`)."""
     family = models.get(config.family)
     kwargs = family.job_kwargs(config.to_dict())
     if family.uses_kernels:

@@ -37,7 +37,7 @@ class Source:
 
 
 SOURCES: dict[str, Source] = {
-    "dcn": Source("dcn_ray.core.dcn", "DCN"),
+    "dcn": Source("dcn_ray.models.dcn", "DCN"),
     "unet": Source("dcn_ray.models.unet", "UNet"),
 }
 

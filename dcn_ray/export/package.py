@@ -27,12 +27,12 @@ import tifffile
 import torch
 
 from dcn_ray import __version__, models
-from dcn_ray.core.kernels import kernels_text
 from dcn_ray.errors import InputError
 from dcn_ray.export.architecture import architecture_source, family_of
 from dcn_ray.export.cover import render_cover
 from dcn_ray.export.description import check_fields, model_description, parse_authors, parse_citations, save_package
 from dcn_ray.io.paths import output_file
+from dcn_ray.kernels import kernels_text
 
 log = logging.getLogger(__name__)
 

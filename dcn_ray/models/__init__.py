@@ -4,7 +4,7 @@ A family is one :class:`Family` entry in :data:`FAMILIES`. Every family's networ
 
 - takes keyword-only, typed, validated arguments and keeps the architecture ones as plain values
   in ``model.kwargs`` (``build(family, **model.kwargs)`` rebuilds it; checkpoints store both);
-- takes ``seed`` and initialises each layer with :func:`dcn_ray.core.init.init_weights`, so
+- takes ``seed`` and initialises each layer with :func:`dcn_ray.models.init.init_weights`, so
   trials of one seed pair across families' shared layer names and within a family exactly;
 - carries its family's name as the class attribute ``family``;
 - returns a :class:`dcn_ray.models.outputs.SegmentationOutput`: ``fused`` (the logits, N x 2 x H x W,
@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dcn_ray.core.kernels import STRIDES, kernels_text
+from dcn_ray.kernels import STRIDES, kernels_text
 
 #: Receptive-field width of the DCN trunk at the features of branches F1, F2, F3 (strides 2, 4, 8).
 TRUNK_FIELD = (14, 40, 92)
@@ -60,7 +60,7 @@ def _unet_kwargs(model: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _build_dcn(**kwargs: Any):
-    from dcn_ray.core.dcn import DCN
+    from dcn_ray.models.dcn import DCN
 
     return DCN(**kwargs)
 

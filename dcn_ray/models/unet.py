@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dcn_ray.core.init import init_weights
+from dcn_ray.models.init import init_weights
 from dcn_ray.models.outputs import SegmentationOutput, check_common_arguments
 
 #: The depths accepted: poolings between the first level and the bottom one.
@@ -40,7 +40,7 @@ class UNet(nn.Module):
         batch_norm: BatchNorm after every convolution.
         in_channels: image channels (1 for EM).
         num_classes: output classes (2: background, foreground).
-        seed: initialisation seed, per layer as for the DCN (:mod:`dcn_ray.core.init`); not in ``kwargs``.
+        seed: initialisation seed, per layer as for the DCN (:mod:`dcn_ray.models.init`); not in ``kwargs``.
 
     ``forward`` returns a :class:`~dcn_ray.models.outputs.SegmentationOutput` with the logits in
     ``fused`` and no ``branches``. ``model.kwargs`` rebuilds the architecture: ``UNet(**model.kwargs)``.

@@ -8,11 +8,11 @@ from pathlib import Path
 from dcn_ray import models
 from dcn_ray.core.analysis import IMAGE_FILES, analyse
 from dcn_ray.core.dataset import parse_split
-from dcn_ray.core.kernels import kernels_text
 from dcn_ray.core.proposals import plan_followups
 from dcn_ray.errors import InputError
 from dcn_ray.io.paths import folder_written_whole, input_file, output_folder
 from dcn_ray.io.tiff import read_labels, read_stack
+from dcn_ray.kernels import kernels_text
 from dcn_ray.track.sources import load_source
 
 SCORES_FILE = "branch_scores.json"

@@ -23,9 +23,9 @@ from PIL import Image
 
 from dcn_ray.core import atlas as render
 from dcn_ray.core.atlas import HTML_FILE, PNG_FILE, Atlas, AtlasRow, AtlasStyle
-from dcn_ray.core.kernels import BRANCHES, kernels_text
 from dcn_ray.core.scores import TEST_HEADLINE
 from dcn_ray.errors import InputError, first_line
+from dcn_ray.kernels import BRANCHES, kernels_text
 from dcn_ray.track import report, uris
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from dcn_ray.core.kernels import kernels_text
+from dcn_ray.kernels import kernels_text
 from dcn_ray.track.summary import ConfigResult
 
 PHASE_COLOURS = {"grid": "#4c72b0", "followup": "#dd8452", "control": "#8c8c8c", "random": "#55a868"}

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dcn_ray.core import scores
-from dcn_ray.core.kernels import BRANCHES, REFERENCE, kernels_text
+from dcn_ray.kernels import BRANCHES, REFERENCE, kernels_text
 from dcn_ray.track import charts, power, summary
 
 #: Test-split scores of a trial (empty without a test split): dcn_ray.core.scores.SCORE_KEYS, prefixed.

@@ -26,10 +26,10 @@ from typing import Any
 from torch import nn
 
 from dcn_ray.core import checkpoint
-from dcn_ray.core.kernels import kernels_text
 from dcn_ray.core.scores import BEST_VAL_HEADLINE, TEST_COLUMNS
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.io.paths import input_file
+from dcn_ray.kernels import kernels_text
 from dcn_ray.track import uris
 
 log = logging.getLogger(__name__)

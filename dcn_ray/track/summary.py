@@ -3,7 +3,7 @@ and the paper's mechanism (pure functions over the per-trial rows of the results
 
 Every comparison is paired by seed: a configuration's score in seed s is compared with the
 reference's score in the same seed, because trials of one seed share their initialisation (every
-layer whose shape two configurations share starts from the same weights: dcn_ray.core.init) and
+layer whose shape two configurations share starts from the same weights: dcn_ray.models.init) and
 their crop sequence. Differences from the reference carry a 95 % t interval and a paired t-test
 p-value, Holm-adjusted across the rows.
 
@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
 
-from dcn_ray.core.kernels import BRANCHES, Kernels, kernels_text, relative_change
 from dcn_ray.core.stats import (
     Equivalence,
     Estimate,
@@ -33,6 +32,7 @@ from dcn_ray.core.stats import (
     paired_difference,
     sign_flip_test,
 )
+from dcn_ray.kernels import BRANCHES, Kernels, kernels_text, relative_change
 
 Row = Mapping[str, Any]
 
@@ -242,7 +242,7 @@ def matched_differences(rows: Sequence[Row], key: str, rounds: Sequence[Round], 
     """Per seed: the mean over guided follow-ups of (guided - mean of its matched controls of ``kind``).
 
     A control is matched to a guided follow-up when it changes k / stride by as much
-    (:func:`dcn_ray.core.kernels.relative_change`); ``kind`` is ``matched`` (all), ``shrunk`` or ``enlarged``.
+    (:func:`dcn_ray.kernels.relative_change`); ``kind`` is ``matched`` (all), ``shrunk`` or ``enlarged``.
     """
     scores = scores_by_trial(rows, key)
     seeds = sorted({seed for _, seed in scores})

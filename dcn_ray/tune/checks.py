@@ -9,8 +9,8 @@ import logging
 from pathlib import Path
 
 from dcn_ray.config import JobConfig, kernels_of
-from dcn_ray.core.kernels import kernels_text
 from dcn_ray.errors import InputError
+from dcn_ray.kernels import kernels_text
 from dcn_ray.sweep_grid import value_text, variants
 from dcn_ray.train_config import preset_line
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from dcn_ray.config import FollowupConfig
 from dcn_ray.core.branches import weak_across_seeds
-from dcn_ray.core.kernels import BRANCHES, STRIDES, Kernels, kernels_text
 from dcn_ray.core.proposals import plan_followups, propose_controls
+from dcn_ray.kernels import BRANCHES, STRIDES, Kernels, kernels_text
 from dcn_ray.sweep_grid import Variant
 from dcn_ray.tune.spec import METRIC, TrialSpec
 

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from dcn_ray.core.kernels import Kernels, check_kernels, kernels_text
 from dcn_ray.core.scores import BEST_VAL_HEADLINE
+from dcn_ray.kernels import Kernels, check_kernels, kernels_text
 from dcn_ray.models import get
 from dcn_ray.sweep_grid import Params, config_name, plain
 

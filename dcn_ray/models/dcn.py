@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dcn_ray.core.init import init_weights
-from dcn_ray.core.kernels import REFERENCE, STRIDES, check_kernels
+from dcn_ray.kernels import REFERENCE, STRIDES, check_kernels
+from dcn_ray.models.init import init_weights
 from dcn_ray.models.outputs import SegmentationOutput, check_common_arguments
 
 #: Input sides must be multiples of this (three 2x2 poolings).
@@ -97,7 +97,7 @@ class DCN(nn.Module):
             units of their standard deviation, in training and inference alike: a weakness planted
             on purpose to validate the weak-branch rule (``docs/results/weak-branch-rule.md``).
         seed: initialisation seed; each layer draws from its own generator seeded by it and the
-            layer's name (:mod:`dcn_ray.core.init`), so models of one seed share every layer
+            layer's name (:mod:`dcn_ray.models.init`), so models of one seed share every layer
             whose shape they share. Not an architecture argument: not in ``kwargs``.
 
     ``forward`` takes (N, in_channels, H, W) with H and W multiples of 8 and returns a
