@@ -10,12 +10,8 @@ from scipy import stats
 from dcn_ray.core.stats import holm, mean_interval, paired_difference, stratified_permutation_test
 from dcn_ray.track.charts import interval_chart, kernel_chart
 from dcn_ray.track.report import configuration_markdown
-from dcn_ray.track.summary import (
-    configuration_results,
-    guided_vs_controls,
-    mechanism,
-    round_lines,
-)
+from dcn_ray.track.summary import configuration_results
+from dcn_ray.track.verdict import guided_vs_controls, mechanism, round_lines
 
 REF = (4, 8, 16)
 

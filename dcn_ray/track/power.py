@@ -14,7 +14,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from dcn_ray.core.stats import detectable_effect, seeds_needed
-from dcn_ray.track.summary import Round, Row, matched_differences, scores_by_trial
+from dcn_ray.track.summary import Row, scores_by_trial
+from dcn_ray.track.verdict import Round, matched_differences
 
 POWER = 0.8
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from dcn_ray.core import scores
 from dcn_ray.kernels import BRANCHES, REFERENCE, kernels_text
-from dcn_ray.track import charts, power, summary
+from dcn_ray.track import charts, power, summary, verdict
 
 #: Test-split scores of a trial (empty without a test split): dcn_ray.core.scores.SCORE_KEYS, prefixed.
 TEST_COLUMNS = scores.TEST_COLUMNS
@@ -164,10 +164,10 @@ def findings(table: pa.Table, reference: Sequence[int] = REFERENCE, effect: floa
     """The sentences a reader wants: the weak branch's agreement, guided vs matched controls, the
     mechanism, and what the seeds can detect (with the seeds ``effect`` needs)."""
     rows, (key, label), rounds = table.to_pylist(), headline(table), rounds_of(table)
-    lines: list[str | None] = list(summary.round_lines(rounds))
-    comparison = summary.guided_vs_controls(rows, key, label, rounds)
+    lines: list[str | None] = list(verdict.round_lines(rounds))
+    comparison = verdict.guided_vs_controls(rows, key, label, rounds)
     lines.append(comparison.sentence() if comparison else None)
-    mechanism = summary.mechanism(rows, rounds)
+    mechanism = verdict.mechanism(rows, rounds)
     lines.append(mechanism.sentence() if mechanism else None)
     lines += power.power_lines(rows, key, reference, rounds, effect)
     return [line for line in lines if line]

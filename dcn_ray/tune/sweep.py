@@ -258,7 +258,7 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
 
 def _log_mechanism(uri: str, table) -> None:
     """On each guided trial's run: how its weak branch's calibrated separation moved against its reference."""
-    from dcn_ray.track.summary import mechanism
+    from dcn_ray.track.verdict import mechanism
 
     found = mechanism(table.to_pylist(), report.rounds_of(table))
     if found is None:

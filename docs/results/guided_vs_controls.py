@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from dcn_ray.core.kernels import BRANCHES, kernels_text, relative_change
+from dcn_ray.kernels import BRANCHES, kernels_text, relative_change
 from dcn_ray.core.stats import mean_interval, t_test_p
-from dcn_ray.track import report, summary
+from dcn_ray.track import report, summary, verdict
 
 
 def dose_response(rows: list[dict], rounds: list[dict], key: str) -> list[str]:
@@ -86,17 +86,17 @@ def main(argv: list[str]) -> None:
     rows, rounds = table.to_pylist(), report.rounds_of(table)
     key, label = report.headline(table)
     print("## Primary and contrasts\n")
-    comparison = summary.guided_vs_controls(rows, key, label, rounds)
+    comparison = verdict.guided_vs_controls(rows, key, label, rounds)
     print(comparison.sentence() if comparison else "no guided arm (the rule named no weak branch)")
     print("\n## Rounds\n")
-    print("\n".join(summary.round_lines(rounds)))
+    print("\n".join(verdict.round_lines(rounds)))
     for r in rounds:
         print(f"weak branch per reference seed (one-seed rule): {', '.join(r.get('votes', []))}")
     print("\n## Dose-response\n")
     weak = next((r["weak"] for r in rounds if r.get("weak") in BRANCHES), None)
     for score in (key, *([f"calibrated_{weak}"] if weak else [])):
         print("\n".join(dose_response(rows, rounds, score)))
-    mechanism = summary.mechanism(rows, rounds)
+    mechanism = verdict.mechanism(rows, rounds)
     print("\n" + (mechanism.sentence() if mechanism else "mechanism: no guided trials"))
     if args.tracking_uri:
         print("\n" + "\n".join(curves(args.tracking_uri, rows)))
