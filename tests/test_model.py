@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from dcn_ray.kernels import TABLE1
-from dcn_ray.models.dcn import DCN, DCNOutput, pad_forward
+from dcn_ray.models.dcn import DCN, MULTIPLE, DCNOutput
+from dcn_ray.models.outputs import pad_forward
 
 ODD = [(3, 5, 9), (5, 7, 11), (2, 4, 13)]
 
@@ -114,7 +115,7 @@ def test_fused_is_sum_of_branches_and_gradients_reach_every_branch() -> None:
 def test_pad_forward_crops_back_to_any_size() -> None:
     model = DCN(width=4).eval()
     x = torch.randn(2, 1, 30, 45)
-    out = pad_forward(model, x)
+    out = pad_forward(model, x, MULTIPLE)
     assert isinstance(out, DCNOutput)
     assert out.fused.shape == (2, 2, 30, 45)
     assert [tuple(b.shape) for b in out.branches] == [(2, 2, 30, 45)] * 3
@@ -124,8 +125,8 @@ def test_pad_forward_crops_back_to_any_size() -> None:
     torch.testing.assert_close(out.fused, model(padded).fused[..., :30, :45])
     # Multiples of 8 pass through unchanged; tiny images fall back to edge replication.
     y = torch.randn(1, 1, 16, 24)
-    torch.testing.assert_close(pad_forward(model, y).fused, model(y).fused)
-    assert pad_forward(model, torch.randn(1, 1, 3, 5)).fused.shape == (1, 2, 3, 5)
+    torch.testing.assert_close(pad_forward(model, y, MULTIPLE).fused, model(y).fused)
+    assert pad_forward(model, torch.randn(1, 1, 3, 5), MULTIPLE).fused.shape == (1, 2, 3, 5)
 
 
 def test_channels_last_matches_contiguous() -> None:

@@ -20,7 +20,8 @@ from dcn_ray.core.scores import segmentation_scores
 from dcn_ray.errors import InputError
 from dcn_ray.io.tiff import read_metadata
 from dcn_ray.models import dcn_receptive_radius as receptive_radius
-from dcn_ray.models.dcn import DCN, pad_forward
+from dcn_ray.models.dcn import DCN, MULTIPLE
+from dcn_ray.models.outputs import pad_forward
 from dcn_ray.predict.engine import PredictOptions, SlicePredictor, edge_weights, tile_starts
 from dcn_ray.predict.ray_pool import PredictorWorker, ordered_map
 from dcn_ray.predict.stack import predict_stack
@@ -41,7 +42,7 @@ def model_file(synthetic_stack, tmp_path_factory) -> Path:
 
 def whole_slice(model: DCN, image: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        logits = pad_forward(model, torch.from_numpy(image)[None, None]).fused
+        logits = pad_forward(model, torch.from_numpy(image)[None, None], MULTIPLE).fused
     return torch.softmax(logits, 1)[0, 1].numpy()
 
 

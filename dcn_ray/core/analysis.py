@@ -11,7 +11,8 @@ import torch
 from dcn_ray.core.branches import BranchScore, score_branches, weak_branch
 from dcn_ray.core.render import branch_image, render_montage, render_overlay, save_png
 from dcn_ray.kernels import BRANCHES
-from dcn_ray.models.dcn import DCN, pad_forward
+from dcn_ray.models.dcn import DCN, MULTIPLE
+from dcn_ray.models.outputs import pad_forward
 
 #: The images analyse writes: the F1-F3 maps, their montage, the prediction overlay.
 IMAGE_FILES = (*(f"{name}.png" for name in BRANCHES), "F1-F3_montage.png", "prediction_overlay.png")
@@ -44,7 +45,7 @@ def branch_logits(model: DCN, images: np.ndarray, device: torch.device | str = "
     with torch.no_grad():
         for image in images:
             output = pad_forward(
-                model, torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+                model, torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device), MULTIPLE
             )
             for index, branch in enumerate(output.branches):
                 maps[index].append(branch[0].float().cpu().numpy())

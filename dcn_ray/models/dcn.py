@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from dcn_ray.kernels import REFERENCE, STRIDES, check_kernels
 from dcn_ray.models.init import init_weights
-from dcn_ray.models.outputs import SegmentationOutput, check_common_arguments
+from dcn_ray.models.outputs import SegmentationOutput, check_common_arguments, conv_block
 
 #: Input sides must be multiples of this (three 2x2 poolings).
 MULTIPLE = 8
@@ -21,18 +21,6 @@ MULTIPLE = 8
 #: segmentation) and ``branches`` (the side-branch logits F1, F2, F3 from 1/2, 1/4 and 1/8
 #: resolution), each (N, num_classes, H, W) at the input size. Every model family returns this shape.
 DCNOutput = SegmentationOutput
-
-
-def _conv_block(in_channels: int, out_channels: int, convs: int, batch_norm: bool) -> nn.Sequential:
-    """``convs`` times: 3x3 conv (padding 1) [+ BatchNorm] + ReLU."""
-    layers: list[nn.Module] = []
-    for index in range(convs):
-        source = in_channels if index == 0 else out_channels
-        layers.append(nn.Conv2d(source, out_channels, 3, padding=1, bias=not batch_norm))
-        if batch_norm:
-            layers.append(nn.BatchNorm2d(out_channels))
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
 
 
 class SideBranch(nn.Module):
@@ -101,7 +89,7 @@ class DCN(nn.Module):
             whose shape they share. Not an architecture argument: not in ``kwargs``.
 
     ``forward`` takes (N, in_channels, H, W) with H and W multiples of 8 and returns a
-    :class:`DCNOutput`; :func:`pad_forward` accepts any size. ``model.kwargs`` holds the
+    :class:`DCNOutput`; :func:`~dcn_ray.models.outputs.pad_forward` accepts any size. ``model.kwargs`` holds the
     arguments as plain values, so ``DCN(**model.kwargs)`` rebuilds the same architecture.
 
     Example:
@@ -145,10 +133,10 @@ class DCN(nn.Module):
             self.kwargs["branch_noise"] = list(noise)
         self.kernels = kernels
 
-        self.block1 = _conv_block(in_channels, width, 2, batch_norm)
-        self.block2 = _conv_block(width, 2 * width, 2, batch_norm)
-        self.block3 = _conv_block(2 * width, 4 * width, 3, batch_norm)
-        self.block4 = _conv_block(4 * width, 8 * width, 3, batch_norm)
+        self.block1 = conv_block(in_channels, width, 2, batch_norm)
+        self.block2 = conv_block(width, 2 * width, 2, batch_norm)
+        self.block3 = conv_block(2 * width, 4 * width, 3, batch_norm)
+        self.block4 = conv_block(4 * width, 8 * width, 3, batch_norm)
         self.pool = nn.MaxPool2d(2)
         mid = max(width // 2, 8)  # few channels at full resolution: keeps the branches cheap
         self.branches = nn.ModuleList(
@@ -166,28 +154,10 @@ class DCN(nn.Module):
         if height % MULTIPLE or width % MULTIPLE:
             raise ValueError(
                 f"DCN input height and width must be multiples of {MULTIPLE}, got "
-                f"{height}x{width}; use pad_forward for other sizes"
+                f"{height}x{width}; use dcn_ray.models.outputs.pad_forward for other sizes"
             )
         half = self.block2(self.pool(self.block1(images)))
         quarter = self.block3(self.pool(half))
         eighth = self.block4(self.pool(quarter))
         f1, f2, f3 = (branch(features) for branch, features in zip(self.branches, (half, quarter, eighth)))
         return DCNOutput(fused=f1 + f2 + f3, branches=(f1, f2, f3))
-
-
-def pad_forward(model: DCN, images: Tensor) -> DCNOutput:
-    """Run ``model`` on (N, C, H, W) ``images`` of any size; outputs are cropped back to H x W.
-
-    The bottom and right are padded by reflection up to multiples of 8 (by edge replication
-    where an image is too small to reflect).
-    """
-    if images.ndim != 4:
-        raise ValueError(f"pad_forward expects (N, C, H, W) input, got {tuple(images.shape)}")
-    height, width = images.shape[-2:]
-    pad_h, pad_w = -height % MULTIPLE, -width % MULTIPLE
-    if not pad_h and not pad_w:
-        return model(images)
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    out = model(F.pad(images, (0, pad_w, 0, pad_h), mode=mode))
-    f1, f2, f3 = (branch[..., :height, :width] for branch in out.branches)
-    return DCNOutput(fused=out.fused[..., :height, :width], branches=(f1, f2, f3))

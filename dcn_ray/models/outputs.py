@@ -1,5 +1,5 @@
-"""What every model family shares: the check of its common arguments, what its forward returns,
-and a forward for inputs of any size."""
+"""What every model family shares: the check of its common arguments, its convolution blocks,
+what its forward returns, and a forward for inputs of any size."""
 
 from __future__ import annotations
 
@@ -17,6 +17,18 @@ def check_common_arguments(*, width: object, batch_norm: object, in_channels: ob
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     if not isinstance(batch_norm, bool):
         raise ValueError(f"batch_norm must be True or False, got {batch_norm!r}")
+
+
+def conv_block(in_channels: int, out_channels: int, convs: int, batch_norm: bool) -> nn.Sequential:
+    """``convs`` times: 3x3 conv (padding 1) [+ BatchNorm] + ReLU (the DCN's and the U-Net's levels)."""
+    layers: list[nn.Module] = []
+    for index in range(convs):
+        source = in_channels if index == 0 else out_channels
+        layers.append(nn.Conv2d(source, out_channels, 3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
 
 
 class SegmentationOutput(NamedTuple):

@@ -14,21 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from dcn_ray.models.init import init_weights
-from dcn_ray.models.outputs import SegmentationOutput, check_common_arguments
+from dcn_ray.models.outputs import SegmentationOutput, check_common_arguments, conv_block
 
 #: The depths accepted: poolings between the first level and the bottom one.
 DEPTHS = range(1, 7)
-
-
-def double_conv(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Sequential:
-    """Two times: 3x3 conv (padding 1) [+ BatchNorm] + ReLU."""
-    layers: list[nn.Module] = []
-    for source in (in_channels, out_channels):
-        layers.append(nn.Conv2d(source, out_channels, 3, padding=1, bias=not batch_norm))
-        if batch_norm:
-            layers.append(nn.BatchNorm2d(out_channels))
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
 
 
 class UNet(nn.Module):
@@ -82,7 +71,7 @@ class UNet(nn.Module):
         self.multiple = 2**depth
         channels = [width * 2**level for level in range(depth + 1)]
         self.down = nn.ModuleList(
-            double_conv(in_channels if level == 0 else channels[level - 1], channels[level], batch_norm)
+            conv_block(in_channels if level == 0 else channels[level - 1], channels[level], 2, batch_norm)
             for level in range(depth + 1)
         )
         self.pool = nn.MaxPool2d(2)
@@ -90,7 +79,7 @@ class UNet(nn.Module):
             nn.ConvTranspose2d(channels[level + 1], channels[level], 2, stride=2) for level in range(depth)
         )
         self.merge = nn.ModuleList(
-            double_conv(2 * channels[level], channels[level], batch_norm) for level in range(depth)
+            conv_block(2 * channels[level], channels[level], 2, batch_norm) for level in range(depth)
         )
         self.classify = nn.Conv2d(width, num_classes, 1)
         init_weights(self, seed)

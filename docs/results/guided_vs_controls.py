@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from dcn_ray.kernels import BRANCHES, kernels_text, relative_change
 from dcn_ray.core.stats import mean_interval, t_test_p
+from dcn_ray.kernels import BRANCHES, kernels_text, relative_change
 from dcn_ray.track import report, summary, verdict
 
 
