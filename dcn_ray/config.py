@@ -224,6 +224,17 @@ def _validate(job: JobConfig) -> None:
         foreground == "color" or isinstance(foreground, int),
         f"data.foreground must be an integer label value or 'color', got {foreground!r}",
     )
+    for key in ("background", "unlabelled"):
+        value = getattr(job.data, key)
+        need(
+            value is None or (isinstance(foreground, int) and value != foreground),
+            f"data.{key} {value!r} needs an integer data.foreground other than it, got {foreground!r}",
+        )
+    need(
+        job.data.background is None or job.data.unlabelled is None,
+        "data.background and data.unlabelled: give one (background: every other value is unlabelled; "
+        "unlabelled: every other value is background)",
+    )
     need(
         job.data.roi is None or len(job.data.roi) == 4,
         f"data.roi must be [y0, x0, height, width], got {job.data.roi!r}",

@@ -39,6 +39,13 @@ class DataConfig:
     labels: str = ""
     #: Label value of the foreground (ISBI: 255 = cell interior), or "color" for RGB labels.
     foreground: int | str = 255
+    #: Partly labelled data (napari's labels layer paints 1, 2, ...; 0 is unpainted): the label value
+    #: of the background; every value that is neither it nor ``foreground`` is unlabelled. None
+    #: (default): every value but ``foreground`` is background, every pixel labelled.
+    background: int | None = None
+    #: Or: the one label value that marks unlabelled pixels (every other value but ``foreground`` is
+    #: background). Unlabelled pixels add nothing to the loss and count in no score.
+    unlabelled: int | None = None
     #: Region of interest (y0, x0, height, width), or None for the whole slice.
     roi: tuple[int, ...] | None = None
     split: SplitConfig = field(default_factory=SplitConfig)

@@ -53,12 +53,25 @@ def branch_logits(model: DCN, images: np.ndarray, device: torch.device | str = "
 
 
 def analyse(
-    model: DCN, images: np.ndarray, masks: np.ndarray, out_dir: Path, *, device: torch.device | str = "cpu"
+    model: DCN,
+    images: np.ndarray,
+    masks: np.ndarray,
+    out_dir: Path,
+    *,
+    device: torch.device | str = "cpu",
+    labelled: np.ndarray | None = None,
 ) -> Analysis:
-    """Score F1-F3 on (Z, Y, X) validation slices and write their images for the first slice."""
+    """Score F1-F3 on (Z, Y, X) validation slices and write their images for the first slice.
+
+    Partly labelled truth: the branches are scored on the ``labelled`` pixels alone (every branch
+    score is a score of pixels)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     branches = branch_logits(model, images, device)
-    scores = score_branches(branches, masks)
+    if labelled is None:
+        scores = score_branches(branches, masks)
+    else:  # the labelled pixels as one (1, 1, N) slice
+        picked = [np.moveaxis(branch, 1, -1)[labelled].T[None, :, None, :] for branch in branches]
+        scores = score_branches(picked, masks[labelled][None, None, :])
     weak = weak_branch(scores)
     written = []
     for name, branch in zip(IMAGE_FILES, branches):

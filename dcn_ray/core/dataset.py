@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dcn_ray.core.partial import foreground_fraction, label_masks, labelled_slices
 from dcn_ray.data_config import DataConfig
 from dcn_ray.errors import InputError
 from dcn_ray.io.tiff import PathLike
-from dcn_ray.io.volumes import read_label_volume, read_volume
+from dcn_ray.io.volumes import read_label_values, read_label_volume, read_volume
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,11 @@ def apply_roi(stack: np.ndarray, roi: Sequence[int] | None) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Images (float32 in [0, 1]) and masks (bool) of each split, all shaped (Z, Y, X)."""
+    """Images (float32 in [0, 1]) and masks (bool) of each split, all shaped (Z, Y, X).
+
+    ``*_labelled``: for partly labelled data (:mod:`dcn_ray.core.partial`), which pixels of the
+    split carry a label (bool, (Z, Y, X)); None where every pixel does.
+    """
 
     train_images: np.ndarray
     train_masks: np.ndarray
@@ -110,11 +115,15 @@ class Dataset:
     train_slices: list[int]
     val_slices: list[int]
     test_slices: list[int]  # [] when there is no test split
+    train_labelled: np.ndarray | None = None
+    val_labelled: np.ndarray | None = None
+    test_labelled: np.ndarray | None = None
 
     @property
     def train_foreground(self) -> float:
-        """The foreground fraction of the training split (what ``train.preset: auto`` decides by)."""
-        return float(self.train_masks.mean())
+        """The foreground fraction of the training split's labelled pixels (what ``train.preset: auto``
+        decides by, and ``weighted_ce`` weighs by)."""
+        return foreground_fraction(self.train_masks, self.train_labelled)
 
 
 def load_dataset(
@@ -126,22 +135,42 @@ def load_dataset(
     val: SplitSpec,
     test: SplitSpec | None = None,
     roi: Sequence[int] | None = None,
+    background: int | None = None,
+    unlabelled: int | None = None,
 ) -> Dataset:
-    """Read images and labels, crop to ``roi``, and cut them into the train/val/test splits."""
-    stack, masks = read_volume(images), read_label_volume(labels, foreground)
+    """Read images and labels, crop to ``roi``, and cut them into the train/val/test splits.
+
+    With ``background`` or ``unlabelled`` the labels are partly labelled (:mod:`dcn_ray.core.partial`).
+    """
+    stack, labelled = read_volume(images), None
+    if background is None and unlabelled is None:
+        masks = read_label_volume(labels, foreground)
+    elif not isinstance(foreground, int):
+        raise InputError(f"data.foreground must be an integer label value for partly labelled data, got {foreground!r}")
+    else:
+        masks, labelled = label_masks(
+            read_label_values(labels), foreground=foreground, background=background, unlabelled=unlabelled,
+            source=labels,
+        )  # fmt: skip
     if stack.shape != masks.shape:
         raise InputError(
             f"images {images} have shape {stack.shape} (Z, Y, X) but labels {labels} have shape {masks.shape}"
         )
     stack, masks = apply_roi(stack, roi), apply_roi(masks, roi)
+    if labelled is not None:
+        labelled = apply_roi(labelled, roi)
     n_slices = len(stack)
     splits = {
         "train": parse_split(train, n_slices, name="data.split.train"),
         "val": parse_split(val, n_slices, name="data.split.val"),
         "test": [] if test is None else parse_split(test, n_slices, name="data.split.test"),
     }
-    share = float(masks[splits["train"]].mean())
     where = f"labels {labels} (foreground {foreground!r}" + (f", ROI {list(roi)})" if roi else ")")
+    parts = {name: None if labelled is None else labelled[indices] for name, indices in splits.items()}
+    if labelled is not None:
+        _check_labelled(splits, parts, where)
+        parts = {name: None if part is None or part.all() else part for name, part in parts.items()}
+    share = foreground_fraction(masks[splits["train"]], parts["train"])
     if share == 0.0:
         raise InputError(f"data.split.train: no foreground pixel in its slices of {where}")
     if share == 1.0:
@@ -175,12 +204,33 @@ def load_dataset(
         train_slices=splits["train"],
         val_slices=splits["val"],
         test_slices=test_slices,
+        train_labelled=parts["train"],
+        val_labelled=parts["val"],
+        test_labelled=parts["test"] if test_slices else None,
     )
+
+
+def _check_labelled(splits: dict[str, list[int]], parts: dict[str, np.ndarray | None], where: str) -> None:
+    """Every split needs a labelled pixel; a scored split's unlabelled slices are named in one line."""
+    for name, indices in splits.items():
+        part = parts[name]
+        if not indices or part is None:
+            continue
+        has = labelled_slices(part, len(indices))
+        if not has.any():
+            raise InputError(
+                f"data.split.{name}: no labelled pixel in its slices of {where}"
+                + ("" if name == "train" else "; it is scored on labelled pixels only: label some of them")
+            )
+        if name != "train" and not has.all():
+            missing = [z for z, kept in zip(indices, has) if not kept]
+            log.warning("data.split.%s: slice(s) %s hold no labelled pixel and are not scored", name, missing)
 
 
 def load_data(data: DataConfig) -> Dataset:
     """The splits of a job's ``data`` section (``images``, ``labels``, ``split``, ``roi``)."""
     return load_dataset(
         data.images, data.labels, foreground=data.foreground, train=data.split.train,
-        val=data.split.val, test=data.split.test, roi=data.roi,
+        val=data.split.val, test=data.split.test, roi=data.roi, background=data.background,
+        unlabelled=data.unlabelled,
     )  # fmt: skip

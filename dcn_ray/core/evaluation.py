@@ -29,10 +29,10 @@ def reported_split(dataset: Dataset) -> dict[str, Any]:
     (which also chose the checkpoints, so its scores are biased upwards).
     """
     if dataset.test_masks is not None:
-        split, slices, masks = "test", dataset.test_slices, dataset.test_masks
+        split, slices, masks, labelled = "test", dataset.test_slices, dataset.test_masks, dataset.test_labelled
     else:
-        split, slices, masks = "validation", dataset.val_slices, dataset.val_masks
-    return {"split": split, "slices": [int(z) for z in slices], "baselines": baseline_scores(masks)}
+        split, slices, masks, labelled = "validation", dataset.val_slices, dataset.val_masks, dataset.val_labelled
+    return {"split": split, "slices": [int(z) for z in slices], "baselines": baseline_scores(masks, labelled)}
 
 
 def score_probabilities(

@@ -3,7 +3,10 @@ variants for sparse foreground (class-weighted cross-entropy; cross-entropy plus
 
 Every loss is ``loss(output, target, aux) -> (total, parts)``; :func:`make_loss` picks one by the
 job key ``train.loss``. ``output`` is any family's :class:`~dcn_ray.models.outputs.SegmentationOutput`:
-a model without branches (the U-Net) has no auxiliary term, and its parts are only "fused"."""
+a model without branches (the U-Net) has no auxiliary term, and its parts are only "fused".
+
+A target pixel holding :data:`~dcn_ray.core.partial.IGNORE` (unlabelled) adds nothing to any term:
+each is a mean over the labelled pixels (every pixel, when all are labelled)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dcn_ray.core.partial import IGNORE
 from dcn_ray.kernels import BRANCHES
 from dcn_ray.models.dcn import DCNOutput
 
@@ -42,7 +46,7 @@ LOSS_PARTS: tuple[str, ...] = ("fused", *BRANCHES)
 def dcn_loss(output: DCNOutput, target: Tensor, aux: float) -> tuple[Tensor, Tensor]:
     """Cross-entropy of the fused logits plus ``aux`` times the sum of the branch cross-entropies.
 
-    ``target`` is (N, H, W) int64 with 0 = background, 1 = foreground. Returns the total
+    ``target`` is (N, H, W) int64 with 0 = background, 1 = foreground, IGNORE = unlabelled. Returns the total
     (for backward) and its unweighted parts, detached, in the order of LOSS_PARTS. The parts
     stay on the device (no synchronisation per step); ``loss_parts`` reads them when needed.
     """
@@ -72,13 +76,14 @@ def class_weights(foreground_fraction: float) -> tuple[float, float]:
 def weighted_dcn_loss(output: DCNOutput, target: Tensor, aux: float, *, weights: Tensor) -> tuple[Tensor, Tensor]:
     """:func:`dcn_loss` with every pixel's cross-entropy multiplied by its class's weight.
 
-    Each term is the mean over pixels of ``weights[target] * cross_entropy`` (not PyTorch's
+    Each term is the mean over labelled pixels of ``weights[target] * cross_entropy`` (not PyTorch's
     weighted mean, which divides by the batch's weights and so undoes the weighting of a batch
     without foreground).
     """
+    scale = target.numel() / (target != IGNORE).sum().clamp_min(1)  # exactly 1 when every pixel is labelled
 
     def term(logits: Tensor) -> Tensor:
-        return F.cross_entropy(logits.float(), target, weight=weights, reduction="none").mean()
+        return F.cross_entropy(logits.float(), target, weight=weights, reduction="none").mean() * scale
 
     fused = term(output.fused)
     branches = [term(branch) for branch in output.branches]
@@ -88,9 +93,10 @@ def weighted_dcn_loss(output: DCNOutput, target: Tensor, aux: float, *, weights:
 
 def soft_dice_loss(logits: Tensor, target: Tensor, *, smooth: float = 1.0) -> Tensor:
     """``1 - (2 sum(p g) + smooth) / (sum(p) + sum(g) + smooth)`` over the whole batch (nnU-Net's
-    batch Dice), ``p`` the softmax foreground probability of (N, 2, H, W) logits, ``g`` the target."""
-    probability = torch.softmax(logits.float(), dim=1)[:, 1]
-    truth = target.to(probability.dtype)
+    batch Dice), ``p`` the softmax foreground probability of (N, 2, H, W) logits, ``g`` the target;
+    unlabelled pixels (IGNORE) count in neither."""
+    probability = torch.softmax(logits.float(), dim=1)[:, 1] * (target != IGNORE)
+    truth = (target == 1).to(probability.dtype)
     overlap = (probability * truth).sum()
     return 1.0 - (2.0 * overlap + smooth) / (probability.sum() + truth.sum() + smooth)
 

@@ -16,6 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from dcn_ray.core.partial import IGNORE
+
 #: Names of the transforms, indexed by ``t``.
 DIHEDRAL: tuple[str, ...] = (
     "identity",
@@ -81,6 +83,11 @@ class CropSampler:
     a fixed number per batch, so a run is repeatable and resumes exactly from the generator's state;
     with f = 0 the draws are those of a sampler without the option.
 
+    Partly labelled data (``labelled``, bool like ``masks``; None: every pixel labelled, as
+    without it): a target holds :data:`~dcn_ray.core.partial.IGNORE` where unlabelled, and a crop
+    holding no labelled pixel is replaced by one centred on a labelled pixel (drawn as the
+    foreground centres are), so no training crop is without a label.
+
     Example:
         >>> sampler = CropSampler(torch.rand(3, 64, 64), torch.rand(3, 64, 64) > 0.5,
         ...                       crop=32, batch_size=4)
@@ -99,6 +106,7 @@ class CropSampler:
         transforms: str = "paper6",
         generator: torch.Generator | None = None,
         foreground_crops: float = 0.0,
+        labelled: Tensor | None = None,
     ) -> None:
         if images.ndim != 3 or not images.is_floating_point():
             raise ValueError(f"images must be a (Z, H, W) float tensor, got {images.dtype} {tuple(images.shape)}")
@@ -120,14 +128,22 @@ class CropSampler:
             raise ValueError(f"unknown transforms {transforms!r}; choose one of {sorted(TRANSFORM_SETS)}")
         if not 0.0 <= foreground_crops <= 1.0:
             raise ValueError(f"foreground_crops must be a fraction in [0, 1], got {foreground_crops}")
+        if labelled is not None and (labelled.shape != masks.shape or labelled.device != masks.device):
+            raise ValueError(f"labelled {tuple(labelled.shape)} must match masks {tuple(masks.shape)} and their device")
         self.images = images
-        self.masks = (masks != 0).to(torch.uint8)
+        if labelled is None:
+            self.masks = (masks != 0).to(torch.uint8)
+        else:  # int8: 1 foreground, 0 background, IGNORE unlabelled
+            self.masks = torch.where(
+                labelled.bool(), (masks != 0).to(torch.int8), torch.tensor(IGNORE, dtype=torch.int8)
+            )
         self.crop = crop
         self.batch_size = batch_size
         self.transforms = transforms
         self.generator = generator
         self.foreground_crops = float(foreground_crops)
         self._centres = self._foreground_centres() if foreground_crops > 0 else None
+        self._labelled = self._centres_of(self.masks >= 0, "labelled") if labelled is not None else None
         # Source (row, column) inside the crop of every output pixel, per transform:
         # transforming the index grid gives the gather indices of the transformed crop.
         grid = torch.stack(torch.meshgrid(torch.arange(crop), torch.arange(crop), indexing="ij"))
@@ -138,16 +154,27 @@ class CropSampler:
 
     def _foreground_centres(self) -> Tensor:
         """Flat (z, y, x) indices of the foreground pixels a crop can be centred on (int64, on the device)."""
+        return self._centres_of(self.masks == 1, "foreground")
+
+    def _centres_of(self, where: Tensor, what: str) -> Tensor:
+        """Flat (z, y, x) indices of the ``where`` pixels a crop can be centred on (int64, on the device)."""
         half, (height, width) = self.crop // 2, self.masks.shape[1:]
-        fits = torch.zeros_like(self.masks, dtype=torch.bool)
+        fits = torch.zeros_like(where)
         fits[:, half : height - self.crop + half + 1, half : width - self.crop + half + 1] = True
-        centres = torch.nonzero((self.masks != 0) & fits).T
+        centres = torch.nonzero(where & fits).T
         if centres.shape[1] == 0:
-            log.warning("no foreground pixel is %d px inside the slices: foreground crops only contain one", half)
-            centres = torch.nonzero(self.masks).T
+            log.warning("no %s pixel is %d px inside the slices: %s crops only contain one", what, half, what)
+            centres = torch.nonzero(where).T
         if centres.shape[1] == 0:
-            raise ValueError("foreground_crops > 0 needs foreground pixels in the masks")
+            raise ValueError(f"{what} crops need {what} pixels in the masks")
         return (centres[0] * height + centres[1]) * width + centres[2]
+
+    def _centred(self, centre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(z, top, left) of crops centred on flat pixel indices, shifted inside the slice."""
+        (height, width), half = self.masks.shape[1:], self.crop // 2
+        top = (centre // width % height - half).clamp(0, height - self.crop)
+        left = (centre % width - half).clamp(0, width - self.crop)
+        return centre // (height * width), top, left
 
     def draw(self) -> Crops:
         """Where the next batch's crops come from (advances the generator)."""
@@ -159,18 +186,29 @@ class CropSampler:
             chosen = torch.rand(self.batch_size, generator=self.generator, device=device) < self.foreground_crops
             pick = torch.randint(len(self._centres), (self.batch_size,), generator=self.generator, device=device)
             draws += [chosen.long(), pick]
+        if self._labelled is not None:
+            draws.append(
+                torch.randint(len(self._labelled), (self.batch_size,), generator=self.generator, device=device)
+            )
         draws = torch.stack(draws).to(self.images.device, non_blocking=True)
         z, top, left, t = draws[:4]
         if self._centres is not None:
-            chosen, centre = draws[4].bool(), self._centres[draws[5]]
-            half = self.crop // 2
-            z = torch.where(chosen, centre // (height * width), z)
-            top = torch.where(chosen, (centre // width % height - half).clamp(0, height - self.crop), top)
-            left = torch.where(chosen, (centre % width - half).clamp(0, width - self.crop), left)
+            chosen = draws[4].bool()
+            z, top, left = (
+                torch.where(chosen, a, b) for a, b in zip(self._centred(self._centres[draws[5]]), (z, top, left))
+            )
+        if self._labelled is not None:  # a crop without a labelled pixel gives way to one centred on one
+            grid = self._sources[0]
+            known = self.masks[z[:, None, None], top[:, None, None] + grid[0], left[:, None, None] + grid[1]] >= 0
+            empty = ~known.flatten(1).any(1)
+            z, top, left = (
+                torch.where(empty, a, b) for a, b in zip(self._centred(self._labelled[draws[-1]]), (z, top, left))
+            )
         return Crops(z, top, left, t)
 
     def cut(self, crops: Crops) -> tuple[Tensor, Tensor]:
-        """The batch of ``crops``: x (B, 1, crop, crop) float and y (B, crop, crop) int64 in {0, 1}."""
+        """The batch of ``crops``: x (B, 1, crop, crop) float and y (B, crop, crop) int64 in {0, 1}
+        (and IGNORE where unlabelled)."""
         source = self._sources[crops.t]  # (B, 2, crop, crop)
         rows = crops.top[:, None, None] + source[:, 0]
         cols = crops.left[:, None, None] + source[:, 1]

@@ -69,14 +69,42 @@ def _pixel_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {score.key: score.function(pred, truth) for score in SCORES if score.key not in REGION_KEYS}
 
 
-def segmentation_scores(pred: np.ndarray, truth: np.ndarray, *, workers: int | None = None) -> dict[str, float]:
+def segmentation_scores(
+    pred: np.ndarray, truth: np.ndarray, *, labelled: np.ndarray | None = None, workers: int | None = None
+) -> dict[str, float]:
     """Every score of a binary prediction, keyed and ordered as :data:`SCORES` (python floats).
 
     V_rand and V_info come from one watershed per slice, on ``workers`` threads
-    (:func:`~dcn_ray.core.metrics.rand_info_scores`).
+    (:func:`~dcn_ray.core.metrics.rand_info_scores`). ``labelled`` (bool, as ``truth``; None: every
+    pixel) restricts every score to the labelled pixels (:func:`labelled_scores`).
     """
+    if labelled is not None:
+        return labelled_scores(pred, truth, labelled, workers=workers)
     region = dict(zip(REGION_KEYS, metrics.rand_info_scores(pred, truth, workers=workers)))
     computed = {**_pixel_scores(pred, truth), **region}
+    return {key: computed[key] for key in SCORE_KEYS}
+
+
+def labelled_scores(
+    pred: np.ndarray, truth: np.ndarray, labelled: np.ndarray, *, workers: int | None = None
+) -> dict[str, float]:
+    """:func:`segmentation_scores` of partly labelled truth: what the prediction or the truth hold at
+    unlabelled pixels changes no score.
+
+    Slices without a labelled pixel are left out. The pixel scores count the labelled pixels alone;
+    V_rand and V_info score the prediction cut to the labelled pixels (background elsewhere, so the
+    watershed may flood across unlabelled pixels) against the truth cells of labelled foreground.
+    """
+    if labelled.shape != truth.shape or labelled.dtype != np.bool_:
+        raise ValueError(f"labelled must be a bool array shaped as the truth {truth.shape}")
+    shape = (-1,) + truth.shape[-2:]
+    keep = labelled.reshape(shape).any(axis=(1, 2))
+    if not keep.any():
+        raise ValueError("no labelled pixel to score")
+    pred, truth, labelled = (a.reshape(shape)[keep] for a in (pred, truth, labelled))
+    truth = truth & labelled
+    region = metrics.rand_info_scores(pred & labelled, truth, workers=workers)
+    computed = {**_pixel_scores(pred[labelled][None], truth[labelled][None]), **dict(zip(REGION_KEYS, region))}
     return {key: computed[key] for key in SCORE_KEYS}
 
 
@@ -110,12 +138,13 @@ def probability_scores(
     return scores
 
 
-def baseline_scores(truth: np.ndarray) -> dict[str, dict[str, float]]:
+def baseline_scores(truth: np.ndarray, labelled: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """Scores of the trivial predictions on ``truth``: ``all_foreground`` and ``all_background``.
 
-    The floor any model must beat on the same slices (on ISBI 2012 all-foreground IoU is about 0.8).
+    The floor any model must beat on the same slices (on ISBI 2012 all-foreground IoU is about 0.8);
+    on the ``labelled`` pixels only for partly labelled truth.
     """
     return {
-        "all_foreground": segmentation_scores(np.ones_like(truth, dtype=bool), truth),
-        "all_background": segmentation_scores(np.zeros_like(truth, dtype=bool), truth),
+        "all_foreground": segmentation_scores(np.ones_like(truth, dtype=bool), truth, labelled=labelled),
+        "all_background": segmentation_scores(np.zeros_like(truth, dtype=bool), truth, labelled=labelled),
     }

@@ -24,6 +24,7 @@ from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import Dataset
 from dcn_ray.core.device import select_device
 from dcn_ray.core.loss import Loss, aux_weight, dcn_loss, make_loss
+from dcn_ray.core.partial import labelled_slices
 from dcn_ray.core.sampler import CropSampler
 from dcn_ray.core.schedule import lr_factor, set_lr
 from dcn_ray.core.scores import BEST_VAL_HEADLINE, HEADLINE_SCORE, VAL_HEADLINE, segmentation_scores
@@ -107,8 +108,14 @@ def build_model(config: ModelConfig, kernels: Kernels | None = None, *, seed: in
     return models.build(family.name, **kwargs, seed=seed)
 
 
-def evaluate(model: nn.Module, images: torch.Tensor, masks: np.ndarray) -> dict[str, float]:
-    """Whole-slice inference over (Z, Y, X) images on the model's device; segmentation metrics."""
+def evaluate(
+    model: nn.Module, images: torch.Tensor, masks: np.ndarray, labelled: np.ndarray | None = None
+) -> dict[str, float]:
+    """Whole-slice inference over (Z, Y, X) images on the model's device; segmentation metrics
+    (of the ``labelled`` pixels alone for partly labelled truth: slices without one are not predicted)."""
+    if labelled is not None:
+        keep = labelled_slices(labelled, len(masks))
+        images, masks, labelled = images[torch.from_numpy(keep).to(images.device)], masks[keep], labelled[keep]
     predictions = np.empty(masks.shape, dtype=bool)
     multiple = models.size_multiple(model)
     was_training = model.training
@@ -118,7 +125,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, masks: np.ndarray) -> dict[
             output = pad_forward(model, images[index][None, None], multiple)
             predictions[index] = (output.fused[0].argmax(0) == 1).cpu().numpy()
     model.train(was_training)
-    return segmentation_scores(predictions, masks)
+    return segmentation_scores(predictions, masks, labelled=labelled)
 
 
 def score_test_split(model: nn.Module, dataset: Dataset, device: torch.device) -> dict[str, float]:
@@ -129,7 +136,8 @@ def score_test_split(model: nn.Module, dataset: Dataset, device: torch.device) -
     """
     if dataset.test_images is None or dataset.test_masks is None:
         return {}
-    scores = evaluate(model.to(device), torch.from_numpy(dataset.test_images).to(device), dataset.test_masks)
+    images = torch.from_numpy(dataset.test_images).to(device)
+    scores = evaluate(model.to(device), images, dataset.test_masks, dataset.test_labelled)
     return {f"test_{name}": value for name, value in scores.items()}
 
 
@@ -171,6 +179,7 @@ def train(
         transforms=settings.transforms,
         generator=generator,
         foreground_crops=settings.foreground_crops,
+        labelled=None if dataset.train_labelled is None else torch.from_numpy(dataset.train_labelled).to(device),
     )
     val_images = torch.from_numpy(dataset.val_images).to(device)
 
@@ -203,7 +212,10 @@ def train(
         step += 1
         if step % settings.eval_every and step < settings.steps:
             continue
-        metrics = {f"val_{name}": value for name, value in evaluate(model, val_images, dataset.val_masks).items()}
+        metrics = {
+            f"val_{name}": value
+            for name, value in evaluate(model, val_images, dataset.val_masks, dataset.val_labelled).items()
+        }
         metrics["train_loss"] = float(loss_sum) / losses_since_eval
         metrics["step"] = step
         metrics["images_per_s"] = losses_since_eval * settings.batch_size / max(time.perf_counter() - started, 1e-9)

@@ -164,6 +164,16 @@ def read_labels(path: PathLike, foreground: int | str) -> np.ndarray:
     return mask
 
 
+def read_label_values(path: PathLike) -> np.ndarray:
+    """A single-channel label stack's stored values, (Z, Y, X) (a napari labels layer: 0 unpainted)."""
+    path = Path(path)
+    with open_stack(path) as (tif, layout), reading(path):
+        if layout.kind == "rgb":
+            raise InputError(f"{path}: labels are RGB; partly labelled data needs one label value per pixel")
+        raw = tif.series[0].asarray()
+    return raw.reshape(layout.shape)
+
+
 def _coloured(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
     full = float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
     channels = rgb[..., :3].astype(np.float32)

@@ -148,6 +148,16 @@ def read_label_volume(source: str | Path, foreground: int | str, level: int = 0)
     return mask
 
 
+def read_label_values(source: str | Path, level: int = 0) -> np.ndarray:
+    """A label volume's stored values, (Z, Y, X), for partly labelled data (:mod:`dcn_ray.core.partial`)."""
+    if is_tiff(source):
+        return tiff.read_label_values(source)
+    raw = open_volume(source, level, scan=False).raw()
+    if np.dtype(raw.dtype).kind not in "biu":
+        raise InputError(f"{source}: partly labelled data needs integer label values, got {raw.dtype}")
+    return raw
+
+
 def is_tiff(source: str | Path) -> bool:
     """Whether ``source`` names a TIFF (a file that is neither HDF5 nor a folder, nor has a ``:/dataset``)."""
     file, dataset = split_hdf5(str(source))

@@ -134,4 +134,12 @@ def check_data(job: JobConfig, *, make: bool = True) -> tuple[str, float | None]
         f"data: {len(dataset.train_slices)} training and {len(dataset.val_slices)} validation slices "
         f"of {height} x {width}{test} from {job.data.images}"
     )
+    if dataset.train_labelled is not None:  # partly labelled data: how much of it
+        from dcn_ray.core.partial import labelled_slices
+
+        held = int(labelled_slices(dataset.train_labelled, len(dataset.train_slices)).sum())
+        summary += (
+            f"\nlabels: {100 * dataset.train_labelled.mean():.1f} % of the training pixels are labelled "
+            f"({held} of {len(dataset.train_slices)} slices hold labels); unlabelled pixels are left out"
+        )
     return f"{summary}\n{preset_line(job.train, dataset.train_foreground)}", dataset.train_foreground

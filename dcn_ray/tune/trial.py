@@ -122,7 +122,10 @@ def _train_and_analyse(
         folder = Path(folder)
         branch_metrics: dict[str, float] = {}
         if models.family_of(model).branches:
-            analysis = analyse(model, dataset.val_images, dataset.val_masks, folder / "feature_maps", device=device)
+            analysis = analyse(
+                model, dataset.val_images, dataset.val_masks, folder / "feature_maps", device=device,
+                labelled=dataset.val_labelled,
+            )  # fmt: skip
             for image in analysis.images:
                 run.log_artifact(image, "feature_maps")
             branch_metrics = analysis.metrics()
