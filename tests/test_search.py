@@ -1,0 +1,250 @@
+"""sweep.search and sweep.scheduler: the section checks itself, its keys and bounds are checked against
+the job, and it becomes Tune's own seeded searchers and ASHA (no sampler of dcn-ray's)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from dcn_ray.config import job_from_dict
+from dcn_ray.errors import InputError
+from dcn_ray.search_config import SchedulerConfig, SearchConfig
+from dcn_ray.search_space import check_search
+
+SPACE = {
+    "train.lr": {"loguniform": [1.0e-4, 1.0e-2]},
+    "train.foreground_crops": {"uniform": [0.0, 0.6]},
+    "model.width": {"choice": [4, 8]},
+    "train.loss": {"choice": ["ce", "ce_dice"]},
+    "train.warmup": {"randint": [0, 5]},
+}
+
+
+def job(**sweep):
+    return job_from_dict(
+        {
+            "data": {"images": "i.tif", "labels": "l.tif"},
+            "model": {"width": 4},
+            "train": {"steps": 12, "batch_size": 2, "crop": 32, "eval_every": 6},
+            "sweep": sweep,
+        }
+    )
+
+
+def search(**raw) -> SearchConfig:
+    return SearchConfig.from_raw({"algorithm": "optuna", "trials": 8, "space": SPACE, **raw})
+
+
+def test_the_section_reads_dotted_and_nested_keys_alike():
+    dotted = SearchConfig.from_raw({"algorithm": "random", "trials": 3, "space": {"train.lr": {"uniform": [0.1, 1]}}})
+    nested = SearchConfig.from_raw(
+        {"algorithm": "random", "trials": 3, "space": {"train": {"lr": {"uniform": [0.1, 1]}}}}
+    )
+    assert dotted == nested
+    assert dotted.distributions()["train.lr"].kind == "uniform"
+    assert SearchConfig().enabled is False and search().enabled is True
+    # YAML 1.1 reads 1e-3 (no dot) as text: a bound given so is a number
+    assert SearchConfig.from_raw(
+        {"algorithm": "random", "trials": 1, "space": {"train.lr": {"loguniform": ["1e-4", "1e-2"]}}}
+    ).distributions()["train.lr"].args == (1e-4, 1e-2)
+
+
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        ({"algorithm": "bayes"}, "sweep.search.algorithm must be one of grid, random, optuna"),
+        ({"trials": 0}, "sweep.search.trials must be an integer from 1"),
+        ({"trials": None}, "sweep.search.trials must be an integer"),
+        ({"seed": -1}, "sweep.search.seed must be an integer"),
+        ({"space": {}}, "sweep.search.space must name at least one job key"),
+        ({"space": {"train.lr": {"gaussian": [0, 1]}}}, "sweep.search.space.train.lr: unknown distribution 'gaussian'"),
+        ({"space": {"train.lr": {"uniform": [1]}}}, "sweep.search.space.train.lr: uniform takes a list of 2 numbers"),
+        ({"space": {"train.lr": {"uniform": [1, 0.1]}}}, "sweep.search.space.train.lr: uniform needs low < high"),
+        ({"space": {"train.lr": {"loguniform": [0, 1]}}}, "sweep.search.space.train.lr: loguniform needs low > 0"),
+        ({"space": {"train.lr": {"uniform": [0, math.inf]}}}, "uniform takes finite numbers"),
+        ({"space": {"train.warmup": {"randint": [0, 2.5]}}}, "sweep.search.space.train.warmup: randint takes integers"),
+        ({"space": {"train.lr": {"quniform": [0.1, 1, 0.25]}}}, "low and high must be multiples of q=0.25"),
+        ({"space": {"train.lr": {"quniform": [0, 1, 0]}}}, "quniform's step q must be > 0"),
+        ({"space": {"model.width": {"choice": []}}}, "sweep.search.space.model.width: choice must list at least one"),
+        ({"space": {"model.width": {"choice": [4, 4]}}}, "sweep.search.space.model.width: choice lists a value twice"),
+        ({"space": {"model.width": [4, 8]}}, "sweep.search.space.model.width must be one distribution"),
+        ({"space": {"train.lr": {"qloguniform": [0.1, 1, 0.1]}}}, "optuna cannot quantise a log scale"),
+        ({"budget": 3}, "unknown job key 'sweep.search.budget'"),
+    ],
+)
+def test_a_bad_search_section_is_one_line_naming_its_key(raw, words):
+    with pytest.raises(InputError) as caught:
+        search(**raw)
+    message = str(caught.value)
+    assert words in message and "\n" not in message
+
+
+def test_grid_takes_no_space_and_random_takes_quantised_logs():
+    with pytest.raises(InputError, match="need sweep.search.algorithm random or optuna"):
+        SearchConfig.from_raw({"space": {"train.lr": {"uniform": [0.1, 1]}}})
+    quantised = {"train.lr": {"qloguniform": [0.1, 1.0, 0.1]}}
+    assert SearchConfig.from_raw({"algorithm": "random", "trials": 2, "space": quantised}).enabled
+
+
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        ({"algorithm": "hyperband"}, "sweep.scheduler.algorithm must be asha"),
+        ({"algorithm": "asha", "grace_steps": 0}, "sweep.scheduler.grace_steps must be an integer >= 1"),
+        ({"algorithm": "asha", "reduction_factor": 1}, "sweep.scheduler.reduction_factor must be an integer >= 2"),
+        ({"algorithm": "asha", "patience": 3}, "unknown job key 'sweep.scheduler.patience'"),
+    ],
+)
+def test_a_bad_scheduler_is_one_line(raw, words):
+    with pytest.raises(InputError, match=words):
+        SchedulerConfig.from_raw(raw)
+    assert SchedulerConfig.from_raw(None).enabled is False
+    assert SchedulerConfig.from_raw({"algorithm": "asha"}).grace_steps == 100
+
+
+def test_every_key_and_bound_is_checked_against_the_job_as_a_grid_value_is():
+    check_search(job(), search())  # every bound of SPACE is a value its key takes
+    cases = [
+        ({"train.seed": {"randint": [0, 3]}}, "train.seed cannot be searched (use sweep.seeds)"),
+        ({"sweep.max_failures": {"randint": [0, 3]}}, "sweep.max_failures cannot be searched"),
+        ({"train.learning_rate": {"uniform": [0.1, 1]}}, "unknown job key 'train.learning_rate'"),
+        ({"train.lr": {"uniform": [-1, 1]}}, "sweep.search.space.train.lr (-1): train.lr must be a finite number > 0"),
+        ({"train.loss": {"choice": ["ce", "focal"]}}, "sweep.search.space.train.loss (focal): train.loss must be"),
+        # a continuous distribution samples floats: an integer key refuses it, named
+        ({"train.warmup": {"uniform": [0, 5]}}, "sweep.search.space.train.warmup (0): train.warmup must be an integer"),
+        # a U-Net of depth 4 needs crops of a multiple of 16: 40 is a DCN's crop, not a U-Net's
+        ({"model.family": {"choice": ["dcn", "unet"]}, "train.crop": {"choice": [32, 40]}}, None),
+        (
+            {"train.crop": {"choice": [32, 36]}},
+            "sweep.search.space.train.crop (36): train.crop must be a positive multiple of 8",
+        ),
+    ]
+    for space, words in cases:
+        candidate = SearchConfig.from_raw({"algorithm": "random", "trials": 2, "space": space})
+        if words is None:
+            check_search(job(), candidate)  # each bound alone is valid (the pair is the trial's own check)
+            continue
+        with pytest.raises(InputError) as caught:
+            check_search(job(), candidate)
+        assert words in str(caught.value), str(caught.value)
+    with pytest.raises(InputError, match="cannot be combined with sweep.grid"):
+        check_search(job(grid={"train.lr": [0.001, 0.003]}), search())
+    with pytest.raises(InputError, match="cannot be combined with sweep.search"):
+        check_search(job(followup={"enabled": True}), search())
+
+
+def test_a_choice_of_lists_reaches_tune_as_labels_and_comes_back_as_lists():
+    from dcn_ray.tune.search_algs import decode, labels, tune_space
+
+    space = {"sweep.kernels": {"choice": [[4, 8, 16], [2, 8, 16]]}, "train.lr": {"loguniform": [1e-4, 1e-2]}}
+    candidate = SearchConfig.from_raw({"algorithm": "optuna", "trials": 2, "space": space})
+    kernels = candidate.distributions()["sweep.kernels"]
+    assert labels(kernels) == {"4-8-16": (4, 8, 16), "2-8-16": (2, 8, 16)}
+    domains = tune_space(candidate)
+    assert domains["sweep.kernels"].categories == ["4-8-16", "2-8-16"]
+    assert decode(candidate, {"sweep.kernels": "2-8-16", "train.lr": 0.001, "other": 1}) == {
+        "sweep.kernels": (2, 8, 16),
+        "train.lr": 0.001,
+    }
+
+
+def _suggestions(candidate: SearchConfig, count: int) -> list[dict]:
+    """Drive Tune's OptunaSearch as Tune does (suggest, then complete), scoring by a known function."""
+    from dcn_ray.tune.search_algs import search_algorithm
+
+    searcher = search_algorithm(candidate, metric="score", mode="max", max_concurrent=1)
+    found = []
+    for index in range(count):
+        config = searcher.suggest(f"t{index}")
+        found.append(config)
+        score = -abs(math.log10(config["train.lr"]) + 3)  # best at lr = 1e-3
+        searcher.on_trial_complete(f"t{index}", {"score": score})
+    return found
+
+
+def test_optuna_is_tunes_searcher_with_a_seeded_tpe_and_a_concurrency_limit():
+    from optuna.samplers import TPESampler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from dcn_ray.tune.search_algs import search_algorithm, startup_trials
+
+    candidate = search(trials=12)
+    searcher = search_algorithm(candidate, metric="score", mode="max", max_concurrent=2)
+    assert isinstance(searcher, ConcurrencyLimiter) and isinstance(searcher.searcher, OptunaSearch)
+    assert isinstance(searcher.searcher._sampler, TPESampler)
+    assert [startup_trials(n) for n in (1, 6, 12, 30, 100)] == [2, 2, 4, 10, 10]
+    first, again, other = _suggestions(candidate, 12), _suggestions(candidate, 12), _suggestions(search(seed=1), 12)
+    assert first == again  # the same seed draws the same configurations
+    assert first != other
+    for config in first:
+        assert 1e-4 <= config["train.lr"] <= 1e-2 and 0 <= config["train.foreground_crops"] <= 0.6
+        assert config["model.width"] in (4, 8) and config["train.warmup"] in range(5)
+    # TPE models after its random start: its later suggestions are nearer the optimum than its first
+    start = startup_trials(12)
+    distance = [abs(math.log10(c["train.lr"]) + 3) for c in first]
+    assert min(distance[start:]) < 0.25
+
+
+def test_random_is_tunes_seeded_basic_variant_generator_and_asha_steps_on_the_training_step():
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from dcn_ray.tune.search_algs import param_space, scheduler, search_algorithm
+
+    candidate = search(algorithm="random")
+    generator = search_algorithm(candidate, metric="score", mode="max", max_concurrent=2)
+    assert isinstance(generator, BasicVariantGenerator)
+    assert set(param_space(candidate)) == set(SPACE) and param_space(search()) == {}
+    asha = scheduler(
+        SchedulerConfig(algorithm="asha", grace_steps=100, reduction_factor=3), metric="m", mode="max", max_steps=60
+    )
+    assert isinstance(asha, ASHAScheduler) and asha._time_attr == "step"
+    assert scheduler(SchedulerConfig(), metric="m", mode="max", max_steps=60) is None
+
+
+@pytest.mark.integration
+def test_tune_runs_the_budget_seeded_and_asha_stops_the_bad_trials_early(tmp_path):
+    """On a real local Ray: the random generator's draws repeat with its seed; optuna + ASHA runs the
+    budget and stops trials early on the step they report."""
+    import ray
+    from ray import tune
+
+    from dcn_ray.tune.search_algs import param_space, scheduler, search_algorithm
+
+    def trainable(config):
+        quality = -abs(math.log10(config["train.lr"]) + 3)
+        for step in range(10, 91, 10):
+            tune.report({"step": step, "score": quality * (1 + 1 / step)})
+
+    def fit(candidate: SearchConfig, asha: SchedulerConfig, name: str):
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(candidate),
+            tune_config=tune.TuneConfig(
+                search_alg=search_algorithm(candidate, metric="score", mode="max", max_concurrent=2),
+                scheduler=scheduler(asha, metric="score", mode="max", max_steps=90),
+                num_samples=candidate.trials,
+                max_concurrent_trials=2,
+            ),
+            run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0),
+        )
+        return tuner.fit()
+
+    random = SearchConfig.from_raw(
+        {"algorithm": "random", "trials": 3, "seed": 3, "space": {"train.lr": SPACE["train.lr"]}}
+    )
+    optuna = SearchConfig.from_raw(
+        {"algorithm": "optuna", "trials": 6, "seed": 3, "space": {"train.lr": SPACE["train.lr"]}}
+    )
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        draws = [sorted(r.config["train.lr"] for r in fit(random, SchedulerConfig(), f"random{i}")) for i in (0, 1)]
+        stopped = fit(optuna, SchedulerConfig(algorithm="asha", grace_steps=10, reduction_factor=3), "optuna")
+    finally:
+        ray.shutdown()
+    assert len(draws[0]) == 3 and draws[0] == draws[1]
+    assert len(stopped) == 6 and not stopped.errors
+    steps = [r.metrics["step"] for r in stopped]
+    assert min(steps) < 90 and max(steps) == 90  # ASHA stopped some, let the best finish
