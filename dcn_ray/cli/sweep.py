@@ -46,6 +46,7 @@ def sweep(
     )
     job = load_job(job_file, extra)
     keep_local_ray_on_loopback(address)
+    _refuse_outputs_over_inputs(job, job_file, storage)  # the dry run too: it says what the sweep would refuse
     if dry_run:  # both checks before any output: a problem is then the only line shown
         from dcn_ray.runtime import check_resources
         from dcn_ray.tune.checks import check_data, cpu_estimate, planned_trials
@@ -55,12 +56,9 @@ def sweep(
         _echo("\n".join([data, resources] + ([cpu_estimate(job, slots)] if gpu == 0 else [])))
         click.echo("\n".join(planned_trials(job, gpu)))
         return
-    from dcn_ray.track.storage import Storage
     from dcn_ray.tune import sweep as sweeps
     from dcn_ray.tune.progress import Progress
 
-    inputs = {"the job file": job_file, "data.images": job.data.images, "data.labels": job.data.labels}
-    Storage.for_sweeps(storage).refuse_inputs_in(job.name, inputs)  # Tune and the results go there
     outcome = sweeps.run_sweep(
         job, job_text=job_file.read_text(), storage=storage, address=address, write=_echo, callbacks=[Progress(_echo)]
     )
@@ -100,10 +98,12 @@ def report(name: str, storage: str | None, effect: float | None, atlas_dir: Path
     """
     from dcn_ray.tune.sweep import load_report
 
+    if atlas_dir is not None:  # the folder first: a refused one is the only line shown
+        from dcn_ray.track.atlas import check_folder, write_from_sweep
+
+        check_folder(name, storage, atlas_dir)
     text = load_report(name, storage, effect)
     if atlas_dir is not None:
-        from dcn_ray.track.atlas import write_from_sweep
-
         _echo("branch atlas: " + ", ".join(str(file) for file in write_from_sweep(name, storage, atlas_dir)))
     click.echo(text)
 
@@ -143,6 +143,19 @@ def _check_alias(alias: str) -> None:
 
     if alias and (not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", alias) or re.fullmatch(r"[vV]\d+|latest", alias)):
         raise InputError(f"--alias {alias!r}: letters, digits, '_' and '-' only, and not 'latest' or v<number>")
+
+
+def _refuse_outputs_over_inputs(job, job_file: Path, storage: str | None) -> None:
+    """The sweep's folder (Tune state, results) and its MLflow file store touch none of its inputs."""
+    from dcn_ray.io.guard import refuse_overlaps
+    from dcn_ray.track.storage import Storage
+    from dcn_ray.track.uris import resolve_uri
+
+    inputs = {"the job file": job_file, "data.images": job.data.images, "data.labels": job.data.labels}
+    Storage.for_sweeps(storage).refuse_inputs_in(job.name, inputs)
+    uri = resolve_uri(job.tracking.uri)
+    if uri.startswith("sqlite:///"):
+        refuse_overlaps(uri[len("sqlite:///") :], inputs)
 
 
 def _done(outcome) -> None:

@@ -83,18 +83,21 @@ def export_package(
 
     if output.suffix != ".zip":
         raise InputError(f"{output}: a BioImage.IO package is a .zip file; give OUT.zip")
-    output_file(output)
+    # The model file first (a checkpoint named OUT.zip), then, once loaded, everything it names
+    output_file(output, {"the model file": source if Path(source).exists() else None})
     authors = parse_authors(options.authors)
     check_fields(authors, options.license)
     extra_citations = parse_citations(options.cite)
     loaded = load_source(source, storage=storage, tracking_uri=tracking_uri)
     payload = loaded.payload
+    data = payload.get("config", {}).get("data", {})
+    inputs = {"the model file": loaded.location, "data.images": data.get("images"), "data.labels": data.get("labels")}
+    output_file(output, {what: str(path) for what, path in inputs.items() if path})
     family, source_code = family_of(payload)
     kwargs = payload["model_kwargs"]
     multiple = family.multiple(kwargs)
     paper, address = CITATIONS[family.name]
     cite = [{"text": paper, "url": address}, *extra_citations]
-    data = payload.get("config", {}).get("data", {})
     if not (data.get("split") or {}).get("test"):
         raise InputError(
             f"model {source!r}: its job has no test split (data.split.test); a package needs a held-out test input"

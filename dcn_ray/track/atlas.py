@@ -102,28 +102,9 @@ def write_from_sweep(name: str, storage: str | None, out_dir: Path, style: Atlas
     """
     from mlflow.tracking import MlflowClient
 
-    from dcn_ray.config import job_from_dict
     from dcn_ray.io.paths import folder_written_whole, output_folder
-    from dcn_ray.track.storage import SWEEP_FILE, Storage
 
-    store = Storage.for_sweeps(storage)
-    if not name or not store.exists(name, SWEEP_FILE):
-        raise InputError(f"no sweep '{name}' in {store.root} (give --storage where it was run)")
-    if not store.exists(name, report.TABLE_FILE):
-        raise InputError(f"sweep '{name}' in {store.root} has no results yet")
-    record = store.read_record(name)
-    if not isinstance(record.get("job"), Mapping) or not isinstance(record.get("tracking_uri"), str):
-        raise InputError(f"{store.folder(name)}/{SWEEP_FILE}: damaged sweep record (no job or tracking_uri)")
-    job, uri = job_from_dict(dict(record["job"])), record["tracking_uri"]
-    inputs: dict[str, Any] = {"data.images": job.data.images, "data.labels": job.data.labels}
-    if store.is_local:
-        inputs["the sweep's folder"] = store.folder(name)
-    if uri.startswith("sqlite:///"):
-        inputs["the MLflow store"] = uri[len("sqlite:///") :]
-    output_folder(out_dir, (PNG_FILE, HTML_FILE), inputs)  # before MLflow is asked anything
-    for file in (PNG_FILE, HTML_FILE):
-        if (out_dir / file).exists() and not render.is_atlas_file(out_dir / file):
-            raise InputError(f"{out_dir / file}: exists and is not a branch atlas dcn-ray wrote; choose another folder")
+    store, record, job, uri = check_folder(name, storage, out_dir)
     uris.check_store(uri, must_exist=True)
     artifacts = _local_artifacts(MlflowClient(uri), str(record.get("experiment_id", "")))
     if artifacts is not None:
@@ -206,3 +187,31 @@ def _name(row: Mapping[str, Any]) -> str:
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and value == value else None
+
+
+def check_folder(name: str, storage: str | None, out_dir: Path) -> tuple[Any, Mapping, Any, str]:
+    """Before any work: sweep ``name`` has results and ``out_dir`` touches none of its inputs (the
+    sweep's folder, the MLflow store, the job's data) nor replaces a file that is not an atlas."""
+    from dcn_ray.config import job_from_dict
+    from dcn_ray.io.paths import output_folder
+    from dcn_ray.track.storage import SWEEP_FILE, Storage
+
+    store = Storage.for_sweeps(storage)
+    if not name or not store.exists(name, SWEEP_FILE):
+        raise InputError(f"no sweep '{name}' in {store.root} (give --storage where it was run)")
+    if not store.exists(name, report.TABLE_FILE):
+        raise InputError(f"sweep '{name}' in {store.root} has no results yet")
+    record = store.read_record(name)
+    if not isinstance(record.get("job"), Mapping) or not isinstance(record.get("tracking_uri"), str):
+        raise InputError(f"{store.folder(name)}/{SWEEP_FILE}: damaged sweep record (no job or tracking_uri)")
+    job, uri = job_from_dict(dict(record["job"])), record["tracking_uri"]
+    inputs: dict[str, Any] = {"data.images": job.data.images, "data.labels": job.data.labels}
+    if store.is_local:
+        inputs["the sweep's folder"] = store.folder(name)
+    if uri.startswith("sqlite:///"):
+        inputs["the MLflow store"] = uri[len("sqlite:///") :]
+    output_folder(out_dir, (PNG_FILE, HTML_FILE), inputs)  # before MLflow is asked anything
+    for file in (PNG_FILE, HTML_FILE):
+        if (out_dir / file).exists() and not render.is_atlas_file(out_dir / file):
+            raise InputError(f"{out_dir / file}: exists and is not a branch atlas dcn-ray wrote; choose another folder")
+    return store, record, job, uri

@@ -24,6 +24,10 @@ DEFAULT_ROOT = "dcn-ray-runs"
 SWEEP_FILE = "dcn_ray_sweep.json"
 
 
+#: How an input stands to a folder a sweep writes, said from the input's side.
+_INPUT_RELATION = {"is": "is", "contains": "lies in", "lies inside": "contains"}
+
+
 @dataclass(frozen=True)
 class Storage:
     """The storage root of sweeps; each sweep is the folder ``root/NAME`` that Tune also writes to."""
@@ -52,16 +56,20 @@ class Storage:
             raise InputError(f"--storage {root}: {existing} is a file, not a folder")
         writable_folder(existing, root)
 
-    def refuse_inputs_in(self, name: str, inputs: Mapping[str, str | Path]) -> None:
-        """InputError if an input (``{what: path}``) lies in the folder of sweep ``name``, which the sweep writes."""
+    def refuse_inputs_in(self, name: str, inputs: Mapping[str, str | Path | None]) -> None:
+        """InputError if the folder of sweep ``name``, which the sweep writes, is, contains or lies inside
+        an input (``{what: path}``; a zarr store whole, symlinks followed)."""
         if not self.is_local:
             return
+        from dcn_ray.io.guard import overlap
+
         folder = Path(os.path.realpath(self.folder(name)))
         for what, path in inputs.items():
-            if folder in Path(os.path.realpath(path)).parents:
+            relation = None if path is None else overlap(folder, path)
+            if relation is not None:
                 raise InputError(
-                    f"{path}: {what} lies in the folder of sweep '{name}' ({folder}), which the sweep writes; "
-                    "move it, or give another --name or --storage"
+                    f"{path}: {what} {_INPUT_RELATION[relation]} the folder of sweep '{name}' ({folder}), which the "
+                    "sweep writes; move it, or give another --name or --storage"
                 )
 
     def holding(self, name: str) -> AbstractContextManager[None]:
