@@ -51,6 +51,12 @@ class FollowupConfig:
     seed: int = 0
     #: Equivalence margin of the verdict (TOST): guided and controls within +-margin count as equivalent.
     margin: float = 0.005
+    #: A sham control per round (phase ``sham``): the reference's kernels with the weak branch's
+    #: deconvolution re-drawn (model.redraw), every seed; the verdict reports guided minus sham.
+    sham: bool = True
+    #: The weak branch of round 1's reference fixed in advance ("F1", "F2" or "F3"): the rule is not
+    #: asked (a replication of a decision already made); None: the rule over the reference's seeds decides.
+    weak: str | None = None
 
 
 @dataclass(frozen=True)
@@ -284,6 +290,10 @@ def _validate(job: JobConfig) -> None:
     need(followup.rounds >= 1, f"sweep.followup.rounds must be >= 1, got {followup.rounds}")
     need(0 < followup.margin < 1, f"sweep.followup.margin must be between 0 and 1, got {followup.margin}")
     need(0 <= followup.seed < 2**63, f"sweep.followup.seed {followup.seed} is out of range (0 to 2**63 - 1)")
+    need(
+        followup.weak in (None, "F1", "F2", "F3"),
+        f"sweep.followup.weak must be F1, F2 or F3 (or absent: the rule decides), got {followup.weak!r}",
+    )
     synthetic = job.data.synthetic
     if synthetic is not None:
         need(synthetic.slices >= 1, f"data.synthetic.slices must be >= 1, got {synthetic.slices}")

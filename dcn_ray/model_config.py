@@ -25,10 +25,13 @@ class ModelConfig:
     #: DCN only. Noise on each branch's input features (in feature sd): a planted weakness, for
     #: validating the weak-branch rule; (0, 0, 0) for every real use.
     branch_noise: tuple[float, ...] = (0.0, 0.0, 0.0)
+    #: DCN only. Branches (F1-F3) whose deconvolution starts from weights drawn apart from the
+    #: reference's: a sham control (the re-draw of a guided kernel change, kernels kept); () normally.
+    redraw: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (a list for the tuple), as a job file or a checkpoint holds it."""
-        return {**asdict(self), "branch_noise": list(self.branch_noise)}
+        """Plain dict (lists for the tuples), as a job file or a checkpoint holds it."""
+        return {**asdict(self), "branch_noise": list(self.branch_noise), "redraw": list(self.redraw)}
 
 
 def validate_model(model: ModelConfig, need: Callable[[bool, str], None], *, crop: int) -> None:
@@ -43,8 +46,13 @@ def validate_model(model: ModelConfig, need: Callable[[bool, str], None], *, cro
         len(model.branch_noise) == 3 and all(0 <= v < float("inf") for v in model.branch_noise),
         f"model.branch_noise must be three finite numbers >= 0 (F1, F2, F3), got {list(model.branch_noise)}",
     )
+    need(
+        all(name in ("F1", "F2", "F3") for name in model.redraw) and len(set(model.redraw)) == len(model.redraw),
+        f"model.redraw must list distinct branches among F1, F2, F3, got {list(model.redraw)}",
+    )
     if model.family != "dcn":
         need(not any(model.branch_noise), f"model.branch_noise applies to the DCN only, not to {model.family}")
+        need(not model.redraw, f"model.redraw applies to the DCN only, not to {model.family}")
     family = FAMILIES[model.family]
     multiple = size_multiple(model)  # 8 for the DCN (train.crop's own rule), 2^depth for a U-Net
     name = family.title if family.uses_kernels else family.describe(model.to_dict())  # kernels come per trial

@@ -59,10 +59,17 @@ def value_text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+#: The job key of a sham control's re-drawn branches: named ``4-8-16~sham-F3``, not ``..._model.redraw=F3``.
+REDRAW_KEY = "model.redraw"
+
+
 def config_name(family: str, kernels: Kernels | None, params: Params) -> str:
-    """``4-8-16`` (a DCN), ``unet`` (another family), with the varied values: ``unet_train.lr=0.001``."""
+    """``4-8-16`` (a DCN), ``unet`` (another family), with the varied values: ``unet_train.lr=0.001``;
+    a sham control (``model.redraw``): ``4-8-16~sham-F3``."""
     head = kernels_text(kernels) if kernels is not None else family
-    return "_".join([head, *(f"{key}={value_text(value)}" for key, value in params)])
+    name = "_".join([head, *(f"{key}={value_text(value)}" for key, value in params if key != REDRAW_KEY)])
+    redraw = dict(params).get(REDRAW_KEY)
+    return f"{name}~sham-{value_text(redraw)}" if redraw else name
 
 
 @dataclass(frozen=True)

@@ -173,3 +173,36 @@ def test_branch_noise_plants_a_weakness_in_one_branch_only():
     assert not torch.equal(first.branches[2], second.branches[2])  # F3 sees its features through noise
     with pytest.raises(ValueError, match="branch_noise"):
         DCN(width=4, branch_noise=(0.0, -1.0, 0.0))
+
+
+def test_a_sham_redraws_exactly_what_the_guided_change_redraws_and_rebuilds_from_its_checkpoint():
+    """The sham (the reference's kernels, F3's start re-drawn) shares every weight with the reference
+    of its seed except F3's deconvolution: the layers the guided 4-8-12 re-draws, no more, no less."""
+    from dcn_ray.config import job_from_dict
+    from dcn_ray.core import checkpoint
+    from dcn_ray.core.train import build_model
+    from dcn_ray.sweep_grid import trial_job
+
+    data = {"images": "a.tif", "labels": "b.tif"}
+    job = job_from_dict({"data": data, "model": {"width": 4}})
+    sham_job = trial_job(job, "dcn", (("model.redraw", ("F3",)),), seed=5)  # as the planner's sham trial trains
+    reference = build_model(job.model, (4, 8, 16), seed=5).state_dict()
+    sham_model = build_model(sham_job.model, (4, 8, 16), seed=5)
+    sham = sham_model.state_dict()
+    guided = build_model(job.model, (4, 8, 12), seed=5).state_dict()
+    redrawn = {k for k in reference if not torch.equal(reference[k], sham[k])}
+    changed = {
+        k for k in reference if reference[k].shape != guided[k].shape or not torch.equal(reference[k], guided[k])
+    }
+    assert redrawn == changed == {"branches.2.deconv.weight"}
+    assert reference["branches.2.deconv.weight"].std() == pytest.approx(sham["branches.2.deconv.weight"].std(), rel=0.2)
+    again = DCN(width=4, redraw=["F3"], seed=5).state_dict()
+    assert torch.equal(sham["branches.2.deconv.weight"], again["branches.2.deconv.weight"])  # reproducible
+    # the checkpoint carries what rebuilds it: predict and export build DCN(**model_kwargs)
+    payload = checkpoint.model_payload(sham_model, config=sham_job.to_dict(), step=0, metrics={})
+    assert payload["model_kwargs"]["redraw"] == ["F3"] and payload["config"]["model"]["redraw"] == ["F3"]
+    rebuilt = checkpoint.model_from_payload(payload)
+    assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in sham.items())
+    assert "redraw" not in DCN(width=4).kwargs  # ordinary checkpoints stay as they were
+    with pytest.raises(ValueError, match="redraw"):
+        DCN(width=4, redraw=["F4"])

@@ -73,7 +73,7 @@ def test_first_round_waits_for_every_reference_seed_and_decides_over_them():
     assert decision.guided == ((4, 8, 14), (4, 8, 12))
     # every matched control, no draw: the same change of k / stride on F2 and F1, or F3 enlarged
     assert decision.controls == ((4, 7, 16), (4, 8, 18), (3, 8, 16), (4, 6, 16), (4, 8, 20))
-    assert not {s.kernels for s in planner.queue if s.phase != "grid"} & set(GRID)  # what is in the grid runs once
+    assert not {s.kernels for s in planner.queue if s.phase not in ("grid", "sham")} & set(GRID)  # runs once
     followups = [s for s in planner.queue if s.phase == "followup"]
     assert sorted(s.key for s in followups) == sorted((k, s) for k in decision.guided for s in (0, 1, 2))
     assert all(s.derived_from == "a,b,c" and s.reference == (4, 8, 16) and s.reference_weak == "F3" for s in followups)
@@ -142,14 +142,15 @@ def test_replay_rebuilds_the_rounds_from_the_results_rows():
     )
     rows = [
         {"k1": s.kernels[0], "k2": s.kernels[1], "k3": s.kernels[2], "seed": s.seed, "status": "finished",
-         METRIC: 0.8 + 0.01 * (16 - s.kernels[2]), **naming(weak.get(s.kernels, 0), s.seed),
+         "config": s.config_name, METRIC: 0.8 + 0.01 * (16 - s.kernels[2]), **naming(weak.get(s.kernels, 0), s.seed),
          "weak_branch": ("F1", "F2", "F3")[weak.get(s.kernels, 0)]}
         for s in started
     ]  # fmt: skip
     replayed = replay_rounds(rows, settings)
-    assert [(d.reference, d.weak, d.guided, d.controls) for d in replayed] == [
-        (d.reference, d.weak, d.guided, d.controls) for d in planner.decisions
+    assert [(d.reference, d.weak, d.guided, d.controls, d.sham_config) for d in replayed] == [
+        (d.reference, d.weak, d.guided, d.controls, d.sham_config) for d in planner.decisions
     ]
+    assert [d.sham_config for d in replayed] == ["4-8-16~sham-F3", "4-8-12~sham-F3"]  # shams never a reference
     assert len(replayed) == 2 and replay_rounds(rows, FollowupConfig(enabled=False)) == []
 
 
@@ -166,3 +167,48 @@ def test_a_relative_step_gives_every_branch_the_same_change_of_k_over_stride():
         (decision,) = planner.decisions
         assert decision.guided == (guided,) and decision.controls == controls
         assert {abs(relative_change((4, 8, 16), k)[1]) for k in (guided, *controls)} == {0.5}
+
+
+def test_every_round_runs_a_sham_with_every_guided_seed():
+    planner = RoundPlanner([(4, 8, 16)], (14, 15, 16), FollowupConfig(enabled=True, steps=1, relative_step=0.5))
+    for seed in range(3):
+        planner.next_trial(f"r{seed}")
+    restored = pickle.loads(pickle.dumps(planner))  # the searcher's save / restore, midway
+    for seed in range(3):
+        restored.complete(f"r{seed}", {METRIC: 0.8, **naming(2, seed)}, False)
+    (decision,) = restored.decisions
+    assert decision.guided == ((4, 8, 12),) and decision.sham == "F3" and decision.sham_config == "4-8-16~sham-F3"
+    restored = pickle.loads(pickle.dumps(restored))
+    started = _run(restored, lambda spec: {METRIC: 0.8, **naming(2, spec.seed)})
+    shams = [s for s in started if s.phase == "sham"]
+    guided = [s for s in started if s.phase == "followup"]
+    assert sorted(s.seed for s in shams) == sorted(s.seed for s in guided) == [14, 15, 16]
+    assert all(s.kernels == (4, 8, 16) and s.grid_values == (("model.redraw", ("F3",)),) for s in shams)
+    assert {s.name for s in shams} == {f"sham-4-8-16~sham-F3-s{seed}" for seed in (14, 15, 16)}
+    assert all(s.reference == (4, 8, 16) and s.reference_weak == "F3" for s in shams)
+    assert TrialSpec.from_config(shams[0].to_config()) == shams[0]
+    assert len({s.key for s in started}) == len(started)  # the sham and the reference are distinct trials
+    off = RoundPlanner([(4, 8, 16)], (0,), FollowupConfig(enabled=True, steps=1, sham=False))
+    assert not [s for s in _run(off, lambda spec: {METRIC: 0.8, **naming(2)}) if s.phase == "sham"]
+
+
+def test_a_weak_branch_fixed_in_advance_queues_the_round_at_once_pairs_first():
+    """A replication: the rule is not asked; guided and sham run first, seed by seed, the reference last."""
+    settings = FollowupConfig(enabled=True, steps=1, relative_step=0.5, weak="F3")
+    planner = RoundPlanner([(4, 8, 16)], (14, 15), settings)
+    (decision,) = planner.decisions
+    assert decision.weak == 2 and decision.fixed and decision.agreement == "F3 (fixed in advance)"
+    assert decision.controls == ((3, 8, 16), (4, 6, 16), (4, 8, 20))
+    assert [s.name for s in planner.queue[:4]] == [
+        "followup-4-8-12-s14", "sham-4-8-16~sham-F3-s14", "followup-4-8-12-s15", "sham-4-8-16~sham-F3-s15"
+    ]  # fmt: skip
+    assert [s.phase for s in planner.queue[4:]] == ["control"] * 6 + ["grid"] * 2
+    started = _run(planner, lambda spec: {METRIC: 0.8, **naming(0, spec.seed)})  # the rule would name F1
+    assert len(started) == 12 and len(planner.decisions) == 1
+    rows = [{"k1": s.kernels[0], "k2": s.kernels[1], "k3": s.kernels[2], "seed": s.seed, "status": "finished",
+             "config": s.config_name, METRIC: 0.8, **naming(0, s.seed), "weak_branch": "F1"} for s in started]  # fmt: skip
+    (replayed,) = replay_rounds(rows, settings)
+    assert replayed.agreement == "F3 (fixed in advance; lowest in 0 of 2 seeds)" and replayed.sham == "F3"
+    assert replayed.guided == decision.guided and replayed.controls == decision.controls
+    (without_reference,) = replay_rounds([r for r in rows if r["config"] != "4-8-16"], settings)
+    assert without_reference.guided == ((4, 8, 12),)

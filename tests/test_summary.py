@@ -197,3 +197,22 @@ def test_charts_are_written(tmp_path):
         kernel_chart(results, tmp_path / "b.png", "test IoU"),
     ):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_the_verdict_reports_guided_minus_sham_paired_by_seed():
+    rows, rounds = [], [{**round_of([(4, 8, 12)], [(3, 8, 16)]), "sham": "4-8-16~sham-F3"}]
+    for s in range(5):
+        base = 0.80 + 0.01 * s
+        rows += [row(REF, s, base), row((4, 8, 12), s, base + 0.004 + 0.001 * s, "followup")]
+        rows += [row((3, 8, 16), s, base - 0.002, "control")]
+        rows += [row(REF, s, base + 0.003, "sham", config="4-8-16~sham-F3")]  # the re-drawn start alone gains
+    comparison = guided_vs_controls(rows, "test_iou", "test IoU", rounds)
+    sham = comparison.contrasts[-1]
+    differences = [0.001 + 0.001 * s for s in range(5)]
+    assert sham.kind == "sham" and sham.seeds == 5
+    assert sham.difference.mean == pytest.approx(sum(differences) / 5)
+    assert sham.p_value == pytest.approx(stats.ttest_1samp(differences, 0.0).pvalue)
+    assert "guided minus sham (kernels kept, start re-drawn): +0.003" in comparison.sentence()
+    assert comparison.primary.kind == "matched"  # the sham's rows are not the reference's
+    assert comparison.primary.difference.mean == pytest.approx(0.006 + 0.002)
+    assert "sham 4-8-16~sham-F3" in round_lines(rounds)[0]

@@ -52,7 +52,18 @@ def unet_receptive_radius(depth: int) -> int:
 
 def _dcn_kwargs(model: Mapping[str, Any]) -> dict[str, Any]:
     noise = [float(v) for v in model.get("branch_noise", (0.0, 0.0, 0.0))]
-    return {"width": model["width"], "batch_norm": model["batch_norm"], "in_channels": 1, "branch_noise": noise}
+    kwargs = {"width": model["width"], "batch_norm": model["batch_norm"], "in_channels": 1, "branch_noise": noise}
+    if model.get("redraw"):  # a sham control (dcn_ray.models.dcn.DCN's redraw)
+        kwargs["redraw"] = [str(name) for name in model["redraw"]]
+    return kwargs
+
+
+def _dcn_text(kwargs: Mapping[str, Any]) -> str:
+    """``kernels 4-8-16``; a sham control: ``kernels 4-8-16, F3's start re-drawn (sham)``."""
+    redrawn = ", ".join(kwargs.get("redraw") or ())
+    return f"kernels {kernels_text(tuple(kwargs['kernels']))}" + (
+        f", {redrawn}'s start re-drawn (sham)" if redrawn else ""
+    )
 
 
 def _unet_kwargs(model: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,13 +110,13 @@ FAMILIES: dict[str, Family] = {
     "dcn": Family(
         name="dcn",
         title="DCN",
-        params=("width", "batch_norm", "branch_noise"),
+        params=("width", "batch_norm", "branch_noise", "redraw"),
         branches=True,
         uses_kernels=True,
         builder=_build_dcn,
         multiple=lambda kwargs: 8,
         radius=lambda kwargs: dcn_receptive_radius(kwargs["kernels"]),
-        describe=lambda kwargs: f"kernels {kernels_text(tuple(kwargs['kernels']))}",
+        describe=_dcn_text,
         job_kwargs=_dcn_kwargs,
     ),
     "unet": Family(

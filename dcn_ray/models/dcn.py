@@ -9,12 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dcn_ray.kernels import REFERENCE, STRIDES, check_kernels
+from dcn_ray.kernels import BRANCHES, REFERENCE, STRIDES, check_kernels
 from dcn_ray.models.init import init_weights
 from dcn_ray.models.outputs import SegmentationOutput, check_common_arguments, conv_block
 
 #: Input sides must be multiples of this (three 2x2 poolings).
 MULTIPLE = 8
+#: The salt of a re-drawn branch's deconvolution (``redraw``): its generator is ``seed/name~sham``.
+SHAM_SALT = "sham"
 
 
 #: What :class:`DCN` returns: ``fused`` (the sum of the three branches; softmax of it gives the
@@ -84,6 +86,10 @@ class DCN(nn.Module):
         branch_noise: per branch F1-F3, Gaussian noise added to the branch's input features, in
             units of their standard deviation, in training and inference alike: a weakness planted
             on purpose to validate the weak-branch rule (``docs/results/weak-branch-rule.md``).
+        redraw: branches (``"F1"``-``"F3"``) whose deconvolution starts from weights drawn apart
+            from the unsalted model's of the same seed (:func:`~dcn_ray.models.init.init_weights`'s
+            salt ``sham``): a sham control, the re-draw a guided kernel change makes, kernels kept.
+            Recorded in ``kwargs`` only when set, so rebuilding a sham from its checkpoint works.
         seed: initialisation seed; each layer draws from its own generator seeded by it and the
             layer's name (:mod:`dcn_ray.models.init`), so models of one seed share every layer
             whose shape they share. Not an architecture argument: not in ``kwargs``.
@@ -114,6 +120,7 @@ class DCN(nn.Module):
         in_channels: int = 1,
         num_classes: int = 2,
         branch_noise: Sequence[float] = (0.0, 0.0, 0.0),
+        redraw: Sequence[str] = (),
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -121,6 +128,9 @@ class DCN(nn.Module):
         noise = tuple(float(v) for v in branch_noise)
         if len(noise) != len(STRIDES) or not all(0.0 <= v < math.inf for v in noise):
             raise ValueError(f"branch_noise must be three finite numbers >= 0, got {branch_noise!r}")
+        redrawn = [str(name) for name in redraw]
+        if isinstance(redraw, str) or any(n not in BRANCHES for n in redrawn) or len(set(redrawn)) != len(redrawn):
+            raise ValueError(f"redraw must list distinct branches among {', '.join(BRANCHES)}, got {redraw!r}")
         check_common_arguments(width=width, batch_norm=batch_norm, in_channels=in_channels, num_classes=num_classes)
         self.kwargs: dict[str, object] = {
             "kernels": list(kernels),
@@ -131,6 +141,8 @@ class DCN(nn.Module):
         }
         if any(noise):  # only a planted weakness is recorded: checkpoints without it stay as they were
             self.kwargs["branch_noise"] = list(noise)
+        if redrawn:  # a sham control: its checkpoint says so, and rebuilds with it
+            self.kwargs["redraw"] = redrawn
         self.kernels = kernels
 
         self.block1 = conv_block(in_channels, width, 2, batch_norm)
@@ -143,7 +155,7 @@ class DCN(nn.Module):
             SideBranch(channels, mid, num_classes, kernel=k, stride=s, batch_norm=batch_norm, noise=n)
             for channels, k, s, n in zip((2 * width, 4 * width, 8 * width), kernels, STRIDES, noise)
         )
-        init_weights(self, seed)
+        init_weights(self, seed, {f"branches.{BRANCHES.index(n)}.deconv": SHAM_SALT for n in redrawn})
 
     def forward(self, images: Tensor) -> DCNOutput:
         if images.ndim != 4 or images.shape[1] != self.kwargs["in_channels"]:

@@ -6,12 +6,17 @@ draws and every later layer starts elsewhere. Here each layer draws from its own
 seeded by the trial seed and the layer's name, so two models built with one seed share, bit for
 bit, every layer whose name and shape they share (the DCN's trunk and its unchanged branches).
 Works for any ``nn.Module``.
+
+A layer given a *salt* draws from the generator of ``name~salt`` instead: a start drawn apart from
+the unsalted model's, with the same shape. A sham control uses it to re-draw exactly what a guided
+kernel change re-draws (the weak branch's deconvolution) while keeping the reference's kernels.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -45,10 +50,16 @@ def init_layer(module: nn.Module, generator: torch.Generator) -> None:
         nn.init.zeros_(module.bias)
 
 
-def init_weights(model: nn.Module, seed: int) -> nn.Module:
-    """Initialise every layer of ``model`` from its own generator (see the module docstring)."""
+def init_weights(model: nn.Module, seed: int, salts: Mapping[str, str] | None = None) -> nn.Module:
+    """Initialise every layer of ``model`` from its own generator (see the module docstring);
+    a layer named in ``salts`` draws from the generator of ``name~salt``."""
+    salts = dict(salts or {})
+    unknown = set(salts) - {name for name, _ in model.named_modules()}
+    if unknown:
+        raise ValueError(f"salts name layers the model does not have: {sorted(unknown)}")
     with torch.no_grad():
         for name, module in model.named_modules():
             if any(True for _ in module.parameters(recurse=False)):
-                init_layer(module, layer_generator(seed, name))
+                salted = f"{name}~{salts[name]}" if name in salts else name
+                init_layer(module, layer_generator(seed, salted))
     return model

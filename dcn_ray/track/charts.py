@@ -9,8 +9,14 @@ from pathlib import Path
 from dcn_ray.kernels import kernels_text
 from dcn_ray.track.summary import ConfigResult
 
-PHASE_COLOURS = {"grid": "#4c72b0", "followup": "#dd8452", "control": "#8c8c8c", "random": "#55a868"}
-PHASE_LABELS = {"grid": "grid", "followup": "guided follow-up", "control": "matched control", "random": "random extra"}
+PHASE_COLOURS = {"grid": "#4c72b0", "followup": "#dd8452", "control": "#8c8c8c", "sham": "#8172b3", "random": "#55a868"}
+PHASE_LABELS = {
+    "grid": "grid",
+    "followup": "guided follow-up",
+    "control": "matched control",
+    "sham": "sham (start re-drawn)",
+    "random": "random extra",
+}
 
 
 def _pyplot():

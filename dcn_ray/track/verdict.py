@@ -5,7 +5,9 @@ Per seed, each guided follow-up minus the mean of the controls matched to it (th
 k / stride elsewhere), averaged over the guided follow-ups; a paired t-test with the sign-flip
 permutation test beside it, and an equivalence test (TOST) against the job's margin, so that a null
 result reads "equivalent within +-margin" or "inconclusive". "Another branch shrunk" and "the weak
-branch enlarged" are reported as separate contrasts. Pairing by seed: :mod:`dcn_ray.track.summary`.
+branch enlarged" are reported as separate contrasts, and so is guided minus sham (the reference's
+kernels with the weak branch's start re-drawn as the guided change re-draws it): the kernel's effect
+with the re-draw held equal. Pairing by seed: :mod:`dcn_ray.track.summary`.
 """
 
 from __future__ import annotations
@@ -26,16 +28,22 @@ from dcn_ray.core.stats import (
     sign_flip_test,
 )
 from dcn_ray.kernels import BRANCHES, kernels_text, relative_change
-from dcn_ray.track.summary import Row, p_text, row_kernels, scores_by_trial
+from dcn_ray.track.summary import Row, config_of, p_text, row_kernels, scores_by_trial
 
 Round = Mapping[str, Any]
 """A follow-up round as the results table keeps it: ``round``, ``reference`` [k1, k2, k3],
-``weak`` ("F3" or None), ``agreement``, ``guided`` and ``controls`` (lists of [k1, k2, k3])."""
+``weak`` ("F3" or None), ``agreement``, ``guided`` and ``controls`` (lists of [k1, k2, k3]), ``sham``
+(the sham control's configuration, ``4-8-16~sham-F3``, or None)."""
 
 #: Equivalence margin of the verdict when the sweep's rounds name none (sweep.followup.margin).
 DEFAULT_MARGIN = 0.005
 #: The contrasts of the verdict: which matched controls each compares the guided follow-ups with.
-CONTRASTS = {"matched": "all matched controls", "shrunk": "another branch shrunk", "enlarged": "weak branch enlarged"}
+CONTRASTS = {
+    "matched": "all matched controls",
+    "shrunk": "another branch shrunk",
+    "enlarged": "weak branch enlarged",
+    "sham": "sham (kernels kept, start re-drawn)",
+}
 
 
 @dataclass(frozen=True)
@@ -160,6 +168,39 @@ def matched_differences(rows: Sequence[Row], key: str, rounds: Sequence[Round], 
     return {seed: fmean(values) for seed, values in per_seed.items()}
 
 
+def sham_differences(rows: Sequence[Row], key: str, rounds: Sequence[Round]) -> dict[int, float]:
+    """Per seed: the mean over guided follow-ups of (guided - the round's sham control), same seed.
+
+    The sham has the reference's kernels and the weak branch's deconvolution re-drawn as the guided
+    change re-draws it, so this difference is the kernel's effect with the re-drawn start held equal.
+    """
+    scores = scores_by_trial(rows, key)
+    sham_scores = {
+        (config_of(r), int(r.get("seed") or 0)): float(r[key])
+        for r in rows
+        if r.get("status") == "finished" and isinstance(r.get(key), (int, float)) and not math.isnan(r[key])
+    }
+    per_seed: dict[int, list[float]] = defaultdict(list)
+    for round_ in (r for r in rounds if r.get("sham")):
+        for guided in (tuple(k) for k in round_["guided"]):
+            for (configuration, seed), score in scores.items():
+                if configuration == guided and (round_["sham"], seed) in sham_scores:
+                    per_seed[seed].append(score - sham_scores[(round_["sham"], seed)])
+    return {seed: fmean(values) for seed, values in sorted(per_seed.items())}
+
+
+def _contrast(kind: str, differences: Sequence[float], margin: float) -> Contrast:
+    """Paired t (the differences against 0), sign-flip permutation and TOST of per-seed differences."""
+    return Contrast(
+        kind,
+        len(differences),
+        mean_interval(differences),
+        paired_difference(dict(enumerate(differences)), dict.fromkeys(range(len(differences)), 0.0)).p_value,
+        sign_flip_test(differences),
+        equivalence_test(differences, margin),
+    )
+
+
 def guided_vs_controls(rows: Sequence[Row], key: str, label: str, rounds: Sequence[Round]) -> Comparison | None:
     """The fair comparison of the paper's method, or None without both guided and matched control trials.
 
@@ -170,20 +211,9 @@ def guided_vs_controls(rows: Sequence[Row], key: str, label: str, rounds: Sequen
     margin = next((float(r["margin"]) for r in rounds if "margin" in r), DEFAULT_MARGIN)
     contrasts = []
     for kind in CONTRASTS:
-        differences = list(matched_differences(rows, key, rounds, kind).values())
-        if differences:
-            contrasts.append(
-                Contrast(
-                    kind,
-                    len(differences),
-                    mean_interval(differences),
-                    paired_difference(
-                        dict(enumerate(differences)), dict.fromkeys(range(len(differences)), 0.0)
-                    ).p_value,
-                    sign_flip_test(differences),
-                    equivalence_test(differences, margin),
-                )
-            )
+        found = sham_differences(rows, key, rounds) if kind == "sham" else matched_differences(rows, key, rounds, kind)
+        if found:
+            contrasts.append(_contrast(kind, list(found.values()), margin))
     seeds = sorted(set(guided) & set(controls))
     if not contrasts or not seeds:
         return None
@@ -234,5 +264,6 @@ def round_lines(rounds: Sequence[Round]) -> list[str]:
         lines.append(
             f"round {r['round']}: weak branch of {kernels_text(r['reference'])} (lowest calibrated separation): "
             f"{r['agreement']}; guided {guided}; matched controls {controls}"
+            + (f"; sham {r['sham']}" if r.get("sham") else "")
         )
     return lines

@@ -9,9 +9,10 @@ import logging
 from pathlib import Path
 
 from dcn_ray.config import JobConfig, kernels_of
+from dcn_ray.core.proposals import plan_followups
 from dcn_ray.errors import InputError
-from dcn_ray.kernels import kernels_text
-from dcn_ray.sweep_grid import value_text, variants
+from dcn_ray.kernels import BRANCHES, STRIDES, kernels_text
+from dcn_ray.sweep_grid import REDRAW_KEY, config_name, value_text, variants
 from dcn_ray.train_config import preset_line
 
 log = logging.getLogger(__name__)
@@ -51,13 +52,39 @@ def planned_trials(job: JobConfig, gpu: float | None = None) -> list[str]:
             )
         controls = "all" if followup.controls is None else f"up to {followup.controls}"
         extras = f" and {followup.random_controls} random extras" if followup.random_controls else ""
+        sham = ", a sham control (the reference's kernels, the weak branch's start re-drawn)" if followup.sham else ""
         lines.append(
             f"then, per round ({followup.rounds}): up to {followup.steps} guided follow-ups, {controls} matched "
-            f"controls{extras}, chosen from the calibrated F1-F3 separations of {kernels_text(reference)} over its seeds, "
-            f"each run once per seed; verdict with an equivalence margin of +-{followup.margin:g}"
+            f"controls{sham}{extras}, chosen from the calibrated F1-F3 separations of {kernels_text(reference)} over "
+            f"its seeds, each run once per seed; verdict with an equivalence margin of +-{followup.margin:g}"
         )
+        if followup.weak is not None:
+            lines += fixed_round(job)
     lines.append(f"{count * len(job.seeds)} grid trials: {count} configuration(s) x {len(job.seeds)} seed(s)")
     return lines
+
+
+def fixed_round(job: JobConfig) -> list[str]:
+    """Round 1 of a job whose weak branch is fixed in advance: its configurations, queued at once."""
+    followup, seeds = job.sweep.followup, len(job.seeds)
+    weak = BRANCHES.index(str(followup.weak))
+    step = (
+        followup.step_size if followup.relative_step is None else max(1, round(followup.relative_step * STRIDES[weak]))
+    )
+    plan = plan_followups(
+        followup.reference, weak, steps=followup.steps, step_size=step, controls=followup.controls,
+        random_controls=followup.random_controls, seed=followup.seed, exclude=kernels_of(job),
+    )  # fmt: skip
+    sham = [config_name("dcn", tuple(followup.reference), ((REDRAW_KEY, (followup.weak,)),))] if followup.sham else []
+    new = [k for k in (*plan.guided, *plan.controls, *plan.extras) if k not in kernels_of(job)]
+    listed = lambda configs: ", ".join(kernels_text(k) for k in configs) or "none"  # noqa: E731
+    return [
+        f"round 1, weak branch {followup.weak} fixed in advance (the rule is not asked): guided {listed(plan.guided)}; "
+        f"matched controls {listed(plan.controls)}; sham {', '.join(sham) or 'none'}"
+        + (f"; random {listed(plan.extras)}" if plan.extras else ""),
+        f"{(len(new) + len(sham)) * seeds} round-1 trials, queued at once: guided beside sham seed by seed, then the "
+        f"controls, the grid last",
+    ]
 
 
 def cpu_estimate(job: JobConfig, slots: int) -> str:

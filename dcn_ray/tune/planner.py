@@ -5,7 +5,10 @@ the weak branch is the one whose calibrated separation is the lowest over its se
 their spread allows (:func:`dcn_ray.core.branches.weak_across_seeds`); guided follow-ups shrink
 that branch's kernel and every matched control runs beside them (:mod:`dcn_ray.core.proposals`).
 Each further round takes as its reference the guided follow-up with the best mean validation
-score of the last round. Every planned configuration runs once per seed.
+score of the last round. Every planned configuration runs once per seed. By default each round also
+runs a sham control (phase ``sham``, ``4-8-16~sham-F3``): the reference's kernels with the weak
+branch's deconvolution re-drawn, as the guided change re-draws it, so that guided minus sham is the
+kernel's effect with the re-draw held equal. ``sweep.followup.weak`` fixes the weak branch in advance.
 :class:`dcn_ray.tune.searcher.GridThenFollowups` adapts this planner to Ray Tune.
 """
 
@@ -22,7 +25,7 @@ from dcn_ray.config import FollowupConfig
 from dcn_ray.core.branches import weak_across_seeds
 from dcn_ray.core.proposals import plan_followups, propose_controls
 from dcn_ray.kernels import BRANCHES, STRIDES, Kernels, kernels_text
-from dcn_ray.sweep_grid import Variant
+from dcn_ray.sweep_grid import REDRAW_KEY, Variant, config_name
 from dcn_ray.tune.spec import METRIC, TrialSpec
 
 log = logging.getLogger(__name__)
@@ -53,13 +56,30 @@ class RoundDecision:
     guided: tuple[Kernels, ...]
     controls: tuple[Kernels, ...]
     extras: tuple[Kernels, ...] = ()
+    #: The branch a sham control re-draws (the weak one), "" when the round runs none.
+    sham: str = ""
+    #: Whether the weak branch was fixed in advance (``sweep.followup.weak``), not named by the rule.
+    fixed: bool = False
 
     @property
     def agreement(self) -> str:
         """``F3 (lowest in 3 of 3 seeds)`` or ``none clearly weakest (seeds: F2, F3, none)``."""
         if self.weak is None:
             return f"none clearly weakest (seeds: {', '.join(self.votes)})"
-        return f"{BRANCHES[self.weak]} (lowest in {self.votes.count(BRANCHES[self.weak])} of {len(self.votes)} seeds)"
+        lowest = f"lowest in {self.votes.count(BRANCHES[self.weak])} of {len(self.votes)} seeds"
+        if self.fixed:
+            return f"{BRANCHES[self.weak]} (fixed in advance{'; ' + lowest if self.votes else ''})"
+        return f"{BRANCHES[self.weak]} ({lowest})"
+
+    @property
+    def sham_params(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """The grid values that make the sham control (``(("model.redraw", ("F3",)),)``), () without one."""
+        return ((REDRAW_KEY, (self.sham,)),) if self.sham else ()
+
+    @property
+    def sham_config(self) -> str:
+        """The sham control's configuration name, ``4-8-16~sham-F3``; "" without one."""
+        return config_name("dcn", self.reference, self.sham_params) if self.sham else ""
 
 
 def summary_of(result: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -87,6 +107,12 @@ class RoundPlanner:
         self.live: dict[str, TrialSpec] = {}
         self.done: dict[str, Finished] = {}
         self.decisions: list[RoundDecision] = []
+        if followup.enabled and followup.weak is not None:  # nothing to wait for: round 1 is queued now,
+            self._queue_round(decide_round(1, [], followup, kernels=reference.kernels), [])
+            # the comparison's arms first (guided beside sham, then the controls), seed by seed, the reference
+            # last: a sweep cut short still holds whole pairs of its first contrasts
+            order = {"followup": 0, "sham": 0, "control": 1}
+            self.queue.sort(key=lambda spec: (order.get(spec.phase, 2), self.seeds.index(spec.seed)))
 
     # -- the queue ---------------------------------------------------------------------------
     def next_trial(self, trial_id: str) -> TrialSpec | None:
@@ -120,16 +146,19 @@ class RoundPlanner:
     def _plan_next_round(self) -> None:
         if len(self.decisions) >= self.followup.rounds:
             return
-        pending = {spec.kernels for spec in [*self.queue, *self.live.values()]}
+        pending = {spec.kernels for spec in [*self.queue, *self.live.values()] if not spec.grid_values}
+        # kernels alone (no grid values): a sham shares its reference's kernels, never a reference itself
         outcomes = [
             Outcome(f.spec.kernels, f.spec.seed, int(f.result.get("weak_branch", -1)), f.result[METRIC],
                     str(f.result.get("mlflow_run_id", "")), calibrated_of(f.result))
-            for f in self.done.values() if not f.error and METRIC in f.result
+            for f in self.done.values() if not f.error and METRIC in f.result and not f.spec.grid_values
         ]  # fmt: skip
         reference = next_reference(self.decisions, outcomes, pending, self.followup)
         if reference is None:
             return
-        decision = decide_round(len(self.decisions) + 1, reference, self.followup, seen=self.seen())
+        self._queue_round(decide_round(len(self.decisions) + 1, reference, self.followup, seen=self.seen()), reference)
+
+    def _queue_round(self, decision: RoundDecision, reference: Sequence[Outcome]) -> None:
         self.decisions.append(decision)
         provenance = {
             "round": decision.round,
@@ -146,11 +175,19 @@ class RoundPlanner:
         ):
             new = [k for k in configs if k not in seen]
             self.queue += [TrialSpec(k, seed=s, phase=phase, **provenance) for k in new for s in self.seeds]
+        configs = {
+            spec.config_name for spec in [*self.queue, *self.live.values(), *(f.spec for f in self.done.values())]
+        }
+        if decision.sham and decision.sham_config not in configs:  # every seed the guided configurations run
+            self.queue += [
+                TrialSpec(decision.reference, seed=s, phase="sham", grid_values=decision.sham_params, **provenance)
+                for s in self.seeds
+            ]
         log.info(
-            "round %d from %s: weak branch %s -> follow-ups %s, matched controls %s, random %s",
+            "round %d from %s: weak branch %s -> follow-ups %s, matched controls %s, sham %s, random %s",
             decision.round, kernels_text(decision.reference), decision.agreement,
             [kernels_text(k) for k in decision.guided], [kernels_text(k) for k in decision.controls],
-            [kernels_text(k) for k in decision.extras],
+            decision.sham_config or "none", [kernels_text(k) for k in decision.extras],
         )  # fmt: skip
 
 
@@ -194,14 +231,17 @@ def next_reference(
 
 
 def decide_round(
-    number: int, reference: Sequence[Outcome], settings: FollowupConfig, *, seen=frozenset()
+    number: int, reference: Sequence[Outcome], settings: FollowupConfig, *, seen=frozenset(), kernels=None
 ) -> RoundDecision:
     """Round ``number`` from the seeds of its reference: the weak branch over seeds, the guided
     configurations and all their matched controls (whether or not they already ran: they are the
-    two arms of the comparison), and random extras not in ``seen``. Deterministic for its inputs."""
-    kernels = reference[0].kernels
+    two arms of the comparison), the sham control's branch, and random extras not in ``seen``. The
+    weak branch is ``settings.weak`` where the job fixed it (then ``reference`` may be empty and
+    ``kernels`` names it). Deterministic for its inputs."""
+    kernels = tuple(kernels) if kernels is not None else reference[0].kernels
     votes = [o.weak for o in reference]
-    weak = weak_across_seeds([o.calibrated for o in reference])
+    fixed = settings.weak is not None and number == 1  # later rounds' references are new: the rule decides
+    weak = BRANCHES.index(settings.weak) if fixed else weak_across_seeds([o.calibrated for o in reference])
     seed = settings.seed + number - 1
     if weak is None:  # no branch to guide by: random one-branch changes only
         count = (settings.steps if settings.controls is None else settings.controls) + settings.random_controls
@@ -214,7 +254,8 @@ def decide_round(
         )  # fmt: skip
         guided, controls, extras = plan.guided, plan.controls, plan.extras
     names = tuple(BRANCHES[v] if v >= 0 else "none" for v in votes)
-    return RoundDecision(number, kernels, names, weak, tuple(guided), tuple(controls), tuple(extras))
+    sham = BRANCHES[weak] if settings.sham and weak is not None and guided else ""
+    return RoundDecision(number, kernels, names, weak, tuple(guided), tuple(controls), tuple(extras), sham, fixed)
 
 
 def step_of(settings: FollowupConfig, weak: int) -> int:
@@ -233,18 +274,23 @@ def replay_rounds(rows: Sequence[Mapping[str, Any]], settings: FollowupConfig) -
     if not settings.enabled:
         return []
     names = {name: index for index, name in enumerate(BRANCHES)}
+    # rows of kernels alone: a sham (4-8-16~sham-F3) shares its reference's kernels, never a reference itself
     outcomes = [
         Outcome((int(r["k1"]), int(r["k2"]), int(r["k3"])), int(r.get("seed") or 0),
                 names.get(r.get("weak_branch") or "none", -1), float(r[METRIC]), str(r.get("mlflow_run_id") or ""),
                 calibrated_of(r))
         for r in rows if r.get("status") == "finished" and isinstance(r.get(METRIC), (int, float))
+        and r.get("config") in (None, "", kernels_text((int(r["k1"]), int(r["k2"]), int(r["k3"]))))
     ]  # fmt: skip
     decisions: list[RoundDecision] = []
     while len(decisions) < settings.rounds:
         reference = next_reference(decisions, outcomes, set(), settings)
+        if reference is None and not decisions and settings.weak is not None:  # fixed: planned without them
+            reference = []
         if reference is None:
             break
-        decisions.append(decide_round(len(decisions) + 1, reference, settings))
+        first = None if decisions else tuple(settings.reference)  # round 1's kernels are the job's
+        decisions.append(decide_round(len(decisions) + 1, reference, settings, kernels=first))
     return decisions
 
 

@@ -21,6 +21,8 @@ def round_record(decision: RoundDecision, margin: float) -> dict[str, Any]:
         "agreement": decision.agreement,
         "guided": [list(k) for k in decision.guided],
         "controls": [list(k) for k in decision.controls],
+        "sham": decision.sham_config or None,
+        "fixed": decision.fixed,
         "margin": margin,
     }
 

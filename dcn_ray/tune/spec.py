@@ -28,10 +28,11 @@ from dcn_ray.sweep_grid import Params, config_name, plain
 #: The metric a sweep optimises: the best validation IoU of a trial. Test scores are never used
 #: for a choice; they are reported beside it.
 METRIC = BEST_VAL_HEADLINE
-Phase = Literal["grid", "followup", "control", "random"]
+Phase = Literal["grid", "followup", "control", "sham", "random"]
 #: grid: the job's configurations; followup: guided by F1-F3; control: matched to the guided
-#: changes; random: extra random one-branch changes.
-PHASES: tuple[str, ...] = ("grid", "followup", "control", "random")
+#: changes; sham: the reference's kernels with the weak branch's start re-drawn (what a guided
+#: change re-draws, without the change); random: extra random one-branch changes.
+PHASES: tuple[str, ...] = ("grid", "followup", "control", "sham", "random")
 
 
 @dataclass(frozen=True)
