@@ -167,3 +167,107 @@ def test_no_command_writes_over_into_or_around_its_inputs(
     assert out == ""
     assert snapshot(tmp_path) == before
     assert not (tmp_path / "ml.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+# ----------------------------------------------------------------------------- one channel, one line
+
+
+def test_score_refuses_predictions_of_more_than_one_channel_naming_the_shape(tmp_path: Path, capsys) -> None:
+    import h5py
+
+    truth = _stack(tmp_path / "truth.tif", _labels())
+    colour = RNG.integers(0, 256, (4, SIDE, SIDE, 3), dtype=np.uint8)
+    _stack(tmp_path / "rgb.tif", colour)  # tifffile stores (..., 3) as RGB
+    tifffile.imwrite(tmp_path / "rgba.tif", RNG.integers(0, 256, (4, SIDE, SIDE, 4), dtype=np.uint8), photometric="rgb")
+    _stack(tmp_path / "four.tif", RNG.integers(0, 256, (2, 4, SIDE, SIDE), dtype=np.uint8))
+    zarr.create_array(str(tmp_path / "rgb.zarr"), data=colour, zarr_format=2)
+    with h5py.File(tmp_path / "p.h5", "w") as handle:
+        handle.create_dataset("p", data=colour)
+    cases = [
+        ("rgb.tif", "(4, 128, 128, 3)"),
+        ("rgba.tif", "(4, 128, 128, 4)"),
+        ("four.tif", "(2, 4, 128, 128)"),
+        ("rgb.zarr", "(4, 128, 128, 3)"),
+        ("p.h5:/p", "(4, 128, 128, 3)"),
+    ]
+    for name, shape in cases:
+        for extra in ([], ["--json"]):
+            code, out, err = run_cli(capsys, ["score", f"{tmp_path}/{name}", truth, *extra])
+            assert_one_error(code, err, name.split(":")[0], shape)
+            assert out == ""
+
+
+def _unet_file(path: Path) -> Path:
+    from dcn_ray import models
+
+    model = models.build("unet", depth=4, width=2)  # sides: multiples of 16
+    payload = {"format": checkpoint.FORMAT, "model_family": "unet", "model_kwargs": dict(model.kwargs)}
+    payload.update(config={"data": {"foreground": 255}}, weights=model.state_dict(), step=0)
+    torch.save(payload, path)
+    return path
+
+
+PRE_WORK = {  # options refused before any line is printed (the model is read, nothing computed)
+    "unet-tile": (["--tile", "40", "--overlap", "8"], "--tile 40", "unet"),
+    "unet-overlap": (["--tile", "64", "--overlap", "8"], "--overlap 8", "unet"),
+    "rgb-labels": (["--labels", "rgb.tif"], "rgb.tif", "dcn"),
+    "workers": (["--workers", str(10**20)], "--workers", "dcn"),
+    "many-workers": (["--workers", "100000"], "--workers", "dcn"),
+}
+
+
+@pytest.mark.parametrize("output", ["out.tif", "out.ome.zarr"])
+@pytest.mark.parametrize("case", sorted(PRE_WORK) + ["cuda"])
+def test_predict_checks_what_needs_no_work_before_printing_anything(
+    tmp_path: Path, monkeypatch, capsys, case: str, output: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    if case == "cuda":
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is visible: --device cuda is valid here")
+        options, problem, family = ["--device", "cuda"], "--device cuda", "dcn"
+    else:
+        options, problem, family = PRE_WORK[case]
+    model = _unet_file(tmp_path / "unet.pt") if family == "unet" else _model(tmp_path / "m.pt", "i.tif", "l.tif")
+    _stack(tmp_path / "in.tif", _images())
+    _stack(tmp_path / "rgb.tif", RNG.integers(0, 256, (4, SIDE, SIDE, 3), dtype=np.uint8))
+    before = snapshot(tmp_path)
+    code, out, err = run_cli(capsys, ["predict", model, "in.tif", output, "--no-tta", *options])
+    assert_one_error(code, err, problem)
+    assert out == "" and snapshot(tmp_path) == before
+
+
+def _damaged_zarr(path: Path) -> str:
+    zarr.create_array(str(path), data=_images(), chunks=(1, SIDE, SIDE), zarr_format=2)
+    (path / "2.0.0").write_bytes(b"garbage" * 8)  # slice 2 of 4: found after two slices are done
+    return str(path)
+
+
+def _damaged_tiff(path: Path) -> str:
+    tifffile.imwrite(path, _images(), photometric="minisblack", compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[2].dataoffsets[0]
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("damaged", ["zarr", "tiff"])
+@pytest.mark.parametrize("output", ["out.tif", "out.ome.zarr"])
+def test_damage_found_mid_run_is_one_line_and_leaves_nothing_half_written(
+    tmp_path: Path, monkeypatch, capsys, damaged: str, output: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    model = _model(tmp_path / "m.pt", "i.tif", "l.tif")
+    source = _damaged_zarr(tmp_path / "in.zarr") if damaged == "zarr" else _damaged_tiff(tmp_path / "in.tif")
+    args = ["predict", model, source, output, "--no-tta", "--tile", "128", "--overlap", "16"]
+    code, out, err = run_cli(capsys, [*args, "--chunk", "1,128,128"] if output.endswith("zarr") else args)
+    assert code in (1, 2)
+    assert len(err.splitlines()) == 1 and err.startswith("dcn-ray: "), err
+    assert "in." in err and out == ""
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".out", "out")))
+    if output == "out.tif":
+        assert leftovers == []  # the temporary TIFF is removed
+    else:
+        assert leftovers == [] or "--resume" in err  # removed, or resumable as the line says

@@ -21,6 +21,8 @@ class _ProgressBar:
         self.started = 0.0
 
     def __call__(self, done: int, total: int) -> None:
+        if not sys.stderr.isatty():  # a log or a pipe gets the summary line alone
+            return
         if self.bar is None:
             self.started = time.perf_counter()
             self.bar = click.progressbar(
@@ -196,7 +198,6 @@ def predict(
     loaded = load_source(model, storage=storage, tracking_uri=tracking_uri)
     check_paths(input_path, output_path, labels=labels_path, model=loaded.location, level=level)
     open_volume(input_path, level)  # its values too (NaN is refused) before anything is printed
-    _echo(f"model {model}: {describe(loaded.model)} ({loaded.location})")
     bar = _ProgressBar()
     try:
         result = predict_stack(
@@ -205,6 +206,8 @@ def predict(
         )  # fmt: skip
     finally:
         bar.close()
+    # Said once done: an error found on the way (a damaged page, a failed worker) is then the only line
+    _echo(f"model {model}: {describe(loaded.model)} ({loaded.location})")
     rate = result.slices / max(result.seconds, 1e-9)
     _echo(f"wrote {result.output}: {result.slices} slice(s) in {result.seconds:.1f} s ({rate:.2f} slices/s)")
     if result.scores is not None:
@@ -233,14 +236,12 @@ def _predict_volume(model: str, input_path: Path, output_path: Path, options, **
     loaded = load_source(model, storage=storage, tracking_uri=tracking_uri)
     check_volume_paths(input_path, output_path, model=loaded.location, **paths)
     bar = _BlockBar()
-
-    def ready() -> None:  # every check passed (values, --resume): only now is anything printed
-        _echo(f"model {model}: {describe(loaded.model)} ({loaded.location})")
-
     try:
-        result = predict_volume(loaded, input_path, output_path, options, progress=bar, ready=ready, **settings)
+        result = predict_volume(loaded, input_path, output_path, options, progress=bar, **settings)
     finally:
         bar.close()
+    # Said once done: an error found on the way (a damaged chunk, a failed worker) is then the only line
+    _echo(f"model {model}: {describe(loaded.model)} ({loaded.location})")
     rate = _voxel_rate(result.voxels / max(result.seconds, 1e-9))
     skipped = f", {result.skipped} written before" if result.skipped else ""
     _echo(

@@ -5,6 +5,7 @@
   (uint8 0-255, uint16 0-65535), unless every value fits in 8 bits of a wider dtype: that is
   neither a mask nor such probabilities, and is refused rather than read as near-zero.
 - Floats are probabilities and must lie in [0, 1] (NaN refused).
+- One channel only: colour (RGB, RGBA) and 4-D images are refused, naming their shape.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from dcn_ray.errors import InputError
+
+#: TIFF layouts (io.tiff_layout) that hold more than one channel per pixel: never read as a prediction.
+COLOUR = {"rgb": "a colour (RGB or RGBA) image"}
 
 
 def read_prediction(source: str | Path) -> tuple[np.ndarray, str]:
@@ -55,6 +59,11 @@ def _raw_values(source: str | Path) -> np.ndarray:
     if not is_tiff(source):
         return open_volume(source, scan=False).raw()
     with open_stack(Path(source)) as (tif, layout), reading(Path(source)):
+        if layout.kind in COLOUR:
+            raise InputError(
+                f"{source}: is {COLOUR[layout.kind]} of shape {tuple(tif.series[0].shape)}; a prediction is one "
+                "channel (Z, Y, X) of probabilities or a mask"
+            )
         if layout.kind != "grey":
             return read_volume(source)
         return tif.series[0].asarray().reshape(layout.shape)

@@ -27,6 +27,7 @@ equivariant to flips and rotations of the input, whatever the tiling.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -104,15 +105,39 @@ def edge_weights(size: int, *, inner_before: bool, inner_after: bool, overlap: i
     return weights.astype(np.float32)
 
 
+#: More Ray workers than any cluster holds: refused before Ray is started.
+MAX_WORKERS = 4096
+
+
+def check_tiling(model: nn.Module, options: PredictOptions) -> int:
+    """The model's size multiple; InputError unless --tile and --overlap are multiples of it."""
+    multiple = models.size_multiple(model)
+    for name, value in (("--tile", options.tile), ("--overlap", options.overlap)):
+        if value % multiple:
+            raise InputError(f"{name} {value}: must be a multiple of {multiple} for {models.describe(model)}")
+    return multiple
+
+
+def check_run(model: nn.Module, options: PredictOptions, *, workers: int | None, address: str | None) -> None:
+    """What needs no work, checked before the first line is printed: the tiling fits the model, the
+    device exists here, and the workers fit a local Ray (a cluster's are counted once joined)."""
+    check_tiling(model, options)
+    if workers is not None and workers > MAX_WORKERS:
+        raise InputError(f"--workers {workers}: at most {MAX_WORKERS}")
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    select_device(options.device)  # --device cuda where no GPU is visible
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers is not None and workers > cpus:
+        raise InputError(f"--workers {workers}: this machine has {cpus} CPU(s) for a local Ray; give at most {cpus}")
+
+
 class SlicePredictor:
     """The foreground probability of single slices, by one model on one device."""
 
     def __init__(self, model: nn.Module, options: PredictOptions) -> None:
         self.options = options
-        self.multiple = models.size_multiple(model)
-        for name, value in (("--tile", options.tile), ("--overlap", options.overlap)):
-            if value % self.multiple:
-                raise InputError(f"{name} {value}: must be a multiple of {self.multiple} for {models.describe(model)}")
+        self.multiple = check_tiling(model, options)
         self.device = select_device(options.device)
         self.model = model.to(self.device).eval()
         radius = models.receptive_radius(model)

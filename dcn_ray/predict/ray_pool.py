@@ -89,7 +89,7 @@ def actor_pool(
         model = ray.put(actor_payload(payload))
         actor = ray.remote(num_cpus=1, num_gpus=gpus)(PredictorWorker)
         actors = [actor.remote(model, build) for _ in range(count)]
-        log.info("predicting on %d Ray worker(s), %s", count, "one GPU each" if gpus else "on CPU")
+        log.debug("predicting on %d Ray worker(s), %s", count, "one GPU each" if gpus else "on CPU")
         try:
             yield lambda items: ordered_map(actors, items)
         finally:

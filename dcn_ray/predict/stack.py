@@ -27,7 +27,7 @@ from dcn_ray.io.paths import output_file
 from dcn_ray.io.predictions import read_prediction
 from dcn_ray.io.tiff_writer import StackWriter
 from dcn_ray.io.volumes import input_slices, read_label_volume, volume_shape
-from dcn_ray.predict.engine import PredictOptions, SlicePredictor, encode
+from dcn_ray.predict.engine import PredictOptions, SlicePredictor, check_run, encode
 from dcn_ray.predict.ray_pool import actor_pool
 from dcn_ray.track.sources import LoadedModel
 
@@ -101,10 +101,12 @@ def predict_stack(
     cluster has GPUs. With ``labels`` the written output is read back and scored exactly as
     ``dcn-ray score OUTPUT LABELS`` scores it (a probability map: pixel scores at
     ``options.threshold``, V_rand and V_info at their best threshold; a mask: as it is). The
-    foreground label value comes from the model's config.
+    foreground label value comes from the model's config. Every check that needs no work (the
+    labels read, the tiling, the device, the workers) comes before Ray or the first slice.
     """
     input_path, output_path = Path(input_path), Path(output_path)
     shape = check_paths(input_path, output_path, labels=labels, model=loaded.location, level=level)
+    check_run(loaded.model, options, workers=workers, address=address)
     truth = _truth(labels, shape, loaded, level) if labels is not None else None
     page_bytes = 4 if options.output == "float" else 1
     bigtiff = math.prod(shape) * page_bytes > _BIGTIFF_ABOVE

@@ -34,7 +34,7 @@ from dcn_ray.io.predictions import read_prediction
 from dcn_ray.io.volumes import is_zarr_path, open_volume, read_label_volume, volume_shape
 from dcn_ray.predict import blocks as blocking
 from dcn_ray.predict.blocks import Block
-from dcn_ray.predict.engine import BlockPredictor, PredictOptions, VolumePlan
+from dcn_ray.predict.engine import BlockPredictor, PredictOptions, VolumePlan, check_run
 from dcn_ray.predict.ray_pool import actor_pool
 from dcn_ray.track.sources import LoadedModel
 
@@ -133,6 +133,7 @@ def predict_volume(
     if ngff not in omezarr.NGFF_VERSIONS:
         raise InputError(f"--ngff {ngff}: choose one of {', '.join(omezarr.NGFF_VERSIONS)}")
     check_volume_paths(input_path, output_path, labels=labels, level=level, model=loaded.location)
+    check_run(loaded.model, options, workers=workers, address=address)
     plan = plan_volume(loaded, input_path, options, level=level, chunks=chunks, block=block)
     truth = _truth(labels, plan.volume.shape, loaded, level) if labels is not None else None
     settings = _settings(loaded, plan, level=level, ngff=ngff, label_image=label_image)
@@ -158,7 +159,7 @@ def predict_volume(
         ready()
     todo = list(plan.blocks(skip=done))
     total = len(done) + len(todo)
-    log.info(
+    log.debug(
         "%d block(s) of %s voxels (halo %d)%s",
         total, "x".join(map(str, plan.block)), plan.halo, f", {len(done)} already written" if done else "",
     )  # fmt: skip
@@ -173,9 +174,13 @@ def predict_volume(
             names.append(name)
             if progress is not None:
                 progress(len(done) + index + 1, total, voxels)
-    except BaseException:
+    except BaseException as error:
         if created and not names:  # refused or stopped before its first block: leave nothing behind
             omezarr.remove_store(store)
+        elif isinstance(error, InputError):  # damage found mid-run: one line says both
+            raise InputError(
+                f"{error}; {store.path} is unfinished: the same command with --resume continues it"
+            ) from None
         else:
             log.warning("%s: unfinished; the same command with --resume continues it", store.path)
         raise
