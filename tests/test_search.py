@@ -4,6 +4,7 @@ the job, and it becomes Tune's own seeded searchers and ASHA (no sampler of dcn-
 from __future__ import annotations
 
 import math
+from statistics import fmean
 
 import pytest
 
@@ -248,3 +249,91 @@ def test_tune_runs_the_budget_seeded_and_asha_stops_the_bad_trials_early(tmp_pat
     assert len(stopped) == 6 and not stopped.errors
     steps = [r.metrics["step"] for r in stopped]
     assert min(steps) < 90 and max(steps) == 90  # ASHA stopped some, let the best finish
+
+
+# ----------------------------------------------------------------------------- the search planner
+
+
+def planner(algorithm: str = "optuna", trials: int = 4, space=None, seeds=(0, 1)):
+    from dcn_ray.tune.search_planner import SearchPlanner
+
+    candidate = SearchConfig.from_raw(
+        {"algorithm": algorithm, "trials": trials, "seed": 5, "space": space or {"train.lr": SPACE["train.lr"]}}
+    )
+    return SearchPlanner(candidate, seeds, _as_trial, metric="score", mode="max")
+
+
+def _as_trial(values, seed):
+    """A trial as the tests see it (a module function: the planner is pickled with it)."""
+    return dict(values), seed
+
+
+def drive(plan, until: int | None = None) -> list[tuple[dict, int]]:
+    """Run the plan as Tune would (one trial at a time), scoring lr by its distance from 1e-3."""
+    ran, index = [], 0
+    while not plan.finished and (until is None or len(ran) < until):
+        trial = plan.next_trial(f"trial{index}")
+        if trial is None:  # the draws left were repeats: told at once, nothing to run
+            assert plan.finished, "one trial at a time: nothing running, so the planner has one or is done"
+            break
+        values, seed = trial
+        ran.append(trial)
+        score = -abs(math.log10(values.get("train.lr", 1e-3)) + 3) + 0.001 * seed
+        plan.complete(f"trial{index}", {"score": score, "finished": 1}, False)
+        index += 1
+    return ran
+
+
+@pytest.mark.parametrize("algorithm", ["random", "optuna"])
+def test_each_suggested_configuration_runs_once_per_seed_and_the_budget_is_the_total(algorithm):
+    plan = planner(algorithm, trials=4)
+    ran = drive(plan)
+    assert plan.finished and plan.suggested == 4 and len(plan.configurations) == 4
+    assert len(ran) == 8 and sorted(seed for _, seed in ran) == [0] * 4 + [1] * 4
+    for configuration in plan.configurations.values():
+        assert sorted(configuration.results) == [0, 1] and configuration.waiting == []
+    assert plan.next_trial("late") is None
+
+
+def test_the_searcher_is_told_the_seed_mean():
+    plan = planner("optuna", trials=2)
+    drive(plan)
+    study = plan.searcher.searcher._ot_study
+    told = sorted(t.value for t in study.trials)
+    expected = sorted(c.mean() for c in plan.configurations.values())
+    assert told == pytest.approx(expected)
+    assert all(c.mean() == pytest.approx(fmean(c.results.values())) for c in plan.configurations.values())
+
+
+def test_a_configuration_drawn_again_is_told_its_result_and_never_rerun():
+    plan = planner("random", trials=8, space={"model.width": {"choice": [4, 8]}})
+    ran = drive(plan)
+    assert plan.suggested == 8 and len(plan.configurations) == 2  # 8 draws of two values: repeats
+    assert sorted((v["model.width"], s) for v, s in ran) == [(4, 0), (4, 1), (8, 0), (8, 1)]
+
+
+def test_a_restored_planner_continues_the_same_search_without_repeating_or_losing_a_trial():
+    import pickle
+
+    plan = planner("optuna", trials=5)
+    first = drive(plan, until=4)  # two configurations done, as a killed driver left them
+    restored = pickle.loads(pickle.dumps(plan))
+    rest_original, rest_restored = drive(plan), drive(restored)
+    assert rest_original == rest_restored  # the searcher's random state came back with it
+    names = [tuple(sorted(v.items())) for v, _ in first + rest_restored]
+    assert len(names) == 10 and len(set(names)) == 5 and restored.suggested == 5
+
+
+def test_an_asha_stop_is_recorded_and_still_told():
+    plan = planner("optuna", trials=1, seeds=(0,))
+    values, seed = plan.next_trial("t0")
+    plan.complete("t0", {"score": 0.5, "step": 100}, False)  # no "finished": ASHA stopped it at step 100
+    (configuration,) = plan.configurations.values()
+    assert configuration.stopped == {0} and configuration.mean() == 0.5 and plan.finished
+
+
+def test_the_dry_run_lists_the_space_and_the_budget():
+    lines = planner("optuna", trials=12, space=SPACE).describe()
+    assert lines[0].startswith("optuna search: 12 configuration(s) x 2 seed(s) = 24 trials at most (seed 5)")
+    assert "TPE models after 4 random configurations" in lines[0]
+    assert "  train.lr: loguniform ['0.0001', '0.01']" in lines and "  model.width: choice ['4', '8']" in lines

@@ -93,7 +93,8 @@ def search_algorithm(search: SearchConfig, *, metric: str, mode: str, max_concur
         from ray.tune.search.optuna import OptunaSearch
 
         sampler = TPESampler(seed=search.seed, n_startup_trials=startup_trials(search.trials or 1))
-        optuna = OptunaSearch(space=tune_space(search), metric=metric, mode=mode, sampler=sampler)
+        space = OptunaSearch.convert_search_space(tune_space(search))  # Optuna's own distributions: no warning
+        optuna = OptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler)
         return ConcurrencyLimiter(optuna, max_concurrent=max_concurrent)
     raise ValueError(f"no Tune search algorithm for {search.algorithm!r} (a grid is planned by tune.planner)")
 
