@@ -30,7 +30,8 @@ def test_followups_and_controls_are_derived_from_the_reference(synthetic_stack, 
     client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name("guided").experiment_id
     children = [r for r in client.search_runs([experiment]) if "mlflow.parentRunId" in r.data.tags]
-    by_kernels = {tuple(int(k) for k in r.data.tags["kernels"].split("-")): r for r in children}
+    shams = [r for r in children if r.data.tags["phase"] == "sham"]
+    by_kernels = {tuple(int(k) for k in r.data.tags["kernels"].split("-")): r for r in children if r not in shams}
     reference = by_kernels[(4, 8, 16)]
     weak = BRANCHES.index(reference.data.tags["weak_branch"])
 
@@ -49,7 +50,11 @@ def test_followups_and_controls_are_derived_from_the_reference(synthetic_stack, 
     assert set(followups) == set(plan.guided) - grid_set and len(plan.guided) >= 1
     assert set(controls) == set(plan.controls) - grid_set and len(plan.controls) == 2  # capped by the job
     assert not set(followups) & set(controls)
-    assert len(children) == len(grid_set | set(plan.guided) | set(plan.controls))
+    assert len(children) == len(grid_set | set(plan.guided) | set(plan.controls)) + 1  # and the sham
+    # the sham: the reference's kernels, the weak branch's start re-drawn, its own configuration
+    (sham,) = shams
+    assert sham.data.tags["config"] == f"4-8-16~sham-{BRANCHES[weak]}" and sham.data.tags["kernels"] == "4-8-16"
+    assert sham.data.params["model.redraw"] == str([BRANCHES[weak]]) and sham.info.status == "FINISHED"
     for run in [*followups.values(), *controls.values()]:
         assert run.data.tags["derived_from"] == reference.info.run_id
         assert run.data.tags["weak_branch_of_reference"] == BRANCHES[weak]
@@ -65,4 +70,5 @@ def test_followups_and_controls_are_derived_from_the_reference(synthetic_stack, 
         in markdown
     )
     assert "vs matched controls" in markdown and "guided minus all matched controls" in markdown
+    assert "guided minus sham (kernels kept, start re-drawn)" in markdown and "4-8-16~sham-" in markdown
     assert (tmp_path / "guided" / "iou_by_config.png").stat().st_size > 1000
