@@ -271,3 +271,48 @@ def test_damage_found_mid_run_is_one_line_and_leaves_nothing_half_written(
         assert leftovers == []  # the temporary TIFF is removed
     else:
         assert leftovers == [] or "--resume" in err  # removed, or resumable as the line says
+
+
+# ----------------------------------------------------------------------------- resume: one model, one setting
+
+
+def _other_weights(path: Path, source: Path) -> Path:
+    """The model of ``source`` (same family, kernels, keyword arguments) with other weights."""
+    payload = torch.load(source, weights_only=True)
+    payload["weights"] = {
+        name: tensor + 0.01 if tensor.is_floating_point() else tensor for name, tensor in payload["weights"].items()
+    }
+    torch.save(payload, path)
+    return path
+
+
+RESUMED = {  # what differs from the interrupted run -> what the refusal names
+    "weights": ([], "model_sha256"),
+    "tta": (["--tta"], "tta"),
+    "output": (["--output", "mask"], "output"),
+    "tile": (["--tile", "128"], "tile"),
+    "overlap": (["--overlap", "24"], "overlap"),
+    "threshold": (["--threshold", "0.7"], "threshold"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(RESUMED))
+def test_resume_refuses_another_model_or_other_options_naming_what_differs(
+    tmp_path: Path, monkeypatch, capsys, change: str
+) -> None:
+    from test_store_safety import interrupted
+
+    monkeypatch.chdir(tmp_path)
+    model = _model(tmp_path / "m.pt", "i.tif", "l.tif")
+    source, output = tmp_path / "in.zarr", tmp_path / "out.ome.zarr"
+    zarr.create_array(str(source), data=_images()[:, :40, :40], chunks=(1, 16, 16), zarr_format=2)
+    interrupted(monkeypatch, capsys, model, source, output)
+    written = snapshot(tmp_path)
+    extra, problem = RESUMED[change]
+    used = _other_weights(tmp_path / "other.pt", model) if change == "weights" else model
+    args = ["predict", used, source, output, "--no-tta", "--tile", "64", "--overlap", "16"]
+    args += ["--chunk", "1,16,16", "--block", "16", "--resume"]
+    code, out, err = run_cli(capsys, [*args, *extra])
+    assert_one_error(code, err, problem, "--resume")
+    assert out == ""
+    assert {k: v for k, v in snapshot(tmp_path).items() if k != "other.pt"} == written

@@ -16,6 +16,7 @@ is what ``--resume`` reads and checks. Both are removed when the store is done.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -162,11 +163,20 @@ def resumable_store(final: Path, settings: dict[str, Any], compare: Sequence[str
         return None
     changed = [key for key in compare if stored.get(key) != settings.get(key)]
     if changed:
+        differences = "; ".join(
+            f"{key} {_short(stored.get(key))} then, {_short(settings.get(key))} now" for key in changed
+        )
         raise InputError(
-            f"{final}: the unfinished run in {path} had other settings ({', '.join(changed)}); "
+            f"{final}: the unfinished run in {path} had other settings ({differences}); "
             "run without --resume to start again"
         )
     return OutputStore(str(path), bool(stored.get("label_image")))
+
+
+def _short(value: Any) -> str:
+    """A setting as a refusal names it: a digest by its first 12 characters, anything long cut."""
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text[:12] + "..." if len(text) > 40 or (isinstance(value, str) and len(value) == 64) else text
 
 
 def remove_store(store: OutputStore) -> None:

@@ -13,6 +13,7 @@ with ``resume`` the blocks an interrupted run recorded as written are skipped.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import time
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 BlockProgress = Callable[[int, int, int], None]
 #: Settings that must match for --resume to continue an unfinished store.
 RESUME_KEYS = (
-    "model_sha256", "input", "level", "shape", "chunks", "block", "halo", "output", "threshold", "tta", "tile",
+    "model_sha256", "model_family", "model_kwargs", "input", "level", "shape", "chunks", "block", "halo", "output", "threshold", "tta", "tile",
     "overlap", "ngff", "label_image",
 )  # fmt: skip
 #: What the input was: checked on --resume apart from the settings, to name the input.
@@ -257,6 +258,7 @@ def _settings(loaded: LoadedModel, plan: VolumePlan, *, level: int, ngff: str, l
         "model_sha256": model_digest(loaded.payload),
         "mlflow_run_id": loaded.mlflow_run_id or run_id or loaded.payload.get("mlflow_run_id"),
         "model_family": models.family_of(loaded.model).name,
+        "model_kwargs": json.loads(json.dumps(dict(loaded.payload.get("model_kwargs", {})), default=str)),
         "kernels": list(loaded.model.kernels) if models.family_of(loaded.model).uses_kernels else None,
         "model_step": loaded.payload.get("step"),
         "dcn_ray_version": __version__,
