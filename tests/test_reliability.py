@@ -1,7 +1,7 @@
 """Reliability through the CLI (issue 38): no output touches an input, whatever the command.
 
 Every command that writes (``predict`` to TIFF and to OME-Zarr, ``inspect``, ``export``,
-``report --atlas``, ``sweep``) is run against one table of hostile outputs: the output is an input
+``report --atlas``, ``sweep``, ``suggest``) is run against one table of hostile outputs: the output is an input
 (the model file, the stack, the labels, the job's data), a symbolic or hard link to one, a folder
 holding one, or a path inside an input zarr store. Each is refused in one line, exit 2, and no
 file of the working folder changes.
@@ -91,7 +91,15 @@ def _fake_sweep(storage: Path, name: str, images: str, labels: str, tracking: Pa
 # ----------------------------------------------------------------------------- the commands
 
 #: The output's name where it matters (an OME-Zarr output ends in .zarr, a package in .zip).
-SUFFIX = {"predict": ".tif", "predict-zarr": ".ome.zarr", "export": ".zip", "inspect": "", "atlas": "", "sweep": ""}
+SUFFIX = {
+    "predict": ".tif",
+    "predict-zarr": ".ome.zarr",
+    "export": ".zip",
+    "inspect": "",
+    "atlas": "",
+    "sweep": "",
+    "suggest": "",
+}
 
 
 def _command(command: str, work: Path, out: Path, model: Path, images: Path, labels: Path) -> list:
@@ -102,6 +110,8 @@ def _command(command: str, work: Path, out: Path, model: Path, images: Path, lab
         return ["inspect", model, images, out, "--labels", labels, "--slices", "0:2"]
     if command == "export":
         return ["export", model, out]
+    if command == "suggest":
+        return ["suggest", model, images, out, "--labels", labels, "--region", "32"]
     if command == "atlas":
         _fake_sweep(work / "runs", "done", str(images), str(labels), work / "mlflow.db")
         return ["report", "done", "--storage", work / "runs", "--atlas", out]

@@ -20,6 +20,7 @@ from dcn_ray.cli.data import synth
 from dcn_ray.cli.export import export
 from dcn_ray.cli.predict import inspect, predict
 from dcn_ray.cli.score import score
+from dcn_ray.cli.suggest import suggest
 from dcn_ray.cli.sweep import register, report, resume, sweep
 from dcn_ray.errors import InputError, first_line
 
@@ -57,7 +58,7 @@ def cli(verbose: bool) -> None:
         os.environ.setdefault(name, value)
 
 
-for command in (sweep, resume, report, register, predict, inspect, export, score, synth, submit, status, logs):
+for command in (sweep, resume, report, register, predict, inspect, suggest, export, score, synth, submit, status, logs):
     cli.add_command(command)
 
 

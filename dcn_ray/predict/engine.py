@@ -154,12 +154,23 @@ class SlicePredictor:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(Y, X) float32 in [0, 1] -> (Y, X) float32 foreground probability."""
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
-        transforms = range(8) if self.options.tta else range(1)
-        total = torch.zeros_like(x)
+        total, count = torch.zeros_like(x), 0
         with torch.inference_mode():
-            for t in transforms:
-                total += invert_transform(self._tiled(apply_transform(x, t)), t)
-        return (total / len(transforms)).cpu().numpy()
+            for view in self._views(x):
+                total += view
+                count += 1
+        return (total / count).cpu().numpy()
+
+    def views(self, image: np.ndarray) -> np.ndarray:
+        """(Y, X) -> (T, Y, X) float32: the foreground probability of each TTA view, transformed back
+        (T = 8 with TTA, else 1); their mean is :meth:`__call__`'s (``dcn-ray suggest`` reads their spread)."""
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
+        with torch.inference_mode():
+            return torch.stack(list(self._views(x))).cpu().numpy()
+
+    def _views(self, x: Tensor) -> Iterator[Tensor]:
+        for t in range(8) if self.options.tta else range(1):
+            yield invert_transform(self._tiled(apply_transform(x, t)), t)
 
     def _tiled(self, image: Tensor) -> Tensor:
         height, width = image.shape

@@ -1,0 +1,69 @@
+"""``dcn-ray suggest``: rank where to label next on a stack, by the model's uncertainty."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("model")
+@click.argument("stack", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--top", default=20, show_default=True, type=int, help="Tiles to list and paint in suggested.tif.")
+@click.option("--region", default=256, show_default=True, type=int, help="Side of the square tiles ranked (pixels).")
+@click.option(
+    "--score",
+    type=click.Choice(["disagreement", "entropy"]),
+    default="disagreement",
+    show_default=True,
+    help="disagreement: mutual information of the 8 TTA views (BALD); entropy: of their mean probability.",
+)
+@click.option(
+    "--labels",
+    "labels_path",
+    type=click.Path(path_type=Path),
+    help="The labels painted so far (napari's layer): labelled pixels are not suggested again.",
+)
+@click.option(
+    "--unlabelled", default=0, show_default=True, type=int, help="The --labels value of a pixel not labelled yet."
+)
+@click.option("--storage", help="Where sweep:NAME was run (default ./dcn-ray-runs).")
+@click.option("--tracking-uri", help="MLflow of runs:/ and models:/ (default $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda when a GPU is visible.")
+def suggest(
+    model: str,
+    stack: Path,
+    out: Path,
+    top: int,
+    region: int,
+    score: str,
+    labels_path: Path | None,
+    unlabelled: int,
+    storage: str | None,
+    tracking_uri: str | None,
+    device: str | None,
+) -> None:
+    """Rank where to label next on STACK with MODEL; write the ranking and an uncertainty map into the folder OUT.
+
+    OUT gets ranking.csv and ranking.json (every slice and the --top tiles, by the mean --score over
+    their unlabelled pixels), uncertainty.tif (the score per pixel, for napari over the stack) and
+    suggested.tif (the --top tiles painted with their rank, a labels layer). MODEL is a checkpoint,
+    runs:/<run_id>, models:/<name>/<version> or sweep:<name>.
+    """
+    from dcn_ray.predict.suggest import SuggestOptions, check_paths
+    from dcn_ray.predict.suggest import suggest as run
+
+    options = SuggestOptions(top=top, region=region, score=score, unlabelled=unlabelled)
+    check_paths(stack, out, labels=labels_path, model=model if Path(model).exists() else None)
+    from dcn_ray.models import describe
+    from dcn_ray.track.sources import load_source
+
+    loaded = load_source(model, storage=storage, tracking_uri=tracking_uri)
+    click.echo(f"model {model}: {describe(loaded.model)} ({loaded.location})", err=True)
+    result = run(loaded, stack, out, options, labels=labels_path, device=device)
+    click.echo(f"rank  kind   z     y0     x0  {score}")
+    for row in result.slices[:top] + result.tiles:
+        click.echo(f"{row['rank']:>4}  {row['kind']:<5} {row['z']:>3} {row['y0']:>6} {row['x0']:>6}  {row[score]:.4f}")
+    click.echo(f"wrote {out}: ranking.csv, ranking.json, uncertainty.tif, suggested.tif", err=True)
