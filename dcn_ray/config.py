@@ -242,6 +242,11 @@ def _validate(job: JobConfig) -> None:
         "unlabelled: every other value is background)",
     )
     need(
+        job.data.target in ("auto", "cells", "objects"),
+        f"data.target must be 'auto', 'cells' (cell interior) or 'objects' (mitochondria, synapses), "
+        f"got {job.data.target!r}",
+    )
+    need(
         job.data.roi is None or len(job.data.roi) == 4,
         f"data.roi must be [y0, x0, height, width], got {job.data.roi!r}",
     )

@@ -46,6 +46,12 @@ class DataConfig:
     #: Or: the one label value that marks unlabelled pixels (every other value but ``foreground`` is
     #: background). Unlabelled pixels add nothing to the loss and count in no score.
     unlabelled: int | None = None
+    #: What the foreground is, which decides the scores: "cells" (cell interior, ISBI: V_rand / V_info),
+    #: "objects" (mitochondria, synapses: object precision / recall / F1), or "auto" (by the labels'
+    #: foreground fraction: dcn_ray.core.scores.resolve_target).
+    target: str = "auto"
+    #: Accept validation or test slices without any foreground (else each is named in a warning).
+    allow_empty_slices: bool = False
     #: Region of interest (y0, x0, height, width), or None for the whole slice.
     roi: tuple[int, ...] | None = None
     split: SplitConfig = field(default_factory=SplitConfig)

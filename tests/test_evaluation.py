@@ -11,7 +11,7 @@ from dcn_ray.config import job_from_dict
 from dcn_ray.core.dataset import load_data
 from dcn_ray.core.evaluation import reported_split, score_probabilities
 from dcn_ray.core.metrics import iou
-from dcn_ray.core.scores import SCORE_KEYS, segmentation_scores
+from dcn_ray.core.scores import keys_of, segmentation_scores
 from dcn_ray.core.train import build_model, evaluate, score_test_split
 from dcn_ray.errors import InputError
 
@@ -26,8 +26,9 @@ def test_test_split_is_scored_with_the_given_model(synthetic_stack):
     torch.manual_seed(0)
     model = build_model(job.model, (4, 8, 16), seed=job.train.seed)
     scores = score_test_split(model, dataset, torch.device("cpu"))
-    assert tuple(scores) == tuple(f"test_{key}" for key in SCORE_KEYS)
-    expected = evaluate(model, torch.from_numpy(dataset.test_images), dataset.test_masks)
+    assert dataset.target == "cells"  # the synthetic cells: most pixels are foreground
+    assert tuple(scores) == tuple(f"test_{key}" for key in keys_of("cells"))
+    expected = evaluate(model, torch.from_numpy(dataset.test_images), dataset.test_masks, target=dataset.target)
     assert scores == {f"test_{key}": value for key, value in expected.items()}
     assert scores != {f"test_{key}": value for key, value in evaluate(
         model, torch.from_numpy(dataset.val_images), dataset.val_masks

@@ -22,7 +22,7 @@ from dcn_ray.core.metrics import (
     rand_info_scores,
     thinned_cells,
 )
-from dcn_ray.core.scores import SCORE_KEYS, baseline_scores, probability_scores, segmentation_scores
+from dcn_ray.core.scores import baseline_scores, keys_of, probability_scores, segmentation_scores
 
 
 def row(text: str) -> np.ndarray:
@@ -150,7 +150,7 @@ def test_counts_sum_over_slices_and_info_is_the_slice_mean() -> None:
     # The challenge script's macro average, reported beside it for probability maps.
     scores = probability_scores(pred.astype(np.float32), truth)
     assert scores["vrand"] == pytest.approx(50 / 66)
-    assert scores["vrand_slice_mean"] == pytest.approx((1 + 9 / 17) / 2)
+    assert scores["vrand_slice_mean_best"] == pytest.approx((1 + 9 / 17) / 2)
 
 
 def test_slices_without_truth_foreground() -> None:
@@ -247,17 +247,19 @@ def test_probability_maps_take_the_best_threshold() -> None:
     probability = np.array([[0.9, 0.9, 0.3, 0.9, 0.9]], dtype=np.float32)
     scores = probability_scores(probability, truth, threshold=0.2)
     assert scores["iou"] == pytest.approx(4 / 5)  # at 0.2 the membrane is foreground
-    assert scores["vrand"] == pytest.approx(1.0) and scores["vrand_threshold"] == pytest.approx(0.3)
-    assert scores["vinfo"] == pytest.approx(1.0) and scores["vinfo_threshold"] == pytest.approx(0.3)
+    assert scores["vrand_best"] == pytest.approx(1.0) and scores["vrand_best_threshold"] == pytest.approx(0.3)
+    assert scores["vinfo_best"] == pytest.approx(1.0) and scores["vinfo_best_threshold"] == pytest.approx(0.3)
     assert scores["threshold"] == 0.2
+    # One name per number: V_rand *at* the threshold (0.2: the two cells merge) is not the best one.
+    assert scores["vrand"] < 1.0 and scores["vinfo"] < 1.0
     binary = probability_scores((probability > 0.5).astype(np.float32), truth)
-    assert binary["vrand_threshold"] == binary["threshold"] == 0.5
-    assert binary["vrand"] == 1.0 and binary["iou"] == 1.0
+    assert binary["vrand_best_threshold"] == binary["threshold"] == 0.5
+    assert binary["vrand_best"] == binary["vrand"] == 1.0 and binary["iou"] == 1.0
 
 
 def test_scores_are_python_floats_under_the_documented_keys() -> None:
     scores = segmentation_scores(row("1101"), row("1001"))
-    assert tuple(scores) == SCORE_KEYS
+    assert tuple(scores) == keys_of("cells")
     assert all(type(value) is float for value in scores.values())
     perfect = segmentation_scores(row("1101101"), row("1101101"))
     assert perfect == {"iou": 1.0, "dice": 1.0, "pixel_error": 0.0, "membrane_iou": 1.0, "vrand": 1.0, "vinfo": 1.0}
@@ -303,7 +305,9 @@ def _reference_scores(probability: np.ndarray, truth: np.ndarray, thresholds) ->
             if score > best[key][0]:
                 best[key] = (score, value)
     return {
-        name: value for key, (score, at) in best.items() for name, value in ((key, score), (f"{key}_threshold", at))
+        name: value
+        for key, (score, at) in best.items()
+        for name, value in ((f"{key}_best", score), (f"{key}_best_threshold", at))
     }
 
 

@@ -215,13 +215,36 @@ def test_labels_scores_by_hand(tmp_path, capsys):
     )
     assert code == 0, err
     assert out.strip().splitlines() == [
-        "threshold 0.5: IoU 0.5000  Dice 0.6667  membrane IoU 0.0000  pixel error 0.5000  "
-        "V_rand 0.6667 (threshold 0.5)  V_rand slice mean 0.6667 (threshold 0.5)  V_info 0.0000 (threshold 0.5)",
+        "threshold 0.5: IoU 0.5000  Dice 0.6667  pixel error 0.5000  membrane IoU 0.0000  V_rand (at 0.5) 0.6667  "
+        "V_info (at 0.5) 0.0000  V_rand best 0.6667 (threshold 0.5)  "
+        "V_rand slice-mean best (the challenge's) 0.6667 (threshold 0.5)  V_info best 0.0000 (threshold 0.5)",
         "baselines on the same 1 slice: all-foreground IoU 0.5000, all-background IoU 0.0000",
     ]
     mask = tifffile.imread(tmp_path / "mask.tif").reshape(8, 16) == 255
     assert mask.all()
     assert segmentation_scores(mask, labels == 7)["dice"] == pytest.approx(2 / 3)
+
+
+def test_labels_of_a_larger_stack_are_cut_to_the_input_s_slices(tmp_path, capsys):
+    """An input of 2 slices cut from a 4-slice stack: --label-slices names them; --target objects gives
+    object scores (each slice: two truth objects, one predicted covering both: no match)."""
+    model = constant_model_file(tmp_path, foreground=7)
+    labels = np.zeros((4, 8, 16), np.uint8)
+    labels[:, :, 0:4] = labels[:, :, 8:12] = 7
+    labels[0] = 0  # an unlabelled slice the input does not hold
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    tifffile.imwrite(tmp_path / "image.tif", np.full((2, 8, 16), 128, np.uint8))
+    args = ["predict", model, tmp_path / "image.tif", tmp_path / "mask.tif", "--output", "mask", "--no-tta"]
+    code, _, err = run_cli(capsys, [*args, "--labels", tmp_path / "labels.tif"])
+    assert code == 2 and "--label-slices 0:2" in err and not (tmp_path / "mask.tif").exists()
+    code, _, err = run_cli(capsys, [*args, "--labels", tmp_path / "labels.tif", "--label-slices", "1:4"])
+    assert code == 2 and "--label-slices 1:4 picks 3 slice(s)" in err
+    code, out, err = run_cli(
+        capsys, [*args, "--labels", tmp_path / "labels.tif", "--label-slices", "2:4", "--target", "objects"]
+    )
+    assert code == 0, err
+    assert "target: objects (separate objects" in err and "as set" in err
+    assert "IoU 0.5000" in out and "object precision 0.0000" in out and "truth objects 4  predicted objects 2" in out
 
 
 def test_labels_scores_are_those_of_dcn_ray_score_on_the_output(model_file, synthetic_stack, tmp_path, capsys):

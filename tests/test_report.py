@@ -125,7 +125,7 @@ def test_with_a_test_split_the_table_leads_with_test_scores_and_baselines(tmp_pa
     assert "| k1, k2, k3 | seed | phase | status | test IoU | vs reference | test Dice |" in text
     assert "| 2, 8, 16 |  | grid | finished | 0.8400 | -0.0100 | 0.9000 |" in text
     assert "Scores on the test split (5 slices: 25-29)" in text
-    assert "all-foreground IoU 0.8036 (V_rand 0.0900), all-background IoU 0.0000" in text
+    assert "all-foreground IoU 0.8036 (V_rand at 0.5 0.0900), all-background IoU 0.0000" in text
     assert "| 4, 8, 12 | followup | 1 | 0.870 | +0.020 |" in text  # per configuration, on test IoU
     # The split and its baselines survive the Parquet file (dcn-ray report reads it back).
     report.write(table, tmp_path)
@@ -138,7 +138,7 @@ def test_without_a_test_split_the_table_says_validation_plainly():
     table = report.results_table(ROWS, evaluation=evaluation)
     assert report.headline(table) == ("best_val_iou", "best val IoU")
     text = report.markdown(table)
-    assert "| k1, k2, k3 | seed | phase | status | best val IoU | vs reference | val V_rand |" in text
+    assert "| k1, k2, k3 | seed | phase | status | best val IoU | vs reference | val V_rand at 0.5 |" in text
     assert "Scores on the validation split (3 slices: 21-23): no test split" in text
     assert "biased upwards" in text and "test IoU" not in text
     # A table from before test splits (no metadata) reads as validation.

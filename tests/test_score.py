@@ -53,11 +53,12 @@ def test_probability_map_takes_the_best_threshold(tmp_path: Path, capsys) -> Non
     scores = json.loads(out)
     assert code == 0
     assert scores["iou"] == pytest.approx(72 / 81)  # at 0.3 the membrane counts as foreground
-    assert scores["vrand"] == 1.0 and scores["vrand_threshold"] == pytest.approx(0.4)
-    assert scores["vinfo"] == 1.0 and scores["vinfo_threshold"] == pytest.approx(0.4)
+    assert scores["vrand_best"] == 1.0 and scores["vrand_best_threshold"] == pytest.approx(0.4)
+    assert scores["vinfo_best"] == 1.0 and scores["vinfo_best_threshold"] == pytest.approx(0.4)
+    assert scores["vrand"] < 1.0  # at 0.3 the two cells merge: V_rand at 0.3 is another number
     # A merge at every threshold it is allowed: V_rand drops below 1.
     code, out, _ = run(capsys, pred, truth, "--json", "--thresholds", "0.1,0.2")
-    assert json.loads(out)["vrand"] < 0.7
+    assert json.loads(out)["vrand_best"] < 0.7
     # The same map given as membrane probability, inverted.
     inverted = write_tif(tmp_path, "membrane.tif", 255 - probability)
     code, out, _ = run(capsys, inverted, truth, "--json", "--invert", "--threshold", "0.3")
@@ -66,7 +67,8 @@ def test_probability_map_takes_the_best_threshold(tmp_path: Path, capsys) -> Non
     code, out, _ = run(capsys, pred, truth)
     lines = out.strip().splitlines()
     assert code == 0 and len(lines) == 2
-    assert "V_rand 1.0000 (threshold 0.4)" in lines[0] and "IoU 1.0000" in lines[0]
+    assert "V_rand best 1.0000 (threshold 0.4)" in lines[0] and "IoU 1.0000" in lines[0]
+    assert "V_rand (at 0.5) 1.0000" in lines[0]
     assert "all-foreground IoU 0.8889" in lines[1]
 
 

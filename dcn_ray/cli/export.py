@@ -45,6 +45,8 @@ def export(
     options = ExportOptions(authors=authors, license=license_id, cite=cite, name=name, description=description)
     result = export_package(model, output_path, options, storage=storage, tracking_uri=tracking_uri)
     scores = ", ".join(
-        f"{key} {value:.4f}" for key, value in result.test_scores.items() if key in ("test_iou", "test_vrand")
+        f"{key} {value:.4f}"
+        for key, value in result.test_scores.items()
+        if key in ("test_iou", "test_vrand", "test_object_f1")
     )
     click.echo(f"wrote {result.output}: halo {result.halo} px; {scores}")

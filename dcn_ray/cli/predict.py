@@ -120,7 +120,18 @@ def _chunk(text: str | None) -> tuple[int, int, int] | None:
     "--labels",
     "labels_path",
     type=click.Path(path_type=Path),
-    help="Ground truth: also print IoU, Dice, pixel error, V_rand, V_info.",
+    help="Ground truth: also print the scores `dcn-ray score` gives (IoU, Dice, ...; V_rand or object F1 by --target).",
+)
+@click.option(
+    "--label-slices",
+    metavar="A:B",
+    help="The --labels slices INPUT holds, as data.split writes them (20:28, 3,5,9), for an INPUT cut from a larger stack.",
+)
+@click.option(
+    "--target",
+    default="auto",
+    show_default=True,
+    help="What --labels' foreground is: cells, objects, or auto (the model's data.target, else by the labels).",
 )
 @click.option(
     "--workers",
@@ -156,6 +167,8 @@ def predict(
     output_kind: str,
     threshold: float,
     labels_path: Path | None,
+    label_slices: str | None,
+    target: str,
     workers: int | None,
     address: str | None,
     device: str | None,
@@ -175,9 +188,12 @@ def predict(
     from dcn_ray.runtime import keep_local_ray_on_loopback
 
     keep_local_ray_on_loopback(address)
-    from dcn_ray.core.evaluation import format_scores
+    from dcn_ray.core.evaluation import format_scores, parse_target
     from dcn_ray.models import describe
     from dcn_ray.predict.stack import PredictOptions, check_paths, predict_stack
+
+    parse_target(target)
+    given = {"label_slices": label_slices, "target": target}
     from dcn_ray.track.sources import load_source
 
     options = PredictOptions(
@@ -189,20 +205,21 @@ def predict(
         _predict_volume(
             model, input_path, output_path, options, storage=storage, tracking_uri=tracking_uri,
             labels=labels_path, workers=workers, address=address, level=level, chunks=_chunk(chunk), block=block,
-            ngff=ngff, label_image=label_image, resume=resume,
+            ngff=ngff, label_image=label_image, resume=resume, **given,
         )  # fmt: skip
         return
     _tiff_only(chunk=chunk, block=block, ngff=ngff != "0.4", label_image=label_image, resume=resume)
     # The files first, then the model (nothing is printed before either could fail)
-    check_paths(input_path, output_path, labels=labels_path, model=model if Path(model).exists() else None, level=level)
+    paths = {"labels": labels_path, "level": level, "label_slices": label_slices}
+    check_paths(input_path, output_path, model=model if Path(model).exists() else None, **paths)
     loaded = load_source(model, storage=storage, tracking_uri=tracking_uri)
-    check_paths(input_path, output_path, labels=labels_path, model=loaded.location, level=level)
+    check_paths(input_path, output_path, model=loaded.location, **paths)
     open_volume(input_path, level)  # its values too (NaN is refused) before anything is printed
     bar = _ProgressBar()
     try:
         result = predict_stack(
             loaded, input_path, output_path, options, labels=labels_path, workers=workers, address=address,
-            progress=bar, level=level,
+            progress=bar, level=level, **given,
         )  # fmt: skip
     finally:
         bar.close()
@@ -211,6 +228,7 @@ def predict(
     rate = result.slices / max(result.seconds, 1e-9)
     _echo(f"wrote {result.output}: {result.slices} slice(s) in {result.seconds:.1f} s ({rate:.2f} slices/s)")
     if result.scores is not None:
+        _echo(result.scores["target_line"])
         click.echo(format_scores(result.scores))
 
 
@@ -231,7 +249,7 @@ def _predict_volume(model: str, input_path: Path, output_path: Path, options, **
     from dcn_ray.track.sources import load_source
 
     storage, tracking_uri = settings.pop("storage"), settings.pop("tracking_uri")
-    paths = {"labels": settings["labels"], "level": settings["level"]}
+    paths = {"labels": settings["labels"], "level": settings["level"], "label_slices": settings["label_slices"]}
     check_volume_paths(input_path, output_path, model=model if Path(model).exists() else None, **paths)
     loaded = load_source(model, storage=storage, tracking_uri=tracking_uri)
     check_volume_paths(input_path, output_path, model=loaded.location, **paths)
@@ -249,6 +267,7 @@ def _predict_volume(model: str, input_path: Path, output_path: Path, options, **
         f"{result.seconds:.1f} s ({rate})"
     )
     if result.scores is not None:
+        _echo(result.scores["target_line"])
         click.echo(format_scores(result.scores))
 
 

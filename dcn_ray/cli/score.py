@@ -12,8 +12,19 @@ import click
 @click.command()
 @click.argument("prediction", metavar="PRED", type=click.Path(path_type=Path))
 @click.argument("truth", metavar="TRUTH", type=click.Path(path_type=Path))
+@click.option("--foreground", default="255", show_default=True, help="Label value of TRUTH's foreground, or 'color'.")
 @click.option(
-    "--foreground", default="255", show_default=True, help="Label value of TRUTH's cell interior, or 'color'."
+    "--target",
+    default="auto",
+    show_default=True,
+    help="What the foreground is: cells (cell interior: V_rand / V_info), objects (mitochondria, synapses: "
+    "object precision / recall / F1), or auto (by TRUTH's foreground fraction, said first).",
+)
+@click.option(
+    "--slices",
+    default=None,
+    metavar="A:B",
+    help="TRUTH's slices that PRED holds, as data.split writes them (20:28, 3,5,9); a PRED as deep as TRUTH is cut alike.",
 )
 @click.option(
     "--threshold",
@@ -21,13 +32,14 @@ import click
     show_default=True,
     type=click.FloatRange(0.0, 1.0, max_open=True),
     callback=lambda _ctx, _param, value: _finite(value),
-    help="Foreground where PRED's probability exceeds it (IoU, Dice, membrane IoU, pixel error).",
+    help="Foreground where PRED's probability exceeds it (every score named 'at' it).",
 )
 @click.option(
     "--thresholds",
     default=None,
     metavar="T1,T2,...",
-    help="Thresholds over which V_rand and V_info are maximised (default: the challenge's 0.0, 0.1, ..., 0.9).",
+    help="Cells: thresholds over which V_rand best and V_info best are maximised (default: the challenge's "
+    "0.0, 0.1, ..., 0.9).",
 )
 @click.option("--invert", is_flag=True, help="PRED holds the membrane (background) probability.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
@@ -35,32 +47,46 @@ def score(
     prediction: Path,
     truth: Path,
     foreground: str,
+    target: str,
+    slices: str | None,
     threshold: float,
     thresholds: str | None,
     invert: bool,
     as_json: bool,
 ) -> None:
-    """Score PRED (foreground probabilities or a mask) against TRUTH (labels), as the ISBI 2012 scorer does.
+    """Score PRED (foreground probabilities or a mask) against TRUTH (labels), with the scores of the target.
 
-    IoU (the paper's metric), Dice, membrane IoU and pixel error at --threshold; V_rand and V_info
-    under the challenge's protocol (per slice, thinned boundaries, foreground-restricted), each the
-    best over --thresholds, with the threshold that gave it; the IoU of the all-foreground and
-    all-background predictions on the same slices beside them. PRED and TRUTH are TIFF stacks,
-    OME-Zarr images (a dcn-ray predict output too), zarr arrays or HDF5 datasets (file.h5:/path).
+    IoU (the paper's metric), Dice, pixel error and the background's IoU at --threshold. Cells (cell
+    interior, ISBI 2012): V_rand and V_info under the challenge's protocol (per slice, thinned
+    boundaries, foreground-restricted) at --threshold, and each at its best over --thresholds
+    ("V_rand best", with the threshold that gave it; the challenge reports the best). Objects
+    (mitochondria, synapses): object precision, recall and F1 of connected components matched at
+    IoU >= 0.5, and the object counts; no watershed, seconds for large stacks. The IoU of the
+    all-foreground and all-background predictions on the same slices beside them. PRED and TRUTH are
+    TIFF stacks, OME-Zarr images (a dcn-ray predict output too), zarr arrays or HDF5 datasets (file.h5:/path).
     """
-    from dcn_ray.core.evaluation import format_scores, parse_foreground, parse_thresholds, score_stacks
+    from dcn_ray.core.evaluation import (
+        format_scores,
+        parse_foreground,
+        parse_target,
+        parse_thresholds,
+        score_stacks,
+    )
     from dcn_ray.core.metrics import ISBI_THRESHOLDS
 
     scores = score_stacks(
         prediction,
         truth,
         foreground=parse_foreground(foreground),
+        target=parse_target(target),
         threshold=threshold,
         thresholds=parse_thresholds(thresholds) if thresholds is not None else ISBI_THRESHOLDS,
         invert=invert,
+        slices=slices,
     )
     if not as_json:
         click.echo(f"{prediction}: read as {scores['prediction_read_as']}", err=True)
+        click.echo(scores["target_line"], err=True)
     click.echo(json.dumps(scores) if as_json else format_scores(scores))
 
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dcn_ray.core.labels import LabelCheck
 from dcn_ray.core.partial import foreground_fraction, label_masks, labelled_slices
+from dcn_ray.core.scores import resolve_target
 from dcn_ray.data_config import DataConfig
 from dcn_ray.errors import InputError
 from dcn_ray.io.tiff import PathLike
@@ -118,6 +120,10 @@ class Dataset:
     train_labelled: np.ndarray | None = None
     val_labelled: np.ndarray | None = None
     test_labelled: np.ndarray | None = None
+    #: What the foreground is ("cells" or "objects"), decided: it chooses the scores.
+    target: str = "cells"
+    #: Per-slice foreground of the whole (ROI-cropped) label stack; None where not measured.
+    labels: LabelCheck | None = None
 
     @property
     def train_foreground(self) -> float:
@@ -137,10 +143,12 @@ def load_dataset(
     roi: Sequence[int] | None = None,
     background: int | None = None,
     unlabelled: int | None = None,
+    target: str = "auto",
 ) -> Dataset:
     """Read images and labels, crop to ``roi``, and cut them into the train/val/test splits.
 
     With ``background`` or ``unlabelled`` the labels are partly labelled (:mod:`dcn_ray.core.partial`).
+    ``target`` "auto" is decided from the stack's foreground fraction (:func:`~dcn_ray.core.scores.resolve_target`).
     """
     stack, labelled = read_volume(images), None
     if background is None and unlabelled is None:
@@ -194,6 +202,7 @@ def load_dataset(
                 touching,
             )
     test_slices = splits["test"]
+    labels_check = LabelCheck.of(masks, labelled)
     return Dataset(
         train_images=stack[splits["train"]],
         train_masks=masks[splits["train"]],
@@ -207,6 +216,8 @@ def load_dataset(
         train_labelled=parts["train"],
         val_labelled=parts["val"],
         test_labelled=parts["test"] if test_slices else None,
+        target=resolve_target(target, labels_check.stack),
+        labels=labels_check,
     )
 
 
@@ -232,5 +243,5 @@ def load_data(data: DataConfig) -> Dataset:
     return load_dataset(
         data.images, data.labels, foreground=data.foreground, train=data.split.train,
         val=data.split.val, test=data.split.test, roi=data.roi, background=data.background,
-        unlabelled=data.unlabelled,
+        unlabelled=data.unlabelled, target=data.target,
     )  # fmt: skip

@@ -13,8 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dcn_ray.core.labels import LabelCheck
 from dcn_ray.core.metrics import ISBI_THRESHOLDS, iou
-from dcn_ray.core.scores import baseline_scores, probability_scores
+from dcn_ray.core.scores import (
+    REGION_KEYS,
+    SCORE_KEYS,
+    SCORES,
+    TARGETS,
+    baseline_scores,
+    probability_scores,
+    resolve_target,
+    target_line,
+)
 from dcn_ray.errors import InputError
 
 if TYPE_CHECKING:
@@ -32,27 +42,36 @@ def reported_split(dataset: Dataset) -> dict[str, Any]:
         split, slices, masks, labelled = "test", dataset.test_slices, dataset.test_masks, dataset.test_labelled
     else:
         split, slices, masks, labelled = "validation", dataset.val_slices, dataset.val_masks, dataset.val_labelled
-    return {"split": split, "slices": [int(z) for z in slices], "baselines": baseline_scores(masks, labelled)}
+    baselines = baseline_scores(masks, labelled, dataset.target)
+    return {"split": split, "slices": [int(z) for z in slices], "target": dataset.target, "baselines": baselines}
 
 
 def score_probabilities(
     probability: np.ndarray,
     truth: np.ndarray,
     *,
+    target: str = "auto",
     threshold: float = 0.5,
     thresholds: Sequence[float] = ISBI_THRESHOLDS,
-) -> dict[str, float]:
-    """:func:`~dcn_ray.core.scores.probability_scores` plus ``slices`` and the baselines' IoU.
+) -> dict[str, Any]:
+    """:func:`~dcn_ray.core.scores.probability_scores` plus ``slices``, ``target`` and the baselines' IoU.
 
+    ``target`` "auto" is decided from the truth's foreground fraction (``target_line`` says how).
     ``baseline_all_foreground_iou`` / ``baseline_all_background_iou``: the IoU of predicting every
     pixel as foreground / background on the same slices.
     """
     if probability.shape != truth.shape:
         raise InputError(f"the prediction has shape {probability.shape} (Z, Y, X) but the truth has {truth.shape}")
-    scores = probability_scores(probability, truth, threshold=threshold, thresholds=thresholds)
+    fraction = LabelCheck.of(truth.reshape((-1,) + truth.shape[-2:])).stack
+    resolved = resolve_target(target, fraction)
+    scores: dict[str, Any] = probability_scores(
+        probability, truth, target=resolved, threshold=threshold, thresholds=thresholds
+    )
     scores["baseline_all_foreground_iou"] = iou(np.ones_like(truth), truth)
     scores["baseline_all_background_iou"] = iou(np.zeros_like(truth), truth)
     scores["slices"] = int(truth.reshape((-1,) + truth.shape[-2:]).shape[0])
+    scores["target"] = resolved
+    scores["target_line"] = target_line(target, resolved, fraction)
     return scores
 
 
@@ -61,40 +80,79 @@ def score_stacks(
     truth: Path,
     *,
     foreground: int | str = 255,
+    target: str = "auto",
     threshold: float = 0.5,
     thresholds: Sequence[float] = ISBI_THRESHOLDS,
     invert: bool = False,
-) -> dict[str, float]:
+    slices: str | None = None,
+) -> dict[str, Any]:
     """Score a prediction stack against a label stack (TIFF, OME-Zarr, zarr or ``file.h5:/dataset``).
 
     ``prediction`` holds the foreground probability or a mask, read as
     :func:`dcn_ray.io.predictions.read_prediction` says (``prediction_read_as`` tells how); with
     ``invert`` it holds the membrane (background) probability. ``truth`` is a label stack whose ``foreground`` value
-    marks cell interior (ISBI: 255), or ``"color"`` for RGB labels.
+    marks the foreground (ISBI: 255, cell interior), or ``"color"`` for RGB labels. ``slices`` (as
+    ``data.split`` writes them: "20:28", "3,5,9") picks the truth's slices the prediction holds; a
+    prediction as deep as the truth is cut alike.
     """
+    from dcn_ray.core.dataset import parse_split
     from dcn_ray.io.predictions import read_prediction
     from dcn_ray.io.volumes import read_label_volume
 
     mask = read_label_volume(truth, foreground)
-    check_truth(mask, truth)
     probability, read_as = read_prediction(prediction)
+    if slices is not None:
+        chosen = parse_split(slices, len(mask), name="--slices")
+        if len(probability) == len(mask) != len(chosen):
+            probability = probability[chosen]
+        mask = mask[chosen]
+    check_truth(mask, truth)
     if invert:
         probability = 1.0 - probability
     if probability.shape != mask.shape:
+        hint = "" if slices is not None else "; --slices A:B picks the truth's slices the prediction holds"
         raise InputError(
             f"prediction {prediction} has shape {probability.shape} (Z, Y, X) but truth {truth} has {mask.shape}"
+            + (f" (--slices {slices})" if slices is not None else "")
+            + hint
         )
-    scores: dict[str, Any] = score_probabilities(probability, mask, threshold=threshold, thresholds=thresholds)
+    scores = score_probabilities(probability, mask, target=target, threshold=threshold, thresholds=thresholds)
     scores["prediction_read_as"] = read_as
     return scores
 
 
+def matching_slices(
+    label_shape: Sequence[int], input_shape: Sequence[int], slices: str | None, labels: object
+) -> list[int] | None:
+    """The slices of a label stack that an input of ``input_shape`` holds: None for all of them (same shape),
+    else those ``slices`` names (``--label-slices``, as data.split writes them); InputError where they differ."""
+    label_shape, input_shape = tuple(label_shape), tuple(input_shape)
+    if slices is None:
+        if label_shape != input_shape:
+            hint = ""
+            if label_shape[1:] == input_shape[1:] and label_shape[0] > input_shape[0]:
+                hint = f"; give the labels' slices the input holds, e.g. --label-slices 0:{input_shape[0]}"
+            raise InputError(
+                f"--labels {labels} have shape {label_shape} (Z, Y, X) but the input has {input_shape}{hint}"
+            )
+        return None
+    from dcn_ray.core.dataset import parse_split
+
+    chosen = parse_split(slices, label_shape[0], name="--label-slices")
+    if (len(chosen), *label_shape[1:]) != input_shape:
+        raise InputError(
+            f"--label-slices {slices} picks {len(chosen)} slice(s) of --labels {labels} {label_shape} (Z, Y, X), "
+            f"but the input has {input_shape}"
+        )
+    return chosen
+
+
 def check_truth(mask: np.ndarray, source: object) -> None:
-    """InputError unless the truth has foreground and background (IoU and membrane IoU need both)."""
+    """InputError unless the truth has foreground and background (IoU and background IoU need both)."""
     if not mask.any():
         raise InputError(f"{source}: the truth has no foreground pixel; IoU against it means nothing")
     if mask.all():
-        raise InputError(f"{source}: the truth has no background (membrane) pixel; membrane IoU and V_rand need one")
+        raise InputError(f"{source}: the truth has no background pixel; background IoU and V_rand need one")
 
 
 def parse_foreground(text: str) -> int | str:
@@ -121,28 +179,40 @@ def parse_thresholds(text: str) -> tuple[float, ...]:
     return values
 
 
-def format_scores(scores: Mapping[str, float]) -> str:
-    """One line: IoU, Dice, membrane IoU, pixel error, V_rand and V_info (with their thresholds).
+def parse_target(text: str) -> str:
+    """``--target``: auto, cells or objects; anything else: InputError."""
+    if text not in ("auto", *TARGETS):
+        raise InputError(f"--target {text!r}: give auto, cells (cell interior) or objects (mitochondria, synapses)")
+    return text
+
+
+def format_scores(scores: Mapping[str, Any]) -> str:
+    """One line of the target's scores, each named as the registry names it: pixel scores, then V_rand /
+    V_info at the threshold and at their best threshold (cells) or the object scores (objects).
 
     A second line gives the trivial baselines' IoU when ``scores`` holds them.
     """
-    parts = [
-        f"{label} {scores[key]:.4f}"
-        for key, label in (
-            ("iou", "IoU"),
-            ("dice", "Dice"),
-            ("membrane_iou", "membrane IoU"),
-            ("pixel_error", "pixel error"),
-        )
-    ]
-    for key, label in (("vrand", "V_rand"), ("vrand_slice_mean", "V_rand slice mean"), ("vinfo", "V_info")):
-        if key not in scores:  # the slice mean: only for probability maps
+    at = scores.get("threshold")
+    names = {s.key: s.label.replace(" at 0.5", "") for s in SCORES}
+    parts = []
+    for key in SCORE_KEYS:
+        if key not in scores:
             continue
-        at = scores.get(f"{key}_threshold")
-        parts.append(f"{label} {scores[key]:.4f}" + (f" (threshold {at:g})" if at is not None else ""))
+        value = scores[key]
+        if key in REGION_KEYS and at is not None:
+            parts.append(f"{names[key]} (at {at:g}) {value:.4f}")
+        else:
+            parts.append(f"{names[key]} {value:.0f}" if key.startswith("objects_") else f"{names[key]} {value:.4f}")
+    for key, label in (
+        ("vrand_best", "V_rand best"),
+        ("vrand_slice_mean_best", "V_rand slice-mean best (the challenge's)"),
+        ("vinfo_best", "V_info best"),
+    ):
+        if key in scores:
+            parts.append(f"{label} {scores[key]:.4f} (threshold {scores[f'{key}_threshold']:g})")
     line = "  ".join(parts)
-    if "threshold" in scores:
-        line = f"threshold {scores['threshold']:g}: " + line
+    if at is not None:
+        line = f"threshold {at:g}: " + line
     if "baseline_all_foreground_iou" in scores:
         slices = scores.get("slices")
         where = f" on the same {slices} slice{'s' if slices != 1 else ''}" if slices else ""

@@ -289,24 +289,34 @@ def _over_thresholds(probability: np.ndarray, truth: _Truth, values: Sequence[fl
     return results
 
 
-def best_rand_info(
+def rand_info_at(
     probability: np.ndarray, truth: np.ndarray, values: Sequence[float], *, workers: int | None = None
-) -> dict[str, tuple[float, float]]:
-    """``vrand``, ``vrand_slice_mean`` and ``vinfo`` of ``probability > value``, each maximised over the
-    ascending ``values``: (score, the lowest value that gives it).
+) -> list[tuple[float, float, float]]:
+    """``(V_rand, V_rand slice mean, V_info)`` of ``probability > value`` for each of the ascending ``values``.
 
     The truth side is computed once, a slice's mask unchanged between values is scored once, and slices
     are scored on ``workers`` threads (default :func:`default_workers`); none of it changes a score.
     """
-    if not truth.any():  # nothing to choose; no watershed either
-        v_rand, v_info = rand_info_scores(probability > values[0], truth)
-        return {"vrand": (v_rand, values[0]), "vrand_slice_mean": (v_rand, values[0]), "vinfo": (v_info, values[0])}
+    if not truth.any():  # no watershed: the scores follow from whether the prediction has foreground
+        return [(score, score, score) for score in (rand_info_scores(probability > v, truth)[0] for v in values)]
     truths = [_Truth.of(cells(plane)) for plane in _slices(truth)]
     per_slice = _per_slice(_over_thresholds, workers, list(_slices(probability)), truths, [values] * len(truths))
+    return [_rand_info(results[index] for results in per_slice) for index in range(len(values))]
+
+
+def best_rand_info(
+    probability: np.ndarray, truth: np.ndarray, values: Sequence[float], *, workers: int | None = None
+) -> dict[str, tuple[float, float]]:
+    """``vrand``, ``vrand_slice_mean`` and ``vinfo`` of ``probability > value``, each maximised over the
+    ascending ``values``: (score, the lowest value that gives it). See :func:`rand_info_at`."""
+    return best_of(rand_info_at(probability, truth, values, workers=workers), values)
+
+
+def best_of(measured: Sequence[tuple[float, float, float]], values: Sequence[float]) -> dict[str, tuple[float, float]]:
+    """The best of each of :func:`rand_info_at`'s scores over ``values``, with the lowest value giving it."""
     best = {key: (-1.0, 0.0) for key in ("vrand", "vrand_slice_mean", "vinfo")}
-    for index, value in enumerate(values):
-        measured = _rand_info(results[index] for results in per_slice)
-        for key, score in zip(best, measured):
+    for value, scores in zip(values, measured):
+        for key, score in zip(best, scores):
             if score > best[key][0]:
                 best[key] = (score, value)
     return best

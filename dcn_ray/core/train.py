@@ -109,9 +109,13 @@ def build_model(config: ModelConfig, kernels: Kernels | None = None, *, seed: in
 
 
 def evaluate(
-    model: nn.Module, images: torch.Tensor, masks: np.ndarray, labelled: np.ndarray | None = None
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: np.ndarray,
+    labelled: np.ndarray | None = None,
+    target: str = "cells",
 ) -> dict[str, float]:
-    """Whole-slice inference over (Z, Y, X) images on the model's device; segmentation metrics
+    """Whole-slice inference over (Z, Y, X) images on the model's device; the scores of ``target``
     (of the ``labelled`` pixels alone for partly labelled truth: slices without one are not predicted)."""
     if labelled is not None:
         keep = labelled_slices(labelled, len(masks))
@@ -125,7 +129,7 @@ def evaluate(
             output = pad_forward(model, images[index][None, None], multiple)
             predictions[index] = (output.fused[0].argmax(0) == 1).cpu().numpy()
     model.train(was_training)
-    return segmentation_scores(predictions, masks, labelled=labelled)
+    return segmentation_scores(predictions, masks, labelled=labelled, target=target)
 
 
 def score_test_split(model: nn.Module, dataset: Dataset, device: torch.device) -> dict[str, float]:
@@ -137,7 +141,7 @@ def score_test_split(model: nn.Module, dataset: Dataset, device: torch.device) -
     if dataset.test_images is None or dataset.test_masks is None:
         return {}
     images = torch.from_numpy(dataset.test_images).to(device)
-    scores = evaluate(model.to(device), images, dataset.test_masks, dataset.test_labelled)
+    scores = evaluate(model.to(device), images, dataset.test_masks, dataset.test_labelled, dataset.target)
     return {f"test_{name}": value for name, value in scores.items()}
 
 
@@ -214,7 +218,9 @@ def train(
             continue
         metrics = {
             f"val_{name}": value
-            for name, value in evaluate(model, val_images, dataset.val_masks, dataset.val_labelled).items()
+            for name, value in evaluate(
+                model, val_images, dataset.val_masks, dataset.val_labelled, dataset.target
+            ).items()
         }
         metrics["train_loss"] = float(loss_sum) / losses_since_eval
         metrics["step"] = step

@@ -223,7 +223,11 @@ def _write_files(
     tifffile.imwrite(files["sample_output"], probability[0, 0].astype(np.float32))
     scores = provenance["test_scores"]
     lines = [provenance["model"], f"halo {halo} px"]
-    lines += [f"test {key[5:]} {value:.3f}" for key, value in scores.items() if key in ("test_iou", "test_vrand")]
+    lines += [
+        f"test {key[5:]} {value:.3f}"
+        for key, value in scores.items()
+        if key in ("test_iou", "test_vrand", "test_object_f1")
+    ]
     render_cover(scaled, probability[0, 0], truth, branches, files["cover"], lines=lines)
     files["readme"].write_text(_readme(provenance, halo))
     return files

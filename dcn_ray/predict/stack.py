@@ -21,8 +21,7 @@ import numpy as np
 from torch import nn
 
 from dcn_ray import __version__, models
-from dcn_ray.core.evaluation import score_probabilities
-from dcn_ray.errors import InputError
+from dcn_ray.core.evaluation import matching_slices, score_probabilities
 from dcn_ray.io.paths import output_file
 from dcn_ray.io.predictions import read_prediction
 from dcn_ray.io.tiff_writer import StackWriter
@@ -66,6 +65,7 @@ def check_paths(
     labels: Path | None = None,
     model: str | Path | None = None,
     level: int = 0,
+    label_slices: str | None = None,
 ) -> tuple[int, int, int]:
     """The files of a prediction, checked before any work: the input stack and ``labels`` (same
     shape), and an output file that can be written and is none of the inputs (``model`` included).
@@ -73,10 +73,8 @@ def check_paths(
     Returns the input's (Z, Y, X).
     """
     shape = volume_shape(input_path, level)
-    if labels is not None and volume_shape(labels, level) != shape:
-        raise InputError(
-            f"--labels {labels} have shape {volume_shape(labels, level)} (Z, Y, X) but the input has {shape}"
-        )
+    if labels is not None:
+        matching_slices(volume_shape(labels, level), shape, label_slices, labels)
     inputs = {"the input stack": input_path, "the --labels file": labels, "the model file": model}
     output_file(output_path, inputs)
     return shape
@@ -93,6 +91,8 @@ def predict_stack(
     address: str | None = None,
     progress: Progress | None = None,
     level: int = 0,
+    label_slices: str | None = None,
+    target: str = "auto",
 ) -> PredictResult:
     """Segment the stack (or 2-D image) ``input_path`` into ``output_path``, streamed.
 
@@ -101,13 +101,17 @@ def predict_stack(
     cluster has GPUs. With ``labels`` the written output is read back and scored exactly as
     ``dcn-ray score OUTPUT LABELS`` scores it (a probability map: pixel scores at
     ``options.threshold``, V_rand and V_info at their best threshold; a mask: as it is). The
-    foreground label value comes from the model's config. Every check that needs no work (the
-    labels read, the tiling, the device, the workers) comes before Ray or the first slice.
+    foreground label value comes from the model's config; ``label_slices`` picks the labels' slices the
+    input holds (an input cut from a larger stack); ``target`` "auto" is the model's ``data.target`` where
+    it was set, else decided by the labels. Every check that needs no work (the labels read, the
+    tiling, the device, the workers) comes before Ray or the first slice.
     """
     input_path, output_path = Path(input_path), Path(output_path)
-    shape = check_paths(input_path, output_path, labels=labels, model=loaded.location, level=level)
+    shape = check_paths(
+        input_path, output_path, labels=labels, model=loaded.location, level=level, label_slices=label_slices
+    )
     check_run(loaded.model, options, workers=workers, address=address)
-    truth = _truth(labels, shape, loaded, level) if labels is not None else None
+    truth = read_truth(labels, shape, loaded, level, label_slices) if labels is not None else None
     page_bytes = 4 if options.output == "float" else 1
     bigtiff = math.prod(shape) * page_bytes > _BIGTIFF_ABOVE
     names: list[str] = []
@@ -126,7 +130,8 @@ def predict_stack(
         seconds = time.perf_counter() - started
     scores = None
     if truth is not None:  # what `dcn-ray score` reads: the output as written
-        scores = score_probabilities(read_prediction(output_path)[0], truth, threshold=options.threshold)
+        target = model_target(loaded, target)
+        scores = score_probabilities(read_prediction(output_path)[0], truth, target=target, threshold=options.threshold)
     return PredictResult(output_path, len(names), seconds, tuple(names), scores)
 
 
@@ -139,12 +144,21 @@ def _mapper(
     return actor_pool(loaded.payload, build, device=options.device, workers=workers, address=address)
 
 
-def _truth(labels: Path, shape: tuple[int, int, int], loaded: LoadedModel, level: int = 0) -> np.ndarray:
-    label_shape = volume_shape(labels, level)
-    if label_shape != shape:
-        raise InputError(f"--labels {labels} have shape {label_shape} (Z, Y, X) but the input has {shape}")
+def read_truth(
+    labels: str | Path, shape: tuple[int, int, int], loaded: LoadedModel, level: int = 0, slices: str | None = None
+) -> np.ndarray:
+    """The ``--labels`` mask (foreground value from the model's config) of the slices the input holds."""
+    chosen = matching_slices(volume_shape(labels, level), shape, slices, labels)
     foreground = loaded.payload.get("config", {}).get("data", {}).get("foreground", 255)
-    return read_label_volume(labels, foreground, level)
+    mask = read_label_volume(labels, foreground, level)
+    return mask if chosen is None else mask[chosen]
+
+
+def model_target(loaded: LoadedModel, target: str) -> str:
+    """``--target`` as given, or for "auto" the model's own ``data.target`` when its job set one."""
+    if target != "auto":
+        return target
+    return str(loaded.payload.get("config", {}).get("data", {}).get("target", "auto"))
 
 
 def _metadata(loaded: LoadedModel, options: PredictOptions) -> dict:

@@ -26,17 +26,18 @@ from typing import Any
 import numpy as np
 
 from dcn_ray import __version__, models
-from dcn_ray.core.evaluation import score_probabilities
+from dcn_ray.core.evaluation import matching_slices, score_probabilities
 from dcn_ray.errors import InputError
 from dcn_ray.io import omezarr
 from dcn_ray.io.fingerprint import check_regions, metadata_fingerprint
 from dcn_ray.io.guard import refuse_overlaps
 from dcn_ray.io.predictions import read_prediction
-from dcn_ray.io.volumes import is_zarr_path, open_volume, read_label_volume, volume_shape
+from dcn_ray.io.volumes import is_zarr_path, open_volume, volume_shape
 from dcn_ray.predict import blocks as blocking
 from dcn_ray.predict.blocks import Block
 from dcn_ray.predict.engine import BlockPredictor, PredictOptions, VolumePlan, check_run
 from dcn_ray.predict.ray_pool import actor_pool
+from dcn_ray.predict.stack import model_target, read_truth
 from dcn_ray.track.sources import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def check_volume_paths(
     labels: str | Path | None = None,
     level: int = 0,
     model: str | Path | None = None,
+    label_slices: str | None = None,
 ) -> tuple[int, int, int]:
     """Before any work: the input (and ``labels``, same shape) can be read and the OME-Zarr
     ``output_path`` written (new, or a store dcn-ray wrote, which is replaced), touching no input
@@ -96,10 +98,8 @@ def check_volume_paths(
     if not is_zarr_path(output_path):
         raise InputError(f"{output_path}: an OME-Zarr output ends in .zarr (e.g. out.ome.zarr)")
     volume = open_volume(input_path, level, scan=False)
-    if labels is not None and volume_shape(labels, level) != volume.shape:
-        raise InputError(
-            f"--labels {labels} have shape {volume_shape(labels, level)} (Z, Y, X) but the input has {volume.shape}"
-        )
+    if labels is not None:
+        matching_slices(volume_shape(labels, level), volume.shape, label_slices, labels)
     inputs = {"the input": input_path, "the --labels volume": labels, "the model file": model}
     refuse_overlaps(output_path, inputs)
     omezarr.check_output(output_path)
@@ -118,6 +118,8 @@ def predict_volume(
     ngff: str = "0.4",
     label_image: bool = False,
     labels: str | Path | None = None,
+    label_slices: str | None = None,
+    target: str = "auto",
     resume: bool = False,
     workers: int | None = None,
     address: str | None = None,
@@ -133,10 +135,13 @@ def predict_volume(
     output_path = Path(output_path)
     if ngff not in omezarr.NGFF_VERSIONS:
         raise InputError(f"--ngff {ngff}: choose one of {', '.join(omezarr.NGFF_VERSIONS)}")
-    check_volume_paths(input_path, output_path, labels=labels, level=level, model=loaded.location)
+    check_volume_paths(
+        input_path, output_path, labels=labels, level=level, model=loaded.location, label_slices=label_slices
+    )
     check_run(loaded.model, options, workers=workers, address=address)
     plan = plan_volume(loaded, input_path, options, level=level, chunks=chunks, block=block)
-    truth = _truth(labels, plan.volume.shape, loaded, level) if labels is not None else None
+    truth = read_truth(labels, plan.volume.shape, loaded, level, label_slices) if labels is not None else None
+    target = model_target(loaded, target)
     settings = _settings(loaded, plan, level=level, ngff=ngff, label_image=label_image)
     store = omezarr.resumable_store(output_path, settings, RESUME_KEYS) if resume else None
     if resume and store is None and _finished(output_path, settings):
@@ -144,7 +149,7 @@ def predict_volume(
         total = math.prod(plan.grid)
         if ready is not None:
             ready()
-        return VolumeResult(output_path, total, total, 0, 0.0, (), _scores(output_path, truth, options))
+        return VolumeResult(output_path, total, total, 0, 0.0, (), _scores(output_path, truth, options, target))
     created = store is None
     if store is None:
         if resume:
@@ -187,7 +192,7 @@ def predict_volume(
         raise
     seconds = time.perf_counter() - started
     omezarr.finish_store(store, output_path)
-    scores = _scores(output_path, truth, options)
+    scores = _scores(output_path, truth, options, target)
     return VolumeResult(output_path, total, len(done), voxels, seconds, tuple(names), scores)
 
 
@@ -211,18 +216,11 @@ def _run(
         yield from pool(todo)
 
 
-def _truth(labels: str | Path, shape: tuple[int, int, int], loaded: LoadedModel, level: int) -> np.ndarray:
-    truth = read_label_volume(labels, loaded.payload.get("config", {}).get("data", {}).get("foreground", 255), level)
-    if truth.shape != shape:
-        raise InputError(f"--labels {labels} have shape {truth.shape} (Z, Y, X) but the input has {shape}")
-    return truth
-
-
-def _scores(path: Path, truth: np.ndarray | None, options: PredictOptions) -> dict[str, float] | None:
+def _scores(path: Path, truth: np.ndarray | None, options: PredictOptions, target: str) -> dict[str, Any] | None:
     """What ``dcn-ray score`` gives for the finished store ``path`` against ``truth``."""
     if truth is None:
         return None
-    return score_probabilities(read_prediction(path)[0], truth, threshold=options.threshold)
+    return score_probabilities(read_prediction(path)[0], truth, target=target, threshold=options.threshold)
 
 
 def _check_input(plan: VolumePlan, store: omezarr.OutputStore, settings: dict[str, Any], done: set) -> None:

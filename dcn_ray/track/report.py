@@ -27,7 +27,7 @@ TEST_COLUMNS = scores.TEST_COLUMNS
 #: mechanism check read them) and raw (not identified, kept for comparison).
 SEPARATION_COLUMNS = (*(f"calibrated_{name}" for name in BRANCHES), *(f"separation_{name}" for name in BRANCHES))
 #: Final metrics of a trial kept per row (validation chooses; test, where there is one, reports).
-METRIC_COLUMNS = (scores.BEST_VAL_HEADLINE, "val_vrand", "val_vinfo", *TEST_COLUMNS, *SEPARATION_COLUMNS)
+METRIC_COLUMNS = (scores.BEST_VAL_HEADLINE, *scores.VAL_COLUMNS, *TEST_COLUMNS, *SEPARATION_COLUMNS)
 IDENTITY_COLUMNS = ("k1", "k2", "k3", "seed", "round")
 #: The full configuration (``4-8-16``, ``unet_train.lr=0.001``) and the model family of a trial.
 CONFIG_COLUMNS = ("config", "model_family")
@@ -148,10 +148,14 @@ def evaluation_note(table: pa.Table) -> str:
     baselines = evaluation.get("baselines")
     if baselines:
         everything, nothing = baselines["all_foreground"], baselines["all_background"]
+        beside = next((key for key in ("vrand", "object_f1") if key in everything), None)
         text += (
-            f" Baselines on the same slices: all-foreground IoU {everything['iou']:.4f} "
-            f"(V_rand {everything['vrand']:.4f}), all-background IoU {nothing['iou']:.4f}."
+            f" Baselines on the same slices: all-foreground IoU {everything['iou']:.4f}"
+            + (f" ({scores.label('test_' + beside)[5:]} {everything[beside]:.4f})" if beside else "")
+            + f", all-background IoU {nothing['iou']:.4f}."
         )
+    if evaluation.get("target"):
+        text += f" Target: {evaluation['target']}."
     return text
 
 
@@ -208,7 +212,8 @@ def trials_markdown(table: pa.Table) -> str:
     if key.startswith("test_"):
         others = [c for c in scores.TEST_COLUMNS if c != key] + [scores.BEST_VAL_HEADLINE]
     else:
-        others = ["val_vrand", "val_vinfo"]
+        others = list(scores.VAL_COLUMNS)
+    others = [c for c in others if any(_number(v) for v in _column(table, c))]  # the target's scores only
     columns = [(scores.label(key), key), ("vs reference", "vs_reference"), *((scores.label(c), c) for c in others)]
     headers = ["k1, k2, k3", "seed", "phase", "status", *(label for label, _ in columns), "weak branch"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -216,7 +221,9 @@ def trials_markdown(table: pa.Table) -> str:
         seed = "" if r.get("seed") is None else str(r["seed"])
         plain = r["k1"] is not None and r.get("config") in (None, f"{r['k1']}-{r['k2']}-{r['k3']}")
         cells = [f"{r['k1']}, {r['k2']}, {r['k3']}" if plain else r.get("config") or "", seed, r["phase"], r["status"]]
-        cells += [_fmt(r[name], signed=name == "vs_reference") for _, name in columns]
+        cells += [
+            _fmt(r[name], signed=name == "vs_reference", count=name.startswith("test_objects_")) for _, name in columns
+        ]
         lines.append("| " + " | ".join([*cells, r["weak_branch"] or ""]) + " |")
     return "\n".join(lines)
 
@@ -260,7 +267,7 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))
 
 
-def _fmt(value: Any, *, signed: bool = False) -> str:
+def _fmt(value: Any, *, signed: bool = False, count: bool = False) -> str:
     if not _number(value):
         return ""
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
+    return f"{value:.0f}" if count else f"{value:+.4f}" if signed else f"{value:.4f}"

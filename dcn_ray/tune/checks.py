@@ -169,4 +169,18 @@ def check_data(job: JobConfig, *, make: bool = True) -> tuple[str, float | None]
             f"\nlabels: {100 * dataset.train_labelled.mean():.1f} % of the training pixels are labelled "
             f"({held} of {len(dataset.train_slices)} slices hold labels); unlabelled pixels are left out"
         )
-    return f"{summary}\n{preset_line(job.train, dataset.train_foreground)}", dataset.train_foreground
+    lines = [summary, *data_lines(job, dataset), preset_line(job.train, dataset.train_foreground)]
+    return "\n".join(lines), dataset.train_foreground
+
+
+def data_lines(job: JobConfig, dataset) -> list[str]:
+    """The target the scores fit (and why) and the labels checked slice by slice (:mod:`dcn_ray.core.labels`)."""
+    from dcn_ray.core.labels import label_lines
+    from dcn_ray.core.scores import target_line
+
+    check = dataset.labels
+    splits = {"train": dataset.train_slices, "val": dataset.val_slices, "test": dataset.test_slices}
+    return [
+        target_line(job.data.target, dataset.target, check.stack),
+        *label_lines(check, splits, allow_empty=job.data.allow_empty_slices),
+    ]
