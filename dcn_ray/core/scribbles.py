@@ -47,19 +47,22 @@ def scribbles(
     rng = np.random.default_rng(seed)
     layer = np.zeros(mask.shape, dtype=np.uint8)
     chosen = list(range(mask.shape[0])) if slices is None else list(slices)
-    target = fraction * len(chosen) * mask.shape[1] * mask.shape[2]
-    pools = {cls: np.argwhere(mask[chosen] == (cls == FOREGROUND)) for cls in (FOREGROUND, BACKGROUND)}
+    _, height, wide = mask.shape
+    target = fraction * len(chosen) * height * wide
+    present = {FOREGROUND: bool(mask[chosen].any()), BACKGROUND: not bool(mask[chosen].all())}
     painted, strokes = 0, 0
-    while painted < target and strokes < 100_000:
+    while painted < target and strokes < 1_000_000:
         cls = (FOREGROUND, BACKGROUND)[strokes % 2]
         strokes += 1
-        pool = pools[cls]
-        if not len(pool):
+        if not present[cls]:
             continue
-        index, y, x = pool[rng.integers(len(pool))]
-        painted += _stroke(
-            layer[chosen[index]], mask[chosen[index]] == (cls == FOREGROUND), (y, x), cls, rng, width, length
-        )
+        for _ in range(10_000):  # a random pixel of the class (rejection: no index of every pixel is kept)
+            z, y, x = chosen[rng.integers(len(chosen))], int(rng.integers(height)), int(rng.integers(wide))
+            if mask[z, y, x] == (cls == FOREGROUND):
+                break
+        else:
+            continue
+        painted += _stroke(layer[z], mask[z] == (cls == FOREGROUND), (y, x), cls, rng, width, length)
     return layer
 
 
@@ -69,11 +72,13 @@ def _stroke(
     """Paint one stroke into a slice's ``layer`` inside ``region``; the number of newly painted pixels."""
     angle = rng.uniform(0.0, 2.0 * np.pi)
     dy, dx = np.sin(angle), np.cos(angle)
-    half, (height, wide), before = width // 2, region.shape, int(np.count_nonzero(layer))
+    half, (height, wide), new = width // 2, region.shape, 0
     for step in range(length):
         y, x = round(start[0] + step * dy), round(start[1] + step * dx)
         if not (0 <= y < height and 0 <= x < wide and region[y, x]):
             break
         rows, cols = slice(max(y - half, 0), y + half + 1), slice(max(x - half, 0), x + half + 1)
-        layer[rows, cols] = np.where(region[rows, cols] & (layer[rows, cols] == UNPAINTED), cls, layer[rows, cols])
-    return int(np.count_nonzero(layer)) - before
+        fresh = region[rows, cols] & (layer[rows, cols] == UNPAINTED)
+        new += int(np.count_nonzero(fresh))
+        layer[rows, cols][fresh] = cls
+    return new
