@@ -122,7 +122,7 @@ def resolve_training(train: TrainConfig, foreground_fraction: float) -> TrainCon
 def preset_line(train: TrainConfig, foreground_fraction: float) -> str:
     """One line for the dry run and the sweep's start: which training the job gets, and why."""
     resolved = resolve_training(train, foreground_fraction)
-    share = f"the training split's foreground is {100 * foreground_fraction:.1f} %"
+    share = f"the training split's foreground is {_percent(foreground_fraction, SPARSE_BELOW)} %"
     if train.preset != AUTO:
         return f"training: train.preset {train.preset} ({share})"
     side = "below" if resolved.preset == "sparse" else "not below"
@@ -130,6 +130,17 @@ def preset_line(train: TrainConfig, foreground_fraction: float) -> str:
         f"training: train.preset auto -> {resolved.preset}: {share}, {side} {100 * SPARSE_BELOW:.0f} % "
         f"(loss {resolved.loss}, schedule {resolved.schedule}, foreground_crops {resolved.foreground_crops:g})"
     )
+
+
+def _percent(fraction: float, threshold: float) -> str:
+    """``fraction`` in percent with one decimal, or as many more as keep it on its side of
+    ``threshold`` (29.98 % is "29.98", never "30.0" beside "below 30 %")."""
+    for decimals in range(1, 7):
+        text = f"{100 * fraction:.{decimals}f}"
+        shown = float(text)
+        if fraction == threshold or ((shown < 100 * threshold) == (fraction < threshold) and shown != 100 * threshold):
+            return text
+    return f"{100 * fraction:.6g}"
 
 
 def validate_train(train: TrainConfig, need: Callable[[bool, str], None]) -> None:

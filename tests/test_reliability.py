@@ -326,3 +326,60 @@ def test_resume_refuses_another_model_or_other_options_naming_what_differs(
     assert_one_error(code, err, problem, "--resume")
     assert out == ""
     assert {k: v for k, v in snapshot(tmp_path).items() if k != "other.pt"} == written
+
+
+# ----------------------------------------------------------------------------- honest numbers
+
+
+def _finished_sweep(storage: Path) -> None:
+    """A sweep's record and results: the reference and one configuration on 6 paired seeds."""
+    from dcn_ray.track.report import results_table
+
+    reference = (4, 8, 16)
+
+    def row(kernels, seed, score):
+        identity = {"k1": kernels[0], "k2": kernels[1], "k3": kernels[2], "seed": seed, "phase": "grid"}
+        return {**identity, "status": "finished", "test_iou": score, "trial_id": f"t{kernels}{seed}"}
+
+    rows = [row(reference, s, 0.80 + 0.01 * (s % 3)) for s in range(6)]
+    rows += [row((2, 8, 16), s, 0.80 + 0.01 * (s % 3) + (0.004 if s % 2 else -0.004)) for s in range(6)]
+    folder = storage / "done"
+    folder.mkdir(parents=True)
+    record = {
+        "name": "done",
+        "job": small_job("images.tif", "labels.tif", name="done"),
+        "tracking_uri": "sqlite:///x.db",
+    }
+    record.update(experiment_id="1", parent_run_id="p", gpu=0.0, max_concurrent=1)
+    (folder / "dcn_ray_sweep.json").write_text(json.dumps(record))
+    pq.write_table(results_table(rows, reference), folder / "results.parquet")
+
+
+def test_report_effect_takes_finite_positive_effects_and_answers_any(tmp_path: Path, capsys) -> None:
+    _finished_sweep(tmp_path / "runs")
+    report = ["report", "done", "--storage", tmp_path / "runs"]
+    for bad in ("inf", "-inf", "nan", "0", "-0.01", "1e400"):
+        code, out, err = run_cli(capsys, [*report, f"--effect={bad}"])
+        assert_one_error(code, err, "--effect", "finite positive")
+        assert out == ""
+    answers = {"0.005": "needs 9 seeds", "1e-9": "needs about 1.5e+14 seeds", "1e-300": "more than 1e+300 seeds"}
+    answers.update({"1e9": "needs 2 seeds", "5e-324": "more than 1e+300 seeds"})
+    for effect, answer in answers.items():
+        code, out, err = run_cli(capsys, [*report, "--effect", effect])
+        assert code == 0, err
+        assert answer in out, out
+
+
+def test_preset_auto_never_rounds_a_foreground_onto_its_threshold(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    labels = np.zeros((6, 50, 50), np.uint8)
+    labels[:4].reshape(-1)[:2998] = 255  # the training split (0:4): 29.98 % foreground
+    labels[4:, :25] = 255
+    _stack(tmp_path / "labels.tif", labels)
+    _stack(tmp_path / "images.tif", RNG.integers(0, 256, (6, 50, 50), dtype=np.uint8))
+    job = small_job("images.tif", "labels.tif", data={"split": {"train": "0:4", "val": "4:6"}}, train={"crop": 16})
+    job["train"]["preset"] = "auto"
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    code, _, err = run_cli(capsys, ["sweep", "job.yaml", "--dry-run"])
+    assert code == 0, err
+    assert "foreground is 29.98 %, below 30 %" in err, err

@@ -82,7 +82,8 @@ def resume(name: str, storage: str | None, address: str | None) -> None:
 @click.option("--storage", help="The storage the sweep was run with (default ./dcn-ray-runs).")
 @click.option(
     "--effect",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
+    callback=lambda _ctx, _param, value: _effect(value),
     help="A difference in the headline score (e.g. 0.005): say how many seeds detect it with power 0.8.",
 )
 @click.option(
@@ -133,6 +134,15 @@ def register(name: str, model_name: str, storage: str | None, alias: str) -> Non
         f"{test} (MLflow run {best.mlflow_run_id} in {best.tracking_uri})"
     )
     click.echo(f"registered {model_name} version {version}" + (f" as models:/{model_name}@{alias}" if alias else ""))
+
+
+def _effect(value: float | None) -> float | None:
+    """--effect: a finite positive number (inf, NaN, 0 and negatives are no effect a sweep can detect)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value}: give a finite positive difference, e.g. 0.005", param_hint="'--effect'")
+    return value
 
 
 def _check_alias(alias: str) -> None:

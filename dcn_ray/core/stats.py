@@ -186,27 +186,47 @@ def equivalence_test(differences: Sequence[float], margin: float) -> Equivalence
     return Equivalence(margin, max(p_lower, p_upper), mean - half, mean + half)
 
 
+#: The most seeds seeds_needed counts exactly.
+MOST_SEEDS = 100_000
+
+
 def paired_power(n: int, effect: float, sd: float, *, alpha: float = 1 - CONFIDENCE) -> float:
     """Power of the two-sided paired t-test with ``n`` pairs for a true mean difference ``effect``
     when single differences have standard deviation ``sd`` (noncentral t, exact)."""
     if n < 2 or not sd > 0:
         return math.nan
     df, shift = n - 1, abs(effect) / sd * math.sqrt(n)
+    if shift > 1e4:  # scipy's noncentral t gives NaN out there; the power is 1 to machine precision
+        return 1.0
     critical = float(stats.t.ppf(1 - alpha / 2, df))
     upper, lower = (float(v) for v in (stats.nct.sf(critical, df, shift), stats.nct.cdf(-critical, df, shift)))
     return (0.0 if math.isnan(upper) else upper) + (0.0 if math.isnan(lower) else lower)  # tails underflow
 
 
 def seeds_needed(effect: float, sd: float, *, power: float = 0.8, alpha: float = 1 - CONFIDENCE) -> int:
-    """The fewest pairs (seeds) whose paired t-test has ``power`` for ``effect`` (at most 100000)."""
-    if not sd > 0 or not abs(effect) > 0:
-        raise ValueError(f"need a positive effect and standard deviation, got effect {effect}, sd {sd}")
-    n = 2
-    while paired_power(n, effect, sd, alpha=alpha) < power:
-        n = n * 2 if paired_power(n * 2, effect, sd, alpha=alpha) < power else n + 1
-        if n > 100000:
-            raise ValueError(f"an effect of {effect} with sd {sd} needs more than 100000 seeds")
-    return n
+    """The fewest pairs (seeds) whose paired t-test has ``power`` for ``effect`` (at most 100000):
+    doubling to a count that suffices, then bisection (power grows with the count)."""
+    if not sd > 0 or not abs(effect) > 0 or not math.isfinite(effect) or not math.isfinite(sd):
+        raise ValueError(f"need a finite positive effect and standard deviation, got effect {effect}, sd {sd}")
+    low, high = 1, 2  # power(low) < power <= power(high) once found
+    while paired_power(high, effect, sd, alpha=alpha) < power:
+        low, high = high, high * 2
+        if low > MOST_SEEDS:
+            raise ValueError(f"an effect of {effect} with sd {sd} needs more than {MOST_SEEDS} seeds")
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if paired_power(middle, effect, sd, alpha=alpha) < power else (low, middle)
+    if high > MOST_SEEDS:
+        raise ValueError(f"an effect of {effect} with sd {sd} needs more than {MOST_SEEDS} seeds")
+    return high
+
+
+def seeds_approximately(effect: float, sd: float, *, power: float = 0.8, alpha: float = 1 - CONFIDENCE) -> float:
+    """The pairs a paired test needs by the normal approximation, ((z_alpha/2 + z_power) sd / effect)^2:
+    what to say of an effect too small for :func:`seeds_needed` to count exactly."""
+    z = float(stats.norm.ppf(1 - alpha / 2)) + float(stats.norm.ppf(power))
+    ratio = z * sd / abs(effect)
+    return ratio * ratio if ratio < 1e150 else math.inf
 
 
 def detectable_effect(n: int, sd: float, *, power: float = 0.8, alpha: float = 1 - CONFIDENCE) -> float:

@@ -13,7 +13,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 
-from dcn_ray.core.stats import detectable_effect, seeds_needed
+from dcn_ray.core.stats import MOST_SEEDS, detectable_effect, seeds_approximately, seeds_needed
 from dcn_ray.track.summary import Row, scores_by_trial
 from dcn_ray.track.verdict import Round, matched_differences
 
@@ -44,7 +44,12 @@ def _statement(what: str, sd: float, df: int, seeds: int, effect: float | None) 
             f"{detectable_effect(seeds, sd, power=POWER):.4f}"
         )
     if effect:
-        text += f"; an effect of {effect:g} needs {seeds_needed(effect, sd, power=POWER)} seeds"
+        try:
+            text += f"; an effect of {effect:g} needs {seeds_needed(effect, sd, power=POWER)} seeds"
+        except ValueError:  # more than the exact count goes to: the normal approximation says how many
+            many = seeds_approximately(effect, sd, power=POWER)
+            count = f"about {many:.2g}" if math.isfinite(many) else "more than 1e+300"
+            text += f"; an effect of {effect:g} needs {count} seeds (more than {MOST_SEEDS}: out of reach)"
     return text
 
 
