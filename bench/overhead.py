@@ -24,10 +24,10 @@ os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from dcn_ray.config import job_from_dict  # noqa: E402
 from dcn_ray.core.dataset import load_dataset  # noqa: E402
 from dcn_ray.core.train import train  # noqa: E402
 from dcn_ray.io.synth import write_synthetic  # noqa: E402
+from dcn_ray.job.config import job_from_dict  # noqa: E402
 from dcn_ray.tune.sweep import run_sweep  # noqa: E402
 
 REPEATS = 3

@@ -31,8 +31,8 @@ import numpy as np
 
 from dcn_ray.core.proposals import propose_guided
 from dcn_ray.core.stats import paired_difference
+from dcn_ray.job.search_config import SchedulerConfig, SearchConfig
 from dcn_ray.kernels import BRANCHES, STRIDES
-from dcn_ray.search_config import SchedulerConfig, SearchConfig
 from dcn_ray.tune import search_algs
 
 REPO = Path(__file__).resolve().parent.parent

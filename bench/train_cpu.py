@@ -35,7 +35,7 @@ from dcn_ray.core import sampler as sampler_now  # noqa: E402
 from dcn_ray.core import train as train_now  # noqa: E402
 from dcn_ray.core.dataset import load_data  # noqa: E402
 from dcn_ray.core.loss import dcn_loss  # noqa: E402
-from dcn_ray.job_file import load_job  # noqa: E402
+from dcn_ray.job.job_file import load_job  # noqa: E402
 from dcn_ray.models.dcn import DCN  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -150,7 +150,7 @@ def step_rates(args: argparse.Namespace) -> None:
 
 TRIAL = """
 import dataclasses, json, sys, time, torch
-from dcn_ray.job_file import load_job
+from dcn_ray.job.job_file import load_job
 from dcn_ray.core import dataset as data_module
 try:
     from dcn_ray.models.dcn import DCN

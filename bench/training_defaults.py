@@ -36,12 +36,12 @@ import tifffile
 import torch
 from scipy import stats
 
-from dcn_ray.config import job_from_dict
 from dcn_ray.core.checkpoint import model_from_payload
 from dcn_ray.core.dataset import load_data
 from dcn_ray.core.stats import holm, paired_difference
 from dcn_ray.core.train import score_test_split, train
 from dcn_ray.io.synth import write_synthetic
+from dcn_ray.job.config import job_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = {"train": "0:20", "val": "21:24", "test": "25:30"}  # as jobs/table1.yaml

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from dcn_ray.errors import InputError, first_line
 
 if TYPE_CHECKING:
-    from dcn_ray.config import JobConfig
+    from dcn_ray.job.config import JobConfig
 
 log = logging.getLogger(__name__)
 

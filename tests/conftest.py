@@ -128,7 +128,7 @@ def sweep_on_local_ray(raw: dict, storage: Path):
     import ray
     import yaml
 
-    from dcn_ray.config import job_from_dict
+    from dcn_ray.job.config import job_from_dict
     from dcn_ray.tune.sweep import run_sweep
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")

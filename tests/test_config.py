@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dcn_ray.config import JobConfig, job_from_dict
 from dcn_ray.errors import InputError
-from dcn_ray.job_file import load_job, parse_override
+from dcn_ray.job.config import JobConfig, job_from_dict
+from dcn_ray.job.job_file import load_job, parse_override
 from dcn_ray.kernels import TABLE1
 
 REPO = Path(__file__).resolve().parent.parent

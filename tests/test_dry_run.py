@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import REPO, run_cli
 
-from dcn_ray.config import job_from_dict
-from dcn_ray.job_file import load_job
+from dcn_ray.job.config import job_from_dict
+from dcn_ray.job.job_file import load_job
 from dcn_ray.tune.checks import cpu_estimate, planned_trials
 
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 from conftest import small_job
 
-from dcn_ray.config import job_from_dict
 from dcn_ray.core.dataset import load_data
 from dcn_ray.core.evaluation import reported_split, score_probabilities
 from dcn_ray.core.metrics import iou
 from dcn_ray.core.scores import keys_of, segmentation_scores
 from dcn_ray.core.train import build_model, evaluate, score_test_split
 from dcn_ray.errors import InputError
+from dcn_ray.job.config import job_from_dict
 
 pytestmark = pytest.mark.usefixtures("two_threads")
 

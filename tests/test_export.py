@@ -12,10 +12,10 @@ from conftest import run_cli, small_job, train_job
 from PIL import Image
 
 from dcn_ray import models
-from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import load_data
 from dcn_ray.core.train import score_test_split
+from dcn_ray.job.config import job_from_dict
 from dcn_ray.models import dcn_receptive_radius as receptive_radius
 
 bioimageio_core = pytest.importorskip(

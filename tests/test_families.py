@@ -11,13 +11,13 @@ import torch
 from conftest import run_cli, small_job, train_job
 
 from dcn_ray import models
-from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import load_data
 from dcn_ray.core.loss import dcn_loss, loss_parts
 from dcn_ray.core.train import build_model
 from dcn_ray.errors import InputError
 from dcn_ray.io.tiff import read_metadata
+from dcn_ray.job.config import job_from_dict
 from dcn_ray.models.dcn import DCN
 from dcn_ray.models.outputs import pad_forward
 from dcn_ray.models.unet import UNet

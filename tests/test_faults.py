@@ -18,7 +18,7 @@ from conftest import MlflowServer, small_job, sweep_on_local_ray
 from mlflow.tracking import MlflowClient
 from processes import SweepDriver
 
-from dcn_ray.config import job_from_dict
+from dcn_ray.job.config import job_from_dict
 from dcn_ray.track.runs import TrialRun, prepare_experiment, reconcile, start_parent_run
 from dcn_ray.tune.sweep import run_sweep
 

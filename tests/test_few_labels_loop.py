@@ -104,9 +104,9 @@ def test_napari_opens_the_uncertainty_map_over_the_stack(synthetic_stack, tmp_pa
     from conftest import train_job
     from PIL import Image
 
-    from dcn_ray.config import job_from_dict
     from dcn_ray.core import checkpoint
     from dcn_ray.core.dataset import load_data
+    from dcn_ray.job.config import job_from_dict
 
     job = job_from_dict(small_job(*synthetic_stack, train={"steps": 12, "eval_every": 12, "crop": 48}))
     model = tmp_path / "model.pt"

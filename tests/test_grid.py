@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from dcn_ray.config import job_from_dict
 from dcn_ray.errors import InputError
-from dcn_ray.job_file import load_job
-from dcn_ray.sweep_grid import trial_job, variants
-from dcn_ray.track.summary import configuration_results
+from dcn_ray.job.config import job_from_dict
+from dcn_ray.job.job_file import load_job
+from dcn_ray.job.sweep_grid import trial_job, variants
+from dcn_ray.results.summary import configuration_results
 from dcn_ray.tune.checks import planned_trials
 from dcn_ray.tune.planner import RoundPlanner
 from dcn_ray.tune.spec import TrialSpec
@@ -83,7 +83,7 @@ def test_results_group_by_the_full_configuration():
 
 
 def test_the_report_tables_and_charts_a_family_comparison(tmp_path):
-    from dcn_ray.track import report
+    from dcn_ray.results import report
 
     rows = [
         {"k1": k1, "k2": k2, "k3": k3, "config": config, "model_family": family, "seed": seed, "round": 0,
@@ -106,7 +106,7 @@ def test_the_report_tables_and_charts_a_family_comparison(tmp_path):
 def test_a_grid_compares_its_configurations_with_the_first_at_the_reference_kernels(tmp_path):
     """No configuration is the kernels alone: the reference is the first with them (the families
     grid's DCN), and every other configuration gets its paired difference, in the table and the text."""
-    from dcn_ray.track import report
+    from dcn_ray.results import report
 
     rows = [
         {"k1": k1, "k2": k2, "k3": k3, "config": config, "model_family": family, "seed": seed, "round": 0,

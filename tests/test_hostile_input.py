@@ -503,7 +503,7 @@ def test_sweep_refuses_a_foreign_database_or_unwritable_storage_before_any_run(w
 
 
 def test_a_relaunched_trial_finds_its_newest_checkpoint_in_any_storage(tmp_path: Path) -> None:
-    from dcn_ray.config import job_from_dict
+    from dcn_ray.job.config import job_from_dict
     from dcn_ray.tune.trial import SweepContext, persisted_state
 
     root = tmp_path / "runs"

@@ -9,10 +9,10 @@ from conftest import small_job, train_job
 from PIL import Image
 
 from dcn_ray.cli import main
-from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import load_data
 from dcn_ray.core.proposals import plan_followups
+from dcn_ray.job.config import job_from_dict
 from dcn_ray.kernels import BRANCHES, kernel_problem
 
 pytestmark = pytest.mark.usefixtures("two_threads")

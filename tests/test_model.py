@@ -142,8 +142,8 @@ def test_one_seed_gives_two_kernel_configurations_identical_trunks_and_unchanged
     """Seeds pair: every layer whose shape two configurations share starts bit for bit alike."""
     import torch
 
-    from dcn_ray.config import job_from_dict
     from dcn_ray.core.train import build_model
+    from dcn_ray.job.config import job_from_dict
 
     data = {"images": "a.tif", "labels": "b.tif"}
     job = job_from_dict({"data": data, "model": {"width": 4}, "train": {"seed": 3}})
@@ -178,10 +178,10 @@ def test_branch_noise_plants_a_weakness_in_one_branch_only():
 def test_a_sham_redraws_exactly_what_the_guided_change_redraws_and_rebuilds_from_its_checkpoint():
     """The sham (the reference's kernels, F3's start re-drawn) shares every weight with the reference
     of its seed except F3's deconvolution: the layers the guided 4-8-12 re-draws, no more, no less."""
-    from dcn_ray.config import job_from_dict
     from dcn_ray.core import checkpoint
     from dcn_ray.core.train import build_model
-    from dcn_ray.sweep_grid import trial_job
+    from dcn_ray.job.config import job_from_dict
+    from dcn_ray.job.sweep_grid import trial_job
 
     data = {"images": "a.tif", "labels": "b.tif"}
     job = job_from_dict({"data": data, "model": {"width": 4}})

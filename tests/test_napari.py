@@ -18,9 +18,9 @@ import tifffile
 from conftest import run_cli, small_job, train_job
 from PIL import Image
 
-from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import load_data
+from dcn_ray.job.config import job_from_dict
 
 pytestmark = pytest.mark.integration
 HAVE_NAPARI = all(importlib.util.find_spec(name) for name in ("napari", "napari_ome_zarr", "PySide6"))

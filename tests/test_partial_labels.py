@@ -10,7 +10,6 @@ import tifffile
 import torch
 from conftest import small_job, train_job
 
-from dcn_ray.config import job_from_dict
 from dcn_ray.core.dataset import load_data, load_dataset
 from dcn_ray.core.loss import make_loss
 from dcn_ray.core.partial import IGNORE, label_masks
@@ -19,6 +18,7 @@ from dcn_ray.core.scores import baseline_scores, segmentation_scores
 from dcn_ray.core.scribbles import BACKGROUND, FOREGROUND, UNPAINTED, painted_slices, scribbles
 from dcn_ray.errors import InputError
 from dcn_ray.io.tiff import read_labels
+from dcn_ray.job.config import job_from_dict
 from dcn_ray.models.dcn import DCNOutput
 
 LABELLED = (1, 5, 10)  # 3 of 12 slices painted (0:10 trains, 10:12 validates)
@@ -194,7 +194,7 @@ def test_training_on_partial_labels(partial_stack, labels, two_threads):
 def test_branch_scores_read_labelled_pixels_only(partial_stack, tmp_path):
     from dcn_ray.core.analysis import analyse
     from dcn_ray.core.train import build_model
-    from dcn_ray.model_config import ModelConfig
+    from dcn_ray.job.model_config import ModelConfig
 
     images, _, strokes, mask = partial_stack
     stack = tifffile.imread(images)[:2].astype(np.float32) / 255.0

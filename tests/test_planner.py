@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from dcn_ray.config import FollowupConfig
+from dcn_ray.job.config import FollowupConfig
 from dcn_ray.tune.planner import RoundPlanner, replay_rounds
 from dcn_ray.tune.spec import METRIC, TrialSpec
 from dcn_ray.tune.trial import already_finished
@@ -110,6 +110,20 @@ def test_planner_survives_pickling_midway():
     restored = pickle.loads(pickle.dumps(planner))
     restored.complete("x", {METRIC: 0.7, **naming(1)}, False)
     assert restored.decisions[0].guided == ((4, 6, 16),)
+
+
+def test_an_older_sweeps_pickled_planner_names_the_jobs_modules_by_their_old_names(tmp_path):
+    """A sweep started before the job/ package was made resumes: its state says dcn_ray.job.config."""
+    from dcn_ray.tune.searcher import GridThenFollowups
+
+    planner = RoundPlanner(GRID, (0,), FollowupConfig(enabled=True, steps=1, controls=1))
+    text = pickle.dumps(planner, protocol=0)
+    assert b"dcn_ray.job.config\n" in text
+    old = tmp_path / "searcher-state.pkl"
+    old.write_bytes(text.replace(b"dcn_ray.job.", b"dcn_ray."))
+    searcher = GridThenFollowups(RoundPlanner(GRID, (0,), FollowupConfig()))
+    searcher.restore(str(old))
+    assert searcher.planner.followup == planner.followup and len(searcher.planner.queue) == len(planner.queue)
 
 
 def test_already_finished_is_one_decision():

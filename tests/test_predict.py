@@ -13,12 +13,12 @@ import torch
 from conftest import run_cli, small_job, train_job
 
 from dcn_ray import __version__
-from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import load_data
 from dcn_ray.core.scores import segmentation_scores
 from dcn_ray.errors import InputError
 from dcn_ray.io.tiff import read_metadata
+from dcn_ray.job.config import job_from_dict
 from dcn_ray.models import dcn_receptive_radius as receptive_radius
 from dcn_ray.models.dcn import DCN, MULTIPLE
 from dcn_ray.models.outputs import pad_forward

@@ -9,13 +9,13 @@ import pytest
 import torch
 from conftest import small_job, train_job
 
-from dcn_ray.config import job_from_dict
 from dcn_ray.core.dataset import load_data
 from dcn_ray.errors import InputError
 from dcn_ray.io.synth import write_synthetic
-from dcn_ray.job_file import load_job
-from dcn_ray.sweep_grid import with_params
-from dcn_ray.train_config import PRESET_KEYS, PRESETS, SPARSE_BELOW, TrainConfig, resolve_training
+from dcn_ray.job.config import job_from_dict
+from dcn_ray.job.job_file import load_job
+from dcn_ray.job.sweep_grid import with_params
+from dcn_ray.job.train_config import PRESET_KEYS, PRESETS, SPARSE_BELOW, TrainConfig, resolve_training
 from dcn_ray.tune.checks import check_data
 
 REPO = Path(__file__).resolve().parents[1]

@@ -333,7 +333,7 @@ def test_resume_refuses_another_model_or_other_options_naming_what_differs(
 
 def _finished_sweep(storage: Path) -> None:
     """A sweep's record and results: the reference and one configuration on 6 paired seeds."""
-    from dcn_ray.track.report import results_table
+    from dcn_ray.results.report import results_table
 
     reference = (4, 8, 16)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dcn_ray.track import report
+from dcn_ray.results import report
 
 
 def row(k, phase, iou, status="finished"):

@@ -6,7 +6,8 @@ import numpy as np
 
 from dcn_ray.core import metrics, scores
 from dcn_ray.core.scores import segmentation_scores
-from dcn_ray.track import report, sources
+from dcn_ray.results import report
+from dcn_ray.track import sources
 from dcn_ray.tune.spec import METRIC
 
 

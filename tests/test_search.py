@@ -8,10 +8,10 @@ from statistics import fmean
 
 import pytest
 
-from dcn_ray.config import job_from_dict
 from dcn_ray.errors import InputError
-from dcn_ray.search_config import SchedulerConfig, SearchConfig
-from dcn_ray.search_space import check_search
+from dcn_ray.job.config import job_from_dict
+from dcn_ray.job.search_config import SchedulerConfig, SearchConfig
+from dcn_ray.job.search_space import check_search
 
 SPACE = {
     "train.lr": {"loguniform": [1.0e-4, 1.0e-2]},

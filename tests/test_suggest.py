@@ -10,10 +10,10 @@ import pytest
 import tifffile
 from conftest import run_cli, small_job, train_job
 
-from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import load_data
 from dcn_ray.core.uncertainty import pixel_scores, ranked, region_rows
+from dcn_ray.job.config import job_from_dict
 from dcn_ray.predict.engine import PredictOptions, SlicePredictor
 
 

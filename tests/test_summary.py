@@ -8,10 +8,10 @@ import pytest
 from scipy import stats
 
 from dcn_ray.core.stats import holm, mean_interval, paired_difference, stratified_permutation_test
-from dcn_ray.track.charts import interval_chart, kernel_chart
-from dcn_ray.track.report import configuration_markdown
-from dcn_ray.track.summary import configuration_results
-from dcn_ray.track.verdict import guided_vs_controls, mechanism, round_lines
+from dcn_ray.results.charts import interval_chart, kernel_chart
+from dcn_ray.results.report import configuration_markdown
+from dcn_ray.results.summary import configuration_results
+from dcn_ray.results.verdict import guided_vs_controls, mechanism, round_lines
 
 REF = (4, 8, 16)
 
@@ -171,7 +171,7 @@ def test_power_statement_matches_the_noncentral_t_and_a_simulation():
     import numpy as np
 
     from dcn_ray.core.stats import detectable_effect, paired_power, seeds_needed
-    from dcn_ray.track.power import power_lines
+    from dcn_ray.results.power import power_lines
 
     # textbook values (Cohen 1988): a paired t-test of d = 0.5 needs 34 pairs for power 0.8
     assert seeds_needed(0.5, 1.0) == 34 and paired_power(34, 0.5, 1.0) >= 0.8 > paired_power(33, 0.5, 1.0)

@@ -13,9 +13,9 @@ from conftest import small_job
 from mlflow.tracking import MlflowClient
 
 from dcn_ray.cli import main
-from dcn_ray.config import job_from_dict
 from dcn_ray.io.tiff import read_labels
-from dcn_ray.track.report import TEST_COLUMNS
+from dcn_ray.job.config import job_from_dict
+from dcn_ray.results.report import TEST_COLUMNS
 from dcn_ray.tune.sweep import run_sweep
 
 pytestmark = pytest.mark.integration

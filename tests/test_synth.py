@@ -95,8 +95,8 @@ def test_a_job_can_ask_for_the_organelle_task(tmp_path):
     """data.synthetic.task reaches the stack a sweep makes on first use."""
     import tifffile
 
-    from dcn_ray.config import job_from_dict
     from dcn_ray.errors import InputError
+    from dcn_ray.job.config import job_from_dict
     from dcn_ray.tune.checks import check_data
 
     raw = {

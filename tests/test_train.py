@@ -7,12 +7,12 @@ import pytest
 import torch
 from conftest import small_job, train_job
 
-from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import load_data
 from dcn_ray.core.scores import segmentation_scores
 from dcn_ray.core.train import build_model, evaluate
 from dcn_ray.errors import InputError
+from dcn_ray.job.config import job_from_dict
 
 pytestmark = pytest.mark.usefixtures("two_threads")
 

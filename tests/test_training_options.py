@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from conftest import small_job, train_job
 
-from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
 from dcn_ray.core.dataset import load_data
 from dcn_ray.core.loss import class_weights, dcn_loss, make_loss, soft_dice_loss
@@ -21,6 +20,7 @@ from dcn_ray.core.schedule import lr_factor
 from dcn_ray.core.train import make_optimizer
 from dcn_ray.errors import InputError
 from dcn_ray.io.synth import make_synthetic
+from dcn_ray.job.config import job_from_dict
 from dcn_ray.models.dcn import DCN, DCNOutput
 
 REPO = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ def sweep(
     dry_run: bool,
 ) -> None:
     """Run the kernel sweep of JOB_FILE (the grid, then feature-map-guided follow-ups)."""
-    from dcn_ray.job_file import load_job  # YAML and dataclasses only: a bad job file is refused at once
+    from dcn_ray.job.job_file import load_job  # YAML and dataclasses only: a bad job file is refused at once
 
     # --name and --tracking-uri are strings as given: JSON-quoted, YAML reads them back unchanged
     extra = (

@@ -15,10 +15,10 @@ import numpy as np
 from dcn_ray.core.labels import LabelCheck
 from dcn_ray.core.partial import foreground_fraction, label_masks, labelled_slices
 from dcn_ray.core.scores import resolve_target
-from dcn_ray.data_config import DataConfig
 from dcn_ray.errors import InputError
 from dcn_ray.io.tiff import PathLike
 from dcn_ray.io.volumes import read_label_values, read_label_volume, read_volume
+from dcn_ray.job.data_config import DataConfig
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from dcn_ray.train_config import SCHEDULES
+from dcn_ray.job.train_config import SCHEDULES
 
 #: The exponent of the ``poly`` schedule (nnU-Net's).
 POLY_EXPONENT = 0.9

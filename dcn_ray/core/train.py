@@ -28,10 +28,10 @@ from dcn_ray.core.partial import labelled_slices
 from dcn_ray.core.sampler import CropSampler
 from dcn_ray.core.schedule import lr_factor, set_lr
 from dcn_ray.core.scores import BEST_VAL_HEADLINE, HEADLINE_SCORE, VAL_HEADLINE, segmentation_scores
+from dcn_ray.job.model_config import ModelConfig
+from dcn_ray.job.train_config import TrainConfig, resolve_training
 from dcn_ray.kernels import Kernels
-from dcn_ray.model_config import ModelConfig
 from dcn_ray.models.outputs import pad_forward
-from dcn_ray.train_config import TrainConfig, resolve_training
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def _result(best: dict, step: int, history: list[dict[str, float]]) -> TrainResu
 
 def make_optimizer(settings: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer of ``settings.optimizer`` over every parameter, with ``settings.weight_decay``
-    (of decided settings: :func:`dcn_ray.train_config.resolve_training`)."""
+    (of decided settings: :func:`dcn_ray.job.train_config.resolve_training`)."""
     if not settings.resolved:
         raise ValueError("the training preset is not decided yet: pass the settings through resolve_training first")
     if settings.optimizer == "sgd":

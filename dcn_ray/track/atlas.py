@@ -26,7 +26,8 @@ from dcn_ray.core.atlas import HTML_FILE, PNG_FILE, Atlas, AtlasRow, AtlasStyle
 from dcn_ray.core.scores import TEST_HEADLINE
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.kernels import BRANCHES, kernels_text
-from dcn_ray.track import report, uris
+from dcn_ray.results import report
+from dcn_ray.track import uris
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +193,8 @@ def _number(value: Any) -> float | None:
 def check_folder(name: str, storage: str | None, out_dir: Path) -> tuple[Any, Mapping, Any, str]:
     """Before any work: sweep ``name`` has results and ``out_dir`` touches none of its inputs (the
     sweep's folder, the MLflow store, the job's data) nor replaces a file that is not an atlas."""
-    from dcn_ray.config import job_from_dict
     from dcn_ray.io.paths import output_folder
+    from dcn_ray.job.config import job_from_dict
     from dcn_ray.track.storage import SWEEP_FILE, Storage
 
     store = Storage.for_sweeps(storage)

@@ -21,7 +21,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from dcn_ray.core.scores import BEST_VAL_HEADLINE, TEST_HEADLINE, VAL_HEADLINE
-from dcn_ray.sweep_grid import linked_keys
+from dcn_ray.job.sweep_grid import linked_keys
 from dcn_ray.track.locks import creation_lock
 from dcn_ray.track.uris import fail_fast_http
 

@@ -122,7 +122,7 @@ def mlflow_uri(uri: str | None) -> str:
 
 def best_trial(name: str, storage: str | None = None) -> BestTrial:
     """The finished trial of sweep ``name`` with the highest best_val_iou."""
-    from dcn_ray.track.report import TABLE_FILE  # pyarrow: only for sweep sources
+    from dcn_ray.results.report import TABLE_FILE  # pyarrow: only for sweep sources
     from dcn_ray.track.storage import SWEEP_FILE, Storage
 
     store = Storage.for_sweeps(storage)

@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dcn_ray.config import name_problem
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.io.paths import writable_folder
+from dcn_ray.job.config import name_problem
 
 DEFAULT_ROOT = "dcn-ray-runs"
 #: The record of a sweep (its settings, MLflow ids) in its folder; what `resume` reads.

@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dcn_ray.config import JobConfig, kernels_of
 from dcn_ray.core.proposals import plan_followups
 from dcn_ray.errors import InputError
+from dcn_ray.job.config import JobConfig, kernels_of
+from dcn_ray.job.sweep_grid import REDRAW_KEY, config_name, value_text, variants
+from dcn_ray.job.train_config import preset_line
 from dcn_ray.kernels import BRANCHES, STRIDES, kernels_text
-from dcn_ray.sweep_grid import REDRAW_KEY, config_name, value_text, variants
-from dcn_ray.train_config import preset_line
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
 
-from dcn_ray.config import FollowupConfig
 from dcn_ray.core.branches import weak_across_seeds
 from dcn_ray.core.proposals import plan_followups, propose_controls
+from dcn_ray.job.config import FollowupConfig
+from dcn_ray.job.sweep_grid import REDRAW_KEY, Variant, config_name
 from dcn_ray.kernels import BRANCHES, STRIDES, Kernels, kernels_text
-from dcn_ray.sweep_grid import REDRAW_KEY, Variant, config_name
 from dcn_ray.tune.spec import METRIC, TrialSpec
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class RoundPlanner:
     """The queue of trials to run, and the follow-up rounds planned as trials finish."""
 
     def __init__(self, grid: Sequence[Kernels | Variant], seeds: Sequence[int], followup: FollowupConfig) -> None:
-        """``grid``: the configurations, as DCN kernel triples or :class:`~dcn_ray.sweep_grid.Variant` objects."""
+        """``grid``: the configurations, as DCN kernel triples or :class:`~dcn_ray.job.sweep_grid.Variant` objects."""
         self.followup = followup
         self.seeds = tuple(seeds)
         configs = [c if isinstance(c, Variant) else Variant("dcn", tuple(c)) for c in grid]

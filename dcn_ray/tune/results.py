@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from dcn_ray.kernels import BRANCHES, kernels_text
-from dcn_ray.track import report
+from dcn_ray.results import report
 from dcn_ray.tune.planner import RoundDecision
 from dcn_ray.tune.spec import TrialSpec
 

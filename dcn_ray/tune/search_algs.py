@@ -19,8 +19,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from dcn_ray.search_config import Distribution, SchedulerConfig, SearchConfig
-from dcn_ray.sweep_grid import value_text
+from dcn_ray.job.search_config import Distribution, SchedulerConfig, SearchConfig
+from dcn_ray.job.sweep_grid import value_text
 
 SCALARS = (type(None), bool, int, float, str)
 

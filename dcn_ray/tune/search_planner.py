@@ -28,8 +28,8 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from dcn_ray.search_config import SearchConfig
-from dcn_ray.sweep_grid import value_text
+from dcn_ray.job.search_config import SearchConfig
+from dcn_ray.job.sweep_grid import value_text
 from dcn_ray.tune import search_algs
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,9 @@ hangs, a known Ray trap).
 
 from __future__ import annotations
 
+import importlib
 import pickle
+import sys
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -15,6 +17,30 @@ from ray.tune.search import Searcher
 from dcn_ray.core.scores import HEADLINE_MODE
 from dcn_ray.tune.planner import RoundPlanner
 from dcn_ray.tune.spec import METRIC
+
+#: Where the classes a sweep's Tune state pickles (the planner's ``Variant``, ``FollowupConfig``...)
+#: lived before the ``job/`` package: an older sweep's ``tuner.pkl`` and searcher state name them so.
+OLD_MODULES = {
+    f"dcn_ray.{name}": f"dcn_ray.job.{name}"
+    for name in (
+        "config",
+        "data_config",
+        "model_config",
+        "train_config",
+        "sweep_grid",
+        "job_file",
+        "strict_yaml",
+        "search_config",
+        "search_space",
+    )
+}
+
+
+def accept_old_module_names() -> None:
+    """Let an older sweep's pickled Tune state load: its old module names point at the moved modules."""
+    for old, new in OLD_MODULES.items():
+        if old not in sys.modules:
+            sys.modules[old] = importlib.import_module(new)
 
 
 class GridThenFollowups(Searcher):
@@ -38,5 +64,6 @@ class GridThenFollowups(Searcher):
             pickle.dump(self.planner, handle)
 
     def restore(self, checkpoint_path: str) -> None:
+        accept_old_module_names()
         with open(checkpoint_path, "rb") as handle:
             self.planner = pickle.load(handle)

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from dcn_ray.core.scores import BEST_VAL_HEADLINE
+from dcn_ray.job.sweep_grid import Params, config_name, plain
 from dcn_ray.kernels import Kernels, check_kernels, kernels_text
 from dcn_ray.models import get
-from dcn_ray.sweep_grid import Params, config_name, plain
 
 #: The metric a sweep optimises: the best validation IoU of a trial. Test scores are never used
 #: for a choice; they are reported beside it.

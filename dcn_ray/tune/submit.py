@@ -31,7 +31,7 @@ import yaml
 
 import dcn_ray
 from dcn_ray.errors import InputError, first_line
-from dcn_ray.job_file import load_job, read_job_file
+from dcn_ray.job.job_file import load_job, read_job_file
 from dcn_ray.runtime import ray_log_level
 
 log = logging.getLogger(__name__)

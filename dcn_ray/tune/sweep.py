@@ -13,17 +13,18 @@ from typing import Any
 
 import pyarrow as pa
 
-from dcn_ray.config import JobConfig, job_from_dict
 from dcn_ray.errors import InputError, first_line
+from dcn_ray.job.config import JobConfig, job_from_dict
+from dcn_ray.job.sweep_grid import variants
+from dcn_ray.results import report
 from dcn_ray.runtime import alive_nodes, ray_session, trial_resources
-from dcn_ray.sweep_grid import variants
-from dcn_ray.track import atlas, report, uris
+from dcn_ray.track import atlas, uris
 from dcn_ray.track import runs as tracking
 from dcn_ray.track.storage import SWEEP_FILE, Storage
 from dcn_ray.tune.checks import check_data
 from dcn_ray.tune.planner import RoundPlanner, replay_rounds
 from dcn_ray.tune.results import round_record, rows_of
-from dcn_ray.tune.searcher import GridThenFollowups
+from dcn_ray.tune.searcher import GridThenFollowups, accept_old_module_names
 from dcn_ray.tune.spec import TrialSpec
 from dcn_ray.tune.trial import SweepContext, run_trial
 
@@ -211,6 +212,7 @@ def _check_tune_state(store: Storage, name: str) -> None:
     """Refuse damaged Tune state files, naming them: Tune would restart the whole sweep silently."""
     import pickle
 
+    accept_old_module_names()  # an older sweep's state names the job's modules by their old names
     for file in ("tuner.pkl", store.newest_file(name, "searcher-state", ".pkl")):
         if file is None or not store.exists(name, file):
             continue
@@ -259,7 +261,7 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
 
 def _log_mechanism(uri: str, table) -> None:
     """On each guided trial's run: how its weak branch's calibrated separation moved against its reference."""
-    from dcn_ray.track.verdict import mechanism
+    from dcn_ray.results.verdict import mechanism
 
     found = mechanism(table.to_pylist(), report.rounds_of(table))
     if found is None:

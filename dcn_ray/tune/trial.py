@@ -16,13 +16,14 @@ from typing import Any
 
 from ray import tune
 
-from dcn_ray import models, sweep_grid
-from dcn_ray.config import JobConfig
+from dcn_ray import models
 from dcn_ray.core import checkpoint
 from dcn_ray.core.analysis import analyse
 from dcn_ray.core.dataset import Dataset, load_data
 from dcn_ray.core.device import select_device
 from dcn_ray.core.train import TrainResult, score_test_split, train
+from dcn_ray.job import sweep_grid
+from dcn_ray.job.config import JobConfig
 from dcn_ray.track import runs
 from dcn_ray.track.storage import Storage
 from dcn_ray.tune.spec import METRIC, TrialSpec

@@ -15,7 +15,7 @@ from pathlib import Path
 from scipy import stats
 
 from dcn_ray.kernels import TABLE1, kernels_text
-from dcn_ray.track import report
+from dcn_ray.results import report
 
 #: The paper's Table 1 (Takaya et al., dataset B): test IoU of each (k1, k2, k3), one run each.
 PAPER_IOU = dict(

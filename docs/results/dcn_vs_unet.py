@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 
 from dcn_ray import models
 from dcn_ray.core.stats import mean_interval, paired_difference
-from dcn_ray.job_file import load_job
-from dcn_ray.sweep_grid import trial_job, variants
-from dcn_ray.track import report
+from dcn_ray.job.job_file import load_job
+from dcn_ray.job.sweep_grid import trial_job, variants
+from dcn_ray.results import report
 
 REPO = Path(__file__).resolve().parents[2]
 SCORES = (

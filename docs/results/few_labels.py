@@ -98,11 +98,11 @@ def train_arm(task: tuple[dict, str, int | None]) -> dict:
     import torch
     import yaml
 
-    from dcn_ray.config import job_from_dict
     from dcn_ray.core import checkpoint
     from dcn_ray.core.dataset import load_data
     from dcn_ray.core.partial import labelled_slices
     from dcn_ray.core.train import score_test_split, train
+    from dcn_ray.job.config import job_from_dict
 
     work = Path(work_text)
     if run["arm"] == "suggest":

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from dcn_ray.core.stats import mean_interval, t_test_p
 from dcn_ray.kernels import BRANCHES, kernels_text, relative_change
-from dcn_ray.track import report, summary, verdict
+from dcn_ray.results import report, summary, verdict
 
 
 def dose_response(rows: list[dict], rounds: list[dict], key: str) -> list[str]:

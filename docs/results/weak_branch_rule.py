@@ -60,7 +60,7 @@ def run_trial(trial: dict) -> dict:
     from dcn_ray.core.checkpoint import model_from_payload
     from dcn_ray.core.dataset import load_data
     from dcn_ray.core.train import score_test_split, train
-    from dcn_ray.job_file import load_job
+    from dcn_ray.job.job_file import load_job
 
     torch.set_num_threads(1)
     job = load_job(JOB)

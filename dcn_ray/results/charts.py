@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dcn_ray.kernels import kernels_text
-from dcn_ray.track.summary import ConfigResult
+from dcn_ray.results.summary import ConfigResult
 
 PHASE_COLOURS = {"grid": "#4c72b0", "followup": "#dd8452", "control": "#8c8c8c", "sham": "#8172b3", "random": "#55a868"}
 PHASE_LABELS = {

@@ -1,6 +1,6 @@
 """A search space checked against the job, as a grid value is: every key a job key, every bound a value it takes.
 
-:class:`~dcn_ray.search_config.SearchConfig` checks the shape of ``sweep.search`` alone; here each
+:class:`~dcn_ray.job.search_config.SearchConfig` checks the shape of ``sweep.search`` alone; here each
 key must be one ``--set`` accepts (not the sweep's own settings, ``name``, ``tracking.*`` or
 ``train.seed``, whose axis is ``sweep.seeds``), and each option of a ``choice`` and both ends of a
 range are applied to the job and validated as the job they make, so a bad bound is refused before
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcn_ray.config import JobConfig
 from dcn_ray.errors import InputError
-from dcn_ray.search_config import SchedulerConfig, SearchConfig
-from dcn_ray.sweep_grid import FIXED_KEYS, FIXED_PREFIXES, value_text, with_params
+from dcn_ray.job.config import JobConfig
+from dcn_ray.job.search_config import SchedulerConfig, SearchConfig
+from dcn_ray.job.sweep_grid import FIXED_KEYS, FIXED_PREFIXES, value_text, with_params
 
 
 def check_search(job: JobConfig, search: SearchConfig, scheduler: SchedulerConfig | None = None) -> None:

@@ -15,7 +15,7 @@ with matched controls; they are refused together with a grid (one clear line): a
 controls and verdict would be ambiguous across the other axes, and across families meaningless.
 Nothing here imports torch.
 
->>> from dcn_ray.config import job_from_dict
+>>> from dcn_ray.job.config import job_from_dict
 >>> job = job_from_dict({"data": {"images": "i.tif", "labels": "l.tif"}, "sweep": {"kernels": [[4, 8, 16], [2, 8, 16]],
 ...     "grid": {"model.family": ["dcn", "unet"], "train.lr": [0.001, 0.003]}}})
 >>> [variant.name for variant in variants(job)]  # doctest: +NORMALIZE_WHITESPACE
@@ -31,8 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dcn_ray.config import JobConfig, job_from_dict, kernels_of
 from dcn_ray.errors import InputError
+from dcn_ray.job.config import JobConfig, job_from_dict, kernels_of
 from dcn_ray.kernels import Kernels, kernels_text
 from dcn_ray.models import get
 

@@ -1,6 +1,6 @@
 """Job files: read the YAML, apply ``--set key=value`` overrides, resolve data paths.
 
-Only YAML parsing lives here; the typed build and validation is :func:`dcn_ray.config.job_from_dict`.
+Only YAML parsing lives here; the typed build and validation is :func:`dcn_ray.job.config.job_from_dict`.
 Nothing here imports Ray, MLflow or torch, so the CLI can refuse a bad job file at once.
 """
 
@@ -13,11 +13,11 @@ from typing import Any
 
 import yaml
 
-from dcn_ray.config import JobConfig, job_from_dict
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.io.paths import input_file
-from dcn_ray.strict_yaml import load_yaml, yaml_problem
-from dcn_ray.sweep_grid import variants
+from dcn_ray.job.config import JobConfig, job_from_dict
+from dcn_ray.job.strict_yaml import load_yaml, yaml_problem
+from dcn_ray.job.sweep_grid import variants
 
 
 def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:

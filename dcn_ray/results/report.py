@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from dcn_ray.core import scores
 from dcn_ray.kernels import BRANCHES, REFERENCE, kernels_text
-from dcn_ray.track import charts, power, summary, verdict
+from dcn_ray.results import charts, power, summary, verdict
 
 #: Test-split scores of a trial (empty without a test split): dcn_ray.core.scores.SCORE_KEYS, prefixed.
 TEST_COLUMNS = scores.TEST_COLUMNS
@@ -120,7 +120,7 @@ def evaluation_of(table: pa.Table) -> dict[str, Any]:
 
 
 def rounds_of(table: pa.Table) -> list[dict[str, Any]]:
-    """The follow-up rounds kept with the table (see :mod:`dcn_ray.track.summary`); [] when none."""
+    """The follow-up rounds kept with the table (see :mod:`dcn_ray.results.summary`); [] when none."""
     return json.loads((table.schema.metadata or {}).get(ROUNDS_KEY, b"[]"))
 
 

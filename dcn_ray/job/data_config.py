@@ -1,7 +1,7 @@
 """The ``data`` section of a job: the stack, its labels, the splits and the synthetic fallback.
 
-Split out of :mod:`dcn_ray.config` (which validates them), as
-:mod:`dcn_ray.model_config` and :mod:`dcn_ray.train_config` are, so that ``core`` takes the
+Split out of :mod:`dcn_ray.job.config` (which validates them), as
+:mod:`dcn_ray.job.model_config` and :mod:`dcn_ray.job.train_config` are, so that ``core`` takes the
 section it reads and never the whole job.
 """
 

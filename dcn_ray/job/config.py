@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from dcn_ray.data_config import DataConfig
 from dcn_ray.errors import InputError
+from dcn_ray.job.data_config import DataConfig
+from dcn_ray.job.model_config import ModelConfig, size_multiple, validate_model
+from dcn_ray.job.train_config import TrainConfig, resolve_training, validate_train
 from dcn_ray.kernels import REFERENCE, Kernels, kernel_problem
-from dcn_ray.model_config import ModelConfig, size_multiple, validate_model
-from dcn_ray.train_config import TrainConfig, resolve_training, validate_train
 
 #: The largest synthetic stack a job may ask for (slices x size x size).
 MAX_SYNTHETIC_VOXELS = 2**27
@@ -70,7 +70,7 @@ class SweepConfig:
     max_failures: int = 2
     followup: FollowupConfig = field(default_factory=FollowupConfig)
     #: A grid over any job key ``--set`` accepts: ``{"train.lr": [1e-3, 3e-3], "model.family": [dcn, unet]}``,
-    #: crossed with ``kernels`` (DCN only) and the seeds (:mod:`dcn_ray.sweep_grid`).
+    #: crossed with ``kernels`` (DCN only) and the seeds (:mod:`dcn_ray.job.sweep_grid`).
     grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
@@ -105,7 +105,7 @@ class JobConfig:
 
     def trained_on(self, train_foreground: float) -> JobConfig:
         """This job with ``train.preset`` decided for a training split of this foreground fraction
-        (:func:`~dcn_ray.train_config.resolve_training`): the job as it trains, and is logged."""
+        (:func:`~dcn_ray.job.train_config.resolve_training`): the job as it trains, and is logged."""
         return dataclasses.replace(self, train=resolve_training(self.train, train_foreground))
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,7 +157,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         raise errors[0] if len(errors) == 1 else InputError(f"{key} has the wrong type: got {value!r}")
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
-    if origin is dict:  # sweep.grid: job keys -> lists of plain values (checked in dcn_ray.sweep_grid)
+    if origin is dict:  # sweep.grid: job keys -> lists of plain values (checked in dcn_ray.job.sweep_grid)
         if not isinstance(value, Mapping) or not all(
             isinstance(k, str) and isinstance(v, list | tuple) for k, v in value.items()
         ):

@@ -14,8 +14,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from dcn_ray.core.stats import MOST_SEEDS, detectable_effect, seeds_approximately, seeds_needed
-from dcn_ray.track.summary import Row, scores_by_trial
-from dcn_ray.track.verdict import Round, matched_differences
+from dcn_ray.results.summary import Row, scores_by_trial
+from dcn_ray.results.verdict import Round, matched_differences
 
 POWER = 0.8
 

@@ -1,7 +1,7 @@
 """The ``model`` section of a job: the family and its parameters, and their validation.
 
-Split out of :mod:`dcn_ray.config` (which re-exports :class:`ModelConfig`), as
-:mod:`dcn_ray.train_config` is. Nothing here imports torch.
+Split out of :mod:`dcn_ray.job.config` (which re-exports :class:`ModelConfig`), as
+:mod:`dcn_ray.job.train_config` is. Nothing here imports torch.
 """
 
 from __future__ import annotations

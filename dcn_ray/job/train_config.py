@@ -1,6 +1,6 @@
 """The ``train`` section of a job: its keys, what they mean, their validation and its presets.
 
-Split out of :mod:`dcn_ray.config` (which re-exports :class:`TrainConfig`) because the training
+Split out of :mod:`dcn_ray.job.config` (which re-exports :class:`TrainConfig`) because the training
 options have their own purpose: how one configuration is trained. Nothing here imports torch.
 """
 

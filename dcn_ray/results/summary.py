@@ -1,5 +1,5 @@
 """What a sweep's trials say per configuration, with seeds (pure functions over the per-trial rows
-of the results table); the verdict on the follow-ups is :mod:`dcn_ray.track.verdict`.
+of the results table); the verdict on the follow-ups is :mod:`dcn_ray.results.verdict`.
 
 Every comparison is paired by seed: a configuration's score in seed s is compared with the
 reference's score in the same seed, because trials of one seed share their initialisation (every

@@ -14,7 +14,7 @@ configurations drawn from a space of Ray Tune distributions, each named as Tune 
       scheduler: {algorithm: asha, grace_steps: 100, reduction_factor: 3}
 
 The shape is checked here (pure, no job); whether each key is a job key and each bound a value
-that key accepts is checked against the job by :func:`dcn_ray.search_space.check_search`, as a
+that key accepts is checked against the job by :func:`dcn_ray.job.search_space.check_search`, as a
 grid value is. Nothing here imports Ray or Optuna.
 
 >>> search = SearchConfig.from_raw({"algorithm": "random", "trials": 4,

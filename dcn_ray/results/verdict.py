@@ -7,7 +7,7 @@ permutation test beside it, and an equivalence test (TOST) against the job's mar
 result reads "equivalent within +-margin" or "inconclusive". "Another branch shrunk" and "the weak
 branch enlarged" are reported as separate contrasts, and so is guided minus sham (the reference's
 kernels with the weak branch's start re-drawn as the guided change re-draws it): the kernel's effect
-with the re-draw held equal. Pairing by seed: :mod:`dcn_ray.track.summary`.
+with the re-draw held equal. Pairing by seed: :mod:`dcn_ray.results.summary`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dcn_ray.core.stats import (
     sign_flip_test,
 )
 from dcn_ray.kernels import BRANCHES, kernels_text, relative_change
-from dcn_ray.track.summary import Row, config_of, p_text, row_kernels, scores_by_trial
+from dcn_ray.results.summary import Row, config_of, p_text, row_kernels, scores_by_trial
 
 Round = Mapping[str, Any]
 """A follow-up round as the results table keeps it: ``round``, ``reference`` [k1, k2, k3],
