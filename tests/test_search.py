@@ -337,3 +337,99 @@ def test_the_dry_run_lists_the_space_and_the_budget():
     assert lines[0].startswith("optuna search: 12 configuration(s) x 2 seed(s) = 24 trials at most (seed 5)")
     assert "TPE models after 4 random configurations" in lines[0]
     assert "  train.lr: loguniform ['0.0001', '0.01']" in lines and "  model.width: choice ['4', '8']" in lines
+
+
+@pytest.mark.integration
+def test_an_optuna_search_with_asha_runs_its_budget_resumes_after_a_killed_driver_and_logs_each_trial(
+    synthetic_stack, tmp_path
+):
+    """optuna + ASHA over keys of two sections, two seeds: the driver is killed once a trial finished;
+    `dcn-ray resume` finishes the search: no configuration twice, the total is the budget, each trial
+    one child run with its sampled values as params, ASHA's stops tagged with their step and listed."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import small_job
+    from mlflow.tracking import MlflowClient
+    from processes import SweepDriver
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = small_job(
+        *synthetic_stack,
+        name="search",
+        train={"steps": 24, "eval_every": 6, "batch_size": 2, "crop": 32, "threads": 1},
+        sweep={
+            "kernels": [[4, 8, 16]],
+            "seeds": 2,
+            "resources": {"gpu": 0, "cpu": 1},
+            "search": {
+                "algorithm": "optuna",
+                "trials": 4,
+                "seed": 1,
+                "space": {"train.lr": {"loguniform": [1.0e-4, 3.0e-2]}, "model.width": {"choice": [2, 4]}},
+            },
+            "scheduler": {"algorithm": "asha", "grace_steps": 6, "reduction_factor": 3},
+        },
+        tracking={"uri": uri, "experiment": "search"},
+    )
+    storage = tmp_path / "runs"
+
+    def children():
+        found = MlflowClient(uri).get_experiment_by_name("search")
+        runs = MlflowClient(uri).search_runs([found.experiment_id]) if found else []
+        return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+    with SweepDriver(raw, tmp_path, storage) as driver:
+        deadline = time.monotonic() + 300
+        while not any(r.info.status == "FINISHED" for r in children()):
+            assert time.monotonic() < deadline and driver.process.poll() is None, "no trial finished"
+            time.sleep(0.5)
+        driver.kill()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "dcn_ray", "resume", "search", "--storage", str(storage)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=500,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    runs = children()
+    by_config: dict[str, list] = {}
+    for run in runs:
+        by_config.setdefault(run.data.tags["config"], []).append(run)
+    assert 1 <= len(by_config) <= 4  # the budget: 4 suggestions (a repeat is told, not rerun)
+    for config, group in by_config.items():
+        assert sorted(r.data.params["seed"] for r in group) == ["0", "1"], f"{config} ran a seed twice or lost one"
+        for run in group:
+            assert run.info.status == "FINISHED"
+            lr, width = float(run.data.params["train.lr"]), int(run.data.params["model.width"])
+            assert 1e-4 <= lr <= 3e-2 and width in (2, 4) and f"model.width={width}" in config
+    stopped = [r for r in runs if "stopped_early" in r.data.tags]
+    assert stopped, "ASHA stopped no trial"
+    for run in stopped:
+        assert run.data.tags["stopped_early"] == "asha" and int(run.data.tags["stopped_at_step"]) < 24
+        assert "test_iou" not in run.data.metrics
+    results = (storage / "search" / "results.md").read_text()
+    assert results.count("| stopped |") == len(stopped)
+    assert results.count("| finished |") == len(runs) - len(stopped)
+
+
+def test_the_search_report_ranks_by_validation_over_finished_seeds_and_charts_the_best_so_far(tmp_path):
+    from dcn_ray.results import search_report
+
+    rows = [
+        {"config": "a", "seed": 0, "status": "finished", "best_val": 0.5, "test": 0.45, "seconds": 60, "ended": 100},
+        {"config": "a", "seed": 1, "status": "finished", "best_val": 0.6, "test": 0.55, "seconds": 60, "ended": 110},
+        {"config": "b", "seed": 0, "status": "stopped", "best_val": 0.9, "test": None, "seconds": 20, "ended": 120},
+        {"config": "b", "seed": 1, "status": "finished", "best_val": 0.7, "test": 0.6, "seconds": 60, "ended": 170},
+        {"config": "c", "seed": 0, "status": "errored", "best_val": None, "test": None, "seconds": 5, "ended": 180},
+    ]
+    ranked = search_report.configurations(rows)
+    assert [c["config"] for c in ranked] == ["b", "a", "c"]
+    assert ranked[0]["val"] == 0.7 and ranked[0]["stopped"] == 1  # the stopped seed's 0.9 is not averaged
+    assert ranked[1]["test"].n == 2 and ranked[1]["test"].mean == pytest.approx(0.5)
+    points = search_report.best_so_far(rows)
+    assert [(n, round(h * 3600), b) for n, h, b in points][:2] == [(1, 120, 0.55), (2, 200, 0.7)]
+    files = search_report.write(rows, tmp_path, "optuna")
+    assert [f.name for f in files] == ["search.md", "best_so_far.png"] and files[1].stat().st_size > 1000
+    text = files[0].read_text()
+    assert "| 1 | b | 1 | 1 | 0 | 0.7000 |" in text and "not averaged" in text

@@ -17,6 +17,7 @@ from typing import Any, Union
 from dcn_ray.errors import InputError
 from dcn_ray.job.data_config import DataConfig
 from dcn_ray.job.model_config import ModelConfig, size_multiple, validate_model
+from dcn_ray.job.search_config import SchedulerConfig, SearchConfig
 from dcn_ray.job.train_config import TrainConfig, resolve_training, validate_train
 from dcn_ray.kernels import REFERENCE, Kernels, kernel_problem
 
@@ -72,6 +73,11 @@ class SweepConfig:
     #: A grid over any job key ``--set`` accepts: ``{"train.lr": [1e-3, 3e-3], "model.family": [dcn, unet]}``,
     #: crossed with ``kernels`` (DCN only) and the seeds (:mod:`dcn_ray.job.sweep_grid`).
     grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    #: A search instead of the grid: random or optuna over a space of Tune distributions
+    #: (:mod:`dcn_ray.job.search_config`; each key and bound checked by :mod:`dcn_ray.job.search_space`).
+    search: SearchConfig = field(default_factory=SearchConfig)
+    #: Early stopping (ASHA) on the validation headline; off by default.
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             except InputError as error:
                 errors.append(error)
         raise errors[0] if len(errors) == 1 else InputError(f"{key} has the wrong type: got {value!r}")
+    if hasattr(hint, "from_raw"):  # a section that reads itself (sweep.search: nested or dotted space keys)
+        return hint.from_raw(value, key)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
     if origin is dict:  # sweep.grid: job keys -> lists of plain values (checked in dcn_ray.job.sweep_grid)

@@ -16,6 +16,7 @@ import yaml
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.io.paths import input_file
 from dcn_ray.job.config import JobConfig, job_from_dict
+from dcn_ray.job.search_space import check_search
 from dcn_ray.job.strict_yaml import load_yaml, yaml_problem
 from dcn_ray.job.sweep_grid import variants
 
@@ -34,6 +35,7 @@ def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
         _set_key(raw, key, value)
     job = job_from_dict(raw)
     variants(job)  # every combination of sweep.grid is a valid job (InputError naming it otherwise)
+    check_search(job)  # every key and bound of sweep.search's space, as a grid value is
     return job
 
 

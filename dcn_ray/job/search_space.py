@@ -13,15 +13,17 @@ from typing import Any
 
 from dcn_ray.errors import InputError
 from dcn_ray.job.config import JobConfig
-from dcn_ray.job.search_config import SchedulerConfig, SearchConfig
+from dcn_ray.job.search_config import SearchConfig
 from dcn_ray.job.sweep_grid import FIXED_KEYS, FIXED_PREFIXES, value_text, with_params
 
 
-def check_search(job: JobConfig, search: SearchConfig, scheduler: SchedulerConfig | None = None) -> None:
-    """Refuse a space naming an unknown or fixed key, a bound its key does not take, or a clash with the grid."""
+def check_search(job: JobConfig, search: SearchConfig | None = None) -> None:
+    """Refuse a space naming an unknown or fixed key, a bound its key does not take, or a clash with the grid.
+
+    ``search``: the job's own ``sweep.search`` unless given. ASHA (``sweep.scheduler``) needs nothing
+    here: it stops trials of a grid or of a search alike."""
+    search = job.sweep.search if search is None else search
     if not search.enabled:
-        if scheduler is not None and scheduler.enabled and not job.sweep.grid:
-            return  # ASHA over a grid's configurations is allowed
         return
     if job.sweep.grid:
         raise InputError(

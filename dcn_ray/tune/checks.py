@@ -33,6 +33,8 @@ def planned_trials(job: JobConfig, gpu: float | None = None) -> list[str]:
     resources = job.sweep.resources
     gpu = resources.gpu if gpu is None else gpu
     seeds = ",".join(str(s) for s in job.seeds)
+    if job.sweep.search.enabled:
+        return planned_search(job, gpu)
     configurations = variants(job)
     lines = []
     for variant in configurations:
@@ -64,6 +66,33 @@ def planned_trials(job: JobConfig, gpu: float | None = None) -> list[str]:
     return lines
 
 
+def planned_search(job: JobConfig, gpu: float) -> list[str]:
+    """What a search will run, as its planner says: the algorithm, the budget, the space; and ASHA."""
+    from dcn_ray.core.scores import HEADLINE_MODE
+    from dcn_ray.tune.search_planner import SearchPlanner, trial_spec
+    from dcn_ray.tune.spec import METRIC
+
+    planner = SearchPlanner(job.sweep.search, job.seeds, trial_spec, metric=METRIC, mode=HEADLINE_MODE)
+    first, *space = planner.describe()
+    kernels = f"k1={job.sweep.kernels[0][0]} k2={job.sweep.kernels[0][1]} k3={job.sweep.kernels[0][2]} "
+    resources = job.sweep.resources
+    lines = [
+        f"{first}; seeds {','.join(str(s) for s in job.seeds)}, gpu={gpu:g} cpu={resources.cpu:g} each",
+        f"model.family={job.model.family} {kernels if job.model.family == 'dcn' else ''}unless the space sets them; "
+        "the space:",
+        *space,
+        "each configuration runs once per seed; the searcher is told the mean over seeds of "
+        f"{METRIC}; a configuration suggested again is told its result, not rerun",
+    ]
+    scheduler = job.sweep.scheduler
+    if scheduler.enabled:
+        lines.append(
+            f"early stopping: ASHA on {METRIC}, first look at step {min(scheduler.grace_steps, job.train.steps)}, "
+            f"keeping the top 1/{scheduler.reduction_factor} at each look; stopped trials are listed, not averaged"
+        )
+    return lines
+
+
 def fixed_round(job: JobConfig) -> list[str]:
     """Round 1 of a job whose weak branch is fixed in advance: its configurations, queued at once."""
     followup, seeds = job.sweep.followup, len(job.seeds)
@@ -92,10 +121,12 @@ def cpu_estimate(job: JobConfig, slots: int) -> str:
     train = job.train
     per_image = CPU_SECONDS_PER_FULL_IMAGE * (job.model.width / 64) ** 2 * (train.crop / 512) ** 2
     per_trial = train.steps * (CPU_STEP_OVERHEAD_S + train.batch_size * per_image)
-    trials = len(variants(job)) * len(job.seeds)
+    search = job.sweep.search
+    trials = (search.trials if search.enabled and search.trials else len(variants(job))) * len(job.seeds)
     total = per_trial * -(-trials // max(slots, 1))
     return (
-        f"estimate on CPU: about {_duration(per_trial)} per trial, {_duration(total)} for the {trials} grid "
+        f"estimate on CPU: about {_duration(per_trial)} per trial, {_duration(total)} for the {trials} "
+        f"{'search' if search.enabled else 'grid'} "
         f"trials {max(slots, 1)} at a time (rough; follow-ups add more): a GPU runs this job far faster"
     )
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dcn_ray.core.scores import TEST_HEADLINE
 from dcn_ray.kernels import BRANCHES, kernels_text
 from dcn_ray.results import report
 from dcn_ray.tune.planner import RoundDecision
-from dcn_ray.tune.spec import TrialSpec
+from dcn_ray.tune.spec import METRIC, TrialSpec
 
 
 def round_record(decision: RoundDecision, margin: float) -> dict[str, Any]:
@@ -71,3 +72,28 @@ def _branch_name(weak: Any) -> str | None:
     if not isinstance(weak, (int, float)):
         return None
     return f"F{int(weak) + 1}" if weak >= 0 else "none"
+
+
+def search_rows(grid, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per trial of a search, for :mod:`dcn_ray.results.search_report`: its configuration, seed,
+    status (as ``rows`` say: ``stopped`` once ASHA's stops are marked), best validation and test IoU,
+    training seconds (Tune's ``time_total_s``) and when it ended (Tune's ``timestamp``)."""
+    by_trial = {row["trial_id"]: row for row in rows}
+    found = []
+    for result in grid:
+        metrics = result.metrics or {}
+        row = by_trial.get(metrics.get("trial_id") or Path(result.path).name)
+        if row is None or row.get("config") is None:
+            continue
+        found.append(
+            {
+                "config": row["config"],
+                "seed": row["seed"],
+                "status": row["status"],
+                "best_val": metrics.get(METRIC),
+                "test": metrics.get(TEST_HEADLINE),
+                "seconds": metrics.get("time_total_s"),
+                "ended": metrics.get("timestamp"),
+            }
+        )
+    return found

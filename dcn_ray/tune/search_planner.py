@@ -30,7 +30,9 @@ import numpy as np
 
 from dcn_ray.job.search_config import SearchConfig
 from dcn_ray.job.sweep_grid import value_text
+from dcn_ray.models import get
 from dcn_ray.tune import search_algs
+from dcn_ray.tune.spec import TrialSpec
 
 log = logging.getLogger(__name__)
 Spec = TypeVar("Spec")
@@ -85,15 +87,26 @@ class SearchPlanner(Generic[Spec]):
         if not search.enabled:
             raise ValueError("a grid is planned by tune.planner.RoundPlanner, not by a search")
         self.search, self.seeds, self.make_trial, self.metric = search, tuple(seeds), make_trial, metric
-        self.searcher = (
-            RandomDraws(search)
-            if search.algorithm == "random"
-            else search_algs.search_algorithm(search, metric=metric, mode=mode, max_concurrent=max_concurrent)
-        )
+        self.mode, self.max_concurrent = mode, max_concurrent
+        self._searcher: Any = None  # made at the first draw: a dry run asks describe() without Ray or Optuna
         self.suggested = 0
         self.configurations: dict[str, Configuration] = {}
         self.queue: list[tuple[str, int]] = []
         self.running: dict[str, tuple[str, int]] = {}
+
+    @property
+    def searcher(self) -> Any:
+        """The searcher: seeded draws of Tune's domains (random), or OptunaSearch under a ConcurrencyLimiter."""
+        if self._searcher is None:
+            search = self.search
+            self._searcher = (
+                RandomDraws(search)
+                if search.algorithm == "random"
+                else search_algs.search_algorithm(
+                    search, metric=self.metric, mode=self.mode, max_concurrent=self.max_concurrent
+                )
+            )
+        return self._searcher
 
     # ------------------------------------------------------------------ the planner's questions
 
@@ -175,3 +188,13 @@ class SearchPlanner(Generic[Spec]):
             else:
                 self.searcher.on_trial_complete(searcher_id, {self.metric: mean})
         configuration.waiting.clear()
+
+
+def trial_spec(values: Mapping[str, Any], seed: int, *, family: str, kernels: tuple[int, ...] | None) -> TrialSpec:
+    """A search's trial as the sweep's trials are named and tracked: its sampled values as the
+    configuration's values (``model.family`` as its family), the job's kernels for a DCN."""
+    values = dict(values)
+    family = str(values.pop("model.family", family))
+    return TrialSpec(
+        kernels if get(family).uses_kernels else None, seed=seed, family=family, grid_values=tuple(values.items())
+    )

@@ -4,28 +4,34 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from dcn_ray.core.scores import HEADLINE_MODE
 from dcn_ray.errors import InputError, first_line
-from dcn_ray.job.config import JobConfig, job_from_dict
+from dcn_ray.job.config import JobConfig, job_from_dict, kernels_of
 from dcn_ray.job.sweep_grid import variants
-from dcn_ray.results import report
+from dcn_ray.results import report, search_report
 from dcn_ray.runtime import alive_nodes, ray_session, trial_resources
 from dcn_ray.track import atlas, uris
 from dcn_ray.track import runs as tracking
 from dcn_ray.track.storage import SWEEP_FILE, Storage
+from dcn_ray.tune import search_algs
 from dcn_ray.tune.checks import check_data
+from dcn_ray.tune.early_stop import mark_stopped
 from dcn_ray.tune.planner import RoundPlanner, replay_rounds
-from dcn_ray.tune.results import round_record, rows_of
+from dcn_ray.tune.results import round_record, rows_of, search_rows
+from dcn_ray.tune.search_planner import SearchPlanner, trial_spec
 from dcn_ray.tune.searcher import GridThenFollowups, accept_old_module_names
-from dcn_ray.tune.spec import TrialSpec
+from dcn_ray.tune.spec import METRIC, TrialSpec
 from dcn_ray.tune.trial import SweepContext, run_trial
 
 log = logging.getLogger(__name__)
@@ -87,6 +93,7 @@ def _tuner(context: SweepContext, record: SweepRecord, storage: Storage, searche
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
+            scheduler=_scheduler(context.job),
             num_samples=-1,
             max_concurrent_trials=record.max_concurrent,
             trial_name_creator=trial_name,
@@ -150,15 +157,33 @@ def _run_sweep(
         if store.is_local:
             tracking.log_parent_file(uri, parent, Path(store.folder(job.name)) / "job.yaml")
         context = SweepContext(job, uri, experiment_id, parent, storage_root=store.root, sweep=job.name)
-        configurations = variants(job)
-        planner = RoundPlanner(configurations, job.seeds, job.sweep.followup)
-        write(
-            f"sweep '{job.name}': {len(planner.queue)} grid trials ({len(configurations)} configurations x "
-            f"{len(job.seeds)} seed(s)), up to {max_concurrent} at a time; MLflow {uri}, experiment '{job.experiment}'"
-        )
-        searcher = GridThenFollowups(planner)
+        searcher = GridThenFollowups(_planner(job, max_concurrent, uri, write))
         tuner = _tuner(context, record, store, searcher, list(callbacks), restore=False)
         return _finish(tuner, record, context, store, write)
+
+
+def _planner(job: JobConfig, max_concurrent: int, uri: str, write: Write):
+    """The grid with its follow-ups, or a search (``sweep.search``): what the sweep runs next."""
+    where = f"up to {max_concurrent} at a time; MLflow {uri}, experiment '{job.experiment}'"
+    if job.sweep.search.enabled:
+        search, seeds = job.sweep.search, job.seeds
+        make = partial(trial_spec, family=job.model.family, kernels=kernels_of(job)[0])
+        in_flight = max(1, math.ceil(max_concurrent / len(seeds)))  # configurations, each on every seed
+        planner = SearchPlanner(search, seeds, make, metric=METRIC, mode=HEADLINE_MODE, max_concurrent=in_flight)
+        write(f"sweep '{job.name}': {planner.describe()[0]}, {where}")
+        return planner
+    configurations = variants(job)
+    planner = RoundPlanner(configurations, job.seeds, job.sweep.followup)
+    write(
+        f"sweep '{job.name}': {len(planner.queue)} grid trials ({len(configurations)} configurations x "
+        f"{len(job.seeds)} seed(s)), {where}"
+    )
+    return planner
+
+
+def _scheduler(job: JobConfig):
+    """Tune's ASHA on the headline over training steps, or None (``sweep.scheduler``)."""
+    return search_algs.scheduler(job.sweep.scheduler, metric=METRIC, mode=HEADLINE_MODE, max_steps=job.train.steps)
 
 
 def resume_sweep(name: str, *, storage: str | None, address: str | None, write: Write) -> SweepOutcome:
@@ -230,6 +255,9 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
         interrupted, grid = True, None
     rows = rows_of(grid) if grid is not None else []
     uri, experiment_id, parent = record.tracking_uri, record.experiment_id, record.parent_run_id
+    scheduler = context.job.sweep.scheduler
+    if scheduler.enabled and grid is not None:  # ran to its end: a trial without its final report was stopped
+        rows = mark_stopped(grid, rows, uri, str(scheduler.algorithm))
     interrupted = interrupted or any(row["status"] == "unfinished" for row in rows)
     tracking.reconcile(uri, experiment_id, parent, rows, interrupted=interrupted)
     reference = tuple(context.job.sweep.followup.reference)
@@ -239,6 +267,9 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
     table = report.results_table(rows, reference, evaluation, rounds)
     folder = Path(store.folder(record.name)) if store.is_local else Path(tempfile.mkdtemp(prefix="dcn-results-"))
     files = report.write(table, folder, reference) + atlas.for_sweep(table, uri, folder, reference)
+    search = context.job.sweep.search
+    if search.enabled and grid is not None:  # the configurations tried, ranked; the best so far
+        files += search_report.write(search_rows(grid, rows), folder, search.algorithm)
     if not store.is_local:
         store.upload(record.name, files)
     if evaluation is not None:
@@ -290,4 +321,7 @@ def load_report(name: str, storage: str | None, effect: float | None = None) -> 
         raise InputError(f"no results for sweep '{name}' in {store.root}")
     _, job = _read_record(store, name)
     reference = tuple(job.sweep.followup.reference)
-    return report.markdown(store.read_table(name, report.TABLE_FILE), reference, effect)
+    text = report.markdown(store.read_table(name, report.TABLE_FILE), reference, effect)
+    if store.exists(name, search_report.MARKDOWN_FILE):
+        text += "\n" + store.read_text(name, search_report.MARKDOWN_FILE)
+    return text
