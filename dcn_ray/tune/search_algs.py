@@ -118,4 +118,6 @@ def scheduler(config: SchedulerConfig, *, metric: str, mode: str, max_steps: int
         max_t=max_steps,
         grace_period=min(config.grace_steps, max_steps),
         reduction_factor=config.reduction_factor,
+        # a trial that reaches its last step ends by itself: its final report (test scores, F1-F3) follows it
+        stop_last_trials=False,
     )
