@@ -201,6 +201,16 @@ def test_existing_sweep_name_is_refused(place: Place, capsys) -> None:
     assert_one_error(code, err, "sweep 'test' already exists", "dcn-ray resume test")
     assert sorted(p.name for p in storage.rglob("*")) == [SWEEP_FILE, "test"]
     assert place.new_files() == []
+    # Refused before Ray, MLflow or torch is imported (it took 24 s when the check came after them)
+    probe = (
+        "import sys\nfrom dcn_ray.cli import main\ntry:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+        "print(code, *sorted(m for m in ('ray', 'mlflow', 'torch') if m in sys.modules))"
+    )
+    args = [sys.executable, "-c", probe, "sweep", place.job(), "--storage", str(storage)]
+    done = subprocess.run(
+        args, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+    assert done.stdout.split() == ["2"] and "already exists" in done.stderr
 
 
 def test_unreachable_tracking_server_stops_before_ray(place: Place, capsys) -> None:

@@ -56,6 +56,9 @@ def sweep(
         _echo("\n".join([data, resources] + ([cpu_estimate(job, slots)] if gpu == 0 else [])))
         click.echo("\n".join(planned_trials(job, gpu)))
         return
+    from dcn_ray.track.storage import Storage
+
+    Storage.for_sweeps(storage).refuse_existing(job.name)  # before Ray and MLflow are imported: at once
     from dcn_ray.tune import sweep as sweeps
     from dcn_ray.tune.progress import Progress
 

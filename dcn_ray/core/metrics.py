@@ -235,7 +235,7 @@ def _slice_result(pred: np.ndarray, truth: _Truth) -> SliceResult:
     return _rand_counts_of(*overlaps), _info_of(*overlaps)
 
 
-def _per_slice(function: Callable[..., T], workers: int | None, *slices: Sequence) -> list[T]:
+def per_slice(function: Callable[..., T], workers: int | None, *slices: Sequence) -> list[T]:
     """``function`` of every slice, in order, on ``workers`` threads (default :func:`default_workers`)."""
     workers = min(default_workers() if workers is None else workers, len(slices[0]))
     if workers <= 1:
@@ -266,7 +266,7 @@ def rand_info_scores(pred: np.ndarray, truth: np.ndarray, *, workers: int | None
         score = 0.0 if pred.any() else 1.0
         return score, score
     truths = [_Truth.of(cells(plane)) for plane in _slices(truth)]
-    v_rand, _, v_info = _rand_info(_per_slice(_slice_result, workers, list(_slices(pred)), truths))
+    v_rand, _, v_info = _rand_info(per_slice(_slice_result, workers, list(_slices(pred)), truths))
     return v_rand, v_info
 
 
@@ -300,8 +300,8 @@ def rand_info_at(
     if not truth.any():  # no watershed: the scores follow from whether the prediction has foreground
         return [(score, score, score) for score in (rand_info_scores(probability > v, truth)[0] for v in values)]
     truths = [_Truth.of(cells(plane)) for plane in _slices(truth)]
-    per_slice = _per_slice(_over_thresholds, workers, list(_slices(probability)), truths, [values] * len(truths))
-    return [_rand_info(results[index] for results in per_slice) for index in range(len(values))]
+    slices = per_slice(_over_thresholds, workers, list(_slices(probability)), truths, [values] * len(truths))
+    return [_rand_info(results[index] for results in slices) for index in range(len(values))]
 
 
 def best_rand_info(

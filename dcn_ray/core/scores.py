@@ -134,8 +134,28 @@ def label(column: str) -> str:
     return column
 
 
+#: The pixel scores from one confusion count (tp, fp, fn, tn): the same floats as their functions, one pass.
+_FROM_COUNTS: dict[str, Callable[[int, int, int, int], float]] = {
+    "iou": lambda tp, fp, fn, tn: 1.0 if tp + fp + fn == 0 else float(tp / (tp + fp + fn)),
+    "dice": lambda tp, fp, fn, tn: 1.0 if 2 * tp + fp + fn == 0 else float(2.0 * tp / (2 * tp + fp + fn)),
+    "pixel_error": lambda tp, fp, fn, tn: float((fp + fn) / (tp + fp + fn + tn)),
+    "membrane_iou": lambda tp, fp, fn, tn: 1.0 if tn + fp + fn == 0 else float(tn / (tn + fp + fn)),
+    "background_iou": lambda tp, fp, fn, tn: 1.0 if tn + fp + fn == 0 else float(tn / (tn + fp + fn)),
+}
+
+
+def _confusion(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int, int]:
+    tp, predicted, true = (int(np.count_nonzero(a)) for a in (pred & truth, pred, truth))
+    return tp, predicted - tp, true - tp, pred.size - predicted - true + tp
+
+
 def _pixel_scores(pred: np.ndarray, truth: np.ndarray, target: str) -> dict[str, float]:
-    return {s.key: s.function(pred, truth) for s in SCORES if s.function is not None and target in s.targets}
+    entries = [s for s in SCORES if s.function is not None and target in s.targets]
+    if not all(s.key in _FROM_COUNTS for s in entries):
+        return {s.key: s.function(pred, truth) for s in entries}  # type: ignore[misc]
+    metrics.iou(pred, truth)  # the shape and type checks of every pixel score
+    counts = _confusion(pred, truth)
+    return {s.key: _FROM_COUNTS[s.key](*counts) for s in entries}
 
 
 def segmentation_scores(
@@ -164,7 +184,7 @@ def _joint_scores(pred: np.ndarray, truth: np.ndarray, target: str, workers: int
     """The scores computed together: V_rand and V_info (cells) or the object scores (objects)."""
     if target == "cells":
         return dict(zip(REGION_KEYS, metrics.rand_info_scores(pred, truth, workers=workers)))
-    return objects.object_counts(pred, truth).scores()
+    return objects.object_counts(pred, truth, workers=workers).scores()
 
 
 def labelled_scores(

@@ -34,6 +34,12 @@ class Estimate:
     low: float
     high: float
 
+    def clipped(self, low: float, high: float) -> Estimate:
+        """The interval cut to [low, high] (the range of a bounded score); the mean is left as it is."""
+        if math.isnan(self.low):
+            return self
+        return Estimate(self.n, self.mean, min(max(self.low, low), high), max(min(self.high, high), low))
+
     def text(self, signed: bool = False) -> str:
         """``+0.012 [+0.004, +0.020]``; just the mean where there is no interval."""
         form = "{:+.3f}" if signed else "{:.3f}"

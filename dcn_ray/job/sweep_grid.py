@@ -144,7 +144,10 @@ def check_grid(job: JobConfig) -> None:
             "DCN configuration (run the grid and the follow-ups as two sweeps)"
         )
     if job.sweep.followup.enabled and not get(job.model.family).branches:
-        raise InputError(f"sweep.followup.enabled needs the DCN's branches F1-F3; model.family is {job.model.family}")
+        raise InputError(
+            f"sweep.followup.enabled needs the DCN's branches F1-F3; model.family is {job.model.family}: "
+            "turn the follow-ups off (--set sweep.followup.enabled=false)"
+        )
     count = 1
     for values in job.sweep.grid.values():
         count *= len(values)

@@ -70,4 +70,10 @@ def power_lines(
             lines.append(
                 _statement("guided minus matched controls", sd, len(differences) - 1, len(differences), effect)
             )
+    if effect and not lines:  # asked, and nothing to answer with: say what it takes
+        lines.append(
+            f"power: an effect of {effect:g} cannot be sized from this sweep: it needs the spread of paired "
+            f"differences, so at least 2 seeds of the reference and of another configuration (this sweep has "
+            f"{seeds} seed(s) of the reference); run 3 or more (sweep.seeds: 3, or --set sweep.seeds=3)"
+        )
     return lines

@@ -178,23 +178,23 @@ def findings(table: pa.Table, reference: Sequence[int] = REFERENCE, effect: floa
 
 
 def configuration_markdown(results: Sequence[summary.ConfigResult], label: str, reference: Sequence[int]) -> str:
-    """The per-configuration table: n, mean [95 % CI], difference from the reference, p, Holm p."""
-    named = next((r.config for r in results if r.reference and r.config), kernels_text(reference))
-    head = [
-        "k1, k2, k3",
-        "phase",
-        "n",
-        f"{label} mean [95 % CI]",
-        f"vs {named} (paired by seed)",
-        "p",
-        "p (Holm)",
-    ]
+    """The per-configuration table: n, mean [95 % CI], difference from the reference, p, Holm p.
+
+    Without a reference configuration among the results (a grid of other families) the comparison
+    columns are left out; with fewer than :data:`summary.MIN_PAIRS` seeds p and Holm p say so.
+    """
+    named = next((r.config or kernels_text(r.kernels or reference) for r in results if r.reference), None)
+    head = ["k1, k2, k3", "phase", "n", f"{label} mean [95 % CI]"]
+    if named is not None:
+        head += [f"vs {named} (paired by seed)", "p", "p (Holm)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        diff = r.difference.text(signed=True) if r.difference else "reference"
-        lines.append(
-            f"| {r.label} | {r.phase} | {r.score.n} | {r.score.text()} | {diff} | {summary.p_text(r.p_value)} | {summary.p_text(r.p_holm)} |"
-        )
+        cells = [r.label, r.phase, str(r.score.n), r.score.text()]
+        if named is not None:
+            pairs = r.difference.n if r.difference else None
+            diff = r.difference.text(signed=True) if r.difference else "reference"
+            cells += [diff, summary.p_text(r.p_value, pairs), summary.p_text(r.p_holm, pairs)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

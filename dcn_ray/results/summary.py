@@ -22,6 +22,10 @@ from dcn_ray.kernels import Kernels, kernels_text
 Row = Mapping[str, Any]
 
 
+#: The fewest seeds (pairs) a p-value is given for.
+MIN_PAIRS = 3
+
+
 @dataclass(frozen=True)
 class ConfigResult:
     """One configuration over its seeds."""
@@ -93,13 +97,15 @@ def configuration_results(rows: Sequence[Row], key: str, reference: Sequence[int
     reference_scores = next((seeds for (c, _), seeds in by_config.items() if c == reference_name), {})
     results, p_values = [], []
     for (config, phase), seeds in by_config.items():
-        score = mean_interval(list(seeds.values()))
+        score = mean_interval(list(seeds.values())).clipped(0.0, 1.0)  # every score it is read on lies in [0, 1]
         if config == reference_name or not reference_scores:
             results.append((config, phase, score, None, math.nan))
             continue
         paired = paired_difference(seeds, reference_scores)
-        results.append((config, phase, score, paired.estimate, paired.p_value))
-        p_values.append(paired.p_value)
+        # Fewer than MIN_PAIRS pairs: a t-test's p means nothing (two near-equal differences read as "significant")
+        p = paired.p_value if paired.estimate.n >= MIN_PAIRS else math.nan
+        results.append((config, phase, score, paired.estimate.clipped(-1.0, 1.0), p))
+        p_values.append(p)
     adjusted = iter(holm(p_values))
     return [
         ConfigResult(
@@ -116,8 +122,11 @@ def configuration_results(rows: Sequence[Row], key: str, reference: Sequence[int
     ]
 
 
-def p_text(value: float) -> str:
-    """A p-value in three digits; empty for none (NaN)."""
+def p_text(value: float, pairs: int | None = None) -> str:
+    """A p-value in three digits; empty for none (NaN), or why there is none with fewer than
+    :data:`MIN_PAIRS` ``pairs``."""
+    if pairs is not None and 0 < pairs < MIN_PAIRS:
+        return f"n = {pairs}: not meaningful"
     return "" if math.isnan(value) else f"{value:.3g}"
 
 

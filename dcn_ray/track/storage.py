@@ -93,6 +93,13 @@ class Storage:
         assert posixpath.dirname(posixpath.normpath(folder)) == posixpath.normpath(self.root), folder
         return folder
 
+    def refuse_existing(self, name: str) -> None:
+        """InputError when sweep ``name`` was already run here (``resume`` finishes it)."""
+        if self.exists(name, SWEEP_FILE):
+            raise InputError(
+                f"sweep '{name}' already exists in {self.root}; use `dcn-ray resume {name}` (or another --name)"
+            )
+
     def exists(self, name: str, file: str) -> bool:
         filesystem, path = self._resolve(f"{self.folder(name)}/{file}")
         return filesystem.get_file_info(path).type == pafs.FileType.File

@@ -128,10 +128,7 @@ def run_sweep(
 def _run_sweep(
     job: JobConfig, store: Storage, *, job_text: str, storage: str | None, address: str | None, write: Write, callbacks
 ) -> SweepOutcome:
-    if store.exists(job.name, SWEEP_FILE):
-        raise InputError(
-            f"sweep '{job.name}' already exists in {store.root}; use `dcn-ray resume {job.name}` (or another --name)"
-        )
+    store.refuse_existing(job.name)  # again, under the lock: another sweep may have started since
     store.check_writable()
     uri = uris.resolve_uri(job.tracking.uri)
     uris.check_store(uri)  # a database of another program is refused before MLflow adds its tables
