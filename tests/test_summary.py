@@ -79,6 +79,37 @@ def test_configuration_results_pair_by_seed_and_adjust_across_rows():
     assert "| 2, 8, 16 | grid | 3 |" in table and "reference" in table
 
 
+def test_too_few_seeds_give_no_p_value_and_bounded_intervals_stay_bounded():
+    # Two seeds, two nearly equal differences: a t-test would call -0.002 "significant" (p ~ 0.005)
+    rows = [row(REF, 0, 0.800), row(REF, 1, 0.900), row((2, 8, 16), 0, 0.798), row((2, 8, 16), 1, 0.8981)]
+    results = configuration_results(rows, "test_iou", REF)
+    _, other = results
+    assert other.difference.n == 2 and math.isnan(other.p_value) and math.isnan(other.p_holm)
+    table = configuration_markdown(results, "test IoU", REF)
+    assert "| n = 2: not meaningful | n = 2: not meaningful |" in table
+    # An IoU interval near 1 is cut at 1 (the t interval of 0.99, 0.999, 0.95 reaches past it)
+    rows = [row(REF, s, v) for s, v in enumerate([0.99, 0.999, 0.95])]
+    (ref,) = configuration_results(rows, "test_iou", REF)
+    assert ref.score.high == 1.0 and mean_interval([0.99, 0.999, 0.95]).high > 1.0
+    assert ref.score.mean == pytest.approx(0.979667, abs=1e-6)
+
+
+def test_a_grid_without_the_reference_kernels_has_no_comparison_columns():
+    rows = [{**row((None, None, None), s, 0.8 + 0.01 * s), "config": "unet", "model_family": "unet"} for s in range(3)]
+    results = configuration_results(rows, "test_iou", REF)
+    table = configuration_markdown(results, "test IoU", REF)
+    assert "vs 4-8-16" not in table and "p (Holm)" not in table and "| unet | grid | 3 |" in table
+
+
+def test_report_effect_on_one_seed_says_what_it_needs():
+    from dcn_ray.results.power import power_lines
+
+    rows = [row(REF, 0, 0.80), row((2, 8, 16), 0, 0.81)]
+    (line,) = power_lines(rows, "test_iou", REF, [], effect=0.005)
+    assert "cannot be sized" in line and "1 seed(s)" in line and "--set sweep.seeds=3" in line
+    assert power_lines(rows, "test_iou", REF, []) == []  # not asked: nothing said
+
+
 def test_guided_vs_matched_controls_by_mean_not_best_of():
     rows = [row(REF, s, 0.80) for s in range(3)]
     # guided: one big winner and one loser; their matched controls: small gains. Best-of favours
