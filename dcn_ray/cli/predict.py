@@ -98,7 +98,7 @@ def _chunk(text: str | None) -> tuple[int, int, int] | None:
     default=128,
     show_default=True,
     type=int,
-    help="Pixels neighbouring tiles share (a multiple of 8); twice the model's receptive radius (54 for 4-8-16) gives the whole-slice result.",
+    help="Pixels neighbouring tiles share (a multiple of 8); twice the model's receptive radius (54 px for 4-8-16; OME-Zarr blocks read a halo of it rounded up to 8: 56) gives the whole-slice result.",
 )
 @click.option("--tta/--no-tta", default=True, show_default=True, help="Average over the 8 flips and rotations.")
 @click.option(
