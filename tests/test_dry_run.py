@@ -30,6 +30,11 @@ def test_cpu_estimate_grows_with_width_crop_steps_and_trials():
         value, unit = text.split("about ")[1].split(" per trial")[0].split()
         return float(value) * {"s": 1, "min": 60, "h": 3600, "days": 86400}[unit]
 
-    assert seconds(cpu_estimate(wide, 2)) > 5 * seconds(cpu_estimate(job, 2))
+    assert seconds(cpu_estimate(wide, 2, load=0)) > 5 * seconds(cpu_estimate(job, 2, load=0))
     assert "for the 4 grid trials 1 at a time" in cpu_estimate(job, 1)
+    # What it measured and on what load: a loaded machine scales the estimate and says by how much
+    idle, busy = cpu_estimate(wide, 2, load=0.0, cpus=2), cpu_estimate(wide, 2, load=6.0, cpus=2)
+    assert "on 2 idle cores" in idle and "load average 0.0 on 2 CPU(s)" in idle and "for the load" not in idle
+    assert "load average 6.0 on 2 CPU(s), x4.0 for the load" in busy
+    assert seconds(busy) == pytest.approx(4 * seconds(idle), rel=0.1)
     assert planned_trials(job)[0].endswith("gpu=0.25 cpu=1")  # without a machine: what the job asks for

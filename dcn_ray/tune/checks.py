@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from dcn_ray.core.proposals import plan_followups
@@ -116,18 +117,31 @@ def fixed_round(job: JobConfig) -> list[str]:
     ]
 
 
-def cpu_estimate(job: JobConfig, slots: int) -> str:
-    """A rough wall time of the grid trials on CPUs, ``slots`` at a time (the follow-ups add to it)."""
+def cpu_estimate(job: JobConfig, slots: int, *, load: float | None = None, cpus: int | None = None) -> str:
+    """A rough wall time of the grid trials on CPUs, ``slots`` at a time (the follow-ups add to it).
+
+    The cost model was measured on 2 idle cores; it is scaled by this machine's load now
+    (``load``: the 1-minute load average, default :func:`os.getloadavg`; ``cpus``: the cores this
+    process may use), since the trials share the cores with whatever else runs, and says both.
+    """
     train = job.train
     per_image = CPU_SECONDS_PER_FULL_IMAGE * (job.model.width / 64) ** 2 * (train.crop / 512) ** 2
     per_trial = train.steps * (CPU_STEP_OVERHEAD_S + train.batch_size * per_image)
     search = job.sweep.search
     trials = (search.trials if search.enabled and search.trials else len(variants(job))) * len(job.seeds)
-    total = per_trial * -(-trials // max(slots, 1))
+    load = os.getloadavg()[0] if load is None else load
+    cpus = len(os.sched_getaffinity(0)) if cpus is None else cpus
+    slots = max(slots, 1)
+    factor = max(1.0, (load + min(slots, cpus)) / max(cpus, 1))  # the sweep's own trials add to the load
+    per_trial *= factor
+    total = per_trial * -(-trials // slots)
+    scaled = f", x{factor:.1f} for the load" if factor > 1.0 else ""
     return (
         f"estimate on CPU: about {_duration(per_trial)} per trial, {_duration(total)} for the {trials} "
-        f"{'search' if search.enabled else 'grid'} "
-        f"trials {max(slots, 1)} at a time (rough; follow-ups add more): a GPU runs this job far faster"
+        f"{'search' if search.enabled else 'grid'} trials {slots} at a time (rough; follow-ups add more): "
+        f"a GPU runs this job far faster. Measured: {CPU_SECONDS_PER_FULL_IMAGE:g} s per 512 x 512 image at "
+        f"width 64 on 2 idle cores (bench/train_cpu.py), scaled by width^2 and crop area; this machine now: "
+        f"load average {load:.1f} on {cpus} CPU(s){scaled}"
     )
 
 

@@ -108,7 +108,10 @@ def _train_and_analyse(
     device = select_device()
 
     def report(metrics: dict[str, float], folder: Path) -> None:
-        tune.report({**metrics, "mlflow_run_id": run.run_id}, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+        tune.report(  # steps_total: for the sweep's progress lines only (not an MLflow metric)
+            {**metrics, "mlflow_run_id": run.run_id, "steps_total": job.train.steps},
+            checkpoint=tune.Checkpoint.from_directory(str(folder)),
+        )
         run.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
 
     result = train(
