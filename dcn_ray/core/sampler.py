@@ -161,13 +161,13 @@ class CropSampler:
         half, (height, width) = self.crop // 2, self.masks.shape[1:]
         fits = torch.zeros_like(where)
         fits[:, half : height - self.crop + half + 1, half : width - self.crop + half + 1] = True
-        centres = torch.nonzero(where & fits).T
-        if centres.shape[1] == 0:
+        centres = torch.nonzero((where & fits).flatten())[:, 0]  # flat (z * H + y) * W + x, in row-major order
+        if len(centres) == 0:
             log.warning("no %s pixel is %d px inside the slices: %s crops only contain one", what, half, what)
-            centres = torch.nonzero(where).T
-        if centres.shape[1] == 0:
+            centres = torch.nonzero(where.flatten())[:, 0]
+        if len(centres) == 0:
             raise ValueError(f"{what} crops need {what} pixels in the masks")
-        return (centres[0] * height + centres[1]) * width + centres[2]
+        return centres
 
     def _centred(self, centre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(z, top, left) of crops centred on flat pixel indices, shifted inside the slice."""
