@@ -204,3 +204,22 @@ def test_branch_scores_read_labelled_pixels_only(partial_stack, tmp_path):
     flipped = np.where(labelled, mask[:2], ~mask[:2])  # the truth rewritten where unlabelled
     assert analyse(model, stack, flipped, tmp_path / "b", labelled=labelled).metrics() == first
     assert analyse(model, stack, mask[:2], tmp_path / "c").metrics() != first
+
+
+def test_predict_refuses_a_partial_labels_layer_as_truth(partial_stack, tmp_path, capsys):
+    from conftest import run_cli
+
+    from dcn_ray.core import checkpoint
+
+    images, slices, _, mask = partial_stack
+    job = job_from_dict(small_job(images, slices, data={"foreground": 1, "background": 2}, train={"steps": 2}))
+    model = tmp_path / "model.pt"
+    checkpoint.save(train_job(job, (4, 8, 16), load_data(job.data)).model, model)
+    args = ["predict", model, images, tmp_path / "out.tif", "--no-tta", "--labels"]
+    code, _, err = run_cli(capsys, [*args, slices])
+    assert code == 2 and "% of its pixels are unlabelled" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out.tif").exists()
+    full = tmp_path / "full.tif"  # every pixel painted: scored as before
+    tifffile.imwrite(full, np.where(mask, FOREGROUND, BACKGROUND).astype(np.uint8))
+    code, out, err = run_cli(capsys, [*args, full])
+    assert code == 0 and "IoU" in out + err, err

@@ -13,6 +13,10 @@ and its mean (its default ``ignore_index``), and every loss of :mod:`dcn_ray.cor
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 from dcn_ray.errors import InputError
@@ -63,3 +67,16 @@ def restrict(labelled: np.ndarray | None, keep: np.ndarray) -> np.ndarray | None
         return None
     part = labelled[keep]
     return None if part.all() else part
+
+
+def read_truth(source: str | Path, data: Mapping[str, Any], level: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(foreground, labelled)`` of a label volume read as a job's ``data`` section says (a checkpoint's
+    config): partly labelled where it names ``background`` or ``unlabelled``, else every pixel labelled."""
+    from dcn_ray.io.volumes import read_label_values, read_label_volume
+
+    foreground = data.get("foreground", 255)
+    background, unlabelled = data.get("background"), data.get("unlabelled")
+    if background is None and unlabelled is None:
+        return read_label_volume(source, foreground, level), None
+    raw = read_label_values(source, level)
+    return label_masks(raw, foreground=foreground, background=background, unlabelled=unlabelled, source=source)

@@ -8,10 +8,11 @@ from pathlib import Path
 from dcn_ray import models
 from dcn_ray.core.analysis import IMAGE_FILES, analyse
 from dcn_ray.core.dataset import parse_split
+from dcn_ray.core.partial import read_truth
 from dcn_ray.core.proposals import plan_followups
 from dcn_ray.errors import InputError
 from dcn_ray.io.paths import folder_written_whole, input_file, output_folder
-from dcn_ray.io.tiff import read_labels, read_stack
+from dcn_ray.io.tiff import read_stack
 from dcn_ray.kernels import kernels_text
 from dcn_ray.track.sources import load_source
 
@@ -53,14 +54,16 @@ def inspect_model(
         raise InputError("inspect needs --labels: the checkpoint names no label stack")
     output_folder(out_dir, OUTPUT_FILES, {**inputs, "the model file": loaded.location, "the labels": labels})
     images = read_stack(stack)
-    masks = read_labels(labels, data.get("foreground", 255))
+    masks, labelled = read_truth(labels, data)  # partly labelled as the model's data section says
     if images.shape != masks.shape:
         raise InputError(f"image stack {stack} {images.shape} and labels {labels} {masks.shape} differ in shape")
     spec = slices or data.get("split", {}).get("val") or ":"
     chosen = parse_split(spec, images.shape[0], name="--slices")
     kernels = tuple(payload["model_kwargs"]["kernels"])
     with folder_written_whole(out_dir) as partial:  # all of the files, or none
-        analysis = analyse(model, images[chosen], masks[chosen], partial)
+        analysis = analyse(
+            model, images[chosen], masks[chosen], partial, labelled=None if labelled is None else labelled[chosen]
+        )
         weak = analysis.weak
         plan = plan_followups(kernels, weak, steps=3, seed=0, exclude=[kernels]) if weak is not None else None
         record = {

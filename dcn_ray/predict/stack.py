@@ -22,10 +22,12 @@ from torch import nn
 
 from dcn_ray import __version__, models
 from dcn_ray.core.evaluation import matching_slices, score_probabilities
+from dcn_ray.core.partial import read_truth as partial_truth
+from dcn_ray.errors import InputError
 from dcn_ray.io.paths import output_file
 from dcn_ray.io.predictions import read_prediction
 from dcn_ray.io.tiff_writer import StackWriter
-from dcn_ray.io.volumes import input_slices, read_label_volume, volume_shape
+from dcn_ray.io.volumes import input_slices, volume_shape
 from dcn_ray.predict.engine import PredictOptions, SlicePredictor, check_run, encode
 from dcn_ray.predict.ray_pool import actor_pool
 from dcn_ray.track.sources import LoadedModel
@@ -149,8 +151,12 @@ def read_truth(
 ) -> np.ndarray:
     """The ``--labels`` mask (foreground value from the model's config) of the slices the input holds."""
     chosen = matching_slices(volume_shape(labels, level), shape, slices, labels)
-    foreground = loaded.payload.get("config", {}).get("data", {}).get("foreground", 255)
-    mask = read_label_volume(labels, foreground, level)
+    mask, labelled = partial_truth(labels, loaded.payload.get("config", {}).get("data", {}), level)
+    if labelled is not None:  # a model of partly labelled data: its labels layer is no full truth
+        raise InputError(
+            f"--labels {labels}: {100 * (1 - labelled.mean()):.1f} % of its pixels are unlabelled (as the model's "
+            "data.background / data.unlabelled read them); --labels scores against fully labelled truth"
+        )
     return mask if chosen is None else mask[chosen]
 
 
