@@ -311,12 +311,13 @@ def export_table(uri: str, experiment: str, out: Path) -> int:
     if found is None:
         raise SystemExit(f"search_replay: no MLflow experiment {experiment!r} at {uri}")
     runs = client.search_runs([found.experiment_id], "attributes.status = 'FINISHED'", max_results=50_000)
+    parents = [r for r in runs if r.data.tags.get("role") == "sweep"]
+    grid = sorted({k[len("sweep.grid.") :] for p in parents for k in p.data.params if k.startswith("sweep.grid.")})
     written = []
     for run in runs:
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
         if "config" not in tags or "test_iou" not in metrics:
             continue
-        grid = json.loads(tags.get("grid_keys", "[]")) or [k for k in params if k.startswith(("train.", "model."))]
         history = client.get_metric_history(run.info.run_id, "val_iou")
         curve = sorted({m.step: m.value for m in history}.items())
         written.append(

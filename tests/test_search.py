@@ -81,6 +81,26 @@ def test_a_bad_search_section_is_one_line_naming_its_key(raw, words):
     assert words in message and "\n" not in message
 
 
+def test_set_adds_a_key_to_the_space_and_is_checked_like_the_file(tmp_path):
+    import yaml
+
+    from dcn_ray.job.job_file import load_job
+
+    path = tmp_path / "job.yaml"
+    raw = {
+        "data": {"images": "i.tif", "labels": "l.tif"},
+        "model": {"width": 4},
+        "train": {"steps": 12, "batch_size": 2, "crop": 32, "eval_every": 6},
+        "sweep": {"search": {"algorithm": "random", "trials": 3, "space": {"train.lr": {"uniform": [0.001, 0.01]}}}},
+    }
+    path.write_text(yaml.safe_dump(raw))
+    job = load_job(path, ["sweep.search.space.train.foreground_crops={uniform: [0, 0.5]}"])
+    assert set(job.sweep.search.distributions()) == {"train.lr", "train.foreground_crops"}
+    assert load_job(path, ["sweep.search.algorithm=optuna"]).sweep.search.algorithm == "optuna"
+    with pytest.raises(InputError, match="sweep.search.space.train.batch_size \\(0\\): train.batch_size"):
+        load_job(path, ["sweep.search.space.train.batch_size={randint: [0, 4]}"])
+
+
 def test_grid_takes_no_space_and_random_takes_quantised_logs():
     with pytest.raises(InputError, match="need sweep.search.algorithm random or optuna"):
         SearchConfig.from_raw({"space": {"train.lr": {"uniform": [0.1, 1]}}})
@@ -408,6 +428,18 @@ def test_an_optuna_search_with_asha_runs_its_budget_resumes_after_a_killed_drive
     for run in stopped:
         assert run.data.tags["stopped_early"] == "asha" and int(run.data.tags["stopped_at_step"]) < 24
         assert "test_iou" not in run.data.metrics
+        kept = [a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id, "checkpoint")]
+        assert kept == ["checkpoint/model.pt"], "a stopped trial keeps the best checkpoint it reached"
+    experiment = MlflowClient(uri).get_experiment_by_name("search")
+    (view,) = [v for k, v in experiment.tags.items() if k.startswith("mlflow.sharedViewState.")]
+    assert "train.lr" in view and "model.width" in view  # the sampled keys are columns of the shared view
+    search_md = (storage / "search" / "search.md").read_text()
+    assert f"{len(by_config)} configuration(s) tried" in search_md and (storage / "search" / "best_so_far.png").exists()
+    report = subprocess.run(
+        [sys.executable, "-m", "dcn_ray", "report", "search", "--storage", str(storage)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert report.returncode == 0 and "ranked by mean best validation IoU" in report.stdout
     results = (storage / "search" / "results.md").read_text()
     assert results.count("| stopped |") == len(stopped)
     assert results.count("| finished |") == len(runs) - len(stopped)

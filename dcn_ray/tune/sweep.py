@@ -273,7 +273,8 @@ def _finish(tuner, record: SweepRecord, context: SweepContext, store: Storage, w
         tracking.log_parent_evaluation(uri, parent, evaluation)
     _log_mechanism(uri, table)
     tracking.log_results(uri, parent, files, finished=not interrupted)
-    shown = [*context.job.sweep.grid, *(["model.redraw"] if followup.enabled and followup.sham else [])]
+    sweep = context.job.sweep  # the runs view's columns: the grid's keys, or the search space's
+    shown = [*sweep.grid, *sweep.search.space, *(["model.redraw"] if followup.enabled and followup.sham else [])]
     view = tracking.share_sweep_view(uri, experiment_id, parent, shown)  # a sham's re-drawn branch beside phase
     if interrupted:
         write(f"sweep '{record.name}' interrupted: `dcn-ray resume {record.name}` finishes it")
