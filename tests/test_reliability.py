@@ -22,7 +22,7 @@ import torch
 import yaml
 import zarr
 from conftest import run_cli, small_job
-from test_hostile_input import assert_one_error, snapshot
+from test_hostile_input import assert_one_error, model_file, snapshot
 
 from dcn_ray.core import checkpoint
 from dcn_ray.models.dcn import DCN
@@ -383,3 +383,161 @@ def test_preset_auto_never_rounds_a_foreground_onto_its_threshold(tmp_path: Path
     code, _, err = run_cli(capsys, ["sweep", "job.yaml", "--dry-run"])
     assert code == 0, err
     assert "foreground is 29.98 %, below 30 %" in err, err
+
+
+# ----------------------------------------------------------------------------- diverged models are never crowned
+
+
+def test_a_diverging_training_fails_naming_it(synthetic_stack) -> None:
+    from conftest import train_job
+
+    from dcn_ray.config import job_from_dict
+    from dcn_ray.core.dataset import load_data
+
+    job = job_from_dict(small_job(*synthetic_stack, train={"lr": 1e9, "steps": 4, "eval_every": 2}))
+    with pytest.raises(checkpoint.Diverged, match=r"diverged by step 2: .* NaN or infinite \(train.lr 1e\+09"):
+        train_job(job, (4, 8, 16), load_data(job.data))
+
+
+def _sweep_with_model(storage: Path, tracking: Path, weights_poisoned: bool, *, diverged: bool = False) -> None:
+    """A finished sweep whose one trial has an MLflow run holding checkpoint/model.pt."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tracking}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("e", artifact_location=str(tracking.parent / "artifacts"))
+    run = client.create_run(experiment, tags={"diverged": "training diverged by step 2"} if diverged else {})
+    model = model_file(tracking.parent, poison=weights_poisoned)
+    client.log_artifact(run.info.run_id, str(model), "checkpoint")
+    client.set_terminated(run.info.run_id)
+    folder = storage / "done"
+    folder.mkdir(parents=True)
+    record = {"name": "done", "job": small_job("images.tif", "labels.tif", name="done"), "tracking_uri": uri}
+    record.update(experiment_id=experiment, parent_run_id="p", gpu=0.0, max_concurrent=1)
+    (folder / "dcn_ray_sweep.json").write_text(json.dumps(record))
+    row = {"k1": 4, "k2": 8, "k3": 16, "phase": "grid", "status": "finished", "best_val_iou": 0.5}
+    row.update(trial_id="t1", mlflow_run_id=run.info.run_id, seed=0)
+    pq.write_table(pa.Table.from_pylist([row]), folder / "results.parquet")
+
+
+@pytest.mark.parametrize("broken", ["nan-weights", "diverged-tag"])
+def test_register_refuses_a_best_trial_that_diverged(tmp_path: Path, monkeypatch, capsys, broken: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    tracking = tmp_path / "mlflow.db"
+    _sweep_with_model(tmp_path / "runs", tracking, broken == "nan-weights", diverged=broken == "diverged-tag")
+    capsys.readouterr()  # MLflow's own lines while the store was made
+    code, out, err = run_cli(capsys, ["register", "done", "best", "--storage", tmp_path / "runs"])
+    assert_one_error(code, err, "diverge", "nothing registered")
+    assert out == ""
+    assert MlflowClient(f"sqlite:///{tracking}").search_registered_models() == []
+
+
+@pytest.mark.parametrize(
+    "name", ["m@x", "a/b", "a:b", "q?x", "h#x", "p%20", " lead", "trail ", "", ".", "..", "x" * 256, "tab\tx"]
+)
+def test_register_refuses_names_that_models_uris_cannot_carry(tmp_path: Path, capsys, name: str) -> None:
+    code, out, err = run_cli(capsys, ["register", "done", name, "--storage", tmp_path / "runs"])
+    assert_one_error(code, err, "MODEL_NAME")
+    assert out == "" and not (tmp_path / "runs").exists()
+
+
+def test_registered_names_round_trip_through_models_uris() -> None:
+    from mlflow.store.artifact.utils.models import _parse_model_uri
+
+    for name in ("best", "dcn v2", "dcn-ray_model.1", "Zellkern-Ä"):
+        assert _parse_model_uri(f"models:/{name}/3").name == name
+        assert _parse_model_uri(f"models:/{name}@champion").name == name
+
+
+@pytest.mark.integration
+def test_a_diverged_trial_ends_failed_says_so_in_its_run_and_is_never_registered(
+    synthetic_stack, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    raw = small_job(*synthetic_stack, name="nan", train={"lr": 1e9, "steps": 4, "eval_every": 2})
+    raw["sweep"] = {"kernels": [[4, 8, 16]], "resources": {"gpu": 0, "cpu": 1}, "max_failures": 0}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
+    code, out, err = run_cli(capsys, ["sweep", "job.yaml", "--storage", "runs"])
+    assert code == 1, err
+    assert "diverged" in err and "1 trial(s) failed" in err
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = [
+        r
+        for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+        if "diverged" in r.data.tags
+    ]
+    assert run.info.status == "FAILED" and "train.lr 1e+09" in run.data.tags["diverged"]
+    code, _, err = run_cli(capsys, ["register", "nan", "best", "--storage", "runs"])
+    assert_one_error(code, err, "no finished trial")
+    assert client.search_registered_models() == []
+
+
+# ----------------------------------------------------------------------------- the grid, checked as whole trials
+
+GRIDS = {  # a grid its trials cannot run -> what the one line names
+    "crop-above-slices": ({"train.crop": [16, 256]}, "train.crop=256 is larger than the slices"),
+    "missing-data": ({"data.images": ["images.tif", "gone.tif"]}, "gone.tif: no such file"),
+    "batch-beyond-memory": ({"train.batch_size": [2, 10**7]}, "train.batch_size=10000000"),
+    "one-value-twice": ({"train.lr": [0.001, "1e-3"]}, "lists one value twice"),
+    "same-value-twice": ({"train.lr": [0.001, 0.001]}, "lists a value twice"),
+    "mapping-values": ({"data.synthetic": [{"size": 64}, {"size": 32}]}, "is a mapping"),
+    "slash": ({"data.images": ["images.tif", "./images.tif"]}, "cannot be part of a configuration's name"),
+    "unicode": ({"train.loss": ["dice", "dïce"]}, "cannot be part of a configuration's name"),
+    "very-long": ({"train.loss": ["dice", "x" * 300]}, "cannot be part of a configuration's name"),
+    "same-name": ({"train.loss": ["dice", "Dice"], "model.family": ["dcn"]}, ""),
+    "every-value-fails": ({"train.crop": [256, 512]}, "larger than the slices"),
+    "too-many-trials": ({"train.lr": [0.001 * (i + 1) for i in range(1000)]}, "at most 100000"),
+}
+
+
+def _grid_job(folder: Path, grid: dict, **sweep) -> Path:
+    _stack(folder / "images.tif", RNG.integers(0, 256, (6, 64, 64), dtype=np.uint8))
+    labels = np.full((6, 64, 64), 255, np.uint8)
+    labels[:, ::6] = 0
+    _stack(folder / "labels.tif", labels)
+    job = small_job("images.tif", "labels.tif", name="g", data={"split": {"train": "0:4", "val": "4:6"}})
+    job["train"]["crop"] = 16
+    job["sweep"] = {"kernels": [[4, 8, 16]], "resources": {"gpu": 0, "cpu": 1}, "grid": grid, **sweep}
+    (folder / "job.yaml").write_text(yaml.safe_dump(job, allow_unicode=True))
+    return folder / "job.yaml"
+
+
+@pytest.mark.parametrize("case", sorted(GRIDS))
+def test_a_grid_its_trials_cannot_run_is_refused_by_the_dry_run_and_the_sweep_alike(
+    tmp_path: Path, monkeypatch, capsys, case: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    grid, problem = GRIDS[case]
+    sweep = {"kernels": [[4, 8, 16]] * 1, "seeds": 101} if case == "too-many-trials" else {}
+    _grid_job(tmp_path, grid, **sweep)
+    before = snapshot(tmp_path)
+    for extra in (["--dry-run"], ["--storage", "runs"]):
+        code, out, err = run_cli(capsys, ["sweep", "job.yaml", *extra])
+        assert_one_error(code, err, problem)
+        assert out == ""
+        assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == sorted(before)
+    code, _, err = run_cli(capsys, ["resume", "g", "--storage", "runs"])  # no state: one line, no traceback
+    assert_one_error(code, err, "g")
+
+
+def test_distinct_values_give_distinct_names_and_the_largest_grid_answers_fast(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    _grid_job(tmp_path, {"train.lr": [0.001, 0.0010000001]})
+    code, out, err = run_cli(capsys, ["sweep", "job.yaml", "--dry-run"])
+    assert code == 0, err
+    assert "train.lr=0.001 " in out and "train.lr=0.0010000001 " in out
+    values = {"train.lr": [0.0001 * (i + 1) for i in range(100)], "train.steps": list(range(2, 102))}
+    _grid_job(tmp_path, values)  # 10^4 combinations, the most a grid may make
+    started = time.perf_counter()
+    code, out, err = run_cli(capsys, ["sweep", "job.yaml", "--dry-run"])
+    seconds = time.perf_counter() - started
+    assert code == 0, err
+    assert out.splitlines()[-1].startswith("10000 grid trials") and seconds < 30, seconds

@@ -49,6 +49,7 @@ def cli(verbose: bool) -> None:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_LOGGING_LEVEL": "DEBUG" if verbose else "WARNING",
         "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # stdout holds the results table alone
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # no "Downloading artifacts" bar before a result line
         # A failed trial: one line from dcn_ray.tune.progress; Tune's traceback only with -v
         "TUNE_PRINT_ALL_TRIAL_ERRORS": "1" if verbose else "0",
         # Ray's Python log lines (its own handler): errors only, everything with -v (see ray_session)

@@ -47,6 +47,9 @@ def sweep(
     job = load_job(job_file, extra)
     keep_local_ray_on_loopback(address)
     _refuse_outputs_over_inputs(job, job_file, storage)  # the dry run too: it says what the sweep would refuse
+    from dcn_ray.tune.checks import check_trials
+
+    check_trials(job)  # every configuration's data, crop and batch, before any state is made
     if dry_run:  # both checks before any output: a problem is then the only line shown
         from dcn_ray.runtime import check_resources
         from dcn_ray.tune.checks import check_data, cpu_estimate, planned_trials
@@ -129,6 +132,7 @@ def register(name: str, model_name: str, storage: str | None, alias: str) -> Non
     """
     from dcn_ray.track.sources import register_best
 
+    _check_model_name(model_name)
     _check_alias(alias)
     version, best = register_best(name, model_name, storage=storage, alias=alias)
     test = f", test IoU {best.scores['test_iou']:.4f}" if "test_iou" in best.scores else ""
@@ -146,6 +150,25 @@ def _effect(value: float | None) -> float | None:
     if value is not None and not (math.isfinite(value) and value > 0):
         raise click.BadParameter(f"{value}: give a finite positive difference, e.g. 0.005", param_hint="'--effect'")
     return value
+
+
+def _check_model_name(name: str) -> None:
+    """A name that MLflow registers and that models:/NAME/VERSION and models:/NAME@ALIAS give back:
+    printable, none of / : @ ? # % \\, no space at either end, not . or .., at most 255 characters."""
+    from dcn_ray.errors import InputError
+
+    if (
+        not name
+        or name != name.strip()
+        or not name.isprintable()
+        or any(mark in name for mark in "/:@?#%\\")
+        or name in (".", "..")
+        or len(name) > 255
+    ):
+        raise InputError(
+            f"MODEL_NAME {name!r}: models:/ URIs cannot carry it; use letters, digits, '_', '-', '.' and "
+            "inner spaces (none of / : @ ? # % \\), at most 255 characters"
+        )
 
 
 def _check_alias(alias: str) -> None:

@@ -85,10 +85,22 @@ def load_model(path: Path, *, map_location: str | torch.device = "cpu") -> tuple
     """
     payload = load(path, map_location=map_location)
     model = model_from_payload(payload, path=path)
-    for name, tensor in payload["weights"].items():
-        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise InputError(f"{path}: the model's {name} holds NaN or infinite values (did training diverge?)")
+    name = first_non_finite(payload["weights"])
+    if name is not None:
+        raise InputError(f"{path}: the model's {name} holds NaN or infinite values (did training diverge?)")
     return model, payload
+
+
+class Diverged(RuntimeError):
+    """Training whose loss or weights became NaN or infinite: a failed trial, never a finished one."""
+
+
+def first_non_finite(weights: dict[str, Any]) -> str | None:
+    """The name of the first floating-point tensor of ``weights`` (a state dict) holding NaN or inf."""
+    for name, tensor in weights.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 def _cpu_weights(model: nn.Module) -> dict[str, torch.Tensor]:

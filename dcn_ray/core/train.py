@@ -216,6 +216,7 @@ def train(
         step += 1
         if step % settings.eval_every and step < settings.steps:
             continue
+        _check_finite(model, float(loss_sum) / losses_since_eval, step, settings.lr)
         metrics = {
             f"val_{name}": value
             for name, value in evaluate(
@@ -252,6 +253,15 @@ def train(
             )
         started = time.perf_counter()
     return _result(best, step, history)
+
+
+def _check_finite(model: nn.Module, loss: float, step: int, lr: float) -> None:
+    """checkpoint.Diverged if the mean loss since the last evaluation or a weight is NaN or infinite."""
+    broken = "the loss" if not np.isfinite(loss) else checkpoint.first_non_finite(model.state_dict())
+    if broken is not None:
+        raise checkpoint.Diverged(
+            f"training diverged by step {step}: {broken} is NaN or infinite (train.lr {lr:g} may be too high)"
+        )
 
 
 def _report(report: Reporter, metrics: dict[str, float], best: dict, state: dict) -> None:

@@ -8,6 +8,7 @@ A job file is YAML whose keys mirror the dataclasses below (``train.steps``,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping
@@ -136,8 +137,7 @@ def job_from_dict(raw: Mapping[str, Any]) -> JobConfig:
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, Mapping):
         raise InputError(f"{prefix or 'job'} must be a mapping of keys, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    hints, names = _fields_of(cls)
     for key in raw:
         if key not in names:
             where = f"{prefix}.{key}" if prefix else str(key)
@@ -145,6 +145,12 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             raise InputError(f"unknown job key '{where}' (known keys here: {known})")
     values = {key: _coerce(hints[key], value, f"{prefix}.{key}" if prefix else key) for key, value in raw.items()}
     return cls(**values)
+
+
+@functools.cache
+def _fields_of(cls: type) -> tuple[dict[str, Any], frozenset[str]]:
+    """A section's type hints and field names, resolved once (a grid builds thousands of jobs)."""
+    return typing.get_type_hints(cls), frozenset(f.name for f in dataclasses.fields(cls))
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:

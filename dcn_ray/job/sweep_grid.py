@@ -25,8 +25,10 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +43,10 @@ FIXED_KEYS = ("name", "train.seed")
 FIXED_PREFIXES = ("sweep.", "tracking.")
 #: The most configurations a grid may make (before kernels and seeds).
 MAX_COMBINATIONS = 10_000
+#: The most trials a sweep may hold: configurations x kernels x seeds.
+MAX_TRIALS = 100_000
+#: The longest text of one grid value in a configuration's name (a run name, a folder name).
+LONGEST_VALUE = 64
 
 Params = tuple[tuple[str, Any], ...]
 
@@ -54,8 +60,9 @@ def value_text(value: Any) -> str:
     """``0.001``, ``unet``, ``1-0-0`` (a list): how a value is written in a configuration's name."""
     if isinstance(value, tuple | list):
         return "-".join(value_text(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
+    if isinstance(value, float):  # 0.001 as "0.001", but 0.0010000001 not as "0.001" too
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
@@ -90,18 +97,7 @@ def with_params(job: JobConfig, params: Mapping[str, Any] | Params, family: str 
     """``job`` with the values ``params`` (and ``model.family``) set, its grid emptied; validated."""
     raw = job.to_dict()
     raw["sweep"]["grid"] = {}
-    values = dict(params)
-    if family is not None:
-        values["model.family"] = family
-    for key, value in values.items():
-        node = raw
-        *sections, last = key.split(".")
-        for section in sections:
-            if node.get(section) is None:  # data.synthetic: a section that is off (None)
-                node[section] = {}
-            node = node[section]
-        node[last] = list(value) if isinstance(value, tuple) else value
-    return job_from_dict(raw)
+    return _built(raw, tuple(dict(params).items()), family if family is not None else job.model.family)
 
 
 def linked_keys(axis: str) -> list[str]:
@@ -136,8 +132,12 @@ def check_grid(job: JobConfig) -> None:
             raise InputError(
                 f"sweep.grid.{axis} varies {len(keys)} keys together: each value must be a list of {len(keys)}"
             )
+        for value in values:
+            _check_value(axis, value)
         if len({plain(v) for v in values}) != len(values):
             raise InputError(f"sweep.grid.{axis} lists a value twice: {list(values)}")
+        if len(keys) == 1 and keys[0] != "model.family":  # each value alone, as the job reads it: 0.001 is 1e-3
+            _check_alone(job, axis, values)
     if job.sweep.grid and job.sweep.followup.enabled:
         raise InputError(
             "sweep.followup.enabled cannot be combined with sweep.grid: follow-up rounds change the kernels of one "
@@ -153,29 +153,110 @@ def check_grid(job: JobConfig) -> None:
         count *= len(values)
     if count > MAX_COMBINATIONS:
         raise InputError(f"sweep.grid makes {count} combinations; at most {MAX_COMBINATIONS}")
+    trials = count * max(1, len(kernels_of(job))) * len(job.seeds)  # an upper bound (families without kernels run once)
+    if trials > MAX_TRIALS:
+        raise InputError(
+            f"the sweep would run up to {trials} trials ({count} configuration(s) x {len(kernels_of(job))} kernel "
+            f"triple(s) x {len(job.seeds)} seed(s)); at most {MAX_TRIALS}"
+        )
+
+
+def _check_value(axis: str, value: Any) -> None:
+    """A grid value is a number, a string, a boolean or a list of them, and names a configuration safely."""
+    if _holds_mapping(value):
+        raise InputError(
+            f"sweep.grid.{axis}: the value {value!r} is a mapping; a grid varies single keys "
+            f"(e.g. {linked_keys(axis)[0]}.KEY: [...])"
+        )
+    text = value_text(plain(value))
+    if len(text) > LONGEST_VALUE or not text.isascii() or not text.isprintable() or any(c in text for c in "/\\"):
+        shown = text if len(text) <= LONGEST_VALUE else text[:LONGEST_VALUE] + "..."
+        raise InputError(
+            f"sweep.grid.{axis}: the value {shown!r} cannot be part of a configuration's name (a run and folder "
+            f"name): plain ASCII without / or \\, at most {LONGEST_VALUE} characters"
+        )
+
+
+def _check_alone(job: JobConfig, key: str, values: Sequence[Any]) -> None:
+    """Each value of the single-key axis ``key`` set alone in ``job``: valid, and no two read the same."""
+    base = job.to_dict()
+    base["sweep"]["grid"] = {}
+    read: dict[Any, Any] = {}
+    for value in values:
+        try:
+            built = _built(base, ((key, plain(value)),), job.model.family)
+        except InputError as error:
+            raise InputError(f"sweep.grid ({key}={value_text(plain(value))}): {error}") from None
+        seen = plain(built.flat().get(key, value))
+        if seen in read:
+            raise InputError(
+                f"sweep.grid.{key} lists one value twice: {read[seen]!r} and {value!r} are both {value_text(seen)}"
+            )
+        read[seen] = value
+
+
+def _holds_mapping(value: Any) -> bool:
+    return isinstance(value, Mapping) or (isinstance(value, list | tuple) and any(_holds_mapping(v) for v in value))
 
 
 def variants(job: JobConfig) -> list[Variant]:
     """Every configuration of the job, grid values (in the grid's order) outermost, kernels innermost.
 
-    Each grid combination is checked as the job it makes (InputError naming its values)."""
+    Expanded once per job. Each value is checked alone as the job it makes (:func:`check_grid`);
+    a grid of at most FULL_CHECK combinations also has each combination checked as its whole job
+    (InputError naming its values). Two configurations with one name are refused."""
+    for known, found in _expanded:
+        if known is job or known == job:
+            return found
     check_grid(job)
     axes = list(job.sweep.grid)
+    count = math.prod(len(job.sweep.grid[a]) for a in axes)
+    base = job.to_dict()
+    base["sweep"]["grid"] = {}
     found: list[Variant] = []
+    names: dict[str, str] = {}
     for combination in itertools.product(*(job.sweep.grid[a] for a in axes)):
         values = dict(pair for axis, value in zip(axes, combination) for pair in axis_values(axis, plain(value)))
         family = str(values.pop("model.family", job.model.family))
         params: Params = tuple(values.items())
-        try:
-            with_params(job, params, family)
-        except InputError as error:
-            shown = ", ".join(f"{k}={value_text(v)}" for a, c in zip(axes, combination) for k, v in axis_values(a, c))
-            raise InputError(f"sweep.grid ({shown}): {error}") from None
-        if get(family).uses_kernels:
-            found += [Variant(family, k, params) for k in kernels_of(job)]
-        else:
-            found.append(Variant(family, None, params))
+        shown = ", ".join(f"{k}={value_text(v)}" for a, c in zip(axes, combination) for k, v in axis_values(a, c))
+        if count <= FULL_CHECK:
+            try:
+                _built(base, params, family)
+            except InputError as error:
+                raise InputError(f"sweep.grid ({shown}): {error}") from None
+        for kernel in kernels_of(job) if get(family).uses_kernels else [None]:
+            variant = Variant(family, kernel, params)
+            if variant.name in names:
+                raise InputError(
+                    f"sweep.grid: ({names[variant.name]}) and ({shown}) would both be named {variant.name!r}; "
+                    "give values that differ in their text"
+                )
+            names[variant.name] = shown
+            found.append(variant)
+    _expanded[:] = [(job, found)]
     return found
+
+
+#: The job expanded last and its variants (a dry run asks several times).
+_expanded: list[tuple[JobConfig, list[Variant]]] = []
+#: Grids of at most this many combinations have every combination checked as its whole job.
+FULL_CHECK = 1000
+
+
+def _built(base: dict[str, Any], params: Params, family: str) -> JobConfig:
+    """The job of ``base`` (a job's dict, its grid emptied) with ``params`` and ``family`` set; validated."""
+    raw = copy.deepcopy(base)
+    values = {**dict(params), "model.family": family}
+    for key, value in values.items():
+        node = raw
+        *sections, last = key.split(".")
+        for section in sections:
+            if node.get(section) is None:  # data.synthetic: a section that is off (None)
+                node[section] = {}
+            node = node[section]
+        node[last] = list(value) if isinstance(value, tuple) else value
+    return job_from_dict(raw)
 
 
 def trial_job(job: JobConfig, family: str, params: Params | Sequence[tuple[str, Any]], seed: int) -> JobConfig:

@@ -189,6 +189,7 @@ def register_best(
             raise InputError(
                 f"MLflow run {best.mlflow_run_id} of sweep '{name}' has no {RUN_ARTIFACT}/{checkpoint.MODEL_FILE}"
             )
+        _refuse_non_finite(client, best, name)
         run = client.get_run(best.mlflow_run_id)
         try:
             client.create_registered_model(model_name, description="DCN models registered by dcn-ray")
@@ -214,6 +215,27 @@ def register_best(
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _refuse_non_finite(client: Any, best: BestTrial, name: str) -> None:
+    """InputError if the best trial diverged (its run says so) or its model's weights are not finite."""
+    import torch
+
+    tags = client.get_run(best.mlflow_run_id).data.tags
+    if "diverged" in tags:
+        raise InputError(
+            f"the best trial {best.label} of sweep '{name}' diverged ({tags['diverged']}); nothing registered"
+        )
+    with tempfile.TemporaryDirectory(prefix="dcn-register-") as folder:
+        with _quiet_downloads():
+            local = client.download_artifacts(best.mlflow_run_id, f"{RUN_ARTIFACT}/{checkpoint.MODEL_FILE}", folder)
+        weights = torch.load(local, map_location="cpu", weights_only=True).get("weights") or {}
+    broken = checkpoint.first_non_finite(weights)
+    if broken is not None:
+        raise InputError(
+            f"the best trial {best.label} of sweep '{name}' has NaN or infinite weights ({broken}: training "
+            "diverged); nothing registered"
+        )
 
 
 def _from_sweep(source: str, name: str, storage: str | None) -> LoadedModel:
@@ -281,7 +303,7 @@ def _downloaded(source: str, artifact_uri: str, uri: str) -> Iterator[Path]:
     """Download an MLflow artifact (file or folder) into a temporary folder, removed afterwards."""
     import mlflow
 
-    with tempfile.TemporaryDirectory(prefix="dcn-model-") as folder:
+    with tempfile.TemporaryDirectory(prefix="dcn-model-") as folder, _quiet_downloads():
         try:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=artifact_uri, dst_path=folder, tracking_uri=uri, registry_uri=uri
@@ -291,3 +313,17 @@ def _downloaded(source: str, artifact_uri: str, uri: str) -> Iterator[Path]:
                 f"model {source!r}: cannot download {artifact_uri} from {uri}: {first_line(error)}"
             ) from None
         yield Path(local)
+
+
+@contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """No MLflow "Downloading artifacts" bar on stderr (unless the user asked for it): the error
+    or result line stays the only one."""
+    variable = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(variable)
+    os.environ[variable] = before if before is not None else "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(variable, None)

@@ -229,3 +229,64 @@ def data_lines(job: JobConfig, dataset) -> list[str]:
         target_line(job.data.target, dataset.target, check.stack),
         *label_lines(check, splits, allow_empty=job.data.allow_empty_slices),
     ]
+
+
+#: Feature maps of the model's width that one training step holds at the crop's full size, at the
+#: least (forward only, the first levels): a lower bound of a step's memory, to refuse the impossible.
+MAPS_PER_CHANNEL = 8
+
+
+def check_trials(job: JobConfig) -> None:
+    """Each configuration's data, crop and batch, checked before any state is made (InputError naming
+    its grid values): the data files exist and hold slices the crop fits, and one training step's
+    memory (a lower bound) fits this machine (or, for GPU trials, the largest GPU)."""
+    from dcn_ray.io.volumes import volume_shape
+
+    flat = job.flat()
+    sides: dict[tuple, tuple[int, int]] = {}
+    checked: set[tuple] = set()
+    for variant in variants(job):
+        given = dict(variant.params)
+        get = lambda key: given.get(key, flat.get(key))  # noqa: E731
+        keys = ("data.images", "data.labels", "data.roi", "data.synthetic.size", "train.crop", "train.batch_size")
+        trial = tuple(repr(get(key)) for key in (*keys, "model.width"))
+        if trial in checked:  # a grid of other keys: each distinct data, crop and batch checked once
+            continue
+        checked.add(trial)
+        where = "".join(f" ({k}={value_text(v)})" for k, v in variant.params if k.startswith(("data.", "train.")))
+        prefix = f"sweep.grid{where}: " if where else ""
+        data = (get("data.images"), get("data.labels"), tuple(get("data.roi") or ()), get("data.synthetic.size"))
+        if data not in sides:
+            try:
+                sides[data] = _slice_sides(*data, volume_shape)
+            except InputError as error:
+                raise InputError(f"{prefix}{error}") from None
+        height, width = sides[data]
+        crop = int(get("train.crop"))
+        if crop > min(height, width):
+            raise InputError(f"{prefix}train.crop={crop} is larger than the slices ({height} x {width})")
+        needed = int(get("train.batch_size")) * crop * crop * 4 * (MAPS_PER_CHANNEL * int(get("model.width") or 1) + 2)
+        memory = _memory(job.sweep.resources.gpu)
+        if needed > memory:
+            raise InputError(
+                f"{prefix}train.batch_size={get('train.batch_size')} with train.crop={crop} needs at least "
+                f"{needed / 2**30:.3g} GiB for one training step, more than the {memory / 2**30:.0f} GiB here"
+            )
+
+
+def _slice_sides(images: str, labels: str, roi: tuple, synthetic_size: int | None, volume_shape) -> tuple[int, int]:
+    """(height, width) of the slices a trial trains on, from the files' metadata (or the stack to be made)."""
+    if synthetic_size is not None and not (Path(images).exists() and Path(labels).exists()):
+        return int(synthetic_size), int(synthetic_size)
+    shape = volume_shape(images)
+    if volume_shape(labels) != shape:
+        raise InputError(f"data.labels {labels} have shape {volume_shape(labels)} but data.images {images} {shape}")
+    return (int(roi[2]), int(roi[3])) if len(roi) == 4 else (shape[1], shape[2])
+
+
+def _memory(gpu: float) -> int:
+    """This machine's memory in bytes; for GPU trials at least that of the largest GPU (192 GiB)."""
+    import os
+
+    here = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(here, 192 * 2**30) if gpu else here

@@ -92,6 +92,10 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         run.backfill(state["history"])
     try:
         result = _train_and_analyse(job, dataset, spec, run, state)
+    except checkpoint.Diverged as error:  # said in its run; Tune's verdict ends it FAILED, never FINISHED
+        _quietly(run.set_tags, {"diverged": str(error)})
+        _quietly(run.flush, wait=5.0)
+        raise
     except Exception:
         # The run stays RUNNING: the driver ends it from Tune's verdict (FAILED once out of retries,
         # KILLED when the sweep was interrupted). A trial dying because its sweep was stopped raises
