@@ -391,8 +391,8 @@ def test_preset_auto_never_rounds_a_foreground_onto_its_threshold(tmp_path: Path
 def test_a_diverging_training_fails_naming_it(synthetic_stack) -> None:
     from conftest import train_job
 
-    from dcn_ray.config import job_from_dict
     from dcn_ray.core.dataset import load_data
+    from dcn_ray.job.config import job_from_dict
 
     job = job_from_dict(small_job(*synthetic_stack, train={"lr": 1e9, "steps": 4, "eval_every": 2}))
     with pytest.raises(checkpoint.Diverged, match=r"diverged by step 2: .* NaN or infinite \(train.lr 1e\+09"):
