@@ -16,10 +16,16 @@ In one run (2 torch threads, CPU, DCN width 4 with random weights, no TTA):
 Goals: predict / forward >= 0.8 (voxels per second) and peak(4x) / peak(base) <= 1.1.
 
     python bench/predict_volume.py        # about four minutes on 2 idle cores
+    python bench/predict_volume.py --device cuda --width 64 --json figures.json   # on a GPU, the full-width DCN
+    python bench/predict_volume.py --size 128 --repeats 1     # a smoke run in seconds
+
+On a GPU the forward is synchronised before each timing and each case's peak GPU memory
+(``torch.cuda.max_memory_allocated``) is reported beside the resident one.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
@@ -30,22 +36,24 @@ from pathlib import Path
 
 import numpy as np
 
-BASE = (2, 2048, 2048)
-WIDER = (2, 4096, 4096)
-DEEPER = (8, 2048, 2048)
+SIZE = 2048  # the base volume is (2, SIZE, SIZE); the wider one (2, 2 SIZE, 2 SIZE), the deeper one (8, SIZE, SIZE)
 OTHER_TILES = (1024,)  # tile 512, the default before, is slower still
 REPEATS = 3
 WIDTH = 4
 
 
-def make_model(path: Path) -> None:
+def shapes(size: int) -> dict[str, tuple[int, int, int]]:
+    return {"base": (2, size, size), "wider": (2, 2 * size, 2 * size), "deeper": (8, size, size)}
+
+
+def make_model(path: Path, width: int) -> None:
     import torch
 
     from dcn_ray.core import checkpoint
     from dcn_ray.models.dcn import DCN
 
     torch.manual_seed(0)
-    model = DCN(kernels=(4, 8, 16), width=WIDTH).eval()
+    model = DCN(kernels=(4, 8, 16), width=width).eval()
     payload = {"format": checkpoint.FORMAT, "model_kwargs": dict(model.kwargs), "kernels": [4, 8, 16]}
     checkpoint.save({**payload, "weights": model.state_dict(), "config": {}, "step": 0}, path)
 
@@ -65,27 +73,38 @@ def make_volume(path: Path, shape: tuple[int, int, int]) -> None:
     write_multiscales_metadata(root, [{"path": "0", "coordinateTransformations": scale}], fmt=FormatV04(), axes="zyx")
 
 
-def forward_rates(model_file: Path, volume: Path) -> list[float]:
-    """Voxels per second of the bare forward of each slice, the slices already in memory."""
+def forward_rates(model_file: Path, volume: Path, device: str) -> list[float]:
+    """Voxels per second of the bare forward of each slice, the slices already in memory (on ``device``)."""
     import torch
     import zarr
 
     from dcn_ray.core import checkpoint
 
     model, _ = checkpoint.load_model(model_file)
+    model = model.to(device)
     slices = zarr.open_array(store=str(volume), path="0", mode="r")[...]
-    images = [torch.from_numpy(s.astype(np.float32) / 255.0)[None, None] for s in slices]
+    images = [torch.from_numpy(s.astype(np.float32) / 255.0)[None, None].to(device) for s in slices]
     rates = []
     with torch.inference_mode():
         model(images[0][..., :256, :256])  # warm-up
+        model(images[0])
+        _synchronize(device)
         for image in images:
             started = time.perf_counter()
             model(image)
+            _synchronize(device)
             rates.append(image.numel() / (time.perf_counter() - started))
     return rates
 
 
-def predict_case(model_file: Path, volume: Path, output: Path, tile: int | None = None) -> dict:
+def _synchronize(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def predict_case(model_file: Path, volume: Path, output: Path, device: str, tile: int | None = None) -> dict:
     """predict_volume with the defaults (or ``tile``): voxels/s of each block and from start to finish."""
     import shutil
 
@@ -97,7 +116,7 @@ def predict_case(model_file: Path, volume: Path, output: Path, tile: int | None 
 
     shutil.rmtree(output, ignore_errors=True)
     loaded = load_source(str(model_file))
-    options = PredictOptions(tta=False, device="cpu", **({"tile": tile} if tile else {}))
+    options = PredictOptions(tta=False, device=device, **({"tile": tile} if tile else {}))
     marks: list[tuple[float, int]] = []
     started = time.perf_counter()
     result = predict_volume(
@@ -109,20 +128,23 @@ def predict_case(model_file: Path, volume: Path, output: Path, tile: int | None 
     return {"rate": rate, "block_rates": blocks, "blocks": result.blocks, "block": block}
 
 
-def child(kind: str, folder: Path, volume: str) -> dict:
+def child(kind: str, folder: Path, volume: str, settings: dict) -> dict:
     import torch
 
-    torch.set_num_threads(2)
+    device = settings["device"]
+    torch.set_num_threads(settings["threads"])
     model, source = folder / "model.pt", folder / volume
     if kind == "memory":
-        case = predict_case(model, source, folder / f"out-{volume}")
+        case = predict_case(model, source, folder / f"out-{volume}", device)
         case["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        if device == "cuda":
+            case["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
         return case
     forward, predicted = [], []
-    for _ in range(REPEATS):
-        forward.extend(forward_rates(model, source))
-        predicted.append(predict_case(model, source, folder / "out-throughput.ome.zarr"))
-    tiles = {tile: predict_case(model, source, folder / "out-tile.ome.zarr", tile) for tile in OTHER_TILES}
+    for _ in range(settings["repeats"]):
+        forward.extend(forward_rates(model, source, device))
+        predicted.append(predict_case(model, source, folder / "out-throughput.ome.zarr", device))
+    tiles = {tile: predict_case(model, source, folder / "out-tile.ome.zarr", device, tile) for tile in OTHER_TILES}
     return {"forward": forward, "predict": predicted, "tiles": tiles}
 
 
@@ -130,25 +152,36 @@ def _rates(rates: list[float]) -> str:
     return ", ".join(f"{rate / 1e6:.2f}" for rate in rates) + " Mvoxel/s"
 
 
-def run(kind: str, folder: Path, volume: str) -> dict:
-    command = [sys.executable, __file__, "--case", kind, str(folder), volume]
+def run(kind: str, folder: Path, volume: str, settings: dict) -> dict:
+    command = [sys.executable, __file__, "--case", kind, str(folder), volume, json.dumps(settings)]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--case":
-        print(json.dumps(child(sys.argv[2], Path(sys.argv[3]), sys.argv[4])))
+    if len(sys.argv) == 6 and sys.argv[1] == "--case":
+        print(json.dumps(child(sys.argv[2], Path(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5]))))
         return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--width", type=int, default=WIDTH, help="DCN width (random weights)")
+    parser.add_argument("--size", type=int, default=SIZE, help="side of the base volume's slices")
+    parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    settings = {"device": args.device, "threads": args.threads, "repeats": args.repeats}
     from dcn_ray.predict.stack import PredictOptions
 
     started = time.perf_counter()
+    volumes = shapes(args.size)
+    figures: dict = {"device": args.device, "width": args.width, "volumes": {k: list(v) for k, v in volumes.items()}}
     with tempfile.TemporaryDirectory(prefix="dcn-bench-volume-") as name:
         folder = Path(name)
-        make_model(folder / "model.pt")
-        for label, shape in (("base", BASE), ("wider", WIDER), ("deeper", DEEPER)):
+        make_model(folder / "model.pt", args.width)
+        for label, shape in volumes.items():
             make_volume(folder / f"{label}.ome.zarr", shape)
-        speed = run("throughput", folder, "base.ome.zarr")
+        speed = run("throughput", folder, "base.ome.zarr", settings)
         blocks = [rate for case in speed["predict"] for rate in case["block_rates"]]
         whole = [case["rate"] for case in speed["predict"]]
         print(f"forward, each slice: {_rates(speed['forward'])}")
@@ -156,23 +189,40 @@ def main() -> None:
         print(f"predict, start to finish: {_rates(whole)}")
         best_forward = max(speed["forward"])
         print(
-            f"base {BASE}, default tile {PredictOptions().tile}: predict / forward = {max(blocks) / best_forward:.2f} "
+            f"base {volumes['base']}, default tile {PredictOptions().tile}: predict / forward = {max(blocks, default=0) / best_forward:.2f} "
             f"per block, {max(whole) / best_forward:.2f} start to finish (best of each; goal >= 0.8)"
+        )
+        figures.update(
+            forward_voxels_per_s=max(speed["forward"]),
+            predict_block_voxels_per_s=max(blocks, default=None),
+            predict_voxels_per_s=max(whole),
+            predict_over_forward=max(whole) / best_forward,
+            tiles={},
         )
         for tile, case in speed["tiles"].items():
             print(
                 f"tile {tile}: {case['blocks']} blocks of {case['block']}, {case['rate'] / 1e6:.2f} Mvoxel/s "
                 f"= {case['rate'] / best_forward:.2f} x forward"
             )
-        base = run("memory", folder, "base.ome.zarr")
-        print(f"base {BASE}: {base['blocks']} blocks of {base['block']}, peak {base['peak_mib']:.0f} MiB")
-        for label, shape in (("wider", WIDER), ("deeper", DEEPER)):
-            case = run("memory", folder, f"{label}.ome.zarr")
+            figures["tiles"][str(tile)] = {"voxels_per_s": case["rate"], "over_forward": case["rate"] / best_forward}
+        base = run("memory", folder, "base.ome.zarr", settings)
+        print(f"base {volumes['base']}: {base['blocks']} blocks of {base['block']}, peak {base['peak_mib']:.0f} MiB")
+        figures["memory"] = {"base": _memory(base)}
+        for label in ("wider", "deeper"):
+            case = run("memory", folder, f"{label}.ome.zarr", settings)
             print(
-                f"{label} {shape}: {case['blocks']} blocks of {case['block']}, peak {case['peak_mib']:.0f} MiB "
+                f"{label} {volumes[label]}: {case['blocks']} blocks of {case['block']}, peak {case['peak_mib']:.0f} MiB "
                 f"= {case['peak_mib'] / base['peak_mib']:.2f} x base (goal <= 1.1)"
             )
-    print(f"total {time.perf_counter() - started:.0f} s")
+            figures["memory"][label] = {**_memory(case), "over_base": case["peak_mib"] / base["peak_mib"]}
+    figures["seconds"] = time.perf_counter() - started
+    print(f"total {figures['seconds']:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+def _memory(case: dict) -> dict:
+    return {k: case[k] for k in ("blocks", "block", "peak_mib", "gpu_peak_mib") if k in case}
 
 
 if __name__ == "__main__":
