@@ -192,12 +192,14 @@ def table1(args: argparse.Namespace, sizes: dict[str, Any]) -> None:
         job, storage=args.work / "runs", tracking_uri=f"sqlite:///{args.work / 'mlflow.db'}",
         timeout=args.budget - grace - 10, grace=grace, log=args.work / "table1-sweep.log",
     )  # fmt: skip
-    figures.update(run)
+    figures["sweep"] = run
     histories = sweeps.trial_histories(args.work / "runs" / "table1-budget")
     figures["trials"] = histories
     figures.update(budget_figures(histories, steps, figures["eval_every"], packed))
     write(args.out / "table1.json", figures)
-    print(json.dumps({k: v for k, v in figures.items() if k != "trials"}, indent=2))
+    print(json.dumps({k: v for k, v in figures.items() if k not in ("trials", "sweep")}, indent=2))
+    if run["rc"] and not histories:
+        raise SystemExit(f"the sweep failed (exit {run['rc']}) before any trial reported")
 
 
 def budget_figures(histories: dict[str, dict[str, Any]], steps: int, eval_every: int, packed: int) -> dict[str, Any]:

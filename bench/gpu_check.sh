@@ -54,19 +54,23 @@ start=$(date +%s)
 deadline=$((start + budget))
 common=(--out "$out" --data "$data" --device "$device" $small)
 
-# Each step's share of the budget (percent); table1 takes whatever is left. A step ending early leaves its
-# time to the later ones; each later step keeps at least 20 s.
+# Each step's share of the budget (percent); the last step run (table1 unless --steps says otherwise) takes
+# whatever is left. A step ending early leaves its time to the later ones; each later step keeps at least 20 s.
 steps=(correctness gpu_train packing predict_volume table1)
 shares=(15 15 35 8 0)
 "$python" bench/gpu_check.py env "${common[@]}" --budget "$budget" >> "$log" 2>&1 ||
   echo "gpu_check.sh: the environment could not be read (see the log)" >> "$log"
+chosen=()
 for i in "${!steps[@]}"; do
+  if [ -z "$only" ] || [[ "$only" == *",${steps[$i]},"* ]]; then chosen+=("$i"); fi
+done
+for n in "${!chosen[@]}"; do
+  i="${chosen[$n]}"
   step="${steps[$i]}"
-  if [ -n "$only" ] && [[ "$only" != *",$step,"* ]]; then continue; fi
   now=$(date +%s)
-  later=$(( (${#steps[@]} - i - 1) * 20 ))
+  later=$(( (${#chosen[@]} - n - 1) * 20 ))
   left=$((deadline - now - later - 5))
-  if [ "${shares[$i]}" -gt 0 ]; then
+  if [ "${shares[$i]}" -gt 0 ] && [ "$later" -gt 0 ]; then  # the last step chosen takes what is left
     want=$((budget * shares[i] / 100))
     limit=$(( want < left ? want : left ))
   else

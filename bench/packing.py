@@ -126,6 +126,8 @@ def through_sweeps(args) -> dict:
             figures["best_over_single"] = totals[best] / totals[1]
         print(f"best packing: {best} trial(s) per GPU -> sweep.resources.gpu = {1 / best:g}")
     _write(args.json, figures)
+    if not totals:
+        raise SystemExit("no packing was measured: see each sweep's log_tail")
     return figures
 
 

@@ -79,7 +79,8 @@ def run_sweep(
 ) -> dict[str, Any]:
     """``dcn-ray sweep JOB`` in a child process; past ``timeout`` seconds it is interrupted as Ctrl-C would
     (the sweep then writes what finished), and killed ``grace`` seconds later. It stays in this process's
-    group, so a ``timeout`` around the caller ends it too. Returns rc, seconds and whether it was stopped."""
+    group, so a ``timeout`` around the caller ends it too. Returns rc, seconds, whether it was stopped, and the
+    last lines of ``log`` when it failed."""
     command = [sys.executable, "-m", "dcn_ray", "sweep", str(job), "--storage", str(storage)]
     command += ["--tracking-uri", tracking_uri]
     started = time.perf_counter()
@@ -96,7 +97,10 @@ def run_sweep(
             except subprocess.TimeoutExpired:
                 process.kill()
                 rc = process.wait()
-    return {"rc": rc, "seconds": time.perf_counter() - started, "stopped_at_time_limit": stopped}
+    outcome = {"rc": rc, "seconds": time.perf_counter() - started, "stopped_at_time_limit": stopped}
+    if rc:
+        outcome["log_tail"] = log.read_text(errors="replace").splitlines()[-15:]
+    return outcome
 
 
 def trial_histories(folder: Path) -> dict[str, dict[str, Any]]:
