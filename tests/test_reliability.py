@@ -22,7 +22,7 @@ import torch
 import yaml
 import zarr
 from conftest import run_cli, small_job
-from test_hostile_input import assert_one_error, model_file, snapshot
+from test_hostile_input import assert_one_error, model_file, process, snapshot
 
 from dcn_ray.core import checkpoint
 from dcn_ray.models.dcn import DCN
@@ -541,3 +541,18 @@ def test_distinct_values_give_distinct_names_and_the_largest_grid_answers_fast(
     seconds = time.perf_counter() - started
     assert code == 0, err
     assert out.splitlines()[-1].startswith("10000 grid trials") and seconds < 30, seconds
+
+
+def test_a_dry_run_says_label_warnings_only_when_no_check_fails(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    _grid_job(tmp_path, {})
+    labels = np.full((6, 64, 64), 255, np.uint8)
+    labels[:, ::6] = 0
+    labels[4:] = 0  # the validation slices without foreground, and a test slice inside the training split
+    _stack(tmp_path / "labels.tif", labels)
+    split = "--set=data.split={train: '0:4', val: '4:6', test: '3:4'}"
+    done = process(["sweep", "job.yaml", "--dry-run", split, "--set", "sweep.resources.cpu=100"], tmp_path)
+    assert_one_error(done.returncode, done.stderr, "sweep.resources")  # a process: the log lines reach stderr
+    assert done.stdout == ""
+    code, out, err = run_cli(capsys, ["sweep", "job.yaml", "--dry-run", split])
+    assert code == 0 and "warning: slices 4 (val), 5 (val) without any foreground" in err, err

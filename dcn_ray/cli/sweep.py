@@ -6,7 +6,10 @@ The job file and the command line are validated before Ray, MLflow or torch is i
 from __future__ import annotations
 
 import json
+import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -44,20 +47,24 @@ def sweep(
         + ([f"name={json.dumps(name)}"] if name is not None else [])
         + ([f"tracking.uri={json.dumps(tracking_uri)}"] if tracking_uri is not None else [])
     )
-    job = load_job(job_file, extra)
-    keep_local_ray_on_loopback(address)
-    _refuse_outputs_over_inputs(job, job_file, storage)  # the dry run too: it says what the sweep would refuse
-    from dcn_ray.tune.checks import check_trials
+    with _warnings_after_checks():  # a warning is said once every check passed: an error is the only line
+        job = load_job(job_file, extra)
+        keep_local_ray_on_loopback(address)
+        _refuse_outputs_over_inputs(job, job_file, storage)  # the dry run too: it says what the sweep would refuse
+        from dcn_ray.tune.checks import check_trials
 
-    check_trials(job)  # every configuration's data, crop and batch, before any state is made
-    if dry_run:  # both checks before any output: a problem is then the only line shown
-        from dcn_ray.runtime import check_resources
-        from dcn_ray.tune.checks import check_data, cpu_estimate, planned_trials
+        check_trials(job)  # every configuration's data, crop and batch, before any state is made
+        if dry_run:
+            from dcn_ray.runtime import check_resources
+            from dcn_ray.tune.checks import check_data, cpu_estimate, planned_trials
 
-        data, _ = check_data(job, make=False)
-        resources, gpu, slots = check_resources(job, address)
-        _echo("\n".join([data, resources] + ([cpu_estimate(job, slots)] if gpu == 0 else [])))
-        click.echo("\n".join(planned_trials(job, gpu)))
+            data, _ = check_data(job, make=False)
+            resources, gpu, slots = check_resources(job, address)
+            lines = [data, resources] + ([cpu_estimate(job, slots)] if gpu == 0 else [])
+            trials = planned_trials(job, gpu)
+    if dry_run:
+        _echo("\n".join(lines))
+        click.echo("\n".join(trials))
         return
     from dcn_ray.track.storage import Storage
 
@@ -179,6 +186,27 @@ def _check_alias(alias: str) -> None:
 
     if alias and (not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", alias) or re.fullmatch(r"[vV]\d+|latest", alias)):
         raise InputError(f"--alias {alias!r}: letters, digits, '_' and '-' only, and not 'latest' or v<number>")
+
+
+@contextmanager
+def _warnings_after_checks() -> Iterator[None]:
+    """Hold dcn-ray's log lines during the block; said after it only if it raised nothing."""
+    logger, held = logging.getLogger("dcn_ray"), []
+
+    class Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record)
+
+    hold, propagate = Hold(), logger.propagate
+    logger.addHandler(hold)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(hold)
+        logger.propagate = propagate
+    for record in held:
+        logger.handle(record)
 
 
 def _refuse_outputs_over_inputs(job, job_file: Path, storage: str | None) -> None:
