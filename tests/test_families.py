@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import plugin_family
 import pytest
 import tifffile
 import torch
@@ -201,3 +202,93 @@ def test_a_unet_of_depth_4_writes_block_wise_volumes_equal_to_whole_slices(tmp_p
     expected = SlicePredictor(loaded.model, options)(volume[0].astype(np.float32) / 255)
     written = zarr.open_array(store=str(tmp_path / "out.ome.zarr"), path="0", mode="r")[0]
     np.testing.assert_allclose(written, expected, atol=2e-6)
+
+
+# ----------------------------------------------------------------------------- every family's contract
+
+#: Every registered family: the built-in ones and the one the test package registers (tests/plugins).
+EVERY_FAMILY = [*models.BUILT_IN, plugin_family.NAME]
+#: Small settings of a family's ``model`` keys for the contract below (its defaults otherwise).
+SMALL = {"dcn": {"width": 4}, "unet": {"depth": 2, "width": 4}, plugin_family.NAME: {"width": 4}}
+
+
+@pytest.fixture(params=EVERY_FAMILY)
+def family(request, tmp_path):
+    """One registered family by name; the test package's is installed for the test (and only then)."""
+    if request.param == plugin_family.NAME:
+        with plugin_family.toy_family(tmp_path / "site"):
+            yield models.get(request.param)
+    else:
+        yield models.get(request.param)
+
+
+def _small(family: models.Family, seed: int = 0):
+    kernels = {"kernels": (4, 8, 16)} if family.uses_kernels else {}
+    return models.build(family.name, **family.job_kwargs(SMALL.get(family.name, {})), **kernels, seed=seed)
+
+
+def test_every_family_is_declared_whole(family):
+    assert family.params() is not None and set(family.keys) >= set(SMALL.get(family.name, {}))
+    assert family.paper[0] and family.paper[1].startswith("https://")
+    module, name = family.source  # export inlines its network's module
+    model = _small(family)
+    assert type(model).__name__ == name and type(model).__module__ == module and model.family == family.name
+    assert models.family_of(model) is family and models.family_name({"model_family": family.name}) == family.name
+
+
+def test_every_family_builds_from_its_job_keys_and_refuses_anothers(family, synthetic_stack):
+    job = job_from_dict(small_job(*synthetic_stack, model={"family": family.name, **SMALL.get(family.name, {})}))
+    model = build_model(job.model, (4, 8, 16) if family.uses_kernels else None, seed=3)
+    assert models.family_of(model) is family and job.flat()["model.family"] == family.name
+    for other in models.FAMILIES.values():  # a key no other family reads, at a value that is not its default
+        foreign = [k for k in other.keys if k not in family.keys]
+        if other is family or not foreign:
+            continue
+        key = foreign[0]
+        value = {"depth": 3, "branch_noise": [1, 0, 0], "redraw": ["F1"], "toy_kernel": 5}.get(key)
+        if value is None:
+            continue
+        raw = small_job(*synthetic_stack, model={"family": family.name, key: value})
+        with pytest.raises(InputError, match=f"model.{key} applies to the {other.title} only, not to {family.name}"):
+            job_from_dict(raw)
+
+
+def test_every_family_pairs_seeds_outputs_logits_and_bounds_its_reach(family):
+    first, again = _small(family, seed=5).eval(), _small(family, seed=5).eval()
+    for (name, a), b in zip(first.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+    multiple, radius = models.size_multiple(first), models.receptive_radius(first)
+    size = multiple * -(-(2 * radius + 24) // multiple)
+    x = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = first(x)
+        assert out.fused.shape == (1, 2, size, size) and (len(out.branches) > 0) == family.branches
+        centre = size // 2
+        nudged = x.clone()
+        nudged[0, 0, centre, centre] += 5.0
+        rows, cols = torch.nonzero((first(nudged).fused - out.fused).abs().amax(1)[0] > 0, as_tuple=True)
+    reach = max(centre - rows.min().item(), rows.max().item() - centre, centre - cols.min().item())
+    assert 0 < reach <= radius
+
+
+def test_every_family_trains_checkpoints_and_predicts(family, synthetic_stack, tmp_path):
+    raw = small_job(*synthetic_stack, model={"family": family.name, **SMALL.get(family.name, {})})
+    job = job_from_dict({**raw, "train": {**raw["train"], "steps": 4, "eval_every": 2}})
+    result = train_job(job, (4, 8, 16) if family.uses_kernels else None, load_data(job.data))
+    assert result.model["model_family"] == family.name and ("kernels" in result.model) == family.uses_kernels
+    checkpoint.save(result.model, tmp_path / checkpoint.MODEL_FILE)
+    model, payload = checkpoint.load_model(tmp_path / checkpoint.MODEL_FILE)
+    assert models.family_of(model) is family and payload["config"]["model"]["family"] == family.name
+    image = np.random.default_rng(0).random((45, 38), dtype=np.float32)
+    predicted = SlicePredictor(model, PredictOptions(tta=False, device="cpu"))(image)
+    assert predicted.shape == image.shape and np.isfinite(predicted).all()
+
+
+def test_a_family_from_another_package_is_found_by_its_entry_point(tmp_path):
+    assert plugin_family.NAME not in models.FAMILIES  # not installed: not known
+    with plugin_family.toy_family(tmp_path / "site"):
+        assert list(models.FAMILIES)[-1] == plugin_family.NAME and models.get("toy").title == "Toy net"
+        raw = {"data": {"images": "i.tif", "labels": "l.tif"}, "model": {"family": "toy", "toy_kernel": 4}}
+        with pytest.raises(InputError, match="model.toy_kernel must be 1, 3 or 5, got 4"):
+            job_from_dict(raw)
+    assert plugin_family.NAME not in models.FAMILIES

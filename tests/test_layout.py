@@ -26,7 +26,7 @@ LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "io": (("io/",), ("base",)),
     "runtime": (("runtime",), ("base",)),
     "sections": (
-        ("job.data_config", "job.model_config", "job.train_config", "job.search_config"),
+        ("job.typed", "job.data_config", "job.model_config", "job.train_config", "job.search_config"),
         ("base", "models"),
     ),
     "job": (("job/",), ("base", "models", "io", "sections")),

@@ -60,7 +60,7 @@ def load(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, A
 
 def family_of_payload(payload: dict[str, Any], *, path: Path | str = "checkpoint") -> models.Family:
     """The model family a payload names (``model_family``); a DCN when it names none (old checkpoints)."""
-    name = payload.get("model_family", "dcn")
+    name = models.family_name(payload)
     if not isinstance(name, str) or name not in models.FAMILIES:
         raise InputError(f"{path}: unknown model family {name!r} (known: {', '.join(models.FAMILIES)})")
     return models.FAMILIES[name]

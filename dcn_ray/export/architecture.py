@@ -7,10 +7,11 @@ order), then appends :data:`EXPORTED_CLASS`: the family's class whose ``forward`
 foreground probability (N, 1, H, W) of its first output. The state dict keys stay those of the
 checkpoint, and nothing is copied by hand, so a changed network exports as it trains.
 
-A family exports when :data:`SOURCES` names the module and class of its network (keyed like
-:data:`dcn_ray.models.FAMILIES` and the checkpoint's ``model_family``; checkpoints written before
-families existed are ``dcn``); its size multiple, receptive radius and title come from
-:mod:`dcn_ray.models`, as in training and prediction.
+A family exports when its :class:`~dcn_ray.models.Family` names its network as ``"module:Class"``
+(the checkpoint's ``model_family`` names the family, :func:`dcn_ray.models.family_name`); its size
+multiple, receptive radius, title and paper come from that entry, as in training and prediction. A
+family of another package exports too: the ``dcn_ray`` modules its network's module imports, and
+those of its own package, are inlined.
 """
 
 from __future__ import annotations
@@ -36,30 +37,30 @@ class Source:
     class_name: str
 
 
-SOURCES: dict[str, Source] = {
-    "dcn": Source("dcn_ray.models.dcn", "DCN"),
-    "unet": Source("dcn_ray.models.unet", "UNet"),
-}
-
-
 def family_of(payload: Mapping[str, Any]) -> tuple[models.Family, Source]:
-    """The family named by a checkpoint payload (``dcn`` when it names none) and its source."""
-    name = str(payload.get("model_family", "dcn"))
-    if name not in SOURCES:
-        raise InputError(f"model family {name!r} cannot be exported yet (known: {', '.join(sorted(SOURCES))})")
-    return models.get(name), SOURCES[name]
+    """The family named by a checkpoint payload (:func:`dcn_ray.models.family_name`) and its network's source."""
+    name = str(models.family_name(payload))
+    if name not in models.FAMILIES:
+        raise InputError(f"model family {name!r} is not installed (known: {', '.join(models.FAMILIES)})")
+    family = models.FAMILIES[name]
+    if family.source is None:
+        raise InputError(
+            f"model family {name!r} cannot be exported: its network is built by a function, not 'module:Class'"
+        )
+    return family, Source(*family.source)
 
 
 def architecture_source(family: Source) -> str:
     """One importable Python file: the family's modules, then the exported class."""
     order: list[str] = []
-    _visit(family.module, order, set())
+    packages = {"dcn_ray", family.module.split(".")[0]}  # a family of another package: its own modules too
+    _visit(family.module, order, set(), packages)
     parts = [
         "# Written by dcn-ray export from the dcn_ray modules " + ", ".join(order) + ".",
         "from __future__ import annotations",
     ]
     for name in order:
-        parts.append(f"# ---- {name}\n" + _without_package_imports(name))
+        parts.append(f"# ---- {name}\n" + _without_package_imports(name, packages))
     parts.append(
         f'''# ---- the exported model
 import torch as _torch
@@ -77,35 +78,38 @@ class {EXPORTED_CLASS}({family.class_name}):
     return "\n\n".join(parts)
 
 
-def _package_imports(tree: ast.Module) -> list[ast.stmt]:
-    """The module-level statements importing from dcn_ray (all of them must be ``from dcn_ray.x import y``)."""
+def _package_imports(tree: ast.Module, packages: set[str]) -> list[ast.stmt]:
+    """The module-level statements importing from ``packages`` (dcn_ray and the family's own; all of them
+    must be ``from package.x import y``)."""
     found = []
     for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "dcn_ray":
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] in packages:
             found.append(node)
-        elif isinstance(node, ast.Import) and any(alias.name.split(".")[0] == "dcn_ray" for alias in node.names):
-            raise RuntimeError(f"line {node.lineno}: write 'from dcn_ray.x import y' for the exported architecture")
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            raise RuntimeError(f"line {node.lineno}: no relative imports in an exported architecture")
+        elif isinstance(node, ast.Import) and any(alias.name.split(".")[0] in packages for alias in node.names):
+            raise RuntimeError(f"line {node.lineno}: write 'from package.x import y' for the exported architecture")
     return found
 
 
-def _visit(name: str, order: list[str], seen: set[str]) -> None:
-    """Depth first: a module after the dcn_ray modules it imports."""
+def _visit(name: str, order: list[str], seen: set[str], packages: set[str]) -> None:
+    """Depth first: a module after the modules of ``packages`` it imports."""
     if name in seen:
         return
     seen.add(name)
     tree = ast.parse(inspect.getsource(importlib.import_module(name)))
-    for node in _package_imports(tree):
+    for node in _package_imports(tree, packages):
         if any(alias.asname for alias in node.names):  # type: ignore[attr-defined]
-            raise RuntimeError(f"{name} line {node.lineno}: no 'as' in dcn_ray imports of an exported architecture")
-        _visit(node.module, order, seen)  # type: ignore[attr-defined,arg-type]
+            raise RuntimeError(f"{name} line {node.lineno}: no 'as' in package imports of an exported architecture")
+        _visit(node.module, order, seen, packages)  # type: ignore[attr-defined,arg-type]
     order.append(name)
 
 
-def _without_package_imports(name: str) -> str:
+def _without_package_imports(name: str, packages: set[str]) -> str:
     """The module's source less its ``from __future__`` and dcn_ray imports (those are inlined)."""
     source = inspect.getsource(importlib.import_module(name))
     tree = ast.parse(source)
-    drop = {id(node) for node in _package_imports(tree)}
+    drop = {id(node) for node in _package_imports(tree, packages)}
     lines = source.splitlines()
     skipped: set[int] = set()
     for node in tree.body:

@@ -37,17 +37,6 @@ from dcn_ray.kernels import kernels_text
 log = logging.getLogger(__name__)
 
 DEFAULT_LICENSE = "CC-BY-4.0"
-#: The paper of each family's network, cited in its packages beside what ``--cite`` adds.
-CITATIONS = {
-    "dcn": (
-        "Chen, Qi, Cheng, Heng: Deep Contextual Networks for Neuronal Structure Segmentation. AAAI 2016",
-        "https://scholar.google.com/scholar?q=Deep+Contextual+Networks+for+Neuronal+Structure+Segmentation",
-    ),
-    "unet": (
-        "Ronneberger, Fischer, Brox: U-Net: Convolutional Networks for Biomedical Image Segmentation. MICCAI 2015",
-        "https://doi.org/10.1007/978-3-319-24574-4_28",
-    ),
-}
 TEST_SIDE = 256  # the test input's largest side
 
 
@@ -96,8 +85,8 @@ def export_package(
     family, source_code = family_of(payload)
     kwargs = payload["model_kwargs"]
     multiple = family.multiple(kwargs)
-    paper, address = CITATIONS[family.name]
-    cite = [{"text": paper, "url": address}, *extra_citations]
+    paper, address = family.paper
+    cite = [{"text": paper, "url": address}, *extra_citations] if paper else list(extra_citations)
     if not (data.get("split") or {}).get("test"):
         raise InputError(
             f"model {source!r}: its job has no test split (data.split.test); a package needs a held-out test input"

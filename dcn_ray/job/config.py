@@ -8,18 +8,16 @@ A job file is YAML whose keys mirror the dataclasses below (``train.steps``,
 from __future__ import annotations
 
 import dataclasses
-import functools
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from dcn_ray.errors import InputError
 from dcn_ray.job.data_config import DataConfig
-from dcn_ray.job.model_config import ModelConfig, size_multiple, validate_model
+from dcn_ray.job.model_config import ModelConfig, grid_families, only_its_own, size_multiple, validate_model
 from dcn_ray.job.search_config import SchedulerConfig, SearchConfig
 from dcn_ray.job.train_config import TrainConfig, resolve_training, validate_train
+from dcn_ray.job.typed import build, plain
 from dcn_ray.kernels import REFERENCE, Kernels, kernel_problem
 
 #: The largest synthetic stack a job may ask for (slices x size x size).
@@ -117,7 +115,7 @@ class JobConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists for tuples), as YAML or MLflow params want it."""
-        return _plain(dataclasses.asdict(self))
+        return plain({**dataclasses.asdict(self), "model": self.model.to_dict()})
 
     def flat(self) -> dict[str, Any]:
         """``{"train.steps": 2000, ...}``: every resolved setting under its dotted key."""
@@ -126,84 +124,20 @@ class JobConfig:
 
 def job_from_dict(raw: Mapping[str, Any]) -> JobConfig:
     """Build and validate a JobConfig from a nested mapping."""
-    job = _build(JobConfig, raw, "")  # train.preset's keys stay None until the data is known (JobConfig.trained_on)
+    job = build(JobConfig, raw, "")  # train.preset's keys stay None until the data is known (JobConfig.trained_on)
     _validate(job)
     return job
 
 
-# ----------------------------------------------------------------------------- typed build
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if not isinstance(raw, Mapping):
-        raise InputError(f"{prefix or 'job'} must be a mapping of keys, got {raw!r}")
-    hints, names = _fields_of(cls)
-    for key in raw:
-        if key not in names:
-            where = f"{prefix}.{key}" if prefix else str(key)
-            known = ", ".join(sorted(names))
-            raise InputError(f"unknown job key '{where}' (known keys here: {known})")
-    values = {key: _coerce(hints[key], value, f"{prefix}.{key}" if prefix else key) for key, value in raw.items()}
-    return cls(**values)
-
-
-@functools.cache
-def _fields_of(cls: type) -> tuple[dict[str, Any], frozenset[str]]:
-    """A section's type hints and field names, resolved once (a grid builds thousands of jobs)."""
-    return typing.get_type_hints(cls), frozenset(f.name for f in dataclasses.fields(cls))
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    """Check ``value`` against the type ``hint``; convert lists to tuples, ints to floats."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in (o for o in options if o is not type(None)):
-            try:
-                return _coerce(option, value, key)
-            except InputError as error:
-                errors.append(error)
-        raise errors[0] if len(errors) == 1 else InputError(f"{key} has the wrong type: got {value!r}")
-    if hasattr(hint, "from_raw"):  # a section that reads itself (sweep.search: nested or dotted space keys)
-        return hint.from_raw(value, key)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
-    if origin is dict:  # sweep.grid: job keys -> lists of plain values (checked in dcn_ray.job.sweep_grid)
-        if not isinstance(value, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, list | tuple) for k, v in value.items()
-        ):
-            raise InputError(f"{key} must map job keys to lists of values, got {value!r}")
-        return {k: tuple(v) for k, v in value.items()}
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise InputError(f"{key} must be a list, got {value!r}")
-        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
-        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise InputError(f"{key} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"{key} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise InputError(f"{key} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {hint!r} for {key}")
+def job_from_record(raw: Mapping[str, Any]) -> JobConfig:
+    """The job of a sweep's record (``sweep.json``): a record written before each family declared its own
+    keys holds every family's (a DCN's ``model.depth: 4``); those neither its family nor its grid reads go."""
+    model, sweep = raw.get("model"), raw.get("sweep")
+    if isinstance(model, Mapping):
+        grid = sweep.get("grid") if isinstance(sweep, Mapping) else None
+        families = grid_families(grid) if isinstance(grid, Mapping) else set()
+        raw = {**raw, "model": only_its_own(model, families)}
+    return job_from_dict(raw)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -265,11 +199,11 @@ def _validate(job: JobConfig) -> None:
         f"data.roi must be [y0, x0, height, width], got {job.data.roi!r}",
     )
     validate_train(job.train, need)
-    validate_model(job.model, need, crop=job.train.crop)
+    validate_model(job.model, need, crop=job.train.crop, grid_families=grid_families(job.sweep.grid))
     scale = size_multiple(job.model)  # the deepest layer's downsampling: 8 for the DCN, 2^depth for a U-Net
     deepest = job.train.batch_size * (job.train.crop // scale) ** 2  # values per channel there
     need(
-        not job.model.batch_norm or deepest > 1,
+        not getattr(job.model.params, "batch_norm", False) or deepest > 1,
         f"train.batch_size={job.train.batch_size} with train.crop={job.train.crop}: batch norm needs more than "
         f"one value per channel at the deepest layer (crop / {scale} squared, times the batch); raise either, "
         "or set model.batch_norm=false",
@@ -330,14 +264,6 @@ def _validate(job: JobConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = ""):

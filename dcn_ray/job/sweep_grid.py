@@ -35,8 +35,9 @@ from typing import Any
 
 from dcn_ray.errors import InputError
 from dcn_ray.job.config import JobConfig, job_from_dict, kernels_of
+from dcn_ray.job.model_config import only_its_own
 from dcn_ray.kernels import Kernels, kernels_text
-from dcn_ray.models import get
+from dcn_ray.models import FAMILIES, get
 
 #: Keys a grid may not vary: the sweep's own settings, its name and tracking, and the seed (sweep.seeds).
 FIXED_KEYS = ("name", "train.seed")
@@ -113,7 +114,8 @@ def axis_values(axis: str, value: Any) -> list[tuple[str, Any]]:
 
 def check_grid(job: JobConfig) -> None:
     """Refuse a grid that names an unknown or fixed key, lists no value or one twice, or combines with follow-ups."""
-    known = {k for k in {*JobConfig().flat(), *job.flat()} if not k.startswith("sweep.grid.")}
+    families = {f"model.{key}" for family in FAMILIES.values() for key in family.keys}
+    known = {k for k in {*JobConfig().flat(), *job.flat(), *families} if not k.startswith("sweep.grid.")}
     seen: set[str] = set()
     for axis, values in job.sweep.grid.items():
         keys = linked_keys(axis)
@@ -248,6 +250,7 @@ def _built(base: dict[str, Any], params: Params, family: str) -> JobConfig:
     """The job of ``base`` (a job's dict, its grid emptied) with ``params`` and ``family`` set; validated."""
     raw = copy.deepcopy(base)
     values = {**dict(params), "model.family": family}
+    raw["model"] = only_its_own({**raw["model"], "family": family})  # the keys kept for a grid's other families go
     for key, value in values.items():
         node = raw
         *sections, last = key.split(".")

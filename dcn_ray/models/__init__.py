@@ -1,6 +1,11 @@
-"""Model families: name -> builder, and what training, prediction and reporting need of a model.
+"""Model families: one :class:`Family` entry each, built in (the DCN, the U-Net) or brought by a package.
 
-A family is one :class:`Family` entry in :data:`FAMILIES`. Every family's network:
+A family is declared once, here or in a package of its own registering it under the Python entry
+point group ``dcn_ray.models`` (``toy = "my_package:FAMILY"``, as napari and pytest find plugins):
+its network (an import path ``"module:Class"``, or a builder), its own ``model.*`` parameters (a
+frozen dataclass validating itself, so a job of one family cannot carry another's key unnoticed),
+its size multiple, receptive radius, branches or not, input channels and paper. Training, the
+checkpoints, prediction, ``inspect`` and ``export`` all read that one entry. Every family's network:
 
 - takes keyword-only, typed, validated arguments and keeps the architecture ones as plain values
   in ``model.kwargs`` (``build(family, **model.kwargs)`` rebuilds it; checkpoints store both);
@@ -13,7 +18,7 @@ A family is one :class:`Family` entry in :data:`FAMILIES`. Every family's networ
 
 The F1-F3 branch analysis (weak branch, guided follow-ups, ``dcn-ray inspect``) applies only to
 families with ``branches=True``: the DCN. This module imports no torch (the job file is checked
-with it before torch loads); the builders import their network when called.
+with it before torch loads); a network's module is imported when a model is built.
 
 >>> get("unet").job_kwargs({"depth": 3, "width": 8, "batch_norm": True})
 {'depth': 3, 'width': 8, 'batch_norm': True, 'in_channels': 1}
@@ -23,13 +28,24 @@ with it before torch loads); the builders import their network when called.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from typing import Any
 
 from dcn_ray.kernels import STRIDES, kernels_text
+from dcn_ray.models.params import DCNParams, UNetParams
 
+log = logging.getLogger(__name__)
+
+#: The entry point group a package registers a family in (its value: a :class:`Family`).
+ENTRY_POINTS = "dcn_ray.models"
+#: The family of a network or checkpoint that names none: every checkpoint before families was a DCN.
+DEFAULT_FAMILY = "dcn"
 #: Receptive-field width of the DCN trunk at the features of branches F1, F2, F3 (strides 2, 4, 8).
 TRUNK_FIELD = (14, 40, 92)
 
@@ -50,14 +66,6 @@ def unet_receptive_radius(depth: int) -> int:
     return 8 * 2**depth - 6
 
 
-def _dcn_kwargs(model: Mapping[str, Any]) -> dict[str, Any]:
-    noise = [float(v) for v in model.get("branch_noise", (0.0, 0.0, 0.0))]
-    kwargs = {"width": model["width"], "batch_norm": model["batch_norm"], "in_channels": 1, "branch_noise": noise}
-    if model.get("redraw"):  # a sham control (dcn_ray.models.dcn.DCN's redraw)
-        kwargs["redraw"] = [str(name) for name in model["redraw"]]
-    return kwargs
-
-
 def _dcn_text(kwargs: Mapping[str, Any]) -> str:
     """``kernels 4-8-16``; a sham control: ``kernels 4-8-16, F3's start re-drawn (sham)``."""
     redrawn = ", ".join(kwargs.get("redraw") or ())
@@ -66,72 +74,148 @@ def _dcn_text(kwargs: Mapping[str, Any]) -> str:
     )
 
 
-def _unet_kwargs(model: Mapping[str, Any]) -> dict[str, Any]:
-    return {"depth": model["depth"], "width": model["width"], "batch_norm": model["batch_norm"], "in_channels": 1}
-
-
-def _build_dcn(**kwargs: Any):
-    from dcn_ray.models.dcn import DCN
-
-    return DCN(**kwargs)
-
-
-def _build_unet(**kwargs: Any):
-    from dcn_ray.models.unet import UNet
-
-    return UNet(**kwargs)
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, tuple | list) else value
 
 
 @dataclass(frozen=True)
 class Family:
-    """What the rest of dcn-ray needs to know of one model family."""
+    """One model family: everything the rest of dcn-ray knows of it."""
 
     name: str
     title: str
-    #: The ``model.*`` job keys the family reads (its parameters; others do not apply to it).
-    params: tuple[str, ...]
-    #: Whether the F1-F3 branch analysis, the weak branch and guided follow-ups apply.
-    branches: bool
-    #: Whether ``sweep.kernels`` (k1, k2, k3) is an argument of the family.
-    uses_kernels: bool
-    #: ``builder(**kwargs, seed=...)`` -> the network (an ``nn.Module``).
-    builder: Callable[..., Any]
+    #: The network: ``"module:Class"`` (imported when a model is built; what ``export`` inlines), or a builder.
+    network: str | Callable[..., Any]
+    #: The family's ``model.*`` keys: a frozen dataclass with defaults that raises ValueError on bad values.
+    params: type
     #: ``model.kwargs`` -> the multiple that input sides must have.
     multiple: Callable[[Mapping[str, Any]], int]
     #: ``model.kwargs`` -> the receptive radius in pixels (an upper bound): tiling overlap and halos.
     radius: Callable[[Mapping[str, Any]], int]
     #: ``model.kwargs`` -> one line naming the model (``kernels 4-8-16``, ``U-Net depth 4, width 64``).
     describe: Callable[[Mapping[str, Any]], str]
-    #: The job's ``model`` section (a mapping) -> the family's architecture arguments (no kernels, no seed).
-    job_kwargs: Callable[[Mapping[str, Any]], dict[str, Any]]
+    #: Whether the F1-F3 branch analysis, the weak branch and guided follow-ups apply.
+    branches: bool = False
+    #: Whether ``sweep.kernels`` (k1, k2, k3) is an argument of the family.
+    uses_kernels: bool = False
+    #: The image channels its network takes.
+    in_channels: int = 1
+    #: The architecture's paper as (text, DOI or URL): the citation of an exported package.
+    paper: tuple[str, str] = ("", "")
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier() or self.name != self.name.lower():
+            raise ValueError(f"a family name must be a lower-case identifier, got {self.name!r}")
+        if not (dataclasses.is_dataclass(self.params) and isinstance(self.params, type)):
+            raise ValueError(f"family {self.name}: params must be a dataclass, got {self.params!r}")
+        if isinstance(self.network, str) and ":" not in self.network:
+            raise ValueError(f"family {self.name}: network must be 'module:Class', got {self.network!r}")
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The ``model.*`` job keys the family reads (others do not apply to it)."""
+        return tuple(f.name for f in dataclasses.fields(self.params))
+
+    @property
+    def source(self) -> tuple[str, str] | None:
+        """The module and class of the network, or None for a family built by a function."""
+        if not isinstance(self.network, str):
+            return None
+        module, _, name = self.network.partition(":")
+        return module, name
+
+    def builder(self, **kwargs: Any):
+        """``builder(**kwargs, seed=...)`` -> the network (an ``nn.Module``)."""
+        if callable(self.network):
+            return self.network(**kwargs)
+        module, name = self.source  # type: ignore[misc]
+        return getattr(importlib.import_module(module), name)(**kwargs)
+
+    def parameters(self, values: Mapping[str, Any]) -> Any:
+        """The family's parameters from the job's ``model`` keys it reads (defaults for the others)."""
+        return self.params(**{key: values[key] for key in self.keys if key in values})
+
+    def job_kwargs(self, model: Mapping[str, Any]) -> dict[str, Any]:
+        """The job's ``model`` section (a mapping) -> the network's architecture arguments (no kernels, no seed)."""
+        values = dataclasses.asdict(self.parameters(model))
+        return {key: _plain(value) for key, value in values.items()} | {"in_channels": self.in_channels}
 
 
-FAMILIES: dict[str, Family] = {
+BUILT_IN: dict[str, Family] = {
     "dcn": Family(
         name="dcn",
         title="DCN",
-        params=("width", "batch_norm", "branch_noise", "redraw"),
-        branches=True,
-        uses_kernels=True,
-        builder=_build_dcn,
+        network="dcn_ray.models.dcn:DCN",
+        params=DCNParams,
         multiple=lambda kwargs: 8,
         radius=lambda kwargs: dcn_receptive_radius(kwargs["kernels"]),
         describe=_dcn_text,
-        job_kwargs=_dcn_kwargs,
+        branches=True,
+        uses_kernels=True,
+        paper=(
+            "Chen, Qi, Cheng, Heng: Deep Contextual Networks for Neuronal Structure Segmentation. AAAI 2016",
+            "https://scholar.google.com/scholar?q=Deep+Contextual+Networks+for+Neuronal+Structure+Segmentation",
+        ),
     ),
     "unet": Family(
         name="unet",
         title="U-Net",
-        params=("depth", "width", "batch_norm"),
-        branches=False,
-        uses_kernels=False,
-        builder=_build_unet,
+        network="dcn_ray.models.unet:UNet",
+        params=UNetParams,
         multiple=lambda kwargs: 2 ** int(kwargs["depth"]),
         radius=lambda kwargs: unet_receptive_radius(int(kwargs["depth"])),
         describe=lambda kwargs: f"U-Net depth {kwargs['depth']}, width {kwargs['width']}",
-        job_kwargs=_unet_kwargs,
+        paper=(
+            "Ronneberger, Fischer, Brox: U-Net: Convolutional Networks for Biomedical Image Segmentation. MICCAI 2015",
+            "https://doi.org/10.1007/978-3-319-24574-4_28",
+        ),
     ),
 }
+
+
+class Registry(Mapping[str, Family]):
+    """Every family: the built-in ones, then those registered under :data:`ENTRY_POINTS` (read once).
+
+    A registered family that fails to load, is not a :class:`Family`, is named unlike its entry
+    point or takes a built-in name is left out with a warning: one broken package never stops dcn-ray.
+    """
+
+    def __init__(self, built_in: Mapping[str, Family]) -> None:
+        self._built_in = dict(built_in)
+        self._found: dict[str, Family] | None = None
+
+    def refresh(self) -> None:
+        """Read the entry points again (after a package was installed into this process)."""
+        self._found = None
+
+    def _families(self) -> dict[str, Family]:
+        if self._found is None:
+            found = dict(self._built_in)
+            for point in entry_points(group=ENTRY_POINTS):
+                try:
+                    family = point.load()
+                except Exception as error:  # a broken plugin: any error of its import
+                    log.warning("model family %r (%s) failed to load: %s", point.name, point.value, error)
+                    continue
+                if not isinstance(family, Family) or family.name != point.name or point.name in found:
+                    log.warning("entry point %r (%s) is not a new dcn-ray Family of that name", point.name, point.value)
+                    continue
+                found[family.name] = family
+            self._found = found
+        return self._found
+
+    def __getitem__(self, name: str) -> Family:
+        return self._families()[name]
+
+    def __iter__(self):
+        return iter(self._families())
+
+    def __len__(self) -> int:
+        return len(self._families())
+
+
+#: Every family by name (the built-in ones first); a Mapping.
+FAMILIES = Registry(BUILT_IN)
 
 
 def get(name: str) -> Family:
@@ -146,9 +230,17 @@ def build(family: str, **kwargs: Any):
     return get(family).builder(**kwargs)
 
 
+def family_name(named: Any) -> str:
+    """The family a network (class attribute ``family``) or a checkpoint payload (``model_family``) names;
+    :data:`DEFAULT_FAMILY` when it names none (every network and checkpoint before families was a DCN)."""
+    if isinstance(named, Mapping):
+        return named.get("model_family", DEFAULT_FAMILY)
+    return getattr(named, "family", DEFAULT_FAMILY)
+
+
 def family_of(model: Any) -> Family:
-    """The family of a built network (its class attribute ``family``; the DCN when it has none)."""
-    return get(getattr(model, "family", "dcn"))
+    """The family of a built network."""
+    return get(family_name(model))
 
 
 def receptive_radius(model: Any) -> int:

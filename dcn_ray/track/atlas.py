@@ -194,7 +194,7 @@ def check_folder(name: str, storage: str | None, out_dir: Path) -> tuple[Any, Ma
     """Before any work: sweep ``name`` has results and ``out_dir`` touches none of its inputs (the
     sweep's folder, the MLflow store, the job's data) nor replaces a file that is not an atlas."""
     from dcn_ray.io.paths import output_folder
-    from dcn_ray.job.config import job_from_dict
+    from dcn_ray.job.config import job_from_record
     from dcn_ray.track.storage import SWEEP_FILE, Storage
 
     store = Storage.for_sweeps(storage)
@@ -205,7 +205,7 @@ def check_folder(name: str, storage: str | None, out_dir: Path) -> tuple[Any, Ma
     record = store.read_record(name)
     if not isinstance(record.get("job"), Mapping) or not isinstance(record.get("tracking_uri"), str):
         raise InputError(f"{store.folder(name)}/{SWEEP_FILE}: damaged sweep record (no job or tracking_uri)")
-    job, uri = job_from_dict(dict(record["job"])), record["tracking_uri"]
+    job, uri = job_from_record(dict(record["job"])), record["tracking_uri"]
     inputs: dict[str, Any] = {"data.images": job.data.images, "data.labels": job.data.labels}
     if store.is_local:
         inputs["the sweep's folder"] = store.folder(name)

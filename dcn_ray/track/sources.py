@@ -25,6 +25,7 @@ from typing import Any
 
 from torch import nn
 
+from dcn_ray import models
 from dcn_ray.core import checkpoint
 from dcn_ray.core.scores import BEST_VAL_HEADLINE, TEST_COLUMNS
 from dcn_ray.errors import InputError, first_line
@@ -196,7 +197,7 @@ def register_best(
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        family = run.data.params.get("model.family", "dcn")  # the job's family (DCN only, so far)
+        family = run.data.params.get("model.family", models.DEFAULT_FAMILY)  # runs before families: a DCN
         test = f", test IoU {best.scores['test_iou']:.4f}" if "test_iou" in best.scores else ""
         version = client.create_model_version(
             model_name,

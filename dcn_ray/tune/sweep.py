@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from dcn_ray.core.scores import HEADLINE_MODE
 from dcn_ray.errors import InputError, first_line
-from dcn_ray.job.config import JobConfig, job_from_dict, kernels_of
+from dcn_ray.job.config import JobConfig, job_from_record, kernels_of
 from dcn_ray.job.sweep_grid import variants
 from dcn_ray.results import report, search_report
 from dcn_ray.runtime import alive_nodes, ray_session, trial_resources
@@ -225,7 +225,7 @@ def _read_record(store: Storage, name: str) -> tuple[SweepRecord, JobConfig]:
     except TypeError as error:
         raise InputError(f"{where}: damaged sweep record ({first_line(error)})") from None
     try:
-        return record, job_from_dict(record.job)
+        return record, job_from_record(record.job)
     except InputError as error:
         raise InputError(f"{where}: damaged sweep record ({error})") from None
 

@@ -69,7 +69,7 @@ def run_trial(trial: dict) -> dict:
         noise[trial["branch"]] = trial["noise"]
     job = dataclasses.replace(
         job,
-        model=dataclasses.replace(job.model, branch_noise=tuple(noise)),
+        model=dataclasses.replace(job.model, params=dataclasses.replace(job.model.params, branch_noise=tuple(noise))),
         train=dataclasses.replace(job.train, seed=trial["seed"]),
     )
     dataset = load_data(job.data)
