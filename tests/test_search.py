@@ -4,6 +4,7 @@ the job, and it becomes Tune's own seeded searchers and ASHA (no sampler of dcn-
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from statistics import fmean
 
 import pytest
@@ -465,3 +466,42 @@ def test_the_search_report_ranks_by_validation_over_finished_seeds_and_charts_th
     assert [f.name for f in files] == ["search.md", "best_so_far.png"] and files[1].stat().st_size > 1000
     text = files[0].read_text()
     assert "| 1 | b | 1 | 1 | 0 | 0.7000 |" in text and "not averaged" in text
+
+
+@pytest.mark.integration
+def test_a_random_search_without_asha_logs_each_trial_to_an_mlflow_server(synthetic_stack, mlflow_server, tmp_path):
+    """random over a key of two sections, no scheduler, a real MLflow server: each configuration runs
+    its seed to the end, one child run each with the sampled values as params; the search's report."""
+    from conftest import small_job, sweep_on_local_ray
+    from mlflow.tracking import MlflowClient
+
+    raw = small_job(
+        *synthetic_stack,
+        name="random-search",
+        train={"steps": 12, "eval_every": 6, "batch_size": 2, "crop": 32, "threads": 1},
+        sweep={
+            "kernels": [[4, 8, 16]],
+            "resources": {"gpu": 0, "cpu": 1},
+            "search": {
+                "algorithm": "random",
+                "trials": 2,
+                "seed": 3,
+                "space": {"train.lr": {"loguniform": [1.0e-3, 1.0e-2]}, "model.width": {"choice": [2, 4]}},
+            },
+        },
+        tracking={"uri": mlflow_server.uri, "experiment": "random-search"},
+    )
+    outcome = sweep_on_local_ray(raw, tmp_path / "runs")
+    assert not outcome.interrupted and outcome.errored == 0
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("random-search")
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert 1 <= len(runs) <= 2 and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        assert "stopped_early" not in run.data.tags and "best_val_iou" in run.data.metrics  # no test split here
+        lr, width = float(run.data.params["train.lr"]), int(run.data.params["model.width"])
+        assert 1e-3 <= lr <= 1e-2 and run.data.tags["config"].startswith("4-8-16_train.lr=")
+        assert f"model.width={width}" in run.data.tags["config"]
+    rows = outcome.table.to_pylist()
+    assert [r["status"] for r in rows] == ["finished"] * len(runs)
+    assert f"{len(runs)} configuration(s) tried" in (Path(outcome.folder) / "search.md").read_text()
