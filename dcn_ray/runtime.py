@@ -74,6 +74,7 @@ def ray_session(address: str | None) -> Iterator[None]:
             ray.init(**options)
         else:  # "local": a Ray of our own, never a `ray start` cluster someone else runs on this machine
             end_orphaned_agents()
+            start_watchdog()  # a SIGKILLed driver takes nothing down with it: the watchdog ends its Ray
             ray.init(address="local", include_dashboard=False, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise InputError(
@@ -127,6 +128,69 @@ def end_orphaned_agents() -> list[int]:
             except OSError:
                 pass
     return ended
+
+
+#: How often the watchdog notes the driver's processes (a process started and left within it is missed).
+WATCH_INTERVAL_S = 1.0
+
+
+def start_watchdog() -> None:
+    """Start a process that, once this one is gone (SIGKILL included), ends every process this one
+    started (a local Ray's GCS, raylet, agents and workers) that still runs. Linux only."""
+    if not os.path.isdir("/proc"):
+        return
+    code = f"from dcn_ray.runtime import watch; watch({os.getpid()})"
+    subprocess.Popen(  # its own session: a signal to the driver's group leaves it running
+        [sys.executable, "-c", code], start_new_session=True, close_fds=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def watch(driver: int, interval: float = WATCH_INTERVAL_S) -> None:
+    """Note the descendants of ``driver`` while it lives; then end those still running (same start time)."""
+    seen: dict[int, str] = {}
+    started = _start_time(driver)
+    while started is not None and _start_time(driver) == started:
+        for pid in _descendants(driver):
+            seen.setdefault(pid, _start_time(pid) or "")
+        time.sleep(interval)
+    for number in (signal.SIGTERM, signal.SIGKILL):
+        alive = [pid for pid, start in seen.items() if start and _start_time(pid) == start and pid != os.getpid()]
+        for pid in alive:
+            try:
+                os.kill(pid, number)
+            except OSError:
+                pass
+        if not alive:
+            return
+        time.sleep(2.0)
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (the start time): tells a process from a later one of the same pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _descendants(root: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(parent, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _own(pid: int) -> bool:

@@ -556,3 +556,61 @@ def test_a_dry_run_says_label_warnings_only_when_no_check_fails(tmp_path: Path, 
     assert done.stdout == ""
     code, out, err = run_cli(capsys, ["sweep", "job.yaml", "--dry-run", split])
     assert code == 0 and "warning: slices 4 (val), 5 (val) without any foreground" in err, err
+
+
+# ----------------------------------------------------------------------------- a killed driver leaves no Ray
+
+
+@pytest.mark.integration
+def test_sigkill_of_a_predict_workers_driver_leaves_no_ray_process(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dcn_ray.runtime import _descendants, _start_time
+
+    model = _model(tmp_path / "m.pt", "i.tif", "l.tif")
+    _stack(tmp_path / "in.tif", RNG.integers(0, 256, (200, SIDE, SIDE), dtype=np.uint8))
+    args = [
+        sys.executable,
+        "-m",
+        "dcn_ray",
+        "predict",
+        model,
+        "in.tif",
+        "out.tif",
+        "--workers",
+        "1",
+        "--tile",
+        "128",
+        "--overlap",
+        "16",
+    ]
+    driver = subprocess.Popen(list(map(str, args)), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen: dict[int, str] = {}
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and driver.poll() is None:
+            for pid in _descendants(driver.pid):
+                seen.setdefault(pid, _start_time(pid) or "")
+            commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in seen if _start_time(pid) == seen[pid]]
+            if any(b"PredictorWorker" in command for command in commands):  # an actor predicts
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, driver.stderr.read() if driver.stderr else ""
+        assert any(b"raylet" in Path(f"/proc/{p}/cmdline").read_bytes() for p in seen if _start_time(p) == seen[p])
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            left = [pid for pid, start in seen.items() if start and _start_time(pid) == start]
+            left = [p for p in left if b"dcn_ray.runtime import watch" not in Path(f"/proc/{p}/cmdline").read_bytes()]
+            if not left:
+                break
+            time.sleep(0.5)
+        assert not left, [Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in left]
+    finally:
+        for pid, start in seen.items():  # whatever happens, end what this test's driver started
+            if start and _start_time(pid) == start:
+                os.kill(pid, signal.SIGKILL)
