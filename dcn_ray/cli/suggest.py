@@ -61,6 +61,7 @@ def suggest(
     from dcn_ray.track.sources import load_source
 
     loaded = load_source(model, storage=storage, tracking_uri=tracking_uri)
+    check_paths(stack, out, labels=labels_path, model=loaded.location)  # a sweep's or run's model file too
     click.echo(f"model {model}: {describe(loaded.model)} ({loaded.location})", err=True)
     result = run(loaded, stack, out, options, labels=labels_path, device=device)
     click.echo(f"rank  kind   z     y0     x0  {score}")
