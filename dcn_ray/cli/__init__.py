@@ -16,6 +16,7 @@ import click
 
 from dcn_ray import __version__
 from dcn_ray.cli.cluster import logs, status, submit
+from dcn_ray.cli.common import echo as _echo
 from dcn_ray.cli.data import synth
 from dcn_ray.cli.export import export
 from dcn_ray.cli.predict import inspect, predict
@@ -25,10 +26,6 @@ from dcn_ray.cli.sweep import register, report, resume, sweep
 from dcn_ray.errors import InputError, first_line
 
 log = logging.getLogger("dcn_ray")
-
-
-def _echo(message: str) -> None:
-    click.echo(message, err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import click
 
-
-def _echo(message: str) -> None:
-    click.echo(message, err=True)
+from dcn_ray.cli.common import echo as _echo
 
 
 @click.command()

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
+from dcn_ray.cli.common import model_source
+
 
 @click.command()
 @click.argument("model")
 @click.argument("output_path", metavar="OUT.zip", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--storage", help="Where sweep:NAME was run (default ./dcn-ray-runs).")
-@click.option("--tracking-uri", help="MLflow of runs:/ and models:/ (default $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+@model_source
 @click.option("--author", "authors", multiple=True, help="NAME or NAME;AFFILIATION;ORCID (repeatable).")
 @click.option("--license", "license_id", default="CC-BY-4.0", show_default=True, help="SPDX licence of the package.")
 @click.option("--cite", multiple=True, help="TEXT;DOI or TEXT;URL to cite beside the DCN paper (repeatable).")

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import click
 
-
-def _echo(message: str) -> None:
-    click.echo(message, err=True)
+from dcn_ray.cli.common import echo as _echo
+from dcn_ray.cli.common import model_source
 
 
 class _ProgressBar:
@@ -81,11 +80,7 @@ def _chunk(text: str | None) -> tuple[int, int, int] | None:
 @click.argument("model")
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.argument("output_path", metavar="OUTPUT", type=click.Path(path_type=Path))
-@click.option("--storage", help="Where sweep:NAME was run (default ./dcn-ray-runs).")
-@click.option(
-    "--tracking-uri",
-    help="MLflow of runs:/ and models:/ (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).",
-)
+@model_source
 @click.option(
     "--tile",
     default=2048,
@@ -282,8 +277,7 @@ def _predict_volume(model: str, input_path: Path, output_path: Path, options, **
     help="Labels (default: those of the model's job).",
 )
 @click.option("--slices", default=None, help="Slices to score, e.g. 27:30 (default: the job's validation split).")
-@click.option("--storage", help="For MODEL sweep:NAME: the sweep's storage (default ./dcn-ray-runs).")
-@click.option("--tracking-uri", help="For MODEL runs:/ or models:/ (default: sqlite:///mlflow.db here).")
+@model_source
 def inspect(
     model: str,
     stack: Path,

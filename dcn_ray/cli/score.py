@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from dcn_ray.cli.common import echo
+
 
 @click.command()
 @click.argument("prediction", metavar="PRED", type=click.Path(path_type=Path))
@@ -85,8 +87,8 @@ def score(
         slices=slices,
     )
     if not as_json:
-        click.echo(f"{prediction}: read as {scores['prediction_read_as']}", err=True)
-        click.echo(scores["target_line"], err=True)
+        echo(f"{prediction}: read as {scores['prediction_read_as']}")
+        echo(scores["target_line"])
     click.echo(json.dumps(scores) if as_json else format_scores(scores))
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from dcn_ray.cli.common import echo, model_source
+
 
 @click.command()
 @click.argument("model")
@@ -29,8 +31,7 @@ import click
 @click.option(
     "--unlabelled", default=0, show_default=True, type=int, help="The --labels value of a pixel not labelled yet."
 )
-@click.option("--storage", help="Where sweep:NAME was run (default ./dcn-ray-runs).")
-@click.option("--tracking-uri", help="MLflow of runs:/ and models:/ (default $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+@model_source
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda when a GPU is visible.")
 def suggest(
     model: str,
@@ -62,9 +63,9 @@ def suggest(
 
     loaded = load_source(model, storage=storage, tracking_uri=tracking_uri)
     check_paths(stack, out, labels=labels_path, model=loaded.location)  # a sweep's or run's model file too
-    click.echo(f"model {model}: {describe(loaded.model)} ({loaded.location})", err=True)
+    echo(f"model {model}: {describe(loaded.model)} ({loaded.location})")
     result = run(loaded, stack, out, options, labels=labels_path, device=device)
     click.echo(f"rank  kind   z     y0     x0  {score}")
     for row in result.slices[:top] + result.tiles:
         click.echo(f"{row['rank']:>4}  {row['kind']:<5} {row['z']:>3} {row['y0']:>6} {row['x0']:>6}  {row[score]:.4f}")
-    click.echo(f"wrote {out}: ranking.csv, ranking.json, uncertainty.tif, suggested.tif", err=True)
+    echo(f"wrote {out}: ranking.csv, ranking.json, uncertainty.tif, suggested.tif")

@@ -14,11 +14,9 @@ from pathlib import Path
 
 import click
 
+from dcn_ray.cli.common import echo as _echo
+from dcn_ray.cli.common import sweep_storage
 from dcn_ray.runtime import keep_local_ray_on_loopback
-
-
-def _echo(message: str) -> None:
-    click.echo(message, err=True)
 
 
 @click.command()
@@ -80,7 +78,7 @@ def sweep(
 
 @click.command()
 @click.argument("name")
-@click.option("--storage", help="The storage the sweep was run with (default ./dcn-ray-runs).")
+@sweep_storage
 @click.option("--address", help="Ray cluster to resume on (default: a local Ray).")
 def resume(name: str, storage: str | None, address: str | None) -> None:
     """Finish sweep NAME after a crash: unfinished and errored trials only, follow-ups included."""
@@ -92,7 +90,7 @@ def resume(name: str, storage: str | None, address: str | None) -> None:
 
 @click.command()
 @click.argument("name")
-@click.option("--storage", help="The storage the sweep was run with (default ./dcn-ray-runs).")
+@sweep_storage
 @click.option(
     "--effect",
     type=float,
@@ -125,7 +123,7 @@ def report(name: str, storage: str | None, effect: float | None, atlas_dir: Path
 @click.command()
 @click.argument("name")
 @click.argument("model_name")
-@click.option("--storage", help="The storage the sweep was run with (default ./dcn-ray-runs).")
+@sweep_storage
 @click.option(
     "--alias",
     default="champion",

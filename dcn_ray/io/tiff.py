@@ -156,11 +156,17 @@ def read_labels(path: PathLike, foreground: int | str) -> np.ndarray:
         return _coloured(_as_zyx(raw, layout.axes, layout, layout.shape[0]), layout.dtype)
     if layout.kind == "rgb":
         raise InputError(f"{path}: labels are RGB; use foreground 'color', not {foreground!r}")
-    mask = raw.reshape(layout.shape) == foreground
+    return foreground_mask(raw.reshape(layout.shape), foreground, path, "pixel")
+
+
+def foreground_mask(raw: np.ndarray, foreground: int, source: PathLike, unit: str = "voxel") -> np.ndarray:
+    """``raw == foreground``; InputError naming the values present when no ``unit`` has that value
+    (a wrong foreground, never a usable ground truth). TIFF stacks and volumes alike."""
+    mask = raw == foreground
     if not mask.any():
         values = np.unique(raw)
         shown = ", ".join(str(v) for v in values[:10]) + (", ..." if len(values) > 10 else "")
-        raise InputError(f"{path}: no pixel has the foreground value {foreground} (values present: {shown})")
+        raise InputError(f"{source}: no {unit} has the foreground value {foreground} (values present: {shown})")
     return mask
 
 

@@ -139,13 +139,7 @@ def read_label_volume(source: str | Path, foreground: int | str, level: int = 0)
             f"{source}: labels of {volume.kind} need an integer foreground value, got {foreground!r} "
             "('color' is for RGB TIFF labels)"
         )
-    raw = volume.raw()
-    mask = raw == foreground
-    if not mask.any():
-        values = np.unique(raw)
-        shown = ", ".join(str(v) for v in values[:10]) + (", ..." if len(values) > 10 else "")
-        raise InputError(f"{source}: no voxel has the foreground value {foreground} (values present: {shown})")
-    return mask
+    return tiff.foreground_mask(volume.raw(), int(foreground), source, "voxel")
 
 
 def read_label_values(source: str | Path, level: int = 0) -> np.ndarray:
