@@ -31,7 +31,7 @@ from dcn_ray.core.dataset import load_data
 from dcn_ray.core.metrics import iou
 from dcn_ray.core.train import build_model, evaluate, train
 from dcn_ray.errors import InputError
-from dcn_ray.job_file import load_job
+from dcn_ray.job.job_file import load_job
 from dcn_ray.models.outputs import pad_forward
 from dcn_ray.predict.engine import PredictOptions, SlicePredictor
 
