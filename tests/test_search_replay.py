@@ -80,3 +80,36 @@ def test_the_score_is_on_unseen_seeds_and_the_grid_runs_in_its_order(replay):
     scored = replay.score(found, outcome, evaluation)
     assert scored.pick_test == pytest.approx(found.mean(outcome.pick, evaluation))
     assert dataclasses.asdict(scored)["tried"] == 2
+
+
+@pytest.mark.integration
+def test_a_grid_sweeps_mlflow_runs_become_a_table_the_strategies_replay(replay, synthetic_stack, tmp_path):
+    """The pre-registered pipeline end to end on a tiny grid: dcn-ray sweep -> MLflow -> `table` -> `replay`."""
+    from conftest import small_job, sweep_on_local_ray
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = small_job(
+        *synthetic_stack,
+        name="table",
+        data={"split": {"train": "0:8", "val": "9:10", "test": "11:12"}},
+        train={"steps": 12, "eval_every": 6, "batch_size": 2, "crop": 32, "threads": 1},
+        sweep={
+            "kernels": [[4, 8, 16]],
+            "seeds": 2,
+            "resources": {"gpu": 0, "cpu": 1},
+            "grid": {"train.lr": [0.001, 0.01]},
+        },
+        tracking={"uri": uri, "experiment": "table"},
+    )
+    outcome = sweep_on_local_ray(raw, tmp_path / "runs")
+    assert outcome.errored == 0
+    out = tmp_path / "table.jsonl"
+    assert replay.export_table(uri, "table", out) == 4
+    found = replay.read_table(out)
+    assert set(found.rows) == {"4-8-16_train.lr=0.001", "4-8-16_train.lr=0.01"} and found.seeds == [0, 1]
+    assert found.values["4-8-16_train.lr=0.01"] == {"train.lr": 0.01} and found.steps == 12
+    row = found.rows["4-8-16_train.lr=0.01"][0]
+    assert [step for step, _ in row.curve] == [6, 12] and row.best_val == max(v for _, v in row.curve)
+    results = replay.replicate_all(found, {"selection": 1, "budgets": [1, 2]}, 3, asha=True)
+    assert set(results["2 configurations'"]) == {"grid", "shuffled", "random", "tpe", "tpe+asha"}
+    assert "### Table table" in replay.summary(found, results)
