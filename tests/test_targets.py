@@ -100,3 +100,12 @@ def test_score_picks_the_truth_s_slices_and_says_its_target(tmp_path: Path, caps
     assert code == 0 and "V_rand (at 0.5) 1.0000" in out and "V_rand best 1.0000" in out
     code, _, err = run_cli(capsys, ["score", tmp_path / "pred.tif", tmp_path / "truth.tif", "--target", "mito"])
     assert code == 2 and err.startswith("dcn-ray: error: --target 'mito'")
+
+
+def test_the_cells_watershed_tells_its_progress_slice_by_slice() -> None:
+    truth = np.stack([blobs((32, 32), [(2, 2, 20, 20)])] * 3)
+    told: list[tuple[int, int]] = []
+    for workers in (1, 2):
+        told.clear()
+        scores.probability_scores(truth * np.float32(0.8), truth, workers=workers, progress=lambda *a: told.append(a))
+        assert told == [(1, 3), (2, 3), (3, 3)]

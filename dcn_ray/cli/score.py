@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import click
@@ -76,20 +77,43 @@ def score(
     )
     from dcn_ray.core.metrics import ISBI_THRESHOLDS
 
-    scores = score_stacks(
-        prediction,
-        truth,
-        foreground=parse_foreground(foreground),
-        target=parse_target(target),
-        threshold=threshold,
-        thresholds=parse_thresholds(thresholds) if thresholds is not None else ISBI_THRESHOLDS,
-        invert=invert,
-        slices=slices,
-    )
+    bar = _SliceBar() if sys.stderr.isatty() and not as_json else None
+    try:
+        scores = score_stacks(
+            prediction,
+            truth,
+            foreground=parse_foreground(foreground),
+            target=parse_target(target),
+            threshold=threshold,
+            thresholds=parse_thresholds(thresholds) if thresholds is not None else ISBI_THRESHOLDS,
+            invert=invert,
+            slices=slices,
+            progress=bar,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
     if not as_json:
         echo(f"{prediction}: read as {scores['prediction_read_as']}")
         echo(scores["target_line"])
     click.echo(json.dumps(scores) if as_json else format_scores(scores))
+
+
+class _SliceBar:
+    """The cells target's watershed, slice by slice, on a terminal's stderr (opened at the first slice)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label="scoring slices", file=sys.stderr, show_eta=True)
+            self.bar.__enter__()
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
 
 
 def _finite(value: float) -> float:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dcn_ray.core.labels import LabelCheck
-from dcn_ray.core.metrics import ISBI_THRESHOLDS, iou
+from dcn_ray.core.metrics import ISBI_THRESHOLDS, Progress, iou
 from dcn_ray.core.scores import (
     REGION_KEYS,
     SCORE_KEYS,
@@ -53,6 +53,7 @@ def score_probabilities(
     target: str = "auto",
     threshold: float = 0.5,
     thresholds: Sequence[float] = ISBI_THRESHOLDS,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """:func:`~dcn_ray.core.scores.probability_scores` plus ``slices``, ``target`` and the baselines' IoU.
 
@@ -65,7 +66,7 @@ def score_probabilities(
     fraction = LabelCheck.of(truth.reshape((-1,) + truth.shape[-2:])).stack
     resolved = resolve_target(target, fraction)
     scores: dict[str, Any] = probability_scores(
-        probability, truth, target=resolved, threshold=threshold, thresholds=thresholds
+        probability, truth, target=resolved, threshold=threshold, thresholds=thresholds, progress=progress
     )
     scores["baseline_all_foreground_iou"] = iou(np.ones_like(truth), truth)
     scores["baseline_all_background_iou"] = iou(np.zeros_like(truth), truth)
@@ -85,6 +86,7 @@ def score_stacks(
     thresholds: Sequence[float] = ISBI_THRESHOLDS,
     invert: bool = False,
     slices: str | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Score a prediction stack against a label stack (TIFF, OME-Zarr, zarr or ``file.h5:/dataset``).
 
@@ -116,7 +118,9 @@ def score_stacks(
             + (f" (--slices {slices})" if slices is not None else "")
             + hint
         )
-    scores = score_probabilities(probability, mask, target=target, threshold=threshold, thresholds=thresholds)
+    scores = score_probabilities(
+        probability, mask, target=target, threshold=threshold, thresholds=thresholds, progress=progress
+    )
     scores["prediction_read_as"] = read_as
     return scores
 

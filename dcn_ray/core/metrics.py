@@ -235,13 +235,34 @@ def _slice_result(pred: np.ndarray, truth: _Truth) -> SliceResult:
     return _rand_counts_of(*overlaps), _info_of(*overlaps)
 
 
-def per_slice(function: Callable[..., T], workers: int | None, *slices: Sequence) -> list[T]:
+#: Told (slices done, slices in all) as slices are scored: a progress bar's hook.
+Progress = Callable[[int, int], None]
+
+
+def per_slice(
+    function: Callable[..., T], workers: int | None, *slices: Sequence, progress: Progress | None = None
+) -> list[T]:
     """``function`` of every slice, in order, on ``workers`` threads (default :func:`default_workers`)."""
     workers = min(default_workers() if workers is None else workers, len(slices[0]))
-    if workers <= 1:
-        return list(map(function, *slices))
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(function, *slices))
+    results: list[T] = []
+    with ThreadPoolExecutor(workers) if workers > 1 else _Inline() as pool:
+        for result in pool.map(function, *slices):
+            results.append(result)
+            if progress is not None:
+                progress(len(results), len(slices[0]))
+    return results
+
+
+class _Inline:
+    """One thread: the calling one (``map`` as the builtin)."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    map = staticmethod(map)
 
 
 def _rand_info(results: Iterable[SliceResult]) -> tuple[float, float, float]:
@@ -290,7 +311,12 @@ def _over_thresholds(probability: np.ndarray, truth: _Truth, values: Sequence[fl
 
 
 def rand_info_at(
-    probability: np.ndarray, truth: np.ndarray, values: Sequence[float], *, workers: int | None = None
+    probability: np.ndarray,
+    truth: np.ndarray,
+    values: Sequence[float],
+    *,
+    workers: int | None = None,
+    progress: Progress | None = None,
 ) -> list[tuple[float, float, float]]:
     """``(V_rand, V_rand slice mean, V_info)`` of ``probability > value`` for each of the ascending ``values``.
 
@@ -300,7 +326,8 @@ def rand_info_at(
     if not truth.any():  # no watershed: the scores follow from whether the prediction has foreground
         return [(score, score, score) for score in (rand_info_scores(probability > v, truth)[0] for v in values)]
     truths = [_Truth.of(cells(plane)) for plane in _slices(truth)]
-    slices = per_slice(_over_thresholds, workers, list(_slices(probability)), truths, [values] * len(truths))
+    planes = list(_slices(probability))
+    slices = per_slice(_over_thresholds, workers, planes, truths, [values] * len(truths), progress=progress)
     return [_rand_info(results[index] for results in slices) for index in range(len(values))]
 
 
