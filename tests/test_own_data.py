@@ -55,5 +55,5 @@ def test_the_readme_s_own_data_commands_run_start_to_finish(tmp_path: Path) -> N
     assert "3 grid trials" in dry.stdout
     assert "test IoU" in sweep.stdout and "models:/my-mito-model@champion" in register.stdout
     assert "object F1" in predict.stdout and "target: objects" in predict.stderr
-    assert "object F1" in score.stdout and "baselines on the same 3 slices" in score.stdout
+    assert "object F1" in score.stdout and "baselines on the same 2 slices" in score.stdout
     assert (tmp_path / "prediction.tif").exists()
