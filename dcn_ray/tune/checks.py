@@ -15,6 +15,7 @@ from dcn_ray.job.config import JobConfig, kernels_of
 from dcn_ray.job.sweep_grid import REDRAW_KEY, config_name, value_text, variants
 from dcn_ray.job.train_config import preset_line
 from dcn_ray.kernels import BRANCHES, STRIDES, kernels_text
+from dcn_ray.tune.planner import RoundPlanner
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,11 @@ def planned_trials(job: JobConfig, gpu: float | None = None) -> list[str]:
     seeds = ",".join(str(s) for s in job.seeds)
     if job.sweep.search.enabled:
         return planned_search(job, gpu)
-    configurations = variants(job)
+    configurations = variants(job)  # what the sweep runs is the planner's to say, not a copy of its rule
+    queued = RoundPlanner(configurations, job.seeds, job.sweep.followup).queue
+    planned = list(
+        dict.fromkeys((spec.family, spec.kernels, spec.grid_values) for spec in queued if spec.phase == "grid")
+    )
     lines = []
     for variant in configurations:
         k = variant.kernels
@@ -45,14 +50,12 @@ def planned_trials(job: JobConfig, gpu: float | None = None) -> list[str]:
         name = variant.name if variant.params or k is None else kernels_text(k)
         lines.append(f"grid  {name:>10}  {what}{values}  seeds {seeds}  gpu={gpu:g} cpu={resources.cpu:g}")
     followup = job.sweep.followup
-    count = len(configurations)
+    count = len(planned)
+    listed = {(variant.family, variant.kernels, variant.params) for variant in configurations}
+    for _, kernels, _ in (config for config in planned if config not in listed):  # the follow-ups' reference
+        lines.insert(0, f"grid  {kernels_text(kernels):>10}  (reference, added for the follow-ups)  seeds {seeds}")
     if followup.enabled:
         reference = tuple(followup.reference)
-        if reference not in kernels_of(job):
-            count += 1
-            lines.insert(
-                0, f"grid  {kernels_text(reference):>10}  (reference, added for the follow-ups)  seeds {seeds}"
-            )
         controls = "all" if followup.controls is None else f"up to {followup.controls}"
         extras = f" and {followup.random_controls} random extras" if followup.random_controls else ""
         sham = ", a sham control (the reference's kernels, the weak branch's start re-drawn)" if followup.sham else ""
