@@ -614,3 +614,22 @@ def test_sigkill_of_a_predict_workers_driver_leaves_no_ray_process(tmp_path: Pat
         for pid, start in seen.items():  # whatever happens, end what this test's driver started
             if start and _start_time(pid) == start:
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_predict_of_a_registered_model_shows_no_download_bar(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    experiment = client.create_experiment("e", artifact_location=str(tmp_path / "artifacts"))
+    run = client.create_run(experiment)
+    client.log_artifact(run.info.run_id, str(model_file(tmp_path)), "checkpoint")
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model("m")
+    client.create_model_version("m", f"{run.info.artifact_uri}/checkpoint", run_id=run.info.run_id)
+    _stack(tmp_path / "in.tif", _images()[:2])
+    args = ["predict", "models:/m/1", "in.tif", "out.tif", "--tracking-uri", uri, "--no-tta", "--tile", "256"]
+    done = process([*args, "--overlap", "112"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Downloading" not in done.stderr
+    assert [line.split(" ", 1)[0] for line in done.stderr.splitlines()] == ["model", "wrote"], done.stderr
