@@ -31,10 +31,13 @@ class _ProgressBar:
         if done:
             rate = done / max(time.perf_counter() - self.started, 1e-9)
             self.bar.update(1, f"{rate:.2f} slices/s")
+        if done == total:  # its line ends before the --labels scoring's bar starts
+            self.close()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
 class _BlockBar(_ProgressBar):
@@ -188,7 +191,7 @@ def predict(
     from dcn_ray.predict.stack import PredictOptions, check_paths, predict_stack
 
     parse_target(target)
-    given = {"label_slices": label_slices, "target": target}
+    given = {"label_slices": label_slices, "target": target, "score_progress": _score_bar(labels_path)}
     from dcn_ray.track.sources import load_source
 
     options = PredictOptions(
@@ -225,6 +228,15 @@ def predict(
     if result.scores is not None:
         _echo(result.scores["target_line"])
         click.echo(format_scores(result.scores))
+
+
+def _score_bar(labels: Path | None):
+    """The --labels scoring's progress (the cells watershed, slice by slice) where stderr is a terminal."""
+    if labels is None or not sys.stderr.isatty():
+        return None
+    from dcn_ray.cli.score import SliceBar
+
+    return SliceBar()
 
 
 def _tiff_only(**given: object) -> None:

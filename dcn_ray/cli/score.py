@@ -77,7 +77,7 @@ def score(
     )
     from dcn_ray.core.metrics import ISBI_THRESHOLDS
 
-    bar = _SliceBar() if sys.stderr.isatty() and not as_json else None
+    bar = SliceBar() if sys.stderr.isatty() and not as_json else None
     try:
         scores = score_stacks(
             prediction,
@@ -99,21 +99,24 @@ def score(
     click.echo(json.dumps(scores) if as_json else format_scores(scores))
 
 
-class _SliceBar:
+class SliceBar:
     """The cells target's watershed, slice by slice, on a terminal's stderr (opened at the first slice)."""
 
     def __init__(self) -> None:
         self.bar = None
 
     def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
+        if self.bar is None:  # closed when the last slice is in
             self.bar = click.progressbar(length=total, label="scoring slices", file=sys.stderr, show_eta=True)
             self.bar.__enter__()
         self.bar.update(1)
+        if done == total:
+            self.close()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
 def _finite(value: float) -> float:

@@ -95,6 +95,7 @@ def predict_stack(
     level: int = 0,
     label_slices: str | None = None,
     target: str = "auto",
+    score_progress: Callable[[int, int], None] | None = None,
 ) -> PredictResult:
     """Segment the stack (or 2-D image) ``input_path`` into ``output_path``, streamed.
 
@@ -133,7 +134,10 @@ def predict_stack(
     scores = None
     if truth is not None:  # what `dcn-ray score` reads: the output as written
         target = model_target(loaded, target)
-        scores = score_probabilities(read_prediction(output_path)[0], truth, target=target, threshold=options.threshold)
+        probability = read_prediction(output_path)[0]
+        scores = score_probabilities(
+            probability, truth, target=target, threshold=options.threshold, progress=score_progress
+        )
     return PredictResult(output_path, len(names), seconds, tuple(names), scores)
 
 

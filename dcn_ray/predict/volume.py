@@ -120,6 +120,7 @@ def predict_volume(
     labels: str | Path | None = None,
     label_slices: str | None = None,
     target: str = "auto",
+    score_progress: Callable[[int, int], None] | None = None,
     resume: bool = False,
     workers: int | None = None,
     address: str | None = None,
@@ -149,7 +150,9 @@ def predict_volume(
         total = math.prod(plan.grid)
         if ready is not None:
             ready()
-        return VolumeResult(output_path, total, total, 0, 0.0, (), _scores(output_path, truth, options, target))
+        return VolumeResult(
+            output_path, total, total, 0, 0.0, (), _scores(output_path, truth, options, target, score_progress)
+        )
     created = store is None
     if store is None:
         if resume:
@@ -192,7 +195,7 @@ def predict_volume(
         raise
     seconds = time.perf_counter() - started
     omezarr.finish_store(store, output_path)
-    scores = _scores(output_path, truth, options, target)
+    scores = _scores(output_path, truth, options, target, score_progress)
     return VolumeResult(output_path, total, len(done), voxels, seconds, tuple(names), scores)
 
 
@@ -216,11 +219,14 @@ def _run(
         yield from pool(todo)
 
 
-def _scores(path: Path, truth: np.ndarray | None, options: PredictOptions, target: str) -> dict[str, Any] | None:
+def _scores(
+    path: Path, truth: np.ndarray | None, options: PredictOptions, target: str, progress=None
+) -> dict[str, Any] | None:
     """What ``dcn-ray score`` gives for the finished store ``path`` against ``truth``."""
     if truth is None:
         return None
-    return score_probabilities(read_prediction(path)[0], truth, target=target, threshold=options.threshold)
+    probability = read_prediction(path)[0]
+    return score_probabilities(probability, truth, target=target, threshold=options.threshold, progress=progress)
 
 
 def _check_input(plan: VolumePlan, store: omezarr.OutputStore, settings: dict[str, Any], done: set) -> None:
