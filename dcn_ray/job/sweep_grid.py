@@ -61,9 +61,8 @@ def value_text(value: Any) -> str:
     """``0.001``, ``unet``, ``1-0-0`` (a list): how a value is written in a configuration's name."""
     if isinstance(value, tuple | list):
         return "-".join(value_text(v) for v in value)
-    if isinstance(value, float):  # 0.001 as "0.001", but 0.0010000001 not as "0.001" too
-        short = f"{value:g}"
-        return short if float(short) == value else repr(value)
+    if isinstance(value, float):  # 0.0010000001 is "0.001" too: variants() refuses two configurations with one name
+        return f"{value:g}"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
