@@ -109,3 +109,26 @@ def test_the_cells_watershed_tells_its_progress_slice_by_slice() -> None:
         told.clear()
         scores.probability_scores(truth * np.float32(0.8), truth, workers=workers, progress=lambda *a: told.append(a))
         assert told == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_the_dry_run_names_an_unlabelled_test_slice_before_training(tmp_path: Path, capsys, synthetic_stack) -> None:
+    import yaml
+    from conftest import small_job
+
+    images, labels = synthetic_stack
+    stack = tifffile.imread(labels)
+    stack[11] = 0  # the test slice's annotation is missing
+    tifffile.imwrite(tmp_path / "labels.tif", stack)
+    job = small_job(images, tmp_path / "labels.tif", data={"split": {"train": "0:8", "val": "9", "test": "11"}})
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    code, _, err = run_cli(capsys, ["sweep", tmp_path / "job.yaml", "--dry-run"])
+    assert code == 0, err
+    lines = err.splitlines()
+    assert any(line.startswith("target: cells") for line in lines)  # synthetic cell interiors: most pixels
+    assert "labels: no foreground in slice 11 (test): annotation missing?" in lines
+    warning = next(line for line in lines if line.startswith("warning: slice 11 (test)"))
+    assert "--set data.allow_empty_slices=true" in warning
+    code, _, err = run_cli(
+        capsys, ["sweep", tmp_path / "job.yaml", "--dry-run", "--set", "data.allow_empty_slices=true"]
+    )
+    assert code == 0 and "warning: slice 11" not in err and "accepted without foreground" in err
