@@ -33,6 +33,10 @@ def test_followups_and_controls_are_derived_from_the_reference(synthetic_stack, 
     shams = [r for r in children if r.data.tags["phase"] == "sham"]
     by_kernels = {tuple(int(k) for k in r.data.tags["kernels"].split("-")): r for r in children if r not in shams}
     reference = by_kernels[(4, 8, 16)]
+    if reference.data.tags["weak_branch"] == "none":  # one seed could not tell: random one-branch changes only
+        assert not shams and {r.data.tags["phase"] for r in children} <= {"grid", "random"}
+        assert "none clearly weakest" in (tmp_path / "guided" / "results.md").read_text()
+        return
     weak = BRANCHES.index(reference.data.tags["weak_branch"])
 
     # every trial logs its own branch scores
@@ -60,6 +64,7 @@ def test_followups_and_controls_are_derived_from_the_reference(synthetic_stack, 
         assert run.data.tags["weak_branch_of_reference"] == BRANCHES[weak]
         assert f"contrast_{BRANCHES[weak]}=" in run.data.tags["reference_scores"]
         assert run.info.status == "FINISHED"
+    assert shams[0].data.tags["derived_from"] == reference.info.run_id
 
     # the report compares the guided arm with the matched controls (by mean gain), and charts it
     phases = outcome.table.column("phase").to_pylist()

@@ -7,13 +7,14 @@ from pathlib import Path
 
 from dcn_ray import models
 from dcn_ray.core.analysis import IMAGE_FILES, analyse
+from dcn_ray.core.branches import one_seed_tolerance
 from dcn_ray.core.dataset import parse_split
 from dcn_ray.core.partial import read_truth
 from dcn_ray.core.proposals import plan_followups
 from dcn_ray.errors import InputError
 from dcn_ray.io.paths import folder_written_whole, input_file, output_folder
 from dcn_ray.io.tiff import read_stack
-from dcn_ray.kernels import kernels_text
+from dcn_ray.kernels import BRANCHES, kernels_text
 from dcn_ray.track.sources import load_source
 
 SCORES_FILE = "branch_scores.json"
@@ -84,10 +85,27 @@ def inspect_model(
         for score in analysis.scores
     ]
     if weak is None:
-        lines.append("weak branch: none (no branch's calibrated separation is clearly the lowest)")
+        lines.append(f"weak branch: none ({cannot_tell(analysis.scores)})")
     else:
         lines.append(f"weak branch: {analysis.weak_name} (kernel k{weak + 1}={kernels[weak]})")
     lines.append("guided follow-ups: " + (", ".join(kernels_text(k) for k in plan.guided) if plan else "") or "none")
     lines.append("matched controls: " + (", ".join(kernels_text(k) for k in plan.controls) if plan else "") or "none")
     lines.append(f"wrote {out_dir / SCORES_FILE} and the F1-F3 montage in {out_dir}")
     return "\n".join(lines)
+
+
+def cannot_tell(scores) -> str:
+    """Why one seed names no branch: the lowest is within the seed spread of another branch."""
+    values = [score.calibrated for score in scores]
+    if any(value != value for value in values):  # NaN: a branch without a score
+        return "a branch's calibrated separation is undefined on these slices"
+    lowest = min(range(len(values)), key=lambda b: values[b])
+    near = [
+        f"{BRANCHES[b]} by {values[b] - values[lowest]:.3f} (seed spread allows {one_seed_tolerance(lowest, b):.3f})"
+        for b in range(len(values))
+        if b != lowest and values[b] - values[lowest] <= one_seed_tolerance(lowest, b)
+    ]
+    return (
+        f"one seed cannot tell: {BRANCHES[lowest]} is the lowest, but below {', '.join(near)}, within what seeds "
+        "vary in the rule's validation; a sweep over seeds decides"
+    )

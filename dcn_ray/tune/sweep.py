@@ -172,8 +172,8 @@ def _planner(job: JobConfig, max_concurrent: int, uri: str, write: Write):
     configurations = variants(job)
     planner = RoundPlanner(configurations, job.seeds, job.sweep.followup)
     write(
-        f"sweep '{job.name}': {len(planner.queue)} grid trials ({len(configurations)} configurations x "
-        f"{len(job.seeds)} seed(s)), {where}"
+        f"sweep '{job.name}': {len(planner.queue)} trials queued ({len(configurations)} grid configuration(s) x "
+        f"{len(job.seeds)} seed(s){' and round 1' if planner.decisions else ''}), {where}"
     )
     return planner
 
