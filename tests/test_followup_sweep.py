@@ -77,3 +77,39 @@ def test_followups_and_controls_are_derived_from_the_reference(synthetic_stack, 
     assert "vs matched controls" in markdown and "guided minus all matched controls" in markdown
     assert "guided minus sham (kernels kept, start re-drawn)" in markdown and "4-8-16~sham-" in markdown
     assert (tmp_path / "guided" / "iou_by_config.png").stat().st_size > 1000
+
+
+def test_a_sham_runs_beside_the_guided_arm_and_its_checkpoint_predicts(synthetic_stack, mlflow_server, tmp_path):
+    """The weak branch fixed in advance (a replication): guided, sham and reference run at once; the sham is its
+    own configuration, its checkpoint rebuilds it (predict), and the verdict reports guided minus sham."""
+    from dcn_ray.core import checkpoint
+
+    raw = small_job(
+        *synthetic_stack,
+        name="sham",
+        train={"steps": 12, "eval_every": 6, "batch_size": 2, "crop": 32},
+        sweep={
+            "kernels": [[4, 8, 16]],
+            "seeds": 2,
+            "resources": {"gpu": 0, "cpu": 1},
+            "followup": {"enabled": True, "steps": 1, "controls": 0, "weak": "F3", "relative_step": 0.5},
+        },
+        tracking={"uri": mlflow_server.uri, "experiment": "sham"},
+    )
+    outcome = sweep_on_local_ray(raw, tmp_path)
+    rows = outcome.table.to_pylist()
+    assert sorted((r["config"], r["phase"], r["seed"]) for r in rows) == sorted(
+        (config, phase, seed)
+        for config, phase in (("4-8-16", "grid"), ("4-8-12", "followup"), ("4-8-16~sham-F3", "sham"))
+        for seed in (0, 1)
+    )
+    assert all(r["status"] == "finished" for r in rows)
+    markdown = (tmp_path / "sham" / "results.md").read_text()
+    assert "F3 (fixed in advance; lowest in " in markdown and "sham 4-8-16~sham-F3" in markdown
+    assert "guided minus sham (kernels kept, start re-drawn): " in markdown and "over 2 seed(s)" in markdown
+
+    client = MlflowClient(mlflow_server.uri)
+    sham_run = next(r for r in rows if r["phase"] == "sham")["mlflow_run_id"]
+    local = client.download_artifacts(sham_run, "checkpoint", str(tmp_path / "downloaded"))
+    model, payload = checkpoint.load_model(tmp_path / "downloaded" / "checkpoint" / checkpoint.MODEL_FILE)
+    assert payload["model_kwargs"]["redraw"] == ["F3"] and model.kwargs["kernels"] == [4, 8, 16] and local

@@ -247,3 +247,14 @@ def test_the_verdict_reports_guided_minus_sham_paired_by_seed():
     assert comparison.primary.kind == "matched"  # the sham's rows are not the reference's
     assert comparison.primary.difference.mean == pytest.approx(0.006 + 0.002)
     assert "sham 4-8-16~sham-F3" in round_lines(rounds)[0]
+
+
+def test_a_round_with_a_sham_and_no_matched_control_still_has_a_verdict():
+    rows, rounds = [], [{**round_of([(4, 8, 12)], []), "sham": "4-8-16~sham-F3"}]
+    for s in range(3):
+        rows += [row(REF, s, 0.80), row((4, 8, 12), s, 0.81 + 0.001 * s, "followup")]
+        rows += [row(REF, s, 0.805, "sham", config="4-8-16~sham-F3")]
+    comparison = guided_vs_controls(rows, "test_iou", "test IoU", rounds)
+    assert [c.kind for c in comparison.contrasts] == ["sham"] and comparison.primary.seeds == 3
+    assert comparison.primary.difference.mean == pytest.approx(0.006)
+    assert "vs matched controls n/a" in comparison.sentence()

@@ -214,7 +214,7 @@ def guided_vs_controls(rows: Sequence[Row], key: str, label: str, rounds: Sequen
         found = sham_differences(rows, key, rounds) if kind == "sham" else matched_differences(rows, key, rounds, kind)
         if found:
             contrasts.append(_contrast(kind, list(found.values()), margin))
-    seeds = sorted(set(guided) & set(controls))
+    seeds = sorted(set(guided) & set(controls)) if controls else sorted(guided)  # a round with a sham alone counts
     if not contrasts or not seeds:
         return None
     ran = set(scores_by_trial(rows, key))
@@ -224,7 +224,7 @@ def guided_vs_controls(rows: Sequence[Row], key: str, label: str, rounds: Sequen
         guided_configs=count("guided"),
         control_configs=count("controls"),
         guided=mean_interval([fmean(guided[s]) for s in seeds]),
-        controls=mean_interval([fmean(controls[s]) for s in seeds]),
+        controls=mean_interval([fmean(controls[s]) for s in seeds if s in controls]),
         contrasts=tuple(contrasts),
         label=label,
     )
