@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from dcn_ray.core.branches import BranchScore, score_branches, weak_branch
+from dcn_ray.core.context import centre
 from dcn_ray.core.render import branch_image, render_montage, render_overlay, save_png
 from dcn_ray.kernels import BRANCHES
 from dcn_ray.models.dcn import DCN, MULTIPLE
@@ -39,14 +40,16 @@ class Analysis:
 
 
 def branch_logits(model: DCN, images: np.ndarray, device: torch.device | str = "cpu") -> list[np.ndarray]:
-    """The three branch logit maps of every slice: 3 arrays (Z, 2, Y, X), F1..F3."""
+    """The three branch logit maps of every slice: 3 arrays (Z, 2, Y, X), F1..F3.
+
+    ``images`` (Z, Y, X), or (Z, 2N + 1, Y, X) inputs of a model of context N."""
     model = model.to(device).eval()
     maps: list[list[np.ndarray]] = [[], [], []]
     with torch.no_grad():
         for image in images:
-            output = pad_forward(
-                model, torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device), MULTIPLE
-            )
+            batch = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+            batch = batch[None, None] if batch.ndim == 2 else batch[None]
+            output = pad_forward(model, batch.to(device), MULTIPLE)
             for index, branch in enumerate(output.branches):
                 maps[index].append(branch[0].float().cpu().numpy())
     return [np.stack(branch) for branch in maps]
@@ -61,12 +64,14 @@ def analyse(
     device: torch.device | str = "cpu",
     labelled: np.ndarray | None = None,
 ) -> Analysis:
-    """Score F1-F3 on (Z, Y, X) validation slices and write their images for the first slice.
+    """Score F1-F3 on (Z, Y, X) validation slices (or their (Z, 2N + 1, Y, X) inputs for a model of
+    context N) and write their images for the first slice.
 
     Partly labelled truth: the branches are scored on the ``labelled`` pixels alone (every branch
     score is a score of pixels)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     branches = branch_logits(model, images, device)
+    images = centre(images)  # the slices themselves, for the pictures
     if labelled is None:
         scores = score_branches(branches, masks)
     else:  # the labelled pixels as one (1, 1, N) slice

@@ -4,7 +4,9 @@ A checkpoint folder holds two files:
 
 - ``model.pt`` the best model so far: format tag, model family (``model_family``; a checkpoint
   without it is a DCN, as every checkpoint before model families was), model keyword arguments,
-  the resolved job config, weights, its step and validation metrics. ``predict`` needs nothing else.
+  the resolved job config, weights, its step and validation metrics, and the serial-section
+  ``context`` N the model reads (2N + 1 slices as its ``in_channels``; a checkpoint without it
+  reads one slice, as every checkpoint before context did). ``predict`` needs nothing else.
 - ``state.pt`` the training state to resume from: current weights, optimizer state, sampler
   RNG state, step, best model, metric history, and ``finished`` once training is over.
 """
@@ -74,6 +76,12 @@ def model_from_payload(payload: dict[str, Any], *, path: Path | str = "checkpoin
         model.load_state_dict(payload["weights"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise InputError(f"{path}: checkpoint does not match the {family.title} ({first_line(error, 160)})") from None
+    recorded = payload.get("context", 0)
+    if recorded != models.context_of(model):
+        raise InputError(
+            f"{path}: checkpoint records context {recorded!r} but its model reads "
+            f"{model.kwargs.get('in_channels', 1)} input channels (context {models.context_of(model)})"
+        )
     return model.eval()
 
 
@@ -114,6 +122,7 @@ def model_payload(model: nn.Module, *, config: dict[str, Any], step: int, metric
     family = models.family_of(model)
     payload: dict[str, Any] = {"format": FORMAT, "model_family": family.name, "model_kwargs": dict(model.kwargs)}
     payload["config"] = config
+    payload["context"] = models.context_of(model)
     if family.uses_kernels:
         payload["kernels"] = list(model.kernels)
     return {**payload, "weights": _cpu_weights(model), "step": step, "metrics": dict(metrics)}

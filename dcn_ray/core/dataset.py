@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dcn_ray.core import context as serial
 from dcn_ray.core.labels import LabelCheck
 from dcn_ray.core.partial import foreground_fraction, label_masks, labelled_slices
 from dcn_ray.core.scores import resolve_target
@@ -106,6 +107,11 @@ class Dataset:
 
     ``*_labelled``: for partly labelled data (:mod:`dcn_ray.core.partial`), which pixels of the
     split carry a label (bool, (Z, Y, X)); None where every pixel does.
+
+    With serial-section ``context`` N > 0, ``<split>_inputs`` hold what the model reads for each
+    slice, (Z, 2N + 1, Y, X), gathered by the rules of :mod:`dcn_ray.core.context` (training never
+    reads a validation or test slice; validation and test read as prediction does); the images stay
+    the slices themselves (scores, baselines, pictures).
     """
 
     train_images: np.ndarray
@@ -124,6 +130,17 @@ class Dataset:
     target: str = "cells"
     #: Per-slice foreground of the whole (ROI-cropped) label stack; None where not measured.
     labels: LabelCheck | None = None
+    context: int = 0
+    train_inputs: np.ndarray | None = None  # (Z, 2N + 1, Y, X) with context N > 0, else None
+    val_inputs: np.ndarray | None = None
+    test_inputs: np.ndarray | None = None
+
+    def inputs(self, split: str) -> np.ndarray | None:
+        """What the model reads for ``split``'s slices: its (Z, Y, X) images without context, else
+        the (Z, 2N + 1, Y, X) inputs; None for a missing test split."""
+        if self.context:
+            return getattr(self, f"{split}_inputs")
+        return getattr(self, f"{split}_images")
 
     @property
     def train_foreground(self) -> float:
@@ -144,8 +161,10 @@ def load_dataset(
     background: int | None = None,
     unlabelled: int | None = None,
     target: str = "auto",
+    context: int = 0,
 ) -> Dataset:
-    """Read images and labels, crop to ``roi``, and cut them into the train/val/test splits.
+    """Read images and labels, crop to ``roi``, and cut them into the train/val/test splits (with
+    each slice's ``context`` neighbours as the model's input when ``context`` > 0).
 
     With ``background`` or ``unlabelled`` the labels are partly labelled (:mod:`dcn_ray.core.partial`).
     ``target`` "auto" is decided from the stack's foreground fraction (:func:`~dcn_ray.core.scores.resolve_target`).
@@ -203,6 +222,7 @@ def load_dataset(
             )
     test_slices = splits["test"]
     labels_check = LabelCheck.of(masks, labelled)
+    inputs = _context_inputs(stack, splits, context) if context else {}
     return Dataset(
         train_images=stack[splits["train"]],
         train_masks=masks[splits["train"]],
@@ -218,6 +238,8 @@ def load_dataset(
         test_labelled=parts["test"] if test_slices else None,
         target=resolve_target(target, labels_check.stack),
         labels=labels_check,
+        context=context,
+        **inputs,
     )
 
 
@@ -238,10 +260,23 @@ def _check_labelled(splits: dict[str, list[int]], parts: dict[str, np.ndarray | 
             log.warning("data.split.%s: slice(s) %s hold no labelled pixel and are not scored", name, missing)
 
 
-def load_data(data: DataConfig) -> Dataset:
-    """The splits of a job's ``data`` section (``images``, ``labels``, ``split``, ``roi``)."""
+def _context_inputs(stack: np.ndarray, splits: dict[str, list[int]], context: int) -> dict[str, np.ndarray | None]:
+    """Each split's (Z, 2N + 1, Y, X) inputs: training within its allowed runs, the others as predicted."""
+    n_slices = len(stack)
+    forbidden = serial.forbidden_for_training(splits["train"], splits["val"], splits["test"])
+    rows = {
+        "train": [serial.training_neighbours(z, context, n_slices, forbidden) for z in splits["train"]],
+        "val": [serial.neighbours(z, context, n_slices) for z in splits["val"]],
+        "test": [serial.neighbours(z, context, n_slices) for z in splits["test"]],
+    }
+    return {f"{name}_inputs": serial.gather(stack, table) if table else None for name, table in rows.items()}
+
+
+def load_data(data: DataConfig, *, context: int = 0) -> Dataset:
+    """The splits of a job's ``data`` section (``images``, ``labels``, ``split``, ``roi``), with the
+    inputs of a model of ``context`` (the job's ``model.context``)."""
     return load_dataset(
         data.images, data.labels, foreground=data.foreground, train=data.split.train,
         val=data.split.val, test=data.split.test, roi=data.roi, background=data.background,
-        unlabelled=data.unlabelled, target=data.target,
+        unlabelled=data.unlabelled, target=data.target, context=context,
     )  # fmt: skip

@@ -75,6 +75,8 @@ class CropSampler:
 
     ``images`` (Z, H, W) float and ``masks`` (Z, H, W) bool/int (nonzero = foreground) must
     already be on the training device; a sample copies at most one small index tensor there.
+    ``images`` may also be (Z, C, H, W), each slice with its serial-section context as channels
+    (:mod:`dcn_ray.core.context`): every channel of a crop is cut and transformed alike.
 
     With ``foreground_crops`` f > 0 each crop is, with probability f, centred on a foreground
     pixel drawn uniformly from those whose centred crop fits in the slice (nnU-Net's oversampling;
@@ -108,16 +110,16 @@ class CropSampler:
         foreground_crops: float = 0.0,
         labelled: Tensor | None = None,
     ) -> None:
-        if images.ndim != 3 or not images.is_floating_point():
-            raise ValueError(f"images must be a (Z, H, W) float tensor, got {images.dtype} {tuple(images.shape)}")
-        if masks.shape != images.shape or masks.device != images.device:
+        if images.ndim not in (3, 4) or not images.is_floating_point():
+            raise ValueError(f"images must be a (Z, [C,] H, W) float tensor, got {images.dtype} {tuple(images.shape)}")
+        if masks.shape != images.shape[:1] + images.shape[-2:] or masks.device != images.device:
             raise ValueError(
                 f"masks {tuple(masks.shape)} on {masks.device} must match images "
                 f"{tuple(images.shape)} on {images.device}"
             )
         if images.shape[0] < 1:
             raise ValueError("images hold no slices")
-        height, width = images.shape[1:]
+        height, width = images.shape[-2:]
         if crop < 8 or crop % 8:
             raise ValueError(f"crop must be a positive multiple of 8, got {crop}")
         if crop > height or crop > width:
@@ -178,7 +180,7 @@ class CropSampler:
 
     def draw(self) -> Crops:
         """Where the next batch's crops come from (advances the generator)."""
-        depth, height, width = self.images.shape
+        depth, height, width = self.masks.shape
         device = self.generator.device if self.generator is not None else self.images.device
         highs = (depth, height - self.crop + 1, width - self.crop + 1, len(self._sources))
         draws = [torch.randint(high, (self.batch_size,), generator=self.generator, device=device) for high in highs]
@@ -207,13 +209,16 @@ class CropSampler:
         return Crops(z, top, left, t)
 
     def cut(self, crops: Crops) -> tuple[Tensor, Tensor]:
-        """The batch of ``crops``: x (B, 1, crop, crop) float and y (B, crop, crop) int64 in {0, 1}
-        (and IGNORE where unlabelled)."""
+        """The batch of ``crops``: x (B, C, crop, crop) float (C = 1 for (Z, H, W) images) and y
+        (B, crop, crop) int64 in {0, 1} (and IGNORE where unlabelled)."""
         source = self._sources[crops.t]  # (B, 2, crop, crop)
         rows = crops.top[:, None, None] + source[:, 0]
         cols = crops.left[:, None, None] + source[:, 1]
         slices = crops.z[:, None, None]
-        x = self.images[slices, rows, cols].unsqueeze(1)
+        if self.images.ndim == 3:
+            x = self.images[slices, rows, cols].unsqueeze(1)
+        else:  # (B, crop, crop, C) -> (B, C, crop, crop): every channel through the same transform
+            x = self.images[slices, :, rows, cols].permute(0, 3, 1, 2)
         y = self.masks[slices, rows, cols].long()
         return x, y
 

@@ -115,8 +115,10 @@ def evaluate(
     labelled: np.ndarray | None = None,
     target: str = "cells",
 ) -> dict[str, float]:
-    """Whole-slice inference over (Z, Y, X) images on the model's device; the scores of ``target``
-    (of the ``labelled`` pixels alone for partly labelled truth: slices without one are not predicted)."""
+    """Whole-slice inference over (Z, Y, X) images (or the (Z, 2N + 1, Y, X) inputs of a model of
+    context N, :meth:`Dataset.inputs <dcn_ray.core.dataset.Dataset.inputs>`) on the model's device;
+    the scores of ``target`` (of the ``labelled`` pixels alone for partly labelled truth: slices
+    without one are not predicted)."""
     if labelled is not None:
         keep = labelled_slices(labelled, len(masks))
         images, masks, labelled = images[torch.from_numpy(keep).to(images.device)], masks[keep], labelled[keep]
@@ -126,7 +128,8 @@ def evaluate(
     model.eval()
     with torch.no_grad(), _autocast(images.device, images.device.type == "cuda"):
         for index in range(images.shape[0]):
-            output = pad_forward(model, images[index][None, None], multiple)
+            image = images[index][None, None] if images.ndim == 3 else images[index][None]
+            output = pad_forward(model, image, multiple)
             predictions[index] = (output.fused[0].argmax(0) == 1).cpu().numpy()
     model.train(was_training)
     return segmentation_scores(predictions, masks, labelled=labelled, target=target)
@@ -138,9 +141,10 @@ def score_test_split(model: nn.Module, dataset: Dataset, device: torch.device) -
     Keys are ``test_`` + :data:`~dcn_ray.core.scores.SCORE_KEYS`; {} when the dataset has no test split.
     The prediction is the argmax, as for validation: no threshold is chosen on the test slices.
     """
-    if dataset.test_images is None or dataset.test_masks is None:
+    inputs = dataset.inputs("test")
+    if inputs is None or dataset.test_masks is None:
         return {}
-    images = torch.from_numpy(dataset.test_images).to(device)
+    images = torch.from_numpy(inputs).to(device)
     scores = evaluate(model.to(device), images, dataset.test_masks, dataset.test_labelled, dataset.target)
     return {f"test_{name}": value for name, value in scores.items()}
 
@@ -174,7 +178,8 @@ def train(
     label = kernels if kernels is not None else models.describe(model)  # in log lines
     optimizer = make_optimizer(settings, model)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
-    train_images = torch.from_numpy(dataset.train_images).to(device)
+    _check_context(model, dataset)
+    train_images = torch.from_numpy(dataset.inputs("train")).to(device)
     sampler = CropSampler(
         train_images,
         torch.from_numpy(dataset.train_masks).to(device),
@@ -185,7 +190,7 @@ def train(
         foreground_crops=settings.foreground_crops,
         labelled=None if dataset.train_labelled is None else torch.from_numpy(dataset.train_labelled).to(device),
     )
-    val_images = torch.from_numpy(dataset.val_images).to(device)
+    val_images = torch.from_numpy(dataset.inputs("val")).to(device)
 
     step, history, best = 0, [], None
     if state is not None:
@@ -261,6 +266,15 @@ def _check_finite(model: nn.Module, loss: float, step: int, lr: float) -> None:
     if broken is not None:
         raise checkpoint.Diverged(
             f"training diverged by step {step}: {broken} is NaN or infinite (train.lr {lr:g} may be too high)"
+        )
+
+
+def _check_context(model: nn.Module, dataset: Dataset) -> None:
+    """ValueError unless the dataset's inputs are what the model reads (its context)."""
+    if models.context_of(model) != dataset.context:
+        raise ValueError(
+            f"the model reads context {models.context_of(model)} but the dataset was loaded with context "
+            f"{dataset.context}: load it with load_data(job.data, context=job.model.context)"
         )
 
 

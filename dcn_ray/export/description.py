@@ -68,8 +68,13 @@ def model_description(
     halo: int,
     least: int,
     multiple: int,
+    context: int = 0,
 ):
-    """The ModelDescr: one input ``raw`` (b, c, y, x), one output ``foreground`` of the same size with a halo."""
+    """The ModelDescr: one input ``raw`` (b, c, y, x), one output ``foreground`` of the same size with a halo.
+
+    A model of serial-section context N takes 2N + 1 channels, the slices z-N..z+N (``z_m2`` ..
+    ``z`` .. ``z_p2``), and predicts slice z: the channel axis is what bioimageio.core and deepImageJ
+    feed as they are, where a ``z`` axis of 2N + 1 would be read as a 3-D input with a 3-D output."""
     from bioimageio.spec.model import v0_5 as m
     from pydantic import ValidationError
 
@@ -86,10 +91,10 @@ def model_description(
     try:
         inputs = m.InputTensorDescr(
             id=raw,
-            description=f"an EM slice as stored ({dtype}); scaled to [0, 1] as in training",
+            description=_input_description(context, dtype),
             axes=[
                 m.BatchAxis(),
-                m.ChannelAxis(channel_names=[m.Identifier("em")]),
+                m.ChannelAxis(channel_names=channel_names(context)),
                 m.SpaceInputAxis(id=m.AxisId("y"), size=size),
                 m.SpaceInputAxis(id=m.AxisId("x"), size=size),
             ],
@@ -145,6 +150,22 @@ def model_description(
             f"{'.'.join(str(part) for part in e['loc'])}: {first_line(e['msg'], 200)}" for e in error.errors()[:3]
         )
         raise InputError(f"the package description is invalid: {problems}") from None
+
+
+def channel_names(context: int) -> list:
+    """The input's channels: ``em`` for one slice; ``z_m2, z_m1, z, z_p1, z_p2`` for context 2."""
+    from bioimageio.spec.model import v0_5 as m
+
+    if not context:
+        return [m.Identifier("em")]
+    names = [f"z_m{-d}" if d < 0 else f"z_p{d}" if d > 0 else "z" for d in range(-context, context + 1)]
+    return [m.Identifier(name) for name in names]
+
+
+def _input_description(context: int, dtype: np.dtype) -> str:
+    if not context:
+        return f"an EM slice as stored ({dtype}); scaled to [0, 1] as in training"
+    return f"EM slices z-{context}..z+{context} as channels ({dtype}), to predict slice z; reflect at stack ends"
 
 
 def save_package(descr, output: Path) -> Path:

@@ -2,7 +2,8 @@
 
 The package holds the PyTorch state dict, the architecture as standalone source with the
 checkpoint's keyword arguments (:mod:`dcn_ray.export.architecture`), the input as training
-read it (unsigned integers divided by their maximum: uint8 by 255), axes ``b, c, y, x`` with
+read it (unsigned integers divided by their maximum: uint8 by 255), axes ``b, c, y, x`` (``c``:
+one slice, or the 2N + 1 slices z-N..z+N of a model of serial-section context N) with
 the output's halo set to the model's receptive radius, a test input cut from the first slice of
 the job's test split with its expected output, a cover (:mod:`dcn_ray.export.cover`), a README
 and, under ``config.dcn_ray``, the training provenance: source, sweep, trial, kernels, the
@@ -91,19 +92,22 @@ def export_package(
         raise InputError(
             f"model {source!r}: its job has no test split (data.split.test); a package needs a held-out test input"
         )
-    dataset = _test_data(data, source)
+    context = models.context_of(loaded.model)
+    dataset = _test_data(data, source, context)
     halo = family.radius(kwargs)
     least = -(-(2 * halo + 1) // multiple) * multiple  # the smallest input that outlives the halo
     image, truth = dataset.test_images[0], dataset.test_masks[0]
     crop = _centre_crop(image.shape, multiple, least, source)
-    image, truth = image[crop], truth[crop]
+    # the first test slice as the model reads it: (C, Y, X), its 2N + 1 slices z-N..z+N as channels
+    channels = dataset.test_inputs[0] if context else image[None]
+    channels, truth = channels[(slice(None), *crop)], truth[crop]
     scaling = _input_scaling(data["images"])
-    raw, scaled = _as_stored(image, scaling)
+    raw, scaled = _as_stored(channels, scaling)
     from dcn_ray.core.train import score_test_split
 
     test_scores = score_test_split(loaded.model, dataset, torch.device("cpu"))
     with torch.inference_mode():
-        out = loaded.model(torch.from_numpy(scaled)[None, None])
+        out = loaded.model(torch.from_numpy(scaled)[None])
     logits = out[0] if isinstance(out, tuple) else out
     probability = torch.softmax(logits, dim=1)[:, 1:2].numpy()
     branches = [b[0].numpy() for b in out.branches] if hasattr(out, "branches") else None
@@ -126,6 +130,7 @@ def export_package(
             halo=halo,
             least=least,
             multiple=multiple,
+            context=context,
         )
         save_package(descr, output)
     log.debug("wrote %s (kernels %s, halo %d)", output, kernels_text(kernels) if kernels else "-", halo)
@@ -135,7 +140,7 @@ def export_package(
 # ----------------------------------------------------------------------------- data
 
 
-def _test_data(data: dict[str, Any], source: str):
+def _test_data(data: dict[str, Any], source: str, context: int):
     from dcn_ray.core.dataset import load_dataset
 
     for key in ("images", "labels"):
@@ -146,7 +151,7 @@ def _test_data(data: dict[str, Any], source: str):
     split = data["split"]
     return load_dataset(
         data["images"], data["labels"], foreground=data.get("foreground", 255), train=split["train"],
-        val=split["val"], test=split["test"], roi=data.get("roi"),
+        val=split["val"], test=split["test"], roi=data.get("roi"), context=context,
     )  # fmt: skip
 
 
@@ -180,12 +185,13 @@ def _input_scaling(images: str) -> tuple[np.dtype, float, float]:
 
 
 def _as_stored(image: np.ndarray, scaling: tuple[np.dtype, float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """(the test input as a user's file holds it, (1, 1, Y, X); what the model sees after preprocessing)."""
+    """(the (C, Y, X) test input as a user's file holds it, (1, C, Y, X); what the model sees after
+    preprocessing, (C, Y, X))."""
     dtype, offset, factor = scaling
     raw = image / factor + offset if factor else np.full_like(image, offset)
     raw = np.rint(raw).astype(dtype) if dtype.kind == "u" else raw.astype(np.float32)
     scaled = np.clip((raw.astype(np.float32) - np.float32(offset)) * np.float32(factor), 0.0, 1.0)
-    return raw[None, None], scaled
+    return raw[None], scaled
 
 
 # ----------------------------------------------------------------------------- files and description
@@ -208,7 +214,8 @@ def _write_files(
     files["architecture"].write_text(architecture_source(family))
     np.save(files["test_input"], raw)
     np.save(files["test_output"], probability.astype(np.float32))
-    tifffile.imwrite(files["sample_input"], raw[0, 0])  # what a viewer shows: one (Y, X) image each
+    # what a viewer shows: one (Y, X) image each, or the (C, Y, X) slices a model of context N reads
+    tifffile.imwrite(files["sample_input"], raw[0, 0] if raw.shape[1] == 1 else raw[0], photometric="minisblack")
     tifffile.imwrite(files["sample_output"], probability[0, 0].astype(np.float32))
     scores = provenance["test_scores"]
     lines = [provenance["model"], f"halo {halo} px"]
@@ -217,7 +224,7 @@ def _write_files(
         for key, value in scores.items()
         if key in ("test_iou", "test_vrand", "test_object_f1")
     ]
-    render_cover(scaled, probability[0, 0], truth, branches, files["cover"], lines=lines)
+    render_cover(scaled[len(scaled) // 2], probability[0, 0], truth, branches, files["cover"], lines=lines)
     files["readme"].write_text(_readme(provenance, halo))
     return files
 
@@ -227,7 +234,7 @@ def _readme(provenance: dict[str, Any], halo: int) -> str:
     return f"""# {provenance["family_title"]}, {provenance["model"]}
 
 Trained with dcn-ray {provenance["dcn_ray_version"]} (source `{provenance["source"]}`, sweep `{provenance["sweep"]}`).
-Input: one EM slice (axes b, c, y, x); unsigned integers are divided by their maximum, as in training.
+Input: {_input_text(provenance["context"])} (axes b, c, y, x); unsigned integers are divided by their maximum, as in training.
 Output: the foreground probability (the class the training labels marked, data.foreground {provenance["foreground"]}).
 Tile with a halo of {halo} pixels.
 
@@ -239,6 +246,16 @@ Scored on the job's held-out test split (slices {provenance["test_slices"]}), ar
 |---|---|
 {scores}
 """
+
+
+def _input_text(context: int) -> str:
+    if not context:
+        return "one EM slice"
+    return (
+        f"{2 * context + 1} consecutive EM slices z-{context}..z+{context} as channels, to predict slice z "
+        f"(serial-section context {context}; at a stack's ends the missing slices are reflected: z-1 of the "
+        "first slice is slice 1)"
+    )
 
 
 def _provenance(loaded, family: str, title: str, kernels, test_scores, test_slices) -> dict[str, Any]:
@@ -257,6 +274,7 @@ def _provenance(loaded, family: str, title: str, kernels, test_scores, test_slic
         "model": models.get(family).describe(payload["model_kwargs"]),
         "foreground": (config.get("data") or {}).get("foreground"),
         "model_kwargs": dict(payload["model_kwargs"]),
+        "context": models.context_of(loaded.model),
         "seed": (config.get("train") or {}).get("seed"),
         "step": payload.get("step"),
         "validation": {k: float(v) for k, v in (payload.get("metrics") or {}).items() if isinstance(v, (int, float))},

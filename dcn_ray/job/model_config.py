@@ -19,7 +19,10 @@ from dcn_ray.errors import InputError
 from dcn_ray.job.typed import build, plain
 from dcn_ray.models import DEFAULT_FAMILY, FAMILIES
 
-_FIELDS = ("family", "params", "others")
+_FIELDS = ("family", "params", "others", "context")
+
+#: The largest ``model.context``: 2 * 8 + 1 = 17 slices, far past what anisotropic EM uses (1 or 2).
+MAX_CONTEXT = 8
 
 
 @dataclass(frozen=True, init=False)
@@ -34,9 +37,17 @@ class ModelConfig:
     params: Any
     #: Keys of other families, kept for the configurations of a grid over ``model.family``.
     others: tuple[tuple[str, Any], ...]
+    #: Serial-section context N (every family): the network reads slices z-N..z+N as 2N + 1 input
+    #: channels and predicts slice z (:mod:`dcn_ray.core.context`); 0 reads slice z alone.
+    context: int
 
     def __init__(
-        self, family: str = DEFAULT_FAMILY, params: Any = None, others: tuple[tuple[str, Any], ...] = (), **values: Any
+        self,
+        family: str = DEFAULT_FAMILY,
+        params: Any = None,
+        others: tuple[tuple[str, Any], ...] = (),
+        context: int = 0,
+        **values: Any,
     ) -> None:
         entry = FAMILIES[family]
         unknown = [key for key in values if not any(key in other.keys for other in FAMILIES.values())]
@@ -48,6 +59,7 @@ class ModelConfig:
         object.__setattr__(self, "family", family)
         object.__setattr__(self, "params", params)
         object.__setattr__(self, "others", tuple(others) + foreign)
+        object.__setattr__(self, "context", context)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in _FIELDS:
@@ -68,7 +80,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists for tuples), as a job file or a checkpoint holds it: the family, its keys, the others'."""
         own = {key: plain(value) for key, value in dataclasses.asdict(self.params).items()}
-        return {"family": self.family, **own, **{key: plain(value) for key, value in self.others}}
+        others = {key: plain(value) for key, value in self.others}
+        return {"family": self.family, **own, **others, "context": self.context}
 
 
 def model_from_raw(raw: Any, prefix: str = "model") -> ModelConfig:
@@ -80,7 +93,7 @@ def model_from_raw(raw: Any, prefix: str = "model") -> ModelConfig:
         raise InputError(f"model.family must be one of {', '.join(FAMILIES)}, got {family!r}")
     params_type = FAMILIES[family].params
     own_keys = {f.name for f in dataclasses.fields(params_type)}
-    known = {key for entry in FAMILIES.values() for key in entry.keys} | {"family"}
+    known = {key for entry in FAMILIES.values() for key in entry.keys} | {"family", "context"}
     for key in raw:
         if key not in known:
             raise InputError(f"unknown job key '{prefix}.{key}' (known keys here: {', '.join(sorted(known))})")
@@ -89,8 +102,16 @@ def model_from_raw(raw: Any, prefix: str = "model") -> ModelConfig:
         params = build(params_type, own, prefix)
     except ValueError as error:
         raise InputError(str(error)) from None
-    others = tuple((key, value) for key, value in raw.items() if key not in own_keys and key != "family")
-    return ModelConfig(family, params, tuple((key, _typed(key, value, prefix)) for key, value in others))
+    others = tuple(
+        (key, value) for key, value in raw.items() if key not in own_keys and key not in ("family", "context")
+    )
+    context = raw.get("context", 0)
+    if isinstance(context, bool) or not isinstance(context, int) or not 0 <= context <= MAX_CONTEXT:
+        raise InputError(
+            f"{prefix}.context must be an integer from 0 to {MAX_CONTEXT} (neighbouring slices on each side), "
+            f"got {context!r}"
+        )
+    return ModelConfig(family, params, tuple((key, _typed(key, value, prefix)) for key, value in others), context)
 
 
 def _typed(key: str, value: Any, prefix: str) -> Any:
@@ -123,6 +144,10 @@ def validate_model(
             bool(readers) or _is_default(key, value),
             f"model.{key} applies to the {' and the '.join(owners(key))} only, not to {model.family}",
         )
+    need(
+        not isinstance(model.context, bool) and isinstance(model.context, int) and 0 <= model.context <= MAX_CONTEXT,
+        f"model.context must be an integer from 0 to {MAX_CONTEXT}, got {model.context!r}",
+    )
     family = FAMILIES[model.family]
     multiple = size_multiple(model)  # 8 for the DCN (train.crop's own rule), 2^depth for a U-Net
     name = family.title if family.uses_kernels else family.describe(model.to_dict())  # kernels come per trial

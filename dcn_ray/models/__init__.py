@@ -136,9 +136,11 @@ class Family:
         return self.params(**{key: values[key] for key in self.keys if key in values})
 
     def job_kwargs(self, model: Mapping[str, Any]) -> dict[str, Any]:
-        """The job's ``model`` section (a mapping) -> the network's architecture arguments (no kernels, no seed)."""
+        """The job's ``model`` section (a mapping) -> the network's architecture arguments (no kernels, no
+        seed); ``in_channels`` counts the 2N + 1 slices a ``model.context`` of N reads (every family)."""
         values = dataclasses.asdict(self.parameters(model))
-        return {key: _plain(value) for key, value in values.items()} | {"in_channels": self.in_channels}
+        channels = self.in_channels * (2 * int(model.get("context", 0)) + 1)
+        return {key: _plain(value) for key, value in values.items()} | {"in_channels": channels}
 
 
 BUILT_IN: dict[str, Family] = {
@@ -253,6 +255,19 @@ def size_multiple(model: Any) -> int:
     return family_of(model).multiple(model.kwargs)
 
 
+def context_of(model: Any) -> int:
+    """The serial-section context N of a built network: it reads 2N + 1 slices (each of its family's
+    ``in_channels``) as channels (:mod:`dcn_ray.core.context`); 0 for a single-slice network."""
+    family = family_of(model)
+    channels = int(model.kwargs.get("in_channels", family.in_channels))
+    slices, rest = divmod(channels, family.in_channels)
+    if rest or slices % 2 == 0:
+        raise ValueError(f"in_channels {channels} is not 2 * context + 1 slices of {family.in_channels} channel(s)")
+    return (slices - 1) // 2
+
+
 def describe(model: Any) -> str:
-    """One line naming a built network: ``kernels 4-8-16`` for a DCN, ``U-Net depth 4, width 64``."""
-    return family_of(model).describe(model.kwargs)
+    """One line naming a built network: ``kernels 4-8-16`` for a DCN, ``U-Net depth 4, width 64``
+    (``, context 2`` added for a network reading neighbouring slices)."""
+    context = context_of(model)
+    return family_of(model).describe(model.kwargs) + (f", context {context}" if context else "")

@@ -15,6 +15,10 @@ end, a region that ends inside the slice ends at a distance from the slice's end
 multiple of ``align`` as well. With ``halo`` at least
 the receptive radius, every core pixel then sees exactly what it sees in the whole slice; rows
 that a region pads at an inner border lie more than the radius away from its core.
+
+In z, a model of serial-section context N (:mod:`dcn_ray.core.context`) reads N slices beyond the
+core on each side (``z_halo``, clipped to the volume: the block's ``planes``); its slices' inputs
+are then those of the whole stack, reflection at the stack's ends included.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class Block:
     core: tuple[slice, slice, slice]  # (z, y, x) in the volume
     rows: slice  # y read: core rows plus the halo, clipped
     cols: slice  # x read
+    planes: slice | None = None  # z read: core slices plus the z halo (context), clipped; None: the core's
 
     @property
     def inner(self) -> tuple[slice, slice]:
@@ -52,6 +57,11 @@ class Block:
             slice(y.start - self.rows.start, y.stop - self.rows.start),
             slice(x.start - self.cols.start, x.stop - self.cols.start),
         )
+
+    @property
+    def region(self) -> tuple[slice, slice, slice]:
+        """The (z, y, x) read: ``planes`` (the core's slices without a z halo), ``rows``, ``cols``."""
+        return (self.planes if self.planes is not None else self.core[0], self.rows, self.cols)
 
     @property
     def voxels(self) -> int:
@@ -113,15 +123,19 @@ def grid(shape: Shape3, block: Shape3) -> Shape3:
     return tuple(math.ceil(n / b) for n, b in zip(shape, block))  # type: ignore[return-value]
 
 
-def block_at(index: Sequence[int], shape: Shape3, block: Shape3, halo: int, align: int = MULTIPLE) -> Block:
-    """The block at grid position ``index``, its region on the ``align`` pixel grid."""
+def block_at(
+    index: Sequence[int], shape: Shape3, block: Shape3, halo: int, align: int = MULTIPLE, z_halo: int = 0
+) -> Block:
+    """The block at grid position ``index``, its region on the ``align`` pixel grid, ``z_halo``
+    slices more on each side in z (a model's context)."""
     core = tuple(slice(i * b, min(n, (i + 1) * b)) for i, b, n in zip(index, block, shape))
-    _, y, x = core
+    z, y, x = core
     return Block(
         index=tuple(index),  # type: ignore[arg-type]
         core=core,  # type: ignore[arg-type]
         rows=_region(y.start, y.stop, shape[1], halo, align),
         cols=_region(x.start, x.stop, shape[2], halo, align),
+        planes=slice(max(0, z.start - z_halo), min(shape[0], z.stop + z_halo)) if z_halo else None,
     )
 
 
@@ -134,7 +148,7 @@ def iter_indices(counts: Shape3) -> Iterator[Shape3]:
                 yield z, y, x
 
 
-def iter_blocks(shape: Shape3, block: Shape3, halo: int, align: int = MULTIPLE) -> Iterator[Block]:
+def iter_blocks(shape: Shape3, block: Shape3, halo: int, align: int = MULTIPLE, z_halo: int = 0) -> Iterator[Block]:
     """Every block, in C order of the grid (Z slowest)."""
     for index in iter_indices(grid(shape, block)):
-        yield block_at(index, shape, block, halo, align)
+        yield block_at(index, shape, block, halo, align, z_halo)

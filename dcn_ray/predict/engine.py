@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dcn_ray import models
+from dcn_ray.core import context as serial
 from dcn_ray.core.device import select_device
 from dcn_ray.core.sampler import apply_transform, invert_transform
 from dcn_ray.errors import InputError
@@ -152,9 +153,12 @@ class SlicePredictor:
             )
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """(Y, X) float32 in [0, 1] -> (Y, X) float32 foreground probability."""
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
-        total, count = torch.zeros_like(x), 0
+        """(Y, X) float32 in [0, 1] -> (Y, X) float32 foreground probability.
+
+        A model of context N takes the slice's input, (2N + 1, Y, X) (:mod:`dcn_ray.core.context`):
+        every channel is tiled and transformed alike."""
+        x = self._channels(image)
+        total, count = torch.zeros_like(x[0]), 0
         with torch.inference_mode():
             for view in self._views(x):
                 total += view
@@ -163,31 +167,38 @@ class SlicePredictor:
 
     def views(self, image: np.ndarray) -> np.ndarray:
         """(Y, X) -> (T, Y, X) float32: the foreground probability of each TTA view, transformed back
-        (T = 8 with TTA, else 1); their mean is :meth:`__call__`'s (``dcn-ray suggest`` reads their spread)."""
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
+        (T = 8 with TTA, else 1); their mean is :meth:`__call__`'s (``dcn-ray suggest`` reads their spread).
+        A model of context N takes the (2N + 1, Y, X) input, as :meth:`__call__` does."""
+        x = self._channels(image)
         with torch.inference_mode():
             return torch.stack(list(self._views(x))).cpu().numpy()
+
+    def _channels(self, image: np.ndarray) -> Tensor:
+        """(Y, X) or (C, Y, X) -> (C, Y, X) on the device."""
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device)
+        return x[None] if x.ndim == 2 else x
 
     def _views(self, x: Tensor) -> Iterator[Tensor]:
         for t in range(8) if self.options.tta else range(1):
             yield invert_transform(self._tiled(apply_transform(x, t)), t)
 
     def _tiled(self, image: Tensor) -> Tensor:
-        height, width = image.shape
+        """(C, Y, X) -> (Y, X) probability."""
+        height, width = image.shape[-2:]
         pad_h, pad_w = -height % self.multiple, -width % self.multiple
         mode = "reflect" if pad_h < height and pad_w < width else "replicate"  # as pad_forward
-        padded = F.pad(image[None, None], (0, pad_w, 0, pad_h), mode=mode)[0, 0] if pad_h or pad_w else image
-        rows, cols = padded.shape
+        padded = F.pad(image[None], (0, pad_w, 0, pad_h), mode=mode)[0] if pad_h or pad_w else image
+        rows, cols = padded.shape[-2:]
         tile_h, tile_w = min(self.options.tile, rows), min(self.options.tile, cols)
         if (tile_h, tile_w) == (rows, cols):
             return self._probability(padded)[:height, :width]
-        total = torch.zeros_like(padded)
-        weight = torch.zeros_like(padded)
+        total = torch.zeros_like(padded[0])
+        weight = torch.zeros_like(padded[0])
         for top in tile_starts(rows, tile_h, self.options.overlap):
             across = self._weights(tile_h, top, rows)
             for left in tile_starts(cols, tile_w, self.options.overlap):
                 window = across[:, None] * self._weights(tile_w, left, cols)[None, :]
-                tile = padded[top : top + tile_h, left : left + tile_w]
+                tile = padded[:, top : top + tile_h, left : left + tile_w]
                 total[top : top + tile_h, left : left + tile_w] += window * self._probability(tile)
                 weight[top : top + tile_h, left : left + tile_w] += window
         return (total / weight)[:height, :width]
@@ -203,7 +214,7 @@ class SlicePredictor:
         return torch.from_numpy(weights).to(self.device)
 
     def _probability(self, tile: Tensor) -> Tensor:
-        return torch.softmax(self.model(tile[None, None]).fused, dim=1)[0, 1]
+        return torch.softmax(self.model(tile[None]).fused, dim=1)[0, 1]
 
 
 def encode(probability: np.ndarray, output: str, threshold: float) -> np.ndarray:
@@ -229,10 +240,12 @@ class VolumePlan:
     options: PredictOptions
     #: The pixel grid regions lie on (:func:`~dcn_ray.predict.blocks.grid_for` the model).
     align: int = blocking.MULTIPLE
+    #: The model's serial-section context N: each block reads N slices more on each side in z.
+    context: int = 0
 
     def blocks(self, skip: Iterable[tuple[int, int, int]] = ()) -> Iterator[Block]:
         skipped = set(skip)
-        for block in blocking.iter_blocks(self.volume.shape, self.block, self.halo, self.align):
+        for block in blocking.iter_blocks(self.volume.shape, self.block, self.halo, self.align, self.context):
             if block.index not in skipped:
                 yield block
 
@@ -255,10 +268,16 @@ class BlockPredictor:
 
     def __call__(self, block: Block) -> int:
         """Read, predict, write and record ``block``; its voxel count."""
-        options = self.plan.options
-        region = self.plan.volume.read(block.core[0], block.rows, block.cols)
+        options, context = self.plan.options, self.plan.context
+        region = self.plan.volume.read(*block.region)
         rows, cols = block.inner
-        probability = np.stack([self.predict(image)[rows, cols] for image in region])
+        if context:  # each core slice with its neighbours, read as the whole stack reads them
+            core = block.core[0]
+            first = block.region[0].start
+            inputs = serial.block_inputs(region, first, core.start, core.stop, context, self.plan.volume.shape[0])
+        else:
+            inputs = region
+        probability = np.stack([self.predict(image)[rows, cols] for image in inputs])
         values = encode(probability, options.output, options.threshold)
         if values.dtype == np.bool_:
             values = values.astype(np.uint8) * np.uint8(255)  # a mask is stored 0/255, as in TIFF

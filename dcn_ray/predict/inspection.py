@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from dcn_ray import models
+from dcn_ray.core import context as serial
 from dcn_ray.core.analysis import IMAGE_FILES, analyse
 from dcn_ray.core.branches import one_seed_tolerance
 from dcn_ray.core.dataset import parse_split
@@ -62,9 +63,12 @@ def inspect_model(
     chosen = parse_split(spec, images.shape[0], name="--slices")
     kernels = tuple(payload["model_kwargs"]["kernels"])
     with folder_written_whole(out_dir) as partial:  # all of the files, or none
+        context = models.context_of(model)  # a model of context N reads each slice with its neighbours
+        inputs = serial.gather(images, [serial.neighbours(z, context, len(images)) for z in chosen])
         analysis = analyse(
-            model, images[chosen], masks[chosen], partial, labelled=None if labelled is None else labelled[chosen]
-        )
+            model, inputs if context else images[chosen], masks[chosen], partial,
+            labelled=None if labelled is None else labelled[chosen],
+        )  # fmt: skip
         weak = analysis.weak
         plan = plan_followups(kernels, weak, steps=3, seed=0, exclude=[kernels]) if weak is not None else None
         record = {

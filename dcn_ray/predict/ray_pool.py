@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 #: Items queued per actor: one computing, one waiting, so no actor idles between items.
 PER_WORKER = 2
 #: What an actor needs of a checkpoint payload to rebuild its model.
-MODEL_KEYS = ("model_family", "model_kwargs", "weights")
+MODEL_KEYS = ("model_family", "model_kwargs", "context", "weights")
 
 #: A predictor built on the actor from the model: ``item -> result`` (engine.SlicePredictor, BlockPredictor).
 Predictor = Callable[[Any], Any]

@@ -1,6 +1,7 @@
 """Segment a stack (or a 2-D image) into a TIFF: streamed slice by slice, locally or on Ray.
 
-One slice at a time is read, predicted by the engine's tiled, test-time-augmented
+One slice at a time (with the 2N neighbours a model of context N reads,
+:func:`dcn_ray.core.context.windows`) is read, predicted by the engine's tiled, test-time-augmented
 :class:`~dcn_ray.predict.engine.SlicePredictor` (in this process, or on the actors of
 :mod:`~dcn_ray.predict.ray_pool`) and written, so memory is bounded by a slice whatever the
 stack's depth.
@@ -21,6 +22,7 @@ import numpy as np
 from torch import nn
 
 from dcn_ray import __version__, models
+from dcn_ray.core import context as serial
 from dcn_ray.core.evaluation import matching_slices, score_probabilities
 from dcn_ray.core.partial import read_truth as partial_truth
 from dcn_ray.errors import InputError
@@ -125,7 +127,11 @@ def predict_stack(
         started = time.perf_counter()
         if progress is not None:
             progress(0, shape[0])
-        for index, (probability, name) in enumerate(mapper(input_slices(input_path, level))):
+        slices = input_slices(input_path, level)
+        context = models.context_of(loaded.model)
+        if context:  # each slice with its neighbours, reflected at the stack's ends: 2N + 1 slices held
+            slices = serial.windows(slices, context, shape[0])
+        for index, (probability, name) in enumerate(mapper(slices)):
             writer.write(encode(probability, options.output, options.threshold))
             names.append(name)
             if progress is not None:
@@ -178,6 +184,7 @@ def _metadata(loaded: LoadedModel, options: PredictOptions) -> dict:
         "model_family": models.family_of(loaded.model).name,
         "kernels": list(loaded.model.kernels) if models.family_of(loaded.model).uses_kernels else None,
         "model_step": loaded.payload.get("step"),
+        "context": models.context_of(loaded.model),
         "dcn_ray_version": __version__,
         "output": options.output,
         "threshold": options.threshold if options.output == "mask" else None,

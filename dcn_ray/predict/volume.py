@@ -79,7 +79,7 @@ def plan_volume(
     halo = blocking.halo_for(models.receptive_radius(loaded.model), align)
     chunk = blocking.default_chunks(volume.shape, chunks, align)
     shape = blocking.default_block(volume.shape, chunk, tile=options.tile, halo=halo, block=block)
-    return VolumePlan(volume, chunk, shape, halo, options, align)
+    return VolumePlan(volume, chunk, shape, halo, options, align, models.context_of(loaded.model))
 
 
 def check_volume_paths(
@@ -239,7 +239,7 @@ def _check_input(plan: VolumePlan, store: omezarr.OutputStore, settings: dict[st
         )
     if store.complete:  # every block in, the record already dropped: only the rename was left
         return
-    regions = ((b.index, (b.core[0], b.rows, b.cols)) for b in plan.blocks() if b.index in done)
+    regions = ((b.index, b.region) for b in plan.blocks() if b.index in done)
     check_regions(plan.volume, regions, store.digests(), store.path)
 
 
@@ -274,6 +274,7 @@ def _settings(loaded: LoadedModel, plan: VolumePlan, *, level: int, ngff: str, l
         "chunks": list(plan.chunks),
         "block": list(plan.block),
         "halo": plan.halo,
+        "context": plan.context,  # provenance: the model (model_sha256) fixes it
         "output": options.output,
         "threshold": options.threshold,
         "tta": options.tta,

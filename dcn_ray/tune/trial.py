@@ -81,7 +81,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         if run.run_id and not run.is_finished():
             run.end("FINISHED")
         return
-    dataset = load_data(job.data)
+    dataset = load_data(job.data, context=job.model.context)  # each slice with its neighbours as the model reads them
     job = job.trained_on(dataset.train_foreground)  # train.preset decided by the training foreground: logged as trained
     params = {**spec.params(), **job.flat()}
     run.open(
@@ -131,7 +131,7 @@ def _train_and_analyse(
         branch_metrics: dict[str, float] = {}
         if models.family_of(model).branches:
             analysis = analyse(
-                model, dataset.val_images, dataset.val_masks, folder / "feature_maps", device=device,
+                model, dataset.inputs("val"), dataset.val_masks, folder / "feature_maps", device=device,
                 labelled=dataset.val_labelled,
             )  # fmt: skip
             for image in analysis.images:
