@@ -232,6 +232,10 @@ def test_a_context_model_trains_and_predicts_what_whole_stack_inference_gives(
         np.testing.assert_allclose(blocked, tifffile.imread(tmp_path / "ref.tif"), atol=2e-6)
     attrs = zarr.open_group(str(tmp_path / "out.ome.zarr"), mode="r").attrs.asdict()["dcn_ray"]
     assert attrs["context"] == trained["context"]
+    # suggest reads each slice with its neighbours too: its views average to the prediction
+    code, _, err = run_cli(capsys, ["suggest", trained["path"], synthetic_stack[0], tmp_path / "next", "--top", "2"])
+    assert code == 0, err
+    assert tifffile.imread(tmp_path / "next" / "uncertainty.tif").shape == stack.shape
     if models.family_of(model).branches:  # inspect reads the validation slices with their neighbours
         import json
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dcn_ray import __version__
+from dcn_ray import __version__, models
+from dcn_ray.core import context as serial
 from dcn_ray.core.uncertainty import SCORES, pixel_scores, ranked, region_rows
 from dcn_ray.errors import InputError
 from dcn_ray.io.guard import refuse_overlaps
@@ -89,7 +90,9 @@ def suggest(
     predictor = SlicePredictor(loaded.model, PredictOptions(tta=True, device=device))
     score_map = np.zeros(shape, dtype=np.float32)
     rows: list[dict] = []
-    for z, image in enumerate(input_slices(stack)):
+    context = models.context_of(loaded.model)  # a model of context N reads each slice with its neighbours
+    slices = serial.windows(input_slices(stack), context, shape[0]) if context else input_slices(stack)
+    for z, image in enumerate(slices):
         maps = pixel_scores(predictor.views(image))
         score_map[z] = maps[options.score]
         rows += region_rows(z, maps, None if unlabelled is None else unlabelled[z], options.region)
