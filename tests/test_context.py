@@ -9,16 +9,16 @@ import tifffile
 import torch
 from conftest import run_cli, small_job, train_job
 
-from dcn_ray.config import job_from_dict
 from dcn_ray.core import checkpoint
 from dcn_ray.core import context as serial
 from dcn_ray.core.dataset import load_data, load_dataset
 from dcn_ray.core.sampler import CropSampler, apply_transform
 from dcn_ray.core.train import build_model
 from dcn_ray.errors import InputError
-from dcn_ray.job_file import load_job
+from dcn_ray.job.config import job_from_dict
+from dcn_ray.job.job_file import load_job
+from dcn_ray.job.sweep_grid import trial_job, variants
 from dcn_ray.models.outputs import pad_forward
-from dcn_ray.sweep_grid import trial_job, variants
 
 SPLIT = {"train": "0:7", "val": "8:9", "test": "10:12"}
 
