@@ -17,6 +17,8 @@ from dcn_ray.core.train import build_model
 from dcn_ray.errors import InputError
 from dcn_ray.job.config import job_from_dict
 from dcn_ray.job.job_file import load_job
+from dcn_ray.job.search_config import SearchConfig
+from dcn_ray.job.search_space import check_search
 from dcn_ray.job.sweep_grid import trial_job, variants
 from dcn_ray.models.outputs import pad_forward
 
@@ -148,6 +150,12 @@ def test_context_is_a_job_key_validated_set_and_searched(synthetic_stack, tmp_pa
     found = variants(grid)
     assert [v.name for v in found] == ["4-8-16_model.context=0", "4-8-16_model.context=1", "4-8-16_model.context=2"]
     assert [trial_job(grid, v.family, v.params, 0).model.context for v in found] == [0, 1, 2]
+    # and a search space: every option is checked as the job it makes
+    space = {"algorithm": "random", "trials": 3, "space": {"model.context": {"choice": [0, 1, 2]}}}
+    one = job_from_dict(small_job(*synthetic_stack, sweep={"kernels": [[4, 8, 16]]}))
+    check_search(one, SearchConfig.from_raw(space))
+    with pytest.raises(InputError, match=r"sweep.search.space.model.context \(9\): model.context"):
+        check_search(one, SearchConfig.from_raw({**space, "space": {"model.context": {"randint": [0, 10]}}}))
 
 
 def test_checkpoints_record_the_context_and_old_ones_read_one_slice(tmp_path):
