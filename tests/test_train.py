@@ -18,12 +18,15 @@ pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def test_narrow_dcn_learns_the_synthetic_stack(synthetic_stack):
-    """Validation IoU rises clearly above the untrained network's and the all-foreground prediction's."""
+    """Validation IoU rises clearly above the untrained network's and the all-foreground prediction's.
+
+    80 steps (was 150: 239 s alone at load 5-20): 0.963 at step 80 against a bar of 0.907 (all-foreground
+    0.827 + 0.08), V_rand 0.896 against 0.418; about half the CPU time of 150 steps."""
     job = job_from_dict(
         small_job(
             *synthetic_stack,
             model={"width": 8},
-            train={"steps": 150, "batch_size": 4, "crop": 64, "eval_every": 50, "threads": None},
+            train={"steps": 80, "batch_size": 4, "crop": 64, "eval_every": 40, "threads": None},
         )
     )
     dataset = load_data(job.data)
@@ -35,7 +38,7 @@ def test_narrow_dcn_learns_the_synthetic_stack(synthetic_stack):
 
     result = train_job(job, (4, 8, 16), dataset)
 
-    assert result.steps == 150 and len(result.history) == 3
+    assert result.steps == 80 and len(result.history) == 2
     assert result.best_iou >= untrained["iou"] + 0.08
     assert result.best_iou >= all_foreground["iou"] + 0.08
     assert result.best_metrics["val_vrand"] >= all_foreground["vrand"] + 0.3
