@@ -43,7 +43,7 @@ def _read(out: Path, step: str) -> dict:
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(2600)  # about 2 minutes on 2 idle cores; the budget is for a loaded machine
+@pytest.mark.timeout(2600)  # about 1.5 CPU-minutes; the budget is for a loaded machine
 def test_every_step_writes_its_figures_and_a_failing_step_stops_nothing(tmp_path):
     data = _isbi_like(tmp_path / "data")
     out, stdout = _run(tmp_path, "--data", str(data), fail="gpu_train")
