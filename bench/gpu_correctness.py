@@ -100,9 +100,9 @@ def check_model(
         if name == "dcn_context":
             return {"skipped": f"no 2.5D model here ({error})"}
         raise
-    dataset = load_data(job.data)
+    context = getattr(job.model, "context", 0)  # serial-section neighbours as input channels (2.5D)
+    dataset = load_data(job.data, context=context) if context else load_data(job.data)
     kernels = KERNELS if models.get(job.model.family).uses_kernels else None
-    context = "context" in name
     untrained = build_model(job.model, kernels, seed=job.train.seed).to(device)
     val_masks = dataset.val_masks.astype(bool)
     result: dict[str, Any] = {"family": job.model.family, "width": width, "steps": job.train.steps}
