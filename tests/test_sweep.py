@@ -13,6 +13,7 @@ from conftest import small_job
 from mlflow.tracking import MlflowClient
 
 from dcn_ray.cli import main
+from dcn_ray.core import scores
 from dcn_ray.io.tiff import read_labels
 from dcn_ray.job.config import job_from_dict
 from dcn_ray.results.report import TEST_COLUMNS
@@ -74,7 +75,11 @@ def test_sweep_tracks_one_child_run_per_configuration(local_ray, synthetic_stack
         for key in ("val_dice", "val_pixel_error", "val_vrand", "val_vinfo", "train_loss", "contrast_F1", "drop_F3"):
             assert key in run.data.metrics
         # the test split: scored once, after training, with the chosen checkpoint
-        assert all(0.0 <= run.data.metrics[key] <= 1.0 for key in TEST_COLUMNS)
+        target = "objects" if "test_object_f1" in run.data.metrics else "cells"
+        own = {f"test_{key}" for key in scores.keys_of(target)}
+        assert {key for key in TEST_COLUMNS if key in run.data.metrics} == own
+        fractions = {f"test_{s.key}" for s in scores.SCORES if s.higher_is_better is not None}
+        assert all(0.0 <= run.data.metrics[key] <= 1.0 for key in own & fractions)
         assert [m.step for m in client.get_metric_history(run.info.run_id, "test_iou")] == [12]
         assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
         images = [Path(a.path).name for a in client.list_artifacts(run.info.run_id, "feature_maps")]
