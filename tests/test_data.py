@@ -151,5 +151,5 @@ def test_bad_stacks_are_refused() -> None:
         _sampler(images, torch.zeros(DEPTH, HEIGHT, WIDTH - 1))
     with pytest.raises(ValueError, match="float"):
         _sampler((images * 255).to(torch.uint8), images > 0.5)
-    with pytest.raises(ValueError, match=r"\(Z, H, W\)"):
+    with pytest.raises(ValueError, match=r"\(Z, \[C,\] H, W\)"):
         _sampler(images[0], images[0] > 0.5)
