@@ -205,10 +205,10 @@ def test_a_sham_redraws_exactly_what_the_guided_change_redraws_and_rebuilds_from
     assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in sham.items())
     import types
 
-    from dcn_ray.export.architecture import EXPORTED_CLASS, SOURCES, architecture_source
+    from dcn_ray.export.architecture import EXPORTED_CLASS, architecture_source, family_of
 
     exported = types.ModuleType("exported_sham")  # export: the standalone architecture file rebuilds it too
-    exec(compile(architecture_source(SOURCES["dcn"]), "exported_sham.py", "exec"), exported.__dict__)
+    exec(compile(architecture_source(family_of(payload)[1]), "exported_sham.py", "exec"), exported.__dict__)
     getattr(exported, EXPORTED_CLASS)(**payload["model_kwargs"]).load_state_dict(payload["weights"])
     assert "redraw" not in DCN(width=4).kwargs  # ordinary checkpoints stay as they were
     with pytest.raises(ValueError, match="redraw"):

@@ -355,4 +355,4 @@ def test_a_killed_prediction_resumes_to_the_identical_result(model_file, tmp_pat
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
     code, _, err = run_cli(capsys, ["predict", *args, "--resume"])
-    assert code == 2 and "other settings (tta)" in err, err
+    assert code == 2 and "other settings (tta false then, true now)" in err, err

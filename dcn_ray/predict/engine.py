@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -127,6 +128,9 @@ def check_run(model: nn.Module, options: PredictOptions, *, workers: int | None,
         raise InputError(f"--workers {workers}: at most {MAX_WORKERS}")
     if address or os.environ.get("RAY_ADDRESS"):
         return
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return  # a Ray already running in this process: its own resources decide, once joined
     select_device(options.device)  # --device cuda where no GPU is visible
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if workers is not None and workers > cpus:
