@@ -19,9 +19,7 @@
 #
 # Before a device run, here: the bundle (Ray, MLflow, zarr, ome-zarr: the GPU machine lacks them) and the
 # ISBI slices, in folders git ignores (.gitignore has both):
-#   (mkdir -p /tmp/bundle/.git/info && cd /tmp/bundle && /work/shared/device/make-bundle zarr==3.1.6 ome-zarr==0.18.0) \
-#     && rm -rf .devbundle && mv /tmp/bundle/.devbundle .
-#   mkdir -p .devdata && cp ../shared/datasets/isbi2012/train-volume.tif ../shared/datasets/isbi2012/train-labels.tif .devdata/
+#   bench/make_devbundle.sh        (.devbundle without the S3 clients, and .devdata with the ISBI slices)
 # then the device tool's run with carry [".devbundle", ".devdata"], timeout_s 560 and the command
 #   bench/gpu_check.sh
 # Here on the CPU, in a few minutes:  bench/gpu_check.sh --device cpu --small --budget 600 --data .devdata
