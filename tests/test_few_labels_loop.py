@@ -1,6 +1,6 @@
 """The loop a lab runs with few labels, through the unchanged commands: label a few slices (or
 scribble) as napari saves its labels layer (0 unpainted), `dcn-ray sweep`, `dcn-ray suggest`, label
-what it suggests, sweep again; and napari opens suggest's map over the stack."""
+what it suggests, sweep again; and napari opens suggest's map over the stack (TIFF and OME-Zarr)."""
 
 from __future__ import annotations
 
@@ -89,6 +89,7 @@ viewer = napari.Viewer(show=True)
 viewer.add_image(tifffile.imread(sys.argv[1]), name="stack")
 viewer.open(sys.argv[2], layer_type="image", name="uncertainty", colormap="magma", opacity=0.6, blending="additive")
 viewer.open(sys.argv[3], layer_type="labels", name="suggested")
+viewer.open(sys.argv[6], plugin="napari-ome-zarr")  # suggest --format ome-zarr: the map and its label image
 layers = [{"kind": type(l).__name__, "name": l.name, "shape": list(l.data.shape), "dtype": str(l.data.dtype)}
           for l in viewer.layers]
 viewer.dims.set_point(0, int(sys.argv[5]))
@@ -114,13 +115,17 @@ def test_napari_opens_the_uncertainty_map_over_the_stack(synthetic_stack, tmp_pa
     out = tmp_path / "next"
     code, _, err = run_cli(capsys, ["suggest", model, synthetic_stack[0], out, "--top", "2", "--region", "64"])
     assert code == 0, err
+    as_zarr = ["suggest", model, synthetic_stack[0], tmp_path / "zarr", "--top", "2", "--region", "64"]
+    code, _, err = run_cli(capsys, [*as_zarr, "--format", "ome-zarr"])
+    assert code == 0, err
     top = json.loads((out / "ranking.json").read_text())["tiles"][0]["z"]
     shot = Path(os.environ.get("DCN_RAY_SCREENSHOTS", tmp_path)) / "napari-suggest.png"
     script = tmp_path / "view.py"
     script.write_text(VIEW)
     done = subprocess.run(
         [XVFB, "-a", "-s", "-screen 0 1280x1024x24", sys.executable, str(script), str(synthetic_stack[0]),
-         str(out / "uncertainty.tif"), str(out / "suggested.tif"), str(shot), str(top)],
+         str(out / "uncertainty.tif"), str(out / "suggested.tif"), str(shot), str(top),
+         str(tmp_path / "zarr" / "uncertainty.ome.zarr")],
         capture_output=True, text=True, timeout=300, env={**os.environ, "QT_QPA_PLATFORM": "xcb"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -129,7 +134,9 @@ def test_napari_opens_the_uncertainty_map_over_the_stack(synthetic_stack, tmp_pa
         ("Image", "stack", [12, 128, 128]),
         ("Image", "uncertainty", [12, 128, 128]),
         ("Labels", "suggested", [12, 128, 128]),
+        ("Image", "uncertainty.ome", [12, 128, 128]),
+        ("Labels", "labels/labels/suggested", [12, 128, 128]),
     ], layers
-    assert layers[1]["dtype"] == "float32"
+    assert layers[1]["dtype"] == layers[3]["dtype"] == "float32"
     picture = np.asarray(Image.open(shot).convert("L"))
     assert picture.std() > 10  # the canvas shows the slice and the map, not an empty screen

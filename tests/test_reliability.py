@@ -1,7 +1,7 @@
 """Reliability through the CLI (issue 38): no output touches an input, whatever the command.
 
 Every command that writes (``predict`` to TIFF and to OME-Zarr, ``inspect``, ``export``,
-``report --atlas``, ``sweep``, ``suggest``) is run against one table of hostile outputs: the output is an input
+``report --atlas``, ``sweep``, ``suggest`` with either map format) is run against one table of hostile outputs: the output is an input
 (the model file, the stack, the labels, the job's data), a symbolic or hard link to one, a folder
 holding one, or a path inside an input zarr store. Each is refused in one line, exit 2, and no
 file of the working folder changes.
@@ -99,6 +99,7 @@ SUFFIX = {
     "atlas": "",
     "sweep": "",
     "suggest": "",
+    "suggest-zarr": "",  # --format ome-zarr: the map as an OME-Zarr image in the folder
 }
 
 
@@ -110,8 +111,9 @@ def _command(command: str, work: Path, out: Path, model: Path, images: Path, lab
         return ["inspect", model, images, out, "--labels", labels, "--slices", "0:2"]
     if command == "export":
         return ["export", model, out]
-    if command == "suggest":
-        return ["suggest", model, images, out, "--labels", labels, "--region", "32"]
+    if command in ("suggest", "suggest-zarr"):
+        form = ["--format", "ome-zarr"] if command == "suggest-zarr" else []
+        return ["suggest", model, images, out, "--labels", labels, "--region", "32", *form]
     if command == "atlas":
         _fake_sweep(work / "runs", "done", str(images), str(labels), work / "mlflow.db")
         return ["report", "done", "--storage", work / "runs", "--atlas", out]

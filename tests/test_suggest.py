@@ -117,3 +117,41 @@ def test_suggest_never_writes_over_or_inside_its_inputs(model_file, synthetic_st
     assert images.read_bytes() == before
     code, _, err = run_cli(capsys, ["suggest", model_file, images, tmp_path / "o", "--top", "0"])
     assert code == 2 and "--top 0: must be 1 or more" in err
+
+
+def test_suggest_writes_the_map_as_ome_zarr_with_the_tiles_as_its_labels(model_file, synthetic_stack, tmp_path, capsys):
+    import zarr
+
+    images = synthetic_stack[0]
+    tiff, out = tmp_path / "tiff", tmp_path / "zarr"
+    base = ["suggest", model_file, images, "--top", "3", "--region", "64", "--device", "cpu"]
+    code, _, err = run_cli(capsys, [*base[:3], tiff, *base[3:]])
+    assert code == 0, err
+    code, stdout, err = run_cli(capsys, [*base[:3], out, *base[3:], "--format", "ome-zarr"])
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["ranking.csv", "ranking.json", "uncertainty.ome.zarr"]
+    root = zarr.open_group(str(out / "uncertainty.ome.zarr"), mode="r")
+    assert [d["path"] for d in root.attrs["multiscales"][0]["datasets"]] == ["0"]
+    assert list(root["labels"].attrs["labels"]) == ["suggested"]
+    # the same numbers as the TIFF map, and the tiles painted by rank as suggested.tif paints them
+    np.testing.assert_allclose(root["0"][...], tifffile.imread(tiff / "uncertainty.tif"), atol=1e-6)
+    np.testing.assert_array_equal(root["labels/suggested/0"][...], tifffile.imread(tiff / "suggested.tif"))
+    assert root.attrs["dcn_ray"]["complete"] and "dcn_ray_blocks" not in root
+    # run again into the same folder: the store dcn-ray wrote is replaced whole
+    code, _, err = run_cli(capsys, [*base[:3], out, *base[3:], "--format", "ome-zarr", "--top", "1"])
+    assert code == 0, err
+    again = zarr.open_group(str(out / "uncertainty.ome.zarr"), mode="r")
+    assert sorted(np.unique(again["labels/suggested/0"][...])) == [0, 1]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left beside
+
+
+def test_suggest_refuses_an_ome_zarr_map_over_a_folder_it_did_not_write(model_file, synthetic_stack, tmp_path, capsys):
+    out = tmp_path / "next"
+    (out / "uncertainty.ome.zarr").mkdir(parents=True)
+    (out / "uncertainty.ome.zarr" / "mine.txt").write_text("keep")
+    code, stdout, err = run_cli(capsys, ["suggest", model_file, synthetic_stack[0], out, "--format", "ome-zarr"])
+    assert code == 2 and not stdout and err.count("\n") == 1, err
+    assert err.startswith("dcn-ray: error: ") and "did not write" in err
+    assert (out / "uncertainty.ome.zarr" / "mine.txt").read_text() == "keep"
+    code, _, err = run_cli(capsys, ["suggest", model_file, synthetic_stack[0], out, "--format", "png"])
+    assert code == 2 and err.startswith("dcn-ray: error: ") and "--format" in err and err.count("\n") == 1, err

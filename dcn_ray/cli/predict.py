@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
+from dcn_ray.cli.common import device_option, labels_option, model_source, slices_option
 from dcn_ray.cli.common import echo as _echo
-from dcn_ray.cli.common import model_source
 
 
 class _ProgressBar:
@@ -114,11 +114,8 @@ def _chunk(text: str | None) -> tuple[int, int, int] | None:
     type=float,
     help="Foreground above this probability (mask, --labels).",
 )
-@click.option(
-    "--labels",
-    "labels_path",
-    type=click.Path(path_type=Path),
-    help="Ground truth: also print the scores `dcn-ray score` gives (IoU, Dice, ...; V_rand or object F1 by --target).",
+@labels_option(
+    "Ground truth: also print the scores `dcn-ray score` gives (IoU, Dice, ...; V_rand or object F1 by --target)."
 )
 @click.option(
     "--label-slices",
@@ -137,7 +134,7 @@ def _chunk(text: str | None) -> tuple[int, int, int] | None:
     help="Ray actors to spread slices (TIFF output) or blocks (OME-Zarr output) over; one GPU each where there are GPUs.",
 )
 @click.option("--address", help="Ray cluster to predict on (default: this process, or a local Ray with --workers).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda when a GPU is visible.")
+@device_option
 @click.option(
     "--level", default=0, show_default=True, type=click.IntRange(0), help="Pyramid level of an OME-Zarr input."
 )
@@ -282,13 +279,8 @@ def _predict_volume(model: str, input_path: Path, output_path: Path, options, **
 @click.argument("model")
 @click.argument("stack", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--labels",
-    "labels_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Labels (default: those of the model's job).",
-)
-@click.option("--slices", default=None, help="Slices to score, e.g. 27:30 (default: the job's validation split).")
+@labels_option("Labels (default: those of the model's job).", dir_okay=False)
+@slices_option("Slices to score, e.g. 27:30 (default: the job's validation split).")
 @model_source
 def inspect(
     model: str,

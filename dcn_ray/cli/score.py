@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from dcn_ray.cli.common import echo
+from dcn_ray.cli.common import echo, slices_option
 
 
 @click.command()
@@ -23,11 +23,8 @@ from dcn_ray.cli.common import echo
     help="What the foreground is: cells (cell interior: V_rand / V_info), objects (mitochondria, synapses: "
     "object precision / recall / F1), or auto (by TRUTH's foreground fraction, said first).",
 )
-@click.option(
-    "--slices",
-    default=None,
-    metavar="A:B",
-    help="TRUTH's slices that PRED holds, as data.split writes them (20:28, 3,5,9); a PRED as deep as TRUTH is cut alike.",
+@slices_option(
+    "TRUTH's slices that PRED holds, as data.split writes them (20:28, 3,5,9); a PRED as deep as TRUTH is cut alike."
 )
 @click.option(
     "--threshold",

@@ -5,7 +5,8 @@ every block is in, so a half-written store never appears under the output's name
 say ``"complete": false`` until then. The image is level ``0`` of a one-level multiscale image
 (NGFF 0.4 on zarr v2 by default, for the widest reader support; 0.5 on zarr v3 on request), its
 axes and scale copied from the input. An optional label image ``labels/mask`` holds the mask
-(0/1). The metadata is written with ome-zarr-py, the arrays with zarr.
+(0/1); another name and type serve other labels (``suggest``'s ranked tiles: ``labels/suggested``).
+The metadata is written with ome-zarr-py, the arrays with zarr.
 
 Blocks are written straight into the store by whoever computed them (:class:`OutputStore` is
 plain data that Ray workers open themselves); each block covers whole chunks, so no two writers
@@ -34,7 +35,7 @@ from dcn_ray.io.paths import signals_held, temporary_stem, writable_folder
 log = logging.getLogger(__name__)
 
 NGFF_VERSIONS = ("0.4", "0.5")
-IMAGE, LABEL, DONE = "0", "labels/mask/0", "dcn_ray_blocks"
+IMAGE, DONE = "0", "dcn_ray_blocks"
 #: Per block: the SHA-256 of the input values it was predicted from (what ``--resume`` checks).
 READ = "dcn_ray_inputs"
 KEY = "dcn_ray"  # the store's attribute holding provenance, settings and completion
@@ -47,6 +48,8 @@ class OutputStore:
 
     path: str
     label: bool = False
+    label_name: str = "mask"  # the label image labels/NAME
+    label_dtype: str = "uint8"
 
     def write(self, core: tuple[slice, slice, slice], image: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Write one block's values (and its mask into the label image), whole chunks only."""
@@ -54,7 +57,8 @@ class OutputStore:
 
         zarr.open_array(store=self.path, path=IMAGE, mode="r+")[core] = image
         if self.label and mask is not None:
-            zarr.open_array(store=self.path, path=LABEL, mode="r+")[core] = mask.astype(np.uint8)
+            label = f"labels/{self.label_name}/0"
+            zarr.open_array(store=self.path, path=label, mode="r+")[core] = mask.astype(self.label_dtype)
 
     def mark_done(self, index: Sequence[int], digest: bytes) -> None:
         """Record that the block at grid position ``index`` is written (after its chunks), and the
@@ -123,8 +127,11 @@ def create_store(
     ngff: str,
     label: bool,
     settings: dict[str, Any],
+    label_name: str = "mask",
+    label_dtype: str = "uint8",
 ) -> OutputStore:
-    """A new, empty store in ``.NAME.incomplete`` (one left by an earlier run is removed first)."""
+    """A new, empty store in ``.NAME.incomplete`` (one left by an earlier run is removed first); with
+    ``label`` a label image ``labels/<label_name>`` of ``label_dtype`` (mask: 0/1, drawn magenta)."""
     import zarr
     from ome_zarr.format import FormatV04, FormatV05
     from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
@@ -144,15 +151,15 @@ def create_store(
     write_multiscales_metadata(root, datasets, fmt=fmt, axes=list(axes), name=final.name)
     if label:
         labels = root.create_group("labels")
-        mask = labels.create_group("mask")
-        mask.create_array("0", shape=shape, chunks=chunks, dtype="uint8", fill_value=0, **extra)
-        write_multiscales_metadata(mask, datasets, fmt=fmt, axes=list(axes), name="mask")
-        colors = [{"label-value": 1, "rgba": [255, 0, 255, 160]}]
-        write_label_metadata(labels, "mask", colors=colors, fmt=fmt, source={"image": "../../"})
+        mask = labels.create_group(label_name)
+        mask.create_array("0", shape=shape, chunks=chunks, dtype=label_dtype, fill_value=0, **extra)
+        write_multiscales_metadata(mask, datasets, fmt=fmt, axes=list(axes), name=label_name)
+        colors = [{"label-value": 1, "rgba": [255, 0, 255, 160]}] if label_name == "mask" else None
+        write_label_metadata(labels, label_name, colors=colors, fmt=fmt, source={"image": "../../"})
     root.create_array(DONE, shape=grid, chunks=(1, 1, 1), dtype="uint8", fill_value=0)
     root.create_array(READ, shape=(*grid, 32), chunks=(1, 1, 1, 32), dtype="uint8", fill_value=0)
     root.attrs[KEY] = {**settings, "complete": False}
-    return OutputStore(str(path), label)
+    return OutputStore(str(path), label, label_name, label_dtype)
 
 
 def resumable_store(final: Path, settings: dict[str, Any], compare: Sequence[str]) -> OutputStore | None:

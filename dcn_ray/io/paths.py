@@ -18,6 +18,7 @@ import glob
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import stat
@@ -190,9 +191,20 @@ def folder_written_whole(folder: PathLike) -> Iterator[Path]:
                 raise
             with signals_held():
                 for item in sorted(temporary.iterdir()):
-                    os.replace(item, folder / item.name)
+                    _replace(item, folder / item.name)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _replace(item: Path, target: Path) -> None:
+    """Move ``item`` onto ``target``; a folder (an OME-Zarr store) replaces the folder there whole."""
+    if not (item.is_dir() and target.is_dir() and not target.is_symlink()):
+        os.replace(item, target)
+        return
+    old = target.parent / f"{partial_prefix(target)}{secrets.token_hex(4)}"
+    os.rename(target, old)
+    os.rename(item, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager
