@@ -1,12 +1,14 @@
-"""What the GPU benchmarks share: their arguments, the resident synthetic data, one training step."""
+"""What the benchmarks share: their arguments, the resident synthetic data, one training step, a model file."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+from dcn_ray.core import checkpoint
 from dcn_ray.core.sampler import CropSampler
 from dcn_ray.core.train import StepOptions, make_train_step
 from dcn_ray.io.synth import make_synthetic
@@ -52,3 +54,12 @@ def training_step(
         return step(images, targets, 0.5)
 
     return sampled_step
+
+
+def random_dcn_file(path: Path, width: int, *, config: dict | None = None) -> Path:
+    """A DCN 4-8-16 of ``width``, seeded random weights, batch norm in eval mode, saved as ``model.pt``:
+    what prediction benchmarks run (their time does not depend on the weights)."""
+    torch.manual_seed(0)
+    model = DCN(kernels=(4, 8, 16), width=width).eval()
+    checkpoint.save(checkpoint.model_payload(model, config=config or {}, step=0, metrics={}), path)
+    return path

@@ -27,25 +27,6 @@ DEPTHS = (4, 16, 48)
 WIDTH = 4
 
 
-def make_model(path: Path) -> None:
-    import torch
-
-    from dcn_ray.core import checkpoint
-    from dcn_ray.models.dcn import DCN
-
-    torch.manual_seed(0)
-    model = DCN(kernels=(4, 8, 16), width=WIDTH).eval()
-    payload = {
-        "format": checkpoint.FORMAT,
-        "model_kwargs": dict(model.kwargs),
-        "kernels": [4, 8, 16],
-        "weights": model.state_dict(),
-        "config": {},
-        "step": 0,
-    }
-    checkpoint.save(payload, path)
-
-
 def make_stack(path: Path, depth: int) -> None:
     from dcn_ray.io.tiff_writer import StackWriter
 
@@ -76,7 +57,9 @@ def main() -> None:
     peaks = {}
     with tempfile.TemporaryDirectory(prefix="dcn-bench-") as folder:
         folder = Path(folder)
-        make_model(folder / "model.pt")
+        from common import random_dcn_file  # torch: only where a model is made
+
+        random_dcn_file(folder / "model.pt", WIDTH)
         for depth in DEPTHS:
             stack = folder / f"stack{depth}.tif"
             make_stack(stack, depth)

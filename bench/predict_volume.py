@@ -46,18 +46,6 @@ def shapes(size: int) -> dict[str, tuple[int, int, int]]:
     return {"base": (2, size, size), "wider": (2, 2 * size, 2 * size), "deeper": (8, size, size)}
 
 
-def make_model(path: Path, width: int) -> None:
-    import torch
-
-    from dcn_ray.core import checkpoint
-    from dcn_ray.models.dcn import DCN
-
-    torch.manual_seed(0)
-    model = DCN(kernels=(4, 8, 16), width=width).eval()
-    payload = {"format": checkpoint.FORMAT, "model_kwargs": dict(model.kwargs), "kernels": [4, 8, 16]}
-    checkpoint.save({**payload, "weights": model.state_dict(), "config": {}, "step": 0}, path)
-
-
 def make_volume(path: Path, shape: tuple[int, int, int]) -> None:
     """An OME-Zarr 0.4 image of random uint8 voxels, chunks (1, 512, 512), written slice by slice."""
     import zarr
@@ -178,7 +166,9 @@ def main() -> None:
     figures: dict = {"device": args.device, "width": args.width, "volumes": {k: list(v) for k, v in volumes.items()}}
     with tempfile.TemporaryDirectory(prefix="dcn-bench-volume-") as name:
         folder = Path(name)
-        make_model(folder / "model.pt", args.width)
+        from common import random_dcn_file  # torch: only where a model is made
+
+        random_dcn_file(folder / "model.pt", args.width)
         for label, shape in volumes.items():
             make_volume(folder / f"{label}.ome.zarr", shape)
         speed = run("throughput", folder, "base.ome.zarr", settings)

@@ -39,25 +39,6 @@ def make_stack(folder: Path, labels: Path) -> tuple[Path, Path]:
     return folder / "images.tif", folder / "labels.tif"
 
 
-def make_model(path: Path, width: int) -> None:
-    import torch
-
-    from dcn_ray.core import checkpoint
-    from dcn_ray.models.dcn import DCN
-
-    torch.manual_seed(0)
-    model = DCN(kernels=(4, 8, 16), width=width).eval()
-    payload = {
-        "format": checkpoint.FORMAT,
-        "model_kwargs": dict(model.kwargs),
-        "kernels": [4, 8, 16],
-        "weights": model.state_dict(),
-        "config": {"data": {"foreground": 255}},
-        "step": 0,
-    }
-    checkpoint.save(payload, path)
-
-
 def best_time(work) -> tuple[float, object]:
     best, result = float("inf"), None
     for _ in range(REPEATS):
@@ -82,7 +63,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dcn-bench-") as name:
         folder = Path(name)
         images, labels = make_stack(folder, args.labels)
-        make_model(folder / "model.pt", args.width)
+        from common import random_dcn_file  # torch: only where a model is made
+
+        random_dcn_file(folder / "model.pt", args.width, config={"data": {"foreground": 255}})
         loaded = load_source(str(folder / "model.pt"))
         options = PredictOptions(tta=False, device=args.device)
         output = folder / "probabilities.tif"

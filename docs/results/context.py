@@ -10,27 +10,17 @@ and, with the MLflow store, the cost per trial (training wall time, images per s
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from collections import defaultdict
-from pathlib import Path
 
-import pyarrow.parquet as pq
+from tables import SCORES, finished_runs, print_means, read_sweep, run_seconds, scores_by_arm
 
 from dcn_ray.core.stats import equivalence_test, holm, mean_interval, paired_difference
-from dcn_ray.results import report
 
 CONTEXTS = (0, 1, 2)
 PRIMARY = "test_iou"
 MARGIN = 0.01  # the pre-registered equivalence margin of test IoU
-SCORES = (
-    ("test IoU (cell interior)", "test_iou"),
-    ("test membrane IoU", "test_membrane_iou"),
-    ("test V_rand", "test_vrand"),
-    ("test V_info", "test_vinfo"),
-    ("best validation IoU", "best_val_iou"),
-)
 
 
 def context_of(config: str) -> int:
@@ -43,14 +33,8 @@ def context_of(config: str) -> int:
 
 def costs(tracking_uri: str, rows: list[dict]) -> dict[int, dict[str, list[float]]]:
     """Per context: training seconds (``elapsed_s``), images per second and MLflow run seconds of each trial."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
     found: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for row in rows:
-        if not row.get("mlflow_run_id"):
-            continue
-        run = client.get_run(row["mlflow_run_id"])
+    for row, run in finished_runs(tracking_uri, rows):
         context = context_of(row["config"])
         metrics = run.data.metrics
         if "elapsed_s" in metrics:
@@ -58,27 +42,14 @@ def costs(tracking_uri: str, rows: list[dict]) -> dict[int, dict[str, list[float
         if "images_per_s" in metrics:
             found[context]["images/s (last evaluation interval)"].append(metrics["images_per_s"])
         if run.info.end_time:
-            found[context]["run s"].append((run.info.end_time - run.info.start_time) / 1000)
+            found[context]["run s"].append(run_seconds(run))
     return found
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--tracking-uri", default=None)
-    args = parser.parse_args(argv)
-    rows = [r for r in pq.read_table(args.folder / report.TABLE_FILE).to_pylist() if r["status"] == "finished"]
-    by_context: dict[int, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
-    for row in rows:
-        for _, key in SCORES:
-            if isinstance(row.get(key), float):
-                by_context[context_of(row["config"])][key][int(row["seed"])] = row[key]
-    print("| context | seeds | " + " | ".join(label for label, _ in SCORES) + " |")
-    print("|---|---|" + "---|" * len(SCORES))
-    for context in CONTEXTS:
-        scores = by_context[context]
-        cells = [mean_interval(list(scores[key].values())).text() for _, key in SCORES]
-        print(f"| {context} | {len(scores[PRIMARY])} | " + " | ".join(cells) + " |")
+    args, rows = read_sweep(__doc__.splitlines()[0], argv)
+    by_context = scores_by_arm(rows, lambda row: context_of(row["config"]))
+    print_means(by_context, list(CONTEXTS), ["context"], lambda context: [str(context)])
     print("\n| paired by seed | score | mean [95 % CI] | p (paired t) | p (Holm, primary) | per seed |")
     print("|---|---|---|---|---|---|")
     primary = [paired_difference(by_context[c][PRIMARY], by_context[0][PRIMARY]).p_value for c in CONTEXTS[1:]]

@@ -8,27 +8,18 @@ paired by seed (paired t), the parameter counts and, with the MLflow store, the 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-import pyarrow.parquet as pq
+from tables import SCORES, finished_runs, print_means, read_sweep, run_seconds, scores_by_arm
 
 from dcn_ray import models
 from dcn_ray.core.stats import mean_interval, paired_difference
 from dcn_ray.job.job_file import load_job
 from dcn_ray.job.sweep_grid import trial_job, variants
-from dcn_ray.results import report
 
 REPO = Path(__file__).resolve().parents[2]
-SCORES = (
-    ("test IoU (cell interior)", "test_iou"),
-    ("test membrane IoU", "test_membrane_iou"),
-    ("test V_rand", "test_vrand"),
-    ("test V_info", "test_vinfo"),
-    ("best validation IoU", "best_val_iou"),
-)
 
 
 def parameter_counts() -> dict[str, int]:
@@ -48,36 +39,18 @@ def parameter_counts() -> dict[str, int]:
 
 def wall_times(tracking_uri: str, rows: list[dict]) -> dict[str, list[float]]:
     """Seconds from start to end of each finished trial's MLflow run, per family."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
     times: dict[str, list[float]] = defaultdict(list)
-    for row in rows:
-        if row.get("mlflow_run_id") and row.get("status") == "finished":
-            info = client.get_run(row["mlflow_run_id"]).info
-            times[row["model_family"]].append((info.end_time - info.start_time) / 1000)
+    for row, run in finished_runs(tracking_uri, rows):
+        if row.get("status") == "finished":
+            times[row["model_family"]].append(run_seconds(run))
     return times
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--tracking-uri", default=None)
-    args = parser.parse_args(argv)
-    rows = [r for r in pq.read_table(args.folder / report.TABLE_FILE).to_pylist() if r["status"] == "finished"]
-    by_family: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
-    for row in rows:
-        for _, key in SCORES:
-            if isinstance(row.get(key), float):
-                by_family[row["model_family"]][key][int(row["seed"])] = row[key]
+    args, rows = read_sweep(__doc__.splitlines()[0], argv)
+    by_family = scores_by_arm(rows, lambda row: row["model_family"])
     counts = parameter_counts()
-    print("| family | parameters | seeds | " + " | ".join(label for label, _ in SCORES) + " |")
-    print("|---|---|---|" + "---|" * len(SCORES))
-    for family in ("dcn", "unet"):
-        scores = by_family[family]
-        cells = [mean_interval(list(scores[key].values())).text() for _, key in SCORES]
-        seeds = len(scores["test_iou"])
-        print(f"| {models.get(family).title} | {counts[family]:,} | {seeds} | " + " | ".join(cells) + " |")
+    print_means(by_family, ["dcn", "unet"], ["family", "parameters"], lambda f: [models.get(f).title, f"{counts[f]:,}"])
     print("\n| U-Net minus DCN, paired by seed | mean [95 % CI] | p (paired t) | per seed |")
     print("|---|---|---|---|")
     for label, key in SCORES:
