@@ -234,7 +234,7 @@ def test_branch_scores_read_labelled_pixels_only(partial_stack, tmp_path):
     assert analyse(model, stack, mask[:2], tmp_path / "c").metrics() != first
 
 
-def test_predict_refuses_a_partial_labels_layer_as_truth(partial_stack, tmp_path, capsys):
+def test_predict_scores_a_partial_labels_layer_on_its_labelled_pixels(partial_stack, tmp_path, capsys):
     from conftest import run_cli
 
     from dcn_ray.core import checkpoint
@@ -243,11 +243,16 @@ def test_predict_refuses_a_partial_labels_layer_as_truth(partial_stack, tmp_path
     job = job_from_dict(small_job(images, slices, data={"foreground": 1, "background": 2}, train={"steps": 2}))
     model = tmp_path / "model.pt"
     checkpoint.save(train_job(job, (4, 8, 16), load_data(job.data)).model, model)
-    args = ["predict", model, images, tmp_path / "out.tif", "--no-tta", "--labels"]
-    code, _, err = run_cli(capsys, [*args, slices])
-    assert code == 2 and "% of its pixels are unlabelled" in err and err.count("\n") == 1, err
-    assert not (tmp_path / "out.tif").exists()
-    full = tmp_path / "full.tif"  # every pixel painted: scored as before
+    out = tmp_path / "out.tif"
+    args = ["predict", model, images, out, "--no-tta", "--target", "objects", "--labels"]
+    code, predicted, err = run_cli(capsys, [*args, slices])  # read as the model's data section says
+    assert code == 0, err
+    assert "labelled: " in predicted and "unlabelled pixels count in no score" in predicted
+    partial = ["--foreground", str(FOREGROUND), "--background", str(BACKGROUND), "--target", "objects"]
+    code, scored, err = run_cli(capsys, ["score", out, slices, *partial])
+    assert code == 0 and scored == predicted, err
+    full = tmp_path / "full.tif"  # every pixel painted: every pixel scored
     tifffile.imwrite(full, np.where(mask, FOREGROUND, BACKGROUND).astype(np.uint8))
-    code, out, err = run_cli(capsys, [*args, full])
-    assert code == 0 and "IoU" in out + err, err
+    code, out_text, err = run_cli(capsys, [*args, full])
+    assert code == 0 and "IoU" in out_text, err
+    assert "pixels (100.0 %)" in out_text

@@ -167,7 +167,7 @@ def test_two_dimensional_image_and_the_three_outputs(model_file, tmp_path, capsy
     assert read_metadata(tmp_path / "mask.tif")["threshold"] == float(threshold)
 
 
-def constant_model_file(folder: Path, *, foreground: int) -> Path:
+def constant_model_file(folder: Path, *, foreground: int, **data: int) -> Path:
     """A DCN whose foreground probability is e^3 / (1 + e^3) = 0.953 everywhere, foreground label ``foreground``."""
     model = DCN(kernels=(4, 8, 16), width=4).eval()
     with torch.no_grad():
@@ -180,7 +180,7 @@ def constant_model_file(folder: Path, *, foreground: int) -> Path:
         "model_kwargs": dict(model.kwargs),
         "kernels": [4, 8, 16],
         "weights": model.state_dict(),
-        "config": {"data": {"foreground": foreground}},
+        "config": {"data": {"foreground": foreground, **data}},
         "step": 0,
     }
     checkpoint.save(payload, folder / checkpoint.MODEL_FILE)
@@ -245,6 +245,28 @@ def test_labels_of_a_larger_stack_are_cut_to_the_input_s_slices(tmp_path, capsys
     assert code == 0, err
     assert "target: objects (separate objects" in err and "as set" in err
     assert "IoU 0.5000" in out and "object precision 0.0000" in out and "truth objects 4  predicted objects 2" in out
+
+
+def test_labels_of_a_partly_labelled_model_score_its_labelled_pixels(tmp_path, capsys):
+    """A model trained on napari's layer (data.foreground 1, background 2, 0 unpainted) reads --labels
+    so: only painted pixels are scored, as `dcn-ray score --foreground 1 --background 2` scores them."""
+    model = constant_model_file(tmp_path, foreground=1, background=2)
+    layer = np.zeros((3, 8, 16), np.uint8)
+    layer[0, :, :8] = 1  # slice 0: foreground on the left, background on the right
+    layer[0, :, 8:] = 2
+    layer[2, :4] = 2  # slice 2: background scribbled on the top; slice 1 unpainted
+    tifffile.imwrite(tmp_path / "layer.tif", layer)
+    tifffile.imwrite(tmp_path / "image.tif", np.full((3, 8, 16), 128, np.uint8))
+    out = tmp_path / "mask.tif"
+    args = ["predict", model, tmp_path / "image.tif", out, "--output", "mask", "--no-tta", "--target", "objects"]
+    code, predicted, err = run_cli(capsys, [*args, "--labels", tmp_path / "layer.tif"])
+    assert code == 0, err
+    lines = predicted.strip().splitlines()
+    assert "IoU 0.3333" in lines[0]  # all foreground: 64 of the 128 + 64 labelled pixels are foreground
+    assert lines[-1] == "labelled: 192 of 384 pixels (50.0 %), on 2 of 3 slices; unlabelled pixels count in no score"
+    scored = ["score", out, tmp_path / "layer.tif", "--foreground", "1", "--background", "2", "--target", "objects"]
+    code, again, err = run_cli(capsys, scored)
+    assert code == 0 and again == predicted, err
 
 
 def test_labels_scores_are_those_of_dcn_ray_score_on_the_output(model_file, synthetic_stack, tmp_path, capsys):

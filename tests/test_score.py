@@ -125,3 +125,66 @@ def test_json_alone_on_stdout_of_the_command(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert set(json.loads(done.stdout)) >= {"iou", "dice", "pixel_error", "membrane_iou", "vrand", "vinfo", "threshold"}
     assert done.stdout.count("\n") == 1
+
+
+def _painted(truth: np.ndarray) -> np.ndarray:
+    """napari's labels layer of ``truth`` (255 foreground): 1 foreground, 2 background, 0 unpainted;
+    slice 1 left unpainted, slice 0 painted on its left half, slices 2 and 3 whole."""
+    layer = np.where(truth == 255, 1, 2).astype(np.uint8)
+    layer[1] = 0
+    layer[0, :, truth.shape[2] // 2 :] = 0
+    return layer
+
+
+@pytest.mark.parametrize("target", ["cells", "objects"])
+def test_partly_labelled_truth_scores_its_labelled_pixels_alone(tmp_path: Path, capsys, target: str) -> None:
+    rng = np.random.default_rng(36)
+    truth = np.full((4, 24, 24), 255, np.uint8)
+    truth[:, ::8], truth[:, :, ::8] = 0, 0  # cells between membranes (or objects, as --target says)
+    layer = write_tif(tmp_path, "layer.tif", _painted(truth))
+    probability = rng.integers(0, 256, truth.shape, dtype=np.uint8)
+    first = write_tif(tmp_path, "first.tif", probability)
+    unlabelled = _painted(truth) == 0
+    changed = np.where(unlabelled, 255 - probability, probability).astype(np.uint8)  # other values there only
+    second = write_tif(tmp_path, "second.tif", changed)
+    partial = ["--foreground", "1", "--background", "2", "--target", target, "--json"]
+    _, out, err = run(capsys, first, layer, *partial)
+    scores = json.loads(out)
+    code, out, err = run(capsys, second, layer, *partial)
+    assert code == 0, err
+    assert json.loads(out) == scores  # what the prediction holds where nothing is labelled changes no score
+    labelled = 24 * 12 + 2 * 24 * 24
+    assert (scores["labelled_pixels"], scores["pixels"]) == (labelled, 4 * 24 * 24)
+    assert (scores["labelled_slices"], scores["given_slices"], scores["slices"]) == (3, 4, 3)
+    # the unpainted values as data.unlabelled names them: the same scores
+    code, out, _ = run(capsys, first, layer, "--foreground", "1", "--unlabelled", "0", "--target", target, "--json")
+    assert json.loads(out) == scores
+    # every pixel painted: the scores of the plain truth
+    whole = write_tif(tmp_path, "whole.tif", np.where(truth == 255, 1, 2).astype(np.uint8))
+    _, out, _ = run(capsys, first, whole, *partial)
+    _, plain, _ = run(capsys, first, write_tif(tmp_path, "truth.tif", truth), "--target", target, "--json")
+    both = json.loads(out)
+    assert both["labelled_pixels"] == both["pixels"]
+    assert {k: v for k, v in both.items() if k in json.loads(plain)} == pytest.approx(json.loads(plain))
+    # the text says how much was labelled
+    code, out, _ = run(capsys, first, layer, *partial[:-1], "--slices", "0:2")
+    assert code == 0 and out.strip().splitlines()[-1] == (
+        f"labelled: {24 * 12} of {2 * 24 * 24} pixels (25.0 %), on 1 of 2 slices; unlabelled pixels count in no score"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--background", "2", "--unlabelled", "0"], "give one"),
+        (["--background", "2", "--slices", "1"], "no pixel of the slices --slices 1 picks is labelled"),
+        (["--foreground", "color", "--background", "2"], "needs an integer foreground"),
+    ],
+)
+def test_partly_labelled_truth_refusals_are_one_line(tmp_path: Path, capsys, args: list, message: str) -> None:
+    truth = np.full((4, 24, 24), 255, np.uint8)
+    truth[:, ::8] = 0
+    layer = write_tif(tmp_path, "layer.tif", _painted(truth))
+    code, out, err = run(capsys, layer, layer, "--foreground", "1", *args)
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("dcn-ray: error:"), err
+    assert message in err, err

@@ -17,6 +17,18 @@ from dcn_ray.cli.common import echo, slices_option
 @click.argument("truth", metavar="TRUTH", type=click.Path(path_type=Path))
 @click.option("--foreground", default="255", show_default=True, help="Label value of TRUTH's foreground, or 'color'.")
 @click.option(
+    "--background",
+    type=int,
+    help="Partly labelled TRUTH (napari's labels layer: --foreground 1 --background 2, 0 unpainted): the "
+    "background value; every other value is unlabelled and counts in no score (as data.background).",
+)
+@click.option(
+    "--unlabelled",
+    type=int,
+    help="Or the one value of TRUTH's unlabelled pixels (every other value but --foreground is background; "
+    "as data.unlabelled).",
+)
+@click.option(
     "--target",
     default="auto",
     show_default=True,
@@ -47,6 +59,8 @@ def score(
     prediction: Path,
     truth: Path,
     foreground: str,
+    background: int | None,
+    unlabelled: int | None,
     target: str,
     slices: str | None,
     threshold: float,
@@ -64,6 +78,8 @@ def score(
     IoU >= 0.5, and the object counts; no watershed, seconds for large stacks. The IoU of the
     all-foreground and all-background predictions on the same slices beside them. PRED and TRUTH are
     TIFF stacks, OME-Zarr images (a dcn-ray predict output too), zarr arrays or HDF5 datasets (file.h5:/path).
+    With --background or --unlabelled, TRUTH is partly labelled (scribbles, a few painted slices): every
+    score counts its labelled pixels alone, slices without one are left out, and a line says how many.
     """
     from dcn_ray.core.evaluation import (
         format_scores,
@@ -86,6 +102,8 @@ def score(
             invert=invert,
             slices=slices,
             progress=bar,
+            background=background,
+            unlabelled=unlabelled,
         )
     finally:
         if bar is not None:

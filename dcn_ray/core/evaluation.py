@@ -15,6 +15,7 @@ import numpy as np
 
 from dcn_ray.core.labels import LabelCheck
 from dcn_ray.core.metrics import ISBI_THRESHOLDS, Progress, iou
+from dcn_ray.core.partial import label_masks, labelled_slices
 from dcn_ray.core.scores import (
     REGION_KEYS,
     SCORE_KEYS,
@@ -54,23 +55,34 @@ def score_probabilities(
     threshold: float = 0.5,
     thresholds: Sequence[float] = ISBI_THRESHOLDS,
     progress: Progress | None = None,
+    labelled: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """:func:`~dcn_ray.core.scores.probability_scores` plus ``slices``, ``target`` and the baselines' IoU.
 
     ``target`` "auto" is decided from the truth's foreground fraction (``target_line`` says how).
     ``baseline_all_foreground_iou`` / ``baseline_all_background_iou``: the IoU of predicting every
-    pixel as foreground / background on the same slices.
+    pixel as foreground / background on the same slices. ``labelled`` (partly labelled truth,
+    :mod:`dcn_ray.core.partial`): every score, the fraction and the baselines count the labelled
+    pixels alone, ``slices`` the slices holding one; ``labelled_pixels`` / ``pixels`` and
+    ``labelled_slices`` / ``given_slices`` say how many were labelled.
     """
     if probability.shape != truth.shape:
         raise InputError(f"the prediction has shape {probability.shape} (Z, Y, X) but the truth has {truth.shape}")
-    fraction = LabelCheck.of(truth.reshape((-1,) + truth.shape[-2:])).stack
+    planes = (-1,) + truth.shape[-2:]
+    fraction = LabelCheck.of(truth.reshape(planes), None if labelled is None else labelled.reshape(planes)).stack
     resolved = resolve_target(target, fraction)
     scores: dict[str, Any] = probability_scores(
-        probability, truth, target=resolved, threshold=threshold, thresholds=thresholds, progress=progress
-    )
-    scores["baseline_all_foreground_iou"] = iou(np.ones_like(truth), truth)
-    scores["baseline_all_background_iou"] = iou(np.zeros_like(truth), truth)
-    scores["slices"] = int(truth.reshape((-1,) + truth.shape[-2:]).shape[0])
+        probability, truth, target=resolved, threshold=threshold, thresholds=thresholds, progress=progress,
+        labelled=labelled,
+    )  # fmt: skip
+    known = truth if labelled is None else truth[labelled].reshape(1, -1)
+    scores["baseline_all_foreground_iou"] = iou(np.ones_like(known), known)
+    scores["baseline_all_background_iou"] = iou(np.zeros_like(known), known)
+    scores["slices"] = int(truth.reshape(planes).shape[0])
+    if labelled is not None:
+        held = labelled_slices(labelled.reshape(planes), scores["slices"])
+        scores.update(labelled_pixels=int(np.count_nonzero(labelled)), pixels=int(labelled.size))
+        scores.update(labelled_slices=int(held.sum()), given_slices=scores["slices"], slices=int(held.sum()))
     scores["target"] = resolved
     scores["target_line"] = target_line(target, resolved, fraction)
     return scores
@@ -87,6 +99,8 @@ def score_stacks(
     invert: bool = False,
     slices: str | None = None,
     progress: Progress | None = None,
+    background: int | None = None,
+    unlabelled: int | None = None,
 ) -> dict[str, Any]:
     """Score a prediction stack against a label stack (TIFF, OME-Zarr, zarr or ``file.h5:/dataset``).
 
@@ -95,20 +109,27 @@ def score_stacks(
     ``invert`` it holds the membrane (background) probability. ``truth`` is a label stack whose ``foreground`` value
     marks the foreground (ISBI: 255, cell interior), or ``"color"`` for RGB labels. ``slices`` (as
     ``data.split`` writes them: "20:28", "3,5,9") picks the truth's slices the prediction holds; a
-    prediction as deep as the truth is cut alike.
+    prediction as deep as the truth is cut alike. ``background`` or ``unlabelled`` (as ``data.background``
+    / ``data.unlabelled`` say it: napari's labels layer paints 1 and 2, 0 unpainted) make the truth
+    partly labelled: only its labelled pixels are scored.
     """
     from dcn_ray.core.dataset import parse_split
     from dcn_ray.io.predictions import read_prediction
-    from dcn_ray.io.volumes import read_label_volume
 
-    mask = read_label_volume(truth, foreground)
+    mask, labelled = _read_truth(truth, foreground, background, unlabelled)
     probability, read_as = read_prediction(prediction)
     if slices is not None:
         chosen = parse_split(slices, len(mask), name="--slices")
         if len(probability) == len(mask) != len(chosen):
             probability = probability[chosen]
-        mask = mask[chosen]
-    check_truth(mask, truth)
+        mask, labelled = mask[chosen], None if labelled is None else labelled[chosen]
+    if labelled is None:
+        check_truth(mask, truth)
+    else:
+        if not labelled.any():
+            where = f"the slices --slices {slices} picks" if slices is not None else "it"
+            raise InputError(f"{truth}: no pixel of {where} is labelled (foreground {foreground}); nothing to score")
+        check_truth(mask[labelled].reshape(1, -1), f"{truth} (its labelled pixels)")
     if invert:
         probability = 1.0 - probability
     if probability.shape != mask.shape:
@@ -119,10 +140,29 @@ def score_stacks(
             + hint
         )
     scores = score_probabilities(
-        probability, mask, target=target, threshold=threshold, thresholds=thresholds, progress=progress
-    )
+        probability, mask, target=target, threshold=threshold, thresholds=thresholds, progress=progress,
+        labelled=labelled,
+    )  # fmt: skip
     scores["prediction_read_as"] = read_as
     return scores
+
+
+def _read_truth(
+    truth: Path, foreground: int | str, background: int | None, unlabelled: int | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(foreground, labelled)`` of the truth: ``labelled`` a bool mask where ``background`` or
+    ``unlabelled`` is given (even when every pixel is labelled), else None."""
+    from dcn_ray.io.volumes import read_label_values, read_label_volume
+
+    if background is None and unlabelled is None:
+        return read_label_volume(truth, foreground), None
+    if background is not None and unlabelled is not None:
+        raise InputError("--background and --unlabelled: give one (background: every other value is unlabelled)")
+    if not isinstance(foreground, int):
+        raise InputError(f"--foreground {foreground}: partly labelled truth needs an integer foreground value")
+    raw = read_label_values(truth)
+    mask, labelled = label_masks(raw, foreground=foreground, background=background, unlabelled=unlabelled, source=truth)
+    return mask, np.ones_like(mask) if labelled is None else labelled
 
 
 def matching_slices(
@@ -220,8 +260,20 @@ def format_scores(scores: Mapping[str, Any]) -> str:
     if "baseline_all_foreground_iou" in scores:
         slices = scores.get("slices")
         where = f" on the same {slices} slice{'s' if slices != 1 else ''}" if slices else ""
+        where += " (their labelled pixels)" if "labelled_pixels" in scores else ""
         line += (
             f"\nbaselines{where}: all-foreground IoU {scores['baseline_all_foreground_iou']:.4f}, "
             f"all-background IoU {scores['baseline_all_background_iou']:.4f}"
         )
+    if "labelled_pixels" in scores:
+        line += "\n" + labelled_line(scores)
     return line
+
+
+def labelled_line(scores: Mapping[str, Any]) -> str:
+    """How much of partly labelled truth was scored: pixels and slices labelled, of those given."""
+    pixels, labelled = scores["pixels"], scores["labelled_pixels"]
+    return (
+        f"labelled: {labelled} of {pixels} pixels ({100 * labelled / pixels:.1f} %), on "
+        f"{scores['labelled_slices']} of {scores['given_slices']} slices; unlabelled pixels count in no score"
+    )

@@ -220,6 +220,7 @@ def probability_scores(
     thresholds: Sequence[float] = metrics.ISBI_THRESHOLDS,
     workers: int | None = None,
     progress: metrics.Progress | None = None,
+    labelled: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Scores of a foreground-probability map in [0, 1] (foreground where probability > threshold).
 
@@ -231,7 +232,9 @@ def probability_scores(
     reports. A map holding only 0 and 1 is a segmentation: every threshold in [0, 1) gives the same
     mask, and ``threshold`` is reported. The watershed of each threshold is shared by all of them
     (:func:`~dcn_ray.core.metrics.rand_info_at`), told to ``progress`` slice by slice. Objects need no
-    other threshold: nothing is maximised (and it takes milliseconds a slice).
+    other threshold: nothing is maximised (and it takes milliseconds a slice). ``labelled`` (partly
+    labelled truth) scores as :func:`labelled_scores` does, at every threshold: the map is 0 (background)
+    at unlabelled pixels, whatever it held there.
     """
     if not isinstance(probability, np.ndarray) or probability.dtype.kind != "f":
         raise ValueError(f"probability must be a float numpy array, got {getattr(probability, 'dtype', None)}")
@@ -239,8 +242,17 @@ def probability_scores(
         raise ValueError("thresholds must lie in [0, 1)")
     mask, at = probability > threshold, float(threshold)
     if target != "cells":
-        return {**segmentation_scores(mask, truth, target=target, workers=workers), "threshold": at}
-    scores: dict[str, float] = {**_pixel_scores(mask, truth, target), "threshold": at}
+        return {**segmentation_scores(mask, truth, target=target, workers=workers, labelled=labelled), "threshold": at}
+    if labelled is not None:  # cells of partly labelled truth: its labelled slices, the map cut to its pixels
+        pixels = _pixel_scores(mask[labelled][None], (truth & labelled)[labelled][None], target)
+        keep = labelled.reshape((-1,) + truth.shape[-2:]).any(axis=(1, 2))
+        probability, truth, labelled = (
+            a.reshape((-1,) + truth.shape[-2:])[keep] for a in (probability, truth, labelled)
+        )
+        probability, truth = np.where(labelled, probability, np.float32(0.0)), truth & labelled
+    else:
+        pixels = _pixel_scores(mask, truth, target)
+    scores: dict[str, float] = {**pixels, "threshold": at}
     binary = bool(np.all((probability == 0.0) | (probability == 1.0)))
     best_over = [at] if binary or not truth.any() else sorted(float(t) for t in thresholds)
     values = sorted({*best_over, at})

@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -42,6 +43,8 @@ _BIGTIFF_ABOVE = 3 * 2**30  # output bytes above which the TIFF is written as Bi
 SliceMapper = Callable[[Iterable[np.ndarray]], Iterator[tuple[np.ndarray, str]]]
 #: Called with (slices done, slices in all): 0 once before the first slice, then after each.
 Progress = Callable[[int, int], None]
+#: ``--labels`` as scored: the foreground mask, and the labelled pixels (None: every pixel, fully labelled truth).
+Truth = tuple[np.ndarray, "np.ndarray | None"]
 
 
 @dataclass(frozen=True)
@@ -137,14 +140,21 @@ def predict_stack(
             if progress is not None:
                 progress(index + 1, shape[0])
         seconds = time.perf_counter() - started
-    scores = None
-    if truth is not None:  # what `dcn-ray score` reads: the output as written
-        target = model_target(loaded, target)
-        probability = read_prediction(output_path)[0]
-        scores = score_probabilities(
-            probability, truth, target=target, threshold=options.threshold, progress=score_progress
-        )
+    scores = score_output(output_path, truth, options, model_target(loaded, target), score_progress)
     return PredictResult(output_path, len(names), seconds, tuple(names), scores)
+
+
+def score_output(
+    path: Path, truth: Truth | None, options: PredictOptions, target: str, progress: Progress | None = None
+) -> dict[str, Any] | None:
+    """What ``dcn-ray score`` gives for the finished output ``path`` (read back as written) against ``truth``."""
+    if truth is None:
+        return None
+    mask, labelled = truth
+    probability = read_prediction(path)[0]
+    return score_probabilities(
+        probability, mask, target=target, threshold=options.threshold, progress=progress, labelled=labelled
+    )
 
 
 def _mapper(
@@ -158,16 +168,21 @@ def _mapper(
 
 def read_truth(
     labels: str | Path, shape: tuple[int, int, int], loaded: LoadedModel, level: int = 0, slices: str | None = None
-) -> np.ndarray:
-    """The ``--labels`` mask (foreground value from the model's config) of the slices the input holds."""
+) -> Truth:
+    """The ``--labels`` (foreground, labelled) masks of the slices the input holds, read as the model's
+    ``data`` section says (foreground value; partly labelled where it names ``background`` or
+    ``unlabelled``: then only labelled pixels are scored, and ``labelled`` is not None)."""
     chosen = matching_slices(volume_shape(labels, level), shape, slices, labels)
-    mask, labelled = partial_truth(labels, loaded.payload.get("config", {}).get("data", {}), level)
-    if labelled is not None:  # a model of partly labelled data: its labels layer is no full truth
-        raise InputError(
-            f"--labels {labels}: {100 * (1 - labelled.mean()):.1f} % of its pixels are unlabelled (as the model's "
-            "data.background / data.unlabelled read them); --labels scores against fully labelled truth"
-        )
-    return mask if chosen is None else mask[chosen]
+    data = loaded.payload.get("config", {}).get("data", {})
+    mask, labelled = partial_truth(labels, data, level)
+    partial = data.get("background") is not None or data.get("unlabelled") is not None
+    if partial and labelled is None:
+        labelled = np.ones_like(mask)  # said as such: every pixel of it labelled
+    if chosen is not None:
+        mask, labelled = mask[chosen], None if labelled is None else labelled[chosen]
+    if labelled is not None and not labelled.any():
+        raise InputError(f"--labels {labels}: no pixel of the slices the input holds is labelled; nothing to score")
+    return mask, labelled
 
 
 def model_target(loaded: LoadedModel, target: str) -> str:

@@ -23,21 +23,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from dcn_ray import __version__, models
-from dcn_ray.core.evaluation import matching_slices, score_probabilities
+from dcn_ray.core.evaluation import matching_slices
 from dcn_ray.errors import InputError
 from dcn_ray.io import omezarr
 from dcn_ray.io.fingerprint import check_regions, metadata_fingerprint
 from dcn_ray.io.guard import refuse_overlaps
-from dcn_ray.io.predictions import read_prediction
 from dcn_ray.io.volumes import is_zarr_path, open_volume, volume_shape
 from dcn_ray.predict import blocks as blocking
 from dcn_ray.predict.blocks import Block
 from dcn_ray.predict.engine import BlockPredictor, PredictOptions, VolumePlan, check_run
 from dcn_ray.predict.ray_pool import actor_pool
-from dcn_ray.predict.stack import model_target, read_truth
+from dcn_ray.predict.stack import model_target, read_truth, score_output
 from dcn_ray.track.sources import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -151,7 +148,7 @@ def predict_volume(
         if ready is not None:
             ready()
         return VolumeResult(
-            output_path, total, total, 0, 0.0, (), _scores(output_path, truth, options, target, score_progress)
+            output_path, total, total, 0, 0.0, (), score_output(output_path, truth, options, target, score_progress)
         )
     created = store is None
     if store is None:
@@ -195,7 +192,7 @@ def predict_volume(
         raise
     seconds = time.perf_counter() - started
     omezarr.finish_store(store, output_path)
-    scores = _scores(output_path, truth, options, target, score_progress)
+    scores = score_output(output_path, truth, options, target, score_progress)
     return VolumeResult(output_path, total, len(done), voxels, seconds, tuple(names), scores)
 
 
@@ -217,16 +214,6 @@ def _run(
     build = partial(BlockPredictor, plan=plan, store=store)
     with actor_pool(loaded.payload, build, device=plan.options.device, workers=workers, address=address) as pool:
         yield from pool(todo)
-
-
-def _scores(
-    path: Path, truth: np.ndarray | None, options: PredictOptions, target: str, progress=None
-) -> dict[str, Any] | None:
-    """What ``dcn-ray score`` gives for the finished store ``path`` against ``truth``."""
-    if truth is None:
-        return None
-    probability = read_prediction(path)[0]
-    return score_probabilities(probability, truth, target=target, threshold=options.threshold, progress=progress)
 
 
 def _check_input(plan: VolumePlan, store: omezarr.OutputStore, settings: dict[str, Any], done: set) -> None:
