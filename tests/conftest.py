@@ -115,6 +115,18 @@ def small_job(images: Path, labels: Path, **sections) -> dict:
     return job
 
 
+def child_runs(uri: str, experiment: str) -> list:
+    """The trials' MLflow runs (children of the sweep's parent run) in ``experiment``; none before it exists."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs([found.experiment_id], max_results=1000)
+    return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
 def train_job(job, kernels, dataset, **options):
     """``core.train.train`` of a job's model and train sections, the job recorded in its checkpoints
     (as a sweep trial calls it)."""
@@ -124,14 +136,17 @@ def train_job(job, kernels, dataset, **options):
 
 
 def sweep_on_local_ray(raw: dict, storage: Path):
-    """Run the job ``raw`` as a sweep on a fresh local Ray (2 CPUs), shut down afterwards."""
+    """Run the job ``raw`` as a sweep on a fresh local Ray (2 CPUs), shut down afterwards; on the
+    module's Ray where a test asked for ``module_ray`` (one start-up for the module's sweeps)."""
     import ray
     import yaml
 
     from dcn_ray.job.config import job_from_dict
     from dcn_ray.tune.sweep import run_sweep
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    own = not ray.is_initialized()
+    if own:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         return run_sweep(
             job_from_dict(raw),
@@ -141,20 +156,34 @@ def sweep_on_local_ray(raw: dict, storage: Path):
             write=lambda line: None,
         )
     finally:
-        ray.shutdown()
+        if own:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def module_ray():
+    """A local Ray (2 CPUs) for the sweeps of one module, shut down after its last test."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
 
 
 class MlflowServer:
     """A real `mlflow server` on 127.0.0.1 with a SQLite store and proxied artifacts."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, store: Path | None = None):
         self.folder = folder
+        self.store = store  # an empty MLflow store to start from (``empty_store``): no migrations at start
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> MlflowServer:
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.store is not None and not (self.folder / "mlflow.db").exists():
+            sqlite_copy(self.store, self.folder)
         command = [
             sys.executable,
             "-m",
@@ -229,8 +258,32 @@ except ProcessLookupError:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+def empty_store(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store whose tables MLflow made once for the session.
+
+    A new store costs MLflow's schema migrations, seconds per store on 2 cores (~0.1 s to copy):
+    tests that only need a store of their own take a copy (``sqlite_copy``); tests of how dcn-ray
+    creates the store (the default ./mlflow.db, the README's commands) still let MLflow make it.
+    """
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def sqlite_copy(empty_store: Path, folder: Path, name: str = "mlflow.db") -> str:
+    """The URI of a copy of ``empty_store`` at ``folder / name``: a store of the test's own."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(empty_store, folder / name)
+    return f"sqlite:///{folder / name}"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory, empty_store):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), empty_store).start()
     try:
         yield server
     finally:  # also when the run is interrupted

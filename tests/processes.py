@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -80,6 +81,15 @@ class SweepDriver:
         self.process.wait(timeout=timeout)
         return self.process.returncode, (self.folder / "driver.err").read_text()
 
+    def kill_once(self, condition: Callable[[], object], what: str, timeout: float = 300) -> None:
+        """``kill()`` as soon as ``condition()`` holds (asked every 0.5 s); fails if the driver ends or
+        ``timeout`` seconds pass first."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline and self.process.poll() is None, f"no {what}"
+            time.sleep(0.5)
+        self.kill()
+
     def kill(self) -> None:
         started = descendants(self.process.pid)
         self.process.kill()
@@ -89,3 +99,9 @@ class SweepDriver:
     def __exit__(self, *exc_info) -> None:
         if self.process.poll() is None:
             self.kill()
+
+
+def resume(name: str, storage: Path, cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
+    """``dcn-ray resume NAME --storage STORAGE`` in a process of its own, as a user runs it after a killed driver."""
+    command = [sys.executable, "-m", "dcn_ray", "resume", name, "--storage", str(storage)]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
