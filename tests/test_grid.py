@@ -207,23 +207,20 @@ def test_follow_ups_need_the_dcn():
 
 @pytest.mark.integration
 def test_a_family_by_rate_grid_runs_resumes_after_a_killed_driver_and_reports_per_configuration(
-    synthetic_stack, tmp_path
+    synthetic_stack, empty_store, tmp_path
 ):
     """(model.family, model.width) linked x train.lr: the driver is killed once a trial finished; resume finishes the rest,
     reruns nothing finished, and each configuration has its child run, params and row."""
-    import subprocess
-    import sys
-    import time
 
-    from conftest import small_job
+    from conftest import child_runs, small_job, sqlite_copy
     from mlflow.tracking import MlflowClient
-    from processes import SweepDriver
+    from processes import SweepDriver, resume
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_copy(empty_store, tmp_path)
     raw = small_job(
         *synthetic_stack,
         name="families",
-        train={"steps": 120, "eval_every": 30, "batch_size": 4, "crop": 64, "threads": 1},
+        train={"steps": 60, "eval_every": 30, "batch_size": 4, "crop": 32, "threads": 1},
         sweep={
             "kernels": [[4, 8, 16]],
             "resources": {"gpu": 0, "cpu": 1},
@@ -235,21 +232,12 @@ def test_a_family_by_rate_grid_runs_resumes_after_a_killed_driver_and_reports_pe
     storage = tmp_path / "runs"
 
     def children():
-        found = MlflowClient(uri).get_experiment_by_name("families")
-        runs = MlflowClient(uri).search_runs([found.experiment_id]) if found else []
-        return {r.data.tags["config"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+        return {r.data.tags["config"]: r for r in child_runs(uri, "families")}
 
     with SweepDriver(raw, tmp_path, storage) as driver:
-        deadline = time.monotonic() + 300
-        while not any(r.info.status == "FINISHED" for r in children().values()):
-            assert time.monotonic() < deadline and driver.process.poll() is None, "no trial finished"
-            time.sleep(0.5)
-        driver.kill()
+        driver.kill_once(lambda: any(r.info.status == "FINISHED" for r in children().values()), "trial finished")
     finished = {name: run.info.end_time for name, run in children().items() if run.info.status == "FINISHED"}
-    resumed = subprocess.run(
-        [sys.executable, "-m", "dcn_ray", "resume", "families", "--storage", str(storage)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=400,
-    )  # fmt: skip
+    resumed = resume("families", storage, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     runs = children()
