@@ -214,6 +214,13 @@ def test_a_context_model_trains_and_predicts_what_whole_stack_inference_gives(
 
     expected = whole_stack(model, stack, trained["context"], models.size_multiple(model))
     np.testing.assert_allclose(predicted, expected, atol=2e-6)
+    # --slices: those slices alone, each read with its neighbours in the input (reflected at its ends)
+    picked = tmp_path / "picked.tif"
+    code, _, err = run_cli(
+        capsys, ["predict", trained["path"], synthetic_stack[0], picked, *common, "--slices", "11,0,5"]
+    )
+    assert code == 0, err
+    np.testing.assert_array_equal(tifffile.imread(picked), predicted[[11, 0, 5]])
     # OME-Zarr in blocks of 2 x 64 x 64: the z halo reads the neighbours of the block's edge slices
     import zarr
 

@@ -279,6 +279,34 @@ def test_labels_scores_are_those_of_dcn_ray_score_on_the_output(model_file, synt
     assert predicted == scored and "V_rand" in scored and "all-foreground IoU" in scored
 
 
+def test_slices_segments_those_slices_alone_and_labels_are_cut_alike(model_file, synthetic_stack, tmp_path, capsys):
+    images, labels = synthetic_stack
+    common = ["--no-tta", "--device", "cpu"]
+    code, _, err = run_cli(capsys, ["predict", model_file, images, tmp_path / "all.tif", *common])
+    assert code == 0, err
+    out = tmp_path / "part.tif"
+    code, predicted, err = run_cli(
+        capsys, ["predict", model_file, images, out, *common, "--slices", "9:12", "--labels", labels]
+    )
+    assert code == 0, err
+    assert "wrote" in err and "3 slice(s)" in err
+    np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(tmp_path / "all.tif")[9:12])
+    assert read_metadata(out)["slices"] == [9, 10, 11]
+    code, scored, err = run_cli(capsys, ["score", out, labels, "--slices", "9:12"])
+    assert code == 0 and scored == predicted and "on the same 3 slices" in scored, err
+    # bad --slices: one line, nothing written
+    for args, words in (
+        (["--slices", "10:14"], "--slices"),
+        (["--slices", "x"], "--slices"),
+    ):
+        code, stdout, err = run_cli(capsys, ["predict", model_file, images, tmp_path / "bad.tif", *common, *args])
+        assert code == 2 and not stdout and err.startswith("dcn-ray: error: ") and err.count("\n") == 1, err
+        assert words in err
+    code, _, err = run_cli(capsys, ["predict", model_file, images, tmp_path / "bad.ome.zarr", "--slices", "1:3"])
+    assert code == 2 and "for TIFF outputs" in err and err.count("\n") == 1, err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("bad")]
+
+
 def test_labels_of_another_shape_are_refused(model_file, tmp_path, capsys):
     tifffile.imwrite(tmp_path / "image.tif", np.zeros((2, 16, 16), np.uint8), photometric="minisblack")
     tifffile.imwrite(tmp_path / "labels.tif", np.zeros((3, 16, 16), np.uint8), photometric="minisblack")

@@ -117,6 +117,10 @@ def _chunk(text: str | None) -> tuple[int, int, int] | None:
 @labels_option(
     "Ground truth: also print the scores `dcn-ray score` gives (IoU, Dice, ...; V_rand or object F1 by --target)."
 )
+@slices_option(
+    "INPUT's slices to segment, as data.split writes them (20:28, 3,5,9): OUTPUT holds those alone, and "
+    "--labels (as deep as INPUT, or cut by --label-slices) are cut alike. TIFF outputs."
+)
 @click.option(
     "--label-slices",
     metavar="A:B",
@@ -162,6 +166,7 @@ def predict(
     output_kind: str,
     threshold: float,
     labels_path: Path | None,
+    slices: str | None,
     label_slices: str | None,
     target: str,
     workers: int | None,
@@ -184,6 +189,7 @@ def predict(
 
     keep_local_ray_on_loopback(address)
     from dcn_ray.core.evaluation import format_scores, parse_target
+    from dcn_ray.errors import InputError
     from dcn_ray.models import describe
     from dcn_ray.predict.stack import PredictOptions, check_paths, predict_stack
 
@@ -197,6 +203,11 @@ def predict(
     from dcn_ray.io.volumes import is_zarr_path, open_volume
 
     if is_zarr_path(output_path):
+        if slices is not None:
+            raise InputError(
+                f"--slices {slices}: for TIFF outputs; an OME-Zarr output covers the whole INPUT (give an OUTPUT "
+                "ending in .tif, or an INPUT of those slices)"
+            )
         _predict_volume(
             model, input_path, output_path, options, storage=storage, tracking_uri=tracking_uri,
             labels=labels_path, workers=workers, address=address, level=level, chunks=_chunk(chunk), block=block,
@@ -205,7 +216,7 @@ def predict(
         return
     _tiff_only(chunk=chunk, block=block, ngff=ngff != "0.4", label_image=label_image, resume=resume)
     # The files first, then the model (nothing is printed before either could fail)
-    paths = {"labels": labels_path, "level": level, "label_slices": label_slices}
+    paths = {"labels": labels_path, "level": level, "label_slices": label_slices, "slices": slices}
     check_paths(input_path, output_path, model=model if Path(model).exists() else None, **paths)
     loaded = load_source(model, storage=storage, tracking_uri=tracking_uri)
     check_paths(input_path, output_path, model=loaded.location, **paths)
@@ -214,7 +225,7 @@ def predict(
     try:
         result = predict_stack(
             loaded, input_path, output_path, options, labels=labels_path, workers=workers, address=address,
-            progress=bar, level=level, **given,
+            progress=bar, level=level, slices=slices, **given,
         )  # fmt: skip
     finally:
         bar.close()

@@ -24,13 +24,14 @@ from torch import nn
 
 from dcn_ray import __version__, models
 from dcn_ray.core import context as serial
+from dcn_ray.core.dataset import parse_split
 from dcn_ray.core.evaluation import matching_slices, score_probabilities
 from dcn_ray.core.partial import read_truth as partial_truth
 from dcn_ray.errors import InputError
 from dcn_ray.io.paths import output_file
 from dcn_ray.io.predictions import read_prediction
 from dcn_ray.io.tiff_writer import StackWriter
-from dcn_ray.io.volumes import input_slices, volume_shape
+from dcn_ray.io.volumes import input_slices, open_volume, volume_shape
 from dcn_ray.predict.engine import PredictOptions, SlicePredictor, check_run, encode
 from dcn_ray.predict.ray_pool import actor_pool
 from dcn_ray.track.sources import LoadedModel
@@ -73,18 +74,26 @@ def check_paths(
     model: str | Path | None = None,
     level: int = 0,
     label_slices: str | None = None,
+    slices: str | None = None,
 ) -> tuple[int, int, int]:
     """The files of a prediction, checked before any work: the input stack and ``labels`` (same
-    shape), and an output file that can be written and is none of the inputs (``model`` included).
+    shape), the ``slices`` to segment, and an output file that can be written and is none of the
+    inputs (``model`` included).
 
     Returns the input's (Z, Y, X).
     """
     shape = volume_shape(input_path, level)
+    chosen_slices(slices, shape[0])
     if labels is not None:
         matching_slices(volume_shape(labels, level), shape, label_slices, labels)
     inputs = {"the input stack": input_path, "the --labels file": labels, "the model file": model}
     output_file(output_path, inputs)
     return shape
+
+
+def chosen_slices(slices: str | None, depth: int) -> list[int] | None:
+    """``--slices`` (as data.split writes them: 20:28, 3,5,9) of a ``depth``-slice input; None for all."""
+    return None if slices is None else parse_split(slices, depth, name="--slices")
 
 
 def predict_stack(
@@ -99,6 +108,7 @@ def predict_stack(
     progress: Progress | None = None,
     level: int = 0,
     label_slices: str | None = None,
+    slices: str | None = None,
     target: str = "auto",
     score_progress: Callable[[int, int], None] | None = None,
 ) -> PredictResult:
@@ -111,37 +121,53 @@ def predict_stack(
     ``options.threshold``, V_rand and V_info at their best threshold; a mask: as it is). The
     foreground label value comes from the model's config; ``label_slices`` picks the labels' slices the
     input holds (an input cut from a larger stack); ``target`` "auto" is the model's ``data.target`` where
-    it was set, else decided by the labels. Every check that needs no work (the labels read, the
-    tiling, the device, the workers) comes before Ray or the first slice.
+    it was set, else decided by the labels. ``slices`` (as data.split writes them) segments those
+    slices of the input alone, in that order (a model of context N reads their neighbours in the
+    input); the output holds them, and ``labels`` are cut alike. Every check that needs no work (the
+    labels read, the tiling, the device, the workers) comes before Ray or the first slice.
     """
     input_path, output_path = Path(input_path), Path(output_path)
-    shape = check_paths(
-        input_path, output_path, labels=labels, model=loaded.location, level=level, label_slices=label_slices
-    )
+    paths = {"labels": labels, "model": loaded.location, "level": level, "label_slices": label_slices}
+    shape = check_paths(input_path, output_path, slices=slices, **paths)
+    chosen = chosen_slices(slices, shape[0])
     check_run(loaded.model, options, workers=workers, address=address)
-    truth = read_truth(labels, shape, loaded, level, label_slices) if labels is not None else None
+    truth = read_truth(labels, shape, loaded, level, label_slices, chosen) if labels is not None else None
+    depth = shape[0] if chosen is None else len(chosen)
     page_bytes = 4 if options.output == "float" else 1
-    bigtiff = math.prod(shape) * page_bytes > _BIGTIFF_ABOVE
+    bigtiff = depth * math.prod(shape[1:]) * page_bytes > _BIGTIFF_ABOVE
     names: list[str] = []
     with (
         _mapper(loaded, options, workers, address) as mapper,
-        StackWriter(output_path, metadata=_metadata(loaded, options), bigtiff=bigtiff) as writer,
+        StackWriter(output_path, metadata=_metadata(loaded, options, chosen), bigtiff=bigtiff) as writer,
     ):
         started = time.perf_counter()
         if progress is not None:
-            progress(0, shape[0])
-        slices = input_slices(input_path, level)
-        context = models.context_of(loaded.model)
-        if context:  # each slice with its neighbours, reflected at the stack's ends: 2N + 1 slices held
-            slices = serial.windows(slices, context, shape[0])
-        for index, (probability, name) in enumerate(mapper(slices)):
+            progress(0, depth)
+        inputs = _inputs(input_path, level, shape[0], models.context_of(loaded.model), chosen)
+        for index, (probability, name) in enumerate(mapper(inputs)):
             writer.write(encode(probability, options.output, options.threshold))
             names.append(name)
             if progress is not None:
-                progress(index + 1, shape[0])
+                progress(index + 1, depth)
         seconds = time.perf_counter() - started
     scores = score_output(output_path, truth, options, model_target(loaded, target), score_progress)
     return PredictResult(output_path, len(names), seconds, tuple(names), scores)
+
+
+def _inputs(input_path: Path, level: int, depth: int, context: int, chosen: list[int] | None) -> Iterator[np.ndarray]:
+    """What the model reads for each slice to segment: the slice (Y, X), or with ``context`` N the
+    (2N + 1, Y, X) slice and its neighbours, reflected at the stack's ends; streamed for a whole stack."""
+    if chosen is None:
+        slices = input_slices(input_path, level)
+        return serial.windows(slices, context, depth) if context else slices
+    volume = open_volume(input_path, level)
+
+    def read(z: int) -> np.ndarray:
+        return volume.read(slice(z, z + 1))[0]
+
+    if not context:
+        return (read(z) for z in chosen)
+    return (np.stack([read(i) for i in serial.neighbours(z, context, depth)]) for z in chosen)
 
 
 def score_output(
@@ -167,12 +193,20 @@ def _mapper(
 
 
 def read_truth(
-    labels: str | Path, shape: tuple[int, int, int], loaded: LoadedModel, level: int = 0, slices: str | None = None
+    labels: str | Path,
+    shape: tuple[int, int, int],
+    loaded: LoadedModel,
+    level: int = 0,
+    slices: str | None = None,
+    predicted: list[int] | None = None,
 ) -> Truth:
-    """The ``--labels`` (foreground, labelled) masks of the slices the input holds, read as the model's
-    ``data`` section says (foreground value; partly labelled where it names ``background`` or
-    ``unlabelled``: then only labelled pixels are scored, and ``labelled`` is not None)."""
+    """The ``--labels`` (foreground, labelled) masks of the slices the input holds (``slices``: which
+    of the labels' they are), those ``predicted`` alone where given, read as the model's ``data``
+    section says (foreground value; partly labelled where it names ``background`` or ``unlabelled``:
+    then only labelled pixels are scored, and ``labelled`` is not None)."""
     chosen = matching_slices(volume_shape(labels, level), shape, slices, labels)
+    if predicted is not None:
+        chosen = [(chosen or list(range(shape[0])))[z] for z in predicted]
     data = loaded.payload.get("config", {}).get("data", {})
     mask, labelled = partial_truth(labels, data, level)
     partial = data.get("background") is not None or data.get("unlabelled") is not None
@@ -192,7 +226,7 @@ def model_target(loaded: LoadedModel, target: str) -> str:
     return str(loaded.payload.get("config", {}).get("data", {}).get("target", "auto"))
 
 
-def _metadata(loaded: LoadedModel, options: PredictOptions) -> dict:
+def _metadata(loaded: LoadedModel, options: PredictOptions, chosen: list[int] | None) -> dict:
     return {
         "model": loaded.source,
         "model_location": loaded.location,
@@ -206,4 +240,5 @@ def _metadata(loaded: LoadedModel, options: PredictOptions) -> dict:
         "tta": options.tta,
         "tile": options.tile,
         "overlap": options.overlap,
+        "slices": chosen,  # the input's slices the output holds (None: all of them)
     }
