@@ -107,7 +107,7 @@ def check_model(
     val_masks = dataset.val_masks.astype(bool)
     result: dict[str, Any] = {"family": job.model.family, "width": width, "steps": job.train.steps}
     started = time.perf_counter()
-    trained = train(job.model, job.train, dataset, kernels=kernels, device=device)
+    trained = train(job.model.with_keys(kernels=kernels) if kernels else job.model, job.train, dataset, device=device)
     result["train_seconds"] = time.perf_counter() - started
     all_foreground = iou(np.ones_like(val_masks), val_masks)
     initial = None if context else val_iou(untrained, dataset.val_images, val_masks, device, bf16=False)

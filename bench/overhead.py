@@ -51,7 +51,7 @@ def bare_in_this_process(raw: dict) -> float:
     dataset = load_dataset(
         data.images, data.labels, foreground=data.foreground, train=data.split.train, val=data.split.val
     )
-    result = train(job.model, job.train, dataset, kernels=(4, 8, 16))
+    result = train(job.model.with_keys(kernels=(4, 8, 16)), job.train, dataset)
     return job.train.steps * job.train.batch_size / result.history[-1]["elapsed_s"]
 
 

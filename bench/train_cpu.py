@@ -163,7 +163,12 @@ job = dataclasses.replace(job, train=dataclasses.replace(job.train, steps=steps,
 sections = hasattr(data_module, "load_data")  # core takes the job's sections (older refs: the whole job)
 dataset = data_module.load_data(job.data) if sections else data_module.load_job_dataset(job)
 start = time.perf_counter()
-result = train(job.model, job.train, dataset, kernels=(4, 8, 16)) if sections else train(job, (4, 8, 16), dataset)
+if not sections:
+    result = train(job, (4, 8, 16), dataset)
+elif hasattr(job.model, "with_keys"):  # model.kernels is the model's key (older refs: an argument of train)
+    result = train(job.model.with_keys(kernels=(4, 8, 16)), job.train, dataset)
+else:
+    result = train(job.model, job.train, dataset, kernels=(4, 8, 16))
 seconds = time.perf_counter() - start
 model = DCN(**result.model["model_kwargs"])
 model.load_state_dict(result.model["weights"])

@@ -108,7 +108,7 @@ def run_one(task: str, arm: str, seed: int, data: dict, args: argparse.Namespace
     )
     dataset = load_data(job.data)
     started, cpu = time.perf_counter(), time.process_time()
-    result = train(job.model, job.train, dataset, kernels=KERNELS, device=torch.device("cpu"))
+    result = train(job.model.with_keys(kernels=KERNELS), job.train, dataset, device=torch.device("cpu"))
     scores = score_test_split(model_from_payload(result.model), dataset, torch.device("cpu"))
     return {
         "task": task,

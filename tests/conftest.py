@@ -132,7 +132,8 @@ def train_job(job, kernels, dataset, **options):
     (as a sweep trial calls it)."""
     from dcn_ray.core.train import train
 
-    return train(job.model, job.train, dataset, kernels=kernels, provenance=job.to_dict(), **options)
+    model = job.model if kernels is None else job.model.with_keys(kernels=tuple(kernels))  # model.kernels
+    return train(model, job.train, dataset, provenance=job.to_dict(), **options)
 
 
 def sweep_on_local_ray(raw: dict, storage: Path):

@@ -224,7 +224,7 @@ def family(request, tmp_path):
 
 def _small(family: models.Family, seed: int = 0):
     kernels = {"kernels": (4, 8, 16)} if family.uses_kernels else {}
-    return models.build(family.name, **family.job_kwargs(SMALL.get(family.name, {})), **kernels, seed=seed)
+    return models.build(family.name, **{**family.job_kwargs(SMALL.get(family.name, {})), **kernels}, seed=seed)
 
 
 def test_every_family_is_declared_whole(family):

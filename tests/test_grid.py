@@ -55,7 +55,9 @@ def test_without_a_grid_the_trials_are_those_of_before():
 
 
 def test_the_trial_identity_carries_the_values_to_tune_mlflow_and_the_job():
-    spec = TrialSpec(None, seed=1, family="unet", grid_values=(("train.lr", 0.003), ("model.branch_noise", [0, 0, 0])))
+    spec = TrialSpec.of(
+        None, seed=1, family="unet", grid_values=(("train.lr", 0.003), ("model.branch_noise", [0, 0, 0]))
+    )
     assert TrialSpec.from_config(spec.to_config()) == spec
     assert spec.to_config()["k1"] is None and spec.tags()["config"] == "unet_train.lr=0.003_model.branch_noise=0-0-0"
     params = spec.params()
@@ -63,7 +65,7 @@ def test_the_trial_identity_carries_the_values_to_tune_mlflow_and_the_job():
     trained = trial_job(job(grid=FAMILY_GRID), spec.family, spec.grid_values, spec.seed)
     assert (trained.model.family, trained.train.lr, trained.train.seed, trained.sweep.grid) == ("unet", 0.003, 1, {})
     with pytest.raises(ValueError, match="a unet trial has no kernels"):
-        TrialSpec((4, 8, 16), family="unet")
+        TrialSpec.of((4, 8, 16), family="unet")
 
 
 def test_results_group_by_the_full_configuration():

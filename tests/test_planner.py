@@ -37,7 +37,7 @@ def _run(planner: RoundPlanner, results) -> list[TrialSpec]:
 
 
 def test_trial_spec_round_trips_through_the_tune_config():
-    spec = TrialSpec(
+    spec = TrialSpec.of(
         (4, 8, 14), seed=2, phase="control", round=1, derived_from="r1", reference=(4, 8, 16), reference_weak="F3"
     )
     config = spec.to_config()
@@ -47,9 +47,9 @@ def test_trial_spec_round_trips_through_the_tune_config():
     assert spec.name == "control-4-8-14-s2" and spec.config_name == "4-8-14"
     assert spec.tags()["config"] == "4-8-14" and spec.params()["seed"] == 2
     with pytest.raises(ValueError, match="k3=6"):
-        TrialSpec((4, 8, 6))
+        TrialSpec.of((4, 8, 6))
     with pytest.raises(ValueError, match="phase"):
-        TrialSpec((4, 8, 16), phase="other")
+        TrialSpec.of((4, 8, 16), phase="other")
 
 
 def test_grid_runs_every_configuration_once_per_seed():

@@ -17,7 +17,7 @@ class FakeTrial:
     config: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.config = TrialSpec(kernels=(4, 8, 16), seed=self.seed).to_config()
+        self.config = TrialSpec.of((4, 8, 16), seed=self.seed).to_config()
 
 
 def test_a_line_per_running_trial_with_news_and_its_time_left() -> None:

@@ -97,14 +97,14 @@ def make_train_step(
 
 
 def build_model(config: ModelConfig, kernels: Kernels | None = None, *, seed: int) -> nn.Module:
-    """The network of ``config.family`` (with ``kernels`` for the DCN), each layer initialised
-    from ``seed`` and its name (:func:`dcn_ray.models.init.init_weights`)."""
+    """The network of ``config.family`` (a DCN with its ``model.kernels``, or ``kernels`` given here in
+    their place), each layer initialised from ``seed`` and its name (:func:`dcn_ray.models.init.init_weights`)."""
     family = models.get(config.family)
     kwargs = family.job_kwargs(config.to_dict())
-    if family.uses_kernels:
-        if kernels is None:
-            raise ValueError(f"a {family.title} needs its kernels (k1, k2, k3)")
-        kwargs["kernels"] = kernels
+    if kernels is not None:
+        if not family.uses_kernels:
+            raise ValueError(f"a {family.title} has no kernels, got {tuple(kernels)}")
+        kwargs["kernels"] = tuple(kernels)
     return models.build(family.name, **kwargs, seed=seed)
 
 
@@ -154,13 +154,12 @@ def train(
     settings: TrainConfig,
     dataset: Dataset,
     *,
-    kernels: Kernels | None = None,
     provenance: Mapping[str, Any] | None = None,
     report: Reporter | None = None,
     state: dict[str, Any] | None = None,
     device: torch.device | None = None,
 ) -> TrainResult:
-    """Train the network of ``model_config`` (a DCN with ``kernels``) for ``settings.steps`` steps,
+    """Train the network of ``model_config`` (a DCN with its ``model.kernels``) for ``settings.steps`` steps,
     evaluating every ``settings.eval_every`` steps.
 
     ``settings.preset: auto`` is decided here from the dataset's training foreground. Checkpoints
@@ -174,8 +173,8 @@ def train(
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
-    model = build_model(model_config, kernels, seed=settings.seed).to(device)
-    label = kernels if kernels is not None else models.describe(model)  # in log lines
+    model = build_model(model_config, seed=settings.seed).to(device)
+    label = models.describe(model)  # in log lines
     optimizer = make_optimizer(settings, model)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     _check_context(model, dataset)

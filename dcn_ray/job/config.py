@@ -61,6 +61,8 @@ class FollowupConfig:
 
 @dataclass(frozen=True)
 class SweepConfig:
+    #: The values of ``model.kernels`` the sweep runs, one configuration each (a DCN); absent: the job's
+    #: ``model.kernels`` alone (:func:`job_from_dict`).
     kernels: tuple[tuple[int, ...], ...] = (REFERENCE,)
     #: Training seeds: every configuration runs once per seed. A list of seeds, or a count n
     #: (seeds 0..n-1); None: the one seed train.seed.
@@ -123,7 +125,11 @@ class JobConfig:
 
 
 def job_from_dict(raw: Mapping[str, Any]) -> JobConfig:
-    """Build and validate a JobConfig from a nested mapping."""
+    """Build and validate a JobConfig from a nested mapping.
+
+    ``sweep.kernels`` lists the values of ``model.kernels``: a job that gives ``model.kernels`` and no
+    ``sweep.kernels`` runs that triple (``--set model.kernels=[2,8,16]``)."""
+    raw = _kernels_listed(raw)
     job = build(JobConfig, raw, "")  # train.preset's keys stay None until the data is known (JobConfig.trained_on)
     _validate(job)
     return job
@@ -138,6 +144,21 @@ def job_from_record(raw: Mapping[str, Any]) -> JobConfig:
         families = grid_families(grid) if isinstance(grid, Mapping) else set()
         raw = {**raw, "model": only_its_own(model, families)}
     return job_from_dict(raw)
+
+
+def _kernels_listed(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``raw`` with ``sweep.kernels: [model.kernels]`` where it gives ``model.kernels`` and no ``sweep.kernels``."""
+    model, sweep = raw.get("model"), raw.get("sweep")
+    if (
+        not isinstance(model, Mapping)
+        or model.get("kernels") is None
+        or sweep is not None
+        and not isinstance(sweep, Mapping)
+    ):
+        return raw
+    if "kernels" in (sweep or {}):
+        return raw
+    return {**raw, "sweep": {**(sweep or {}), "kernels": [model["kernels"]]}}
 
 
 # ----------------------------------------------------------------------------- validation

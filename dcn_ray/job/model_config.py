@@ -77,6 +77,14 @@ class ModelConfig:
         """The section as a job file writes it (:func:`model_from_raw`)."""
         return model_from_raw(raw, prefix)
 
+    def with_keys(self, **values: Any) -> ModelConfig:
+        """This section with some of its family's keys set (``with_keys(kernels=(2, 8, 16))``), validated."""
+        try:
+            params = dataclasses.replace(self.params, **values)
+        except TypeError:
+            raise ValueError(f"{sorted(values)} are not all keys of the {self.family} family") from None
+        return ModelConfig(self.family, params, self.others, self.context)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists for tuples), as a job file or a checkpoint holds it: the family, its keys, the others'."""
         own = {key: plain(value) for key, value in dataclasses.asdict(self.params).items()}

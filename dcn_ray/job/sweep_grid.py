@@ -36,7 +36,7 @@ from typing import Any
 from dcn_ray.errors import InputError
 from dcn_ray.job.config import JobConfig, job_from_dict, kernels_of
 from dcn_ray.job.model_config import only_its_own
-from dcn_ray.kernels import Kernels, kernels_text
+from dcn_ray.kernels import REFERENCE, Kernels, kernels_text
 from dcn_ray.models import FAMILIES, get
 
 #: Keys a grid may not vary: the sweep's own settings, its name and tracking, and the seed (sweep.seeds).
@@ -66,6 +66,10 @@ def value_text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+#: The family of a configuration: its name starts with it (``unet``), or with its kernels (a DCN).
+FAMILY_KEY = "model.family"
+#: The DCN's kernels: a configuration's name starts with them (``4-8-16``), not ``model.kernels=4-8-16``.
+KERNELS_KEY = "model.kernels"
 #: The job key of a sham control's re-drawn branches: named ``4-8-16~sham-F3``, not ``..._model.redraw=F3``.
 REDRAW_KEY = "model.redraw"
 
@@ -91,6 +95,12 @@ class Variant:
     @property
     def name(self) -> str:
         return config_name(self.family, self.kernels, self.params)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The configuration as flat job keys: ``{"model.family": "dcn", "model.kernels": (4, 8, 16), "train.lr": ...}``."""
+        kernels = {KERNELS_KEY: self.kernels} if self.kernels is not None else {}
+        return {"model.family": self.family, **kernels, **dict(self.params)}
 
 
 def with_params(job: JobConfig, params: Mapping[str, Any] | Params, family: str | None = None) -> JobConfig:
@@ -139,6 +149,10 @@ def check_grid(job: JobConfig) -> None:
             raise InputError(f"sweep.grid.{axis} lists a value twice: {list(values)}")
         if len(keys) == 1 and keys[0] != "model.family":  # each value alone, as the job reads it: 0.001 is 1e-3
             _check_alone(job, axis, values)
+    if KERNELS_KEY in seen and kernels_of(job) != [tuple(getattr(job.model, "kernels", REFERENCE))]:
+        raise InputError(
+            "sweep.grid varies model.kernels and sweep.kernels lists other kernels: give the kernels in one of them"
+        )
     if job.sweep.grid and job.sweep.followup.enabled:
         raise InputError(
             "sweep.followup.enabled cannot be combined with sweep.grid: follow-up rounds change the kernels of one "
@@ -219,16 +233,25 @@ def variants(job: JobConfig) -> list[Variant]:
     for combination in itertools.product(*(job.sweep.grid[a] for a in axes)):
         values = dict(pair for axis, value in zip(axes, combination) for pair in axis_values(axis, plain(value)))
         family = str(values.pop("model.family", job.model.family))
+        kernels = values.pop(KERNELS_KEY, None)  # a grid over model.kernels: its values, as sweep.kernels lists them
         params: Params = tuple(values.items())
         shown = ", ".join(f"{k}={value_text(v)}" for a, c in zip(axes, combination) for k, v in axis_values(a, c))
         if count <= FULL_CHECK:
             try:
-                _built(base, params, family)
+                _built(
+                    base, params + (((KERNELS_KEY, kernels),) if kernels and get(family).uses_kernels else ()), family
+                )
             except InputError as error:
                 raise InputError(f"sweep.grid ({shown}): {error}") from None
-        for kernel in kernels_of(job) if get(family).uses_kernels else [None]:
+        if not get(family).uses_kernels:
+            axis = [None]
+        else:
+            axis = [tuple(kernels)] if kernels is not None else kernels_of(job)
+        for kernel in axis:
             variant = Variant(family, kernel, params)
             if variant.name in names:
+                if kernels is not None and kernel is None:  # a family without kernels, crossed with model.kernels: once
+                    continue
                 raise InputError(
                     f"sweep.grid: ({names[variant.name]}) and ({shown}) would both be named {variant.name!r}; "
                     "give values that differ in their text"
@@ -261,7 +284,21 @@ def _built(base: dict[str, Any], params: Params, family: str) -> JobConfig:
     return job_from_dict(raw)
 
 
-def trial_job(job: JobConfig, family: str, params: Params | Sequence[tuple[str, Any]], seed: int) -> JobConfig:
-    """The job as one trial trains it: the grid's values of its configuration set, and its seed."""
-    varied = with_params(job, tuple(params), family) if (params or family != job.model.family) else job
+def applied(job: JobConfig, settings: Mapping[str, Any]) -> JobConfig:
+    """The job as one trial trains it: a trial's settings (flat job keys: ``model.family``,
+    ``model.kernels``, ``train.seed``, the varied values) set, its grid emptied; validated."""
+    values = dict(settings)
+    seed = values.pop("train.seed", job.train.seed)
+    family = str(values.pop(FAMILY_KEY, job.model.family))
+    if family == job.model.family and set(values) <= {KERNELS_KEY}:  # kernels and seed alone: no round trip
+        kernels = values.get(KERNELS_KEY)
+        model = job.model if kernels is None else job.model.with_keys(kernels=tuple(kernels))
+        varied = dataclasses.replace(job, model=model)
+    else:
+        varied = with_params(job, tuple(values.items()), family)
     return dataclasses.replace(varied, train=dataclasses.replace(varied.train, seed=seed))
+
+
+def trial_job(job: JobConfig, family: str, params: Params | Sequence[tuple[str, Any]], seed: int) -> JobConfig:
+    """The job as one trial trains it: its family, the grid's values of its configuration and its seed set."""
+    return applied(job, {FAMILY_KEY: family, **dict(params), "train.seed": seed})

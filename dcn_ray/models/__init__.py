@@ -96,7 +96,7 @@ class Family:
     describe: Callable[[Mapping[str, Any]], str]
     #: Whether the F1-F3 branch analysis, the weak branch and guided follow-ups apply.
     branches: bool = False
-    #: Whether ``sweep.kernels`` (k1, k2, k3) is an argument of the family.
+    #: Whether the family has the key ``model.kernels`` (k1, k2, k3), whose values ``sweep.kernels`` lists.
     uses_kernels: bool = False
     #: The image channels its network takes.
     in_channels: int = 1
@@ -108,6 +108,8 @@ class Family:
             raise ValueError(f"a family name must be a lower-case identifier, got {self.name!r}")
         if not (dataclasses.is_dataclass(self.params) and isinstance(self.params, type)):
             raise ValueError(f"family {self.name}: params must be a dataclass, got {self.params!r}")
+        if self.uses_kernels != ("kernels" in {f.name for f in dataclasses.fields(self.params)}):
+            raise ValueError(f"family {self.name}: uses_kernels must say whether its params have 'kernels'")
         if isinstance(self.network, str) and ":" not in self.network:
             raise ValueError(f"family {self.name}: network must be 'module:Class', got {self.network!r}")
 
@@ -136,8 +138,8 @@ class Family:
         return self.params(**{key: values[key] for key in self.keys if key in values})
 
     def job_kwargs(self, model: Mapping[str, Any]) -> dict[str, Any]:
-        """The job's ``model`` section (a mapping) -> the network's architecture arguments (no kernels, no
-        seed); ``in_channels`` counts the 2N + 1 slices a ``model.context`` of N reads (every family)."""
+        """The job's ``model`` section (a mapping) -> the network's architecture arguments (a DCN's
+        ``kernels`` among them; no seed); ``in_channels`` counts the 2N + 1 slices a ``model.context`` of N reads (every family)."""
         values = dataclasses.asdict(self.parameters(model))
         channels = self.in_channels * (2 * int(model.get("context", 0)) + 1)
         return {key: _plain(value) for key, value in values.items()} | {"in_channels": channels}

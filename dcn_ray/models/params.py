@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dcn_ray.kernels import BRANCHES
+from dcn_ray.kernels import BRANCHES, REFERENCE, kernel_problem
 
 
 def check_width(width: int) -> None:
@@ -23,6 +23,9 @@ def check_width(width: int) -> None:
 class DCNParams:
     """The DCN's keys."""
 
+    #: The deconvolution kernels (k1, k2, k3) of the side branches F1-F3; ``sweep.kernels`` lists the
+    #: values a sweep gives this key (one configuration each), as ``sweep.grid`` does for any key.
+    kernels: tuple[int, ...] = REFERENCE
     #: Filters of the first block.
     width: int = 64
     batch_norm: bool = True
@@ -34,6 +37,9 @@ class DCNParams:
     redraw: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        problem = kernel_problem(tuple(self.kernels))
+        if problem:
+            raise ValueError(f"model.kernels: {problem}")
         check_width(self.width)
         noise = tuple(self.branch_noise)
         if len(noise) != 3 or not all(isinstance(v, int | float) and 0 <= v and math.isfinite(v) for v in noise):

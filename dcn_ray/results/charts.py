@@ -9,9 +9,17 @@ from pathlib import Path
 from dcn_ray.kernels import kernels_text
 from dcn_ray.results.summary import ConfigResult
 
-PHASE_COLOURS = {"grid": "#4c72b0", "followup": "#dd8452", "control": "#8c8c8c", "sham": "#8172b3", "random": "#55a868"}
+PHASE_COLOURS = {
+    "grid": "#4c72b0",
+    "search": "#4c72b0",
+    "followup": "#dd8452",
+    "control": "#8c8c8c",
+    "sham": "#8172b3",
+    "random": "#55a868",
+}
 PHASE_LABELS = {
     "grid": "grid",
+    "search": "search",
     "followup": "guided follow-up",
     "control": "matched control",
     "sham": "sham (start re-drawn)",

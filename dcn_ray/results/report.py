@@ -45,7 +45,7 @@ COLUMNS = (
     "mlflow_run_id",
     "trial_id",
 )
-PHASE_ORDER = {"grid": 0, "followup": 1, "control": 2, "sham": 3, "random": 4}
+PHASE_ORDER = {"grid": 0, "search": 0, "followup": 1, "control": 2, "sham": 3, "random": 4}
 TABLE_FILE, MARKDOWN_FILE = "results.parquet", "results.md"
 CHART_FILE, KERNEL_CHART_FILE = "iou_by_config.png", "iou_by_kernel.png"
 EVALUATION_KEY = b"dcn_ray.evaluation"

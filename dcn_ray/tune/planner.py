@@ -102,7 +102,7 @@ class RoundPlanner:
         if followup.enabled:  # the reference first, so the follow-ups can start early (a DCN without a grid)
             configs = [reference, *(c for c in configs if c != reference)]
         self.queue: list[TrialSpec] = [
-            TrialSpec(c.kernels, seed=s, family=c.family, grid_values=c.params) for c in configs for s in self.seeds
+            TrialSpec(tuple(c.settings.items()), seed=s) for c in configs for s in self.seeds
         ]
         self.live: dict[str, TrialSpec] = {}
         self.done: dict[str, Finished] = {}
@@ -174,13 +174,13 @@ class RoundPlanner:
             ("random", decision.extras),
         ):
             new = [k for k in configs if k not in seen]
-            self.queue += [TrialSpec(k, seed=s, phase=phase, **provenance) for k in new for s in self.seeds]
+            self.queue += [TrialSpec.of(k, seed=s, phase=phase, **provenance) for k in new for s in self.seeds]
         configs = {
             spec.config_name for spec in [*self.queue, *self.live.values(), *(f.spec for f in self.done.values())]
         }
         if decision.sham and decision.sham_config not in configs:  # every seed the guided configurations run
             self.queue += [
-                TrialSpec(decision.reference, seed=s, phase="sham", grid_values=decision.sham_params, **provenance)
+                TrialSpec.of(decision.reference, seed=s, phase="sham", grid_values=decision.sham_params, **provenance)
                 for s in self.seeds
             ]
         log.info(

@@ -103,7 +103,7 @@ def _duration(seconds: float) -> str:
 def _label(trial) -> str:
     """``grid-4-8-16-s0``; ``?`` before Tune has the trial's config."""
     config = trial.config or {}
-    return TrialSpec.from_config(config).name if config.get("kernels") or config.get("family") else "?"
+    return TrialSpec.from_config(config).name if TrialSpec.holds(config) else "?"
 
 
 def _reason(trial) -> str:

@@ -33,7 +33,7 @@ def rows_of(grid) -> list[dict[str, Any]]:
     rows = []
     for result in grid:
         config, metrics = result.config or {}, result.metrics or {}
-        spec = TrialSpec.from_config(config) if config.get("kernels") or config.get("family") else None
+        spec = TrialSpec.from_config(config) if TrialSpec.holds(config) else None
         status = "finished" if metrics.get("finished") else ("errored" if result.error else "unfinished")
         weak = metrics.get("weak_branch")
         identity: dict[str, Any] = {

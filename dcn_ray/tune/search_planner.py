@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from dcn_ray.job.search_config import SearchConfig
-from dcn_ray.job.sweep_grid import value_text
+from dcn_ray.job.sweep_grid import FAMILY_KEY, KERNELS_KEY, value_text
 from dcn_ray.models import get
 from dcn_ray.tune import search_algs
 from dcn_ray.tune.spec import TrialSpec
@@ -191,10 +191,12 @@ class SearchPlanner(Generic[Spec]):
 
 
 def trial_spec(values: Mapping[str, Any], seed: int, *, family: str, kernels: tuple[int, ...] | None) -> TrialSpec:
-    """A search's trial as the sweep's trials are named and tracked: its sampled values as the
-    configuration's values (``model.family`` as its family), the job's kernels for a DCN."""
+    """A search's trial (phase ``search``), named and tracked as the sweep's trials are: the sampled job
+    keys as its configuration, the job's family and, for a family with kernels, the job's kernels
+    unless the space sets them (``model.family``, ``model.kernels``)."""
     values = dict(values)
-    family = str(values.pop("model.family", family))
-    return TrialSpec(
-        kernels if get(family).uses_kernels else None, seed=seed, family=family, grid_values=tuple(values.items())
-    )
+    family = str(values.pop(FAMILY_KEY, family))
+    own = values.pop(KERNELS_KEY, kernels) if get(family).uses_kernels else None
+    values.pop(KERNELS_KEY, None)  # a family without kernels ignores a sampled triple
+    head = {FAMILY_KEY: family, **({KERNELS_KEY: own} if own is not None else {})}
+    return TrialSpec((*head.items(), *values.items()), seed=seed, phase="search")

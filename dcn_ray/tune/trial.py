@@ -58,8 +58,8 @@ def already_finished(run_metrics: Mapping[str, float] | None, state: Mapping[str
 
 
 def trial_job(job: JobConfig, spec: TrialSpec) -> JobConfig:
-    """The job as this trial trains it: its family and grid values set, with the trial's seed."""
-    return sweep_grid.trial_job(job, spec.family, spec.grid_values, spec.seed)
+    """The job as this trial trains it: the sweep's job with the trial's settings (flat job keys) applied."""
+    return sweep_grid.applied(job, spec.settings)
 
 
 def run_trial(config: dict[str, Any], context: SweepContext) -> None:
@@ -118,10 +118,7 @@ def _train_and_analyse(
         )
         run.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
 
-    result = train(
-        job.model, job.train, dataset, kernels=spec.kernels, provenance=job.to_dict(),
-        report=report, state=state, device=device,
-    )  # fmt: skip
+    result = train(job.model, job.train, dataset, provenance=job.to_dict(), report=report, state=state, device=device)
     model = checkpoint.model_from_payload(result.model)
     test = score_test_split(model, dataset, device)  # once, with the chosen checkpoint; {} without a test split
     if test:

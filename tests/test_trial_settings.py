@@ -1,0 +1,119 @@
+"""A trial is its settings: a flat mapping of job keys, applied to the job; Tune's config holds them.
+
+The names, MLflow params and tags stay as before (``grid-4-8-16-s0``, ``k1``-``k3``); an older
+sweep's Tune config (``kernels``, ``family``, ``grid_values``) still reads back as the same trial.
+No Ray, no torch.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from dcn_ray.job.config import job_from_dict
+from dcn_ray.job.search_config import SearchConfig
+from dcn_ray.job.sweep_grid import applied, variants
+from dcn_ray.tune.planner import RoundPlanner
+from dcn_ray.tune.search_planner import SearchPlanner, trial_spec
+from dcn_ray.tune.spec import TrialSpec
+
+
+def job(**sweep):
+    raw = {"name": "t", "data": {"images": "/nowhere/i.tif", "labels": "/nowhere/l.tif"}, "model": {"width": 8}}
+    return job_from_dict({**raw, "sweep": sweep})
+
+
+def test_tunes_config_is_the_trials_job_keys_beside_its_identity():
+    spec = TrialSpec(
+        {"model.family": "dcn", "model.kernels": [2, 8, 16], "train.lr": 0.003}, seed=2, phase="control", round=1
+    )
+    config = spec.to_config()
+    assert {k: v for k, v in config.items() if "." in k} == {
+        "model.family": "dcn",
+        "model.kernels": [2, 8, 16],
+        "train.lr": 0.003,
+        "train.seed": 2,
+    }
+    assert (config["k1"], config["k2"], config["k3"], config["seed"], config["phase"]) == (2, 8, 16, 2, "control")
+    assert spec.settings == {"model.family": "dcn", "model.kernels": (2, 8, 16), "train.lr": 0.003, "train.seed": 2}
+    assert spec.name == "control-2-8-16_train.lr=0.003-s2" and spec.grid_values == (("train.lr", 0.003),)
+    assert TrialSpec.from_config(config) == spec and pickle.loads(pickle.dumps(spec)) == spec
+    params = spec.params()
+    assert params["k1"] == 2 and params["model.kernels"] == [2, 8, 16] and params["train.lr"] == 0.003
+    assert spec.tags()["config"] == "2-8-16_train.lr=0.003" and spec.tags()["kernels"] == "2-8-16"
+    with pytest.raises(ValueError, match="train.seed is its seed"):
+        TrialSpec({"model.family": "dcn", "train.seed": 1})
+    with pytest.raises(ValueError, match="a unet trial has no kernels"):
+        TrialSpec({"model.family": "unet", "model.kernels": [4, 8, 16]})
+
+
+def test_an_old_sweeps_tune_config_reads_back_as_the_same_trial():
+    """The config shape ``to_config`` wrote before trials were job keys: an older sweep resumes."""
+    old = {
+        "kernels": [4, 8, 12], "seed": 3, "phase": "followup", "round": 1, "derived_from": "r1,r2",
+        "reference": [4, 8, 16], "reference_weak": "F3", "reference_scores": "contrast_F1=0.9",
+        "family": "dcn", "grid_values": [], "k1": 4, "k2": 8, "k3": 12,
+    }  # fmt: skip
+    spec = TrialSpec.from_config(old)
+    assert spec == TrialSpec.of(
+        (4, 8, 12), seed=3, phase="followup", round=1, derived_from="r1,r2", reference=(4, 8, 16),
+        reference_weak="F3", reference_scores="contrast_F1=0.9",
+    )  # fmt: skip
+    assert spec.name == "followup-4-8-12-s3" and TrialSpec.holds(old) and TrialSpec.holds(spec.to_config())
+    sham = {
+        "kernels": [4, 8, 16],
+        "seed": 0,
+        "phase": "sham",
+        "family": "dcn",
+        "grid_values": [["model.redraw", ["F3"]]],
+    }
+    assert TrialSpec.from_config(sham).name == "sham-4-8-16~sham-F3-s0"
+    unet = {"kernels": None, "seed": 1, "family": "unet", "grid_values": [["train.lr", 0.001]], "k1": None}
+    read = TrialSpec.from_config(unet)
+    assert read.name == "grid-unet_train.lr=0.001-s1" and TrialSpec.from_config(read.to_config()) == read
+    assert not TrialSpec.holds({}) and not TrialSpec.holds({"phase": "grid"})
+
+
+def test_the_trials_job_is_the_job_with_its_settings_applied():
+    grid = job(kernels=[[4, 8, 16], [2, 8, 16]], grid={"model.family": ["dcn", "unet"], "train.lr": [0.001, 0.003]})
+    queue = RoundPlanner(variants(grid), (0, 1), grid.sweep.followup).queue
+    dcn = next(spec for spec in queue if spec.name == "grid-2-8-16_train.lr=0.003-s1")
+    trained = applied(grid, dcn.settings)
+    assert (trained.model.family, trained.model.kernels, trained.train.lr, trained.train.seed) == (
+        "dcn", (2, 8, 16), 0.003, 1
+    )  # fmt: skip
+    unet = applied(grid, next(spec for spec in queue if spec.family == "unet").settings)
+    assert unet.model.family == "unet" and unet.sweep.grid == {} and not hasattr(unet.model, "kernels")
+    plain = applied(job(), TrialSpec.of((4, 8, 12), seed=5).settings)  # kernels and seed alone
+    assert (plain.model.kernels, plain.train.seed, plain.model.width) == ((4, 8, 12), 5, 8)
+
+
+def test_a_search_trial_is_its_sampled_keys_in_phase_search():
+    spec = trial_spec({"train.lr": 0.001, "model.kernels": (2, 8, 16)}, 0, family="dcn", kernels=(4, 8, 16))
+    assert spec.name == "search-2-8-16_train.lr=0.001-s0" and spec.phase == "search"
+    assert spec.settings == {"model.family": "dcn", "model.kernels": (2, 8, 16), "train.lr": 0.001, "train.seed": 0}
+    default = trial_spec({"model.width": 4}, 1, family="dcn", kernels=(4, 8, 16))
+    assert default.name == "search-4-8-16_model.width=4-s1" and applied(job(), default.settings).model.width == 4
+    unet = trial_spec({"model.family": "unet", "model.width": 4}, 0, family="dcn", kernels=(4, 8, 16))
+    assert unet.name == "search-unet_model.width=4-s0" and unet.kernels is None
+
+
+def test_a_searcher_over_model_kernels_produces_trials_of_those_kernels():
+    from functools import partial
+
+    space = {"model.kernels": {"choice": [[4, 8, 16], [2, 8, 16]]}, "train.lr": {"loguniform": [1e-3, 1e-2]}}
+    search = SearchConfig.from_raw({"algorithm": "random", "trials": 4, "seed": 1, "space": space})
+    make = partial(trial_spec, family="dcn", kernels=(4, 8, 16))
+    plan = SearchPlanner(search, (0,), make, metric="score", mode="max")
+    specs = []
+    while not plan.finished:
+        spec = plan.next_trial(f"t{len(specs)}")
+        if spec is None:
+            break
+        specs.append(spec)
+        plan.complete(f"t{len(specs) - 1}", {"score": 0.5, "finished": 1}, False)
+    assert specs and all(spec.phase == "search" and spec.kernels in {(4, 8, 16), (2, 8, 16)} for spec in specs)
+    for spec in specs:
+        assert spec.name.startswith(f"search-{'-'.join(map(str, spec.kernels))}_train.lr=")
+        assert applied(job(), spec.settings).model.kernels == spec.kernels
