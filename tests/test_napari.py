@@ -4,18 +4,15 @@ viewer on a virtual screen)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 from conftest import run_cli, small_job, train_job
+from napari_view import needs_napari, run_viewer
 from PIL import Image
 
 from dcn_ray.core import checkpoint
@@ -23,8 +20,6 @@ from dcn_ray.core.dataset import load_data
 from dcn_ray.job.config import job_from_dict
 
 pytestmark = pytest.mark.integration
-HAVE_NAPARI = all(importlib.util.find_spec(name) for name in ("napari", "napari_ome_zarr", "PySide6"))
-XVFB = shutil.which("xvfb-run")
 SCALE = [40.0, 4.0, 4.0]  # nm: serial-section z, pixel size in y and x
 
 VIEW = """
@@ -45,8 +40,7 @@ viewer.close()
 """
 
 
-@pytest.mark.skipif(not HAVE_NAPARI, reason="napari is not installed: pip install -e '.[viewer]'")
-@pytest.mark.skipif(XVFB is None, reason="xvfb-run is not installed (Debian: xvfb); napari needs a screen with GL")
+@needs_napari
 def test_napari_opens_the_output_with_its_labels_and_scale(synthetic_stack, tmp_path, capsys):
     import h5py
 
@@ -63,13 +57,7 @@ def test_napari_opens_the_output_with_its_labels_and_scale(synthetic_stack, tmp_
     assert code == 0, err
 
     shot = Path(os.environ.get("DCN_RAY_SCREENSHOTS", tmp_path)) / "napari-prediction.png"
-    script = tmp_path / "view.py"
-    script.write_text(VIEW)
-    done = subprocess.run(
-        [XVFB, "-a", "-s", "-screen 0 1280x1024x24", sys.executable, str(script), str(synthetic_stack[0]), str(out),
-         json.dumps(SCALE), str(shot)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "QT_QPA_PLATFORM": "xcb"},
-    )  # fmt: skip
+    done = run_viewer(VIEW, tmp_path, synthetic_stack[0], out, json.dumps(SCALE), shot)
     assert done.returncode == 0, done.stderr[-3000:]
     layers = json.loads(done.stdout.strip().splitlines()[-1])
     kinds = [(layer["kind"], layer["shape"], layer["scale"]) for layer in layers]
