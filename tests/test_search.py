@@ -227,10 +227,9 @@ def test_random_is_tunes_seeded_basic_variant_generator_and_asha_steps_on_the_tr
 
 
 @pytest.mark.integration
-def test_tune_runs_the_budget_seeded_and_asha_stops_the_bad_trials_early(tmp_path):
+def test_tune_runs_the_budget_seeded_and_asha_stops_the_bad_trials_early(module_ray, tmp_path):
     """On a real local Ray: the random generator's draws repeat with its seed; optuna + ASHA runs the
     budget and stops trials early on the step they report."""
-    import ray
     from ray import tune
 
     from dcn_ray.tune.search_algs import param_space, scheduler, search_algorithm
@@ -249,6 +248,7 @@ def test_tune_runs_the_budget_seeded_and_asha_stops_the_bad_trials_early(tmp_pat
                 scheduler=scheduler(asha, metric="score", mode="max", max_steps=90),
                 num_samples=candidate.trials,
                 max_concurrent_trials=2,
+                reuse_actors=True,  # this trainable has no state: no process start-up per trial
             ),
             run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0),
         )
@@ -260,12 +260,8 @@ def test_tune_runs_the_budget_seeded_and_asha_stops_the_bad_trials_early(tmp_pat
     optuna = SearchConfig.from_raw(
         {"algorithm": "optuna", "trials": 6, "seed": 3, "space": {"train.lr": SPACE["train.lr"]}}
     )
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    try:
-        draws = [sorted(r.config["train.lr"] for r in fit(random, SchedulerConfig(), f"random{i}")) for i in (0, 1)]
-        stopped = fit(optuna, SchedulerConfig(algorithm="asha", grace_steps=10, reduction_factor=3), "optuna")
-    finally:
-        ray.shutdown()
+    draws = [sorted(r.config["train.lr"] for r in fit(random, SchedulerConfig(), f"random{i}")) for i in (0, 1)]
+    stopped = fit(optuna, SchedulerConfig(algorithm="asha", grace_steps=10, reduction_factor=3), "optuna")
     assert len(draws[0]) == 3 and draws[0] == draws[1]
     assert len(stopped) == 6 and not stopped.errors
     steps = [r.metrics["step"] for r in stopped]
@@ -362,20 +358,19 @@ def test_the_dry_run_lists_the_space_and_the_budget():
 
 @pytest.mark.integration
 def test_an_optuna_search_with_asha_runs_its_budget_resumes_after_a_killed_driver_and_logs_each_trial(
-    synthetic_stack, tmp_path
+    synthetic_stack, empty_store, tmp_path
 ):
     """optuna + ASHA over keys of two sections, two seeds: the driver is killed once a trial finished;
     `dcn-ray resume` finishes the search: no configuration twice, the total is the budget, each trial
     one child run with its sampled values as params, ASHA's stops tagged with their step and listed."""
     import subprocess
     import sys
-    import time
 
-    from conftest import small_job
+    from conftest import child_runs, small_job, sqlite_copy
     from mlflow.tracking import MlflowClient
-    from processes import SweepDriver
+    from processes import SweepDriver, resume
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_copy(empty_store, tmp_path)
     raw = small_job(
         *synthetic_stack,
         name="search",
@@ -397,20 +392,11 @@ def test_an_optuna_search_with_asha_runs_its_budget_resumes_after_a_killed_drive
     storage = tmp_path / "runs"
 
     def children():
-        found = MlflowClient(uri).get_experiment_by_name("search")
-        runs = MlflowClient(uri).search_runs([found.experiment_id]) if found else []
-        return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        return child_runs(uri, "search")
 
     with SweepDriver(raw, tmp_path, storage) as driver:
-        deadline = time.monotonic() + 300
-        while not any(r.info.status == "FINISHED" for r in children()):
-            assert time.monotonic() < deadline and driver.process.poll() is None, "no trial finished"
-            time.sleep(0.5)
-        driver.kill()
-    resumed = subprocess.run(
-        [sys.executable, "-m", "dcn_ray", "resume", "search", "--storage", str(storage)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=500,
-    )  # fmt: skip
+        driver.kill_once(lambda: any(r.info.status == "FINISHED" for r in children()), "trial finished")
+    resumed = resume("search", storage, tmp_path, timeout=500)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     runs = children()
@@ -469,7 +455,9 @@ def test_the_search_report_ranks_by_validation_over_finished_seeds_and_charts_th
 
 
 @pytest.mark.integration
-def test_a_random_search_without_asha_logs_each_trial_to_an_mlflow_server(synthetic_stack, mlflow_server, tmp_path):
+def test_a_random_search_without_asha_logs_each_trial_to_an_mlflow_server(
+    module_ray, synthetic_stack, mlflow_server, tmp_path
+):
     """random over a key of two sections, no scheduler, a real MLflow server: each configuration runs
     its seed to the end, one child run each with the sampled values as params; the search's report."""
     from conftest import small_job, sweep_on_local_ray
