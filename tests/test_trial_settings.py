@@ -117,3 +117,33 @@ def test_a_searcher_over_model_kernels_produces_trials_of_those_kernels():
     for spec in specs:
         assert spec.name.startswith(f"search-{'-'.join(map(str, spec.kernels))}_train.lr=")
         assert applied(job(), spec.settings).model.kernels == spec.kernels
+
+
+def test_a_dry_run_expands_the_grid_once_and_lists_search_trials_as_such(capsys, tmp_path, monkeypatch):
+    from conftest import REPO, run_cli
+
+    from dcn_ray.job import job_file, sweep_grid
+    from dcn_ray.tune import checks
+
+    calls = []
+
+    def counted(job):
+        calls.append(job.name)
+        return sweep_grid.variants(job)
+
+    for module in (job_file, checks):  # every module that may expand a job's grid
+        monkeypatch.setattr(module, "variants", counted)
+    monkeypatch.chdir(tmp_path)
+    grid = "sweep.grid={train.lr: [0.001, 0.003], model.kernels: [[4, 8, 16], [2, 8, 16]]}"
+    one = ["--set", "sweep.kernels=[[4, 8, 16]]", "--set", "sweep.followup.enabled=false"]  # the grid's kernels
+    code, out, err = run_cli(capsys, ["sweep", REPO / "jobs" / "smoke.yaml", "--dry-run", "--set", grid, *one])
+    assert code == 0, err
+    assert calls == ["smoke"]  # load_sweep expanded it; the checks, the estimate and the listing were handed it
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("grid ")] == [
+        "4-8-16_train.lr=0.001", "2-8-16_train.lr=0.001", "4-8-16_train.lr=0.003", "2-8-16_train.lr=0.003"
+    ]  # fmt: skip
+    space = "sweep.search={algorithm: random, trials: 3, space: {model.kernels: {choice: [[4, 8, 16], [2, 8, 16]]}}}"
+    code, out, err = run_cli(capsys, ["sweep", REPO / "jobs" / "smoke.yaml", "--dry-run", "--set", space, *one])
+    assert code == 0, err
+    assert "random search: 3 configuration(s)" in out and "  model.kernels: choice ['4-8-16', '2-8-16']" in out
+    assert "trials named search-CONFIGURATION-sSEED" in out

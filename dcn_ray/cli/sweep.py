@@ -37,7 +37,7 @@ def sweep(
     dry_run: bool,
 ) -> None:
     """Run the kernel sweep of JOB_FILE (the grid, then feature-map-guided follow-ups)."""
-    from dcn_ray.job.job_file import load_job  # YAML and dataclasses only: a bad job file is refused at once
+    from dcn_ray.job.job_file import load_sweep  # YAML and dataclasses only: a bad job file is refused at once
 
     # --name and --tracking-uri are strings as given: JSON-quoted, YAML reads them back unchanged
     extra = (
@@ -46,20 +46,21 @@ def sweep(
         + ([f"tracking.uri={json.dumps(tracking_uri)}"] if tracking_uri is not None else [])
     )
     with _warnings_after_checks():  # a warning is said once every check passed: an error is the only line
-        job = load_job(job_file, extra)
+        job, configurations = load_sweep(job_file, extra)  # the grid, expanded once and passed along
         keep_local_ray_on_loopback(address)
         _refuse_outputs_over_inputs(job, job_file, storage)  # the dry run too: it says what the sweep would refuse
         from dcn_ray.tune.checks import check_trials
 
-        check_trials(job)  # every configuration's data, crop and batch, before any state is made
+        check_trials(job, configurations)  # every configuration's data, crop and batch, before any state is made
         if dry_run:
             from dcn_ray.runtime import check_resources
             from dcn_ray.tune.checks import check_data, cpu_estimate, planned_trials
 
             data, _ = check_data(job, make=False)
             resources, gpu, slots = check_resources(job, address)
-            lines = [data, resources] + ([cpu_estimate(job, slots)] if gpu == 0 else [])
-            trials = planned_trials(job, gpu)
+            estimate = cpu_estimate(job, slots, configurations=configurations)
+            lines = [data, resources] + ([estimate] if gpu == 0 else [])
+            trials = planned_trials(job, gpu, configurations)
     if dry_run:
         _echo("\n".join(lines))
         click.echo("\n".join(trials))
@@ -71,8 +72,9 @@ def sweep(
     from dcn_ray.tune.progress import Progress
 
     outcome = sweeps.run_sweep(
-        job, job_text=job_file.read_text(), storage=storage, address=address, write=_echo, callbacks=[Progress(_echo)]
-    )
+        job, job_text=job_file.read_text(), storage=storage, address=address, write=_echo, callbacks=[Progress(_echo)],
+        configurations=configurations,
+    )  # fmt: skip
     _done(outcome)
 
 

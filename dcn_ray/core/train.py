@@ -162,12 +162,15 @@ def train(
     """Train the network of ``model_config`` (a DCN with its ``model.kernels``) for ``settings.steps`` steps,
     evaluating every ``settings.eval_every`` steps.
 
-    ``settings.preset: auto`` is decided here from the dataset's training foreground. Checkpoints
+    ``settings`` as decided for this data (a sweep's trial decides its job once:
+    :meth:`~dcn_ray.job.config.JobConfig.trained_on`); settings not yet decided (``train.preset: auto``,
+    a direct call) are decided here from the dataset's training foreground. Checkpoints
     record ``provenance`` (the trial's job: data, split...) with the model and training as trained.
     ``state`` is a ``state.pt`` payload to resume from; a finished state returns at once.
     The best model by validation IoU is kept. Seeds make a run repeatable.
     """
-    settings = resolve_training(settings, dataset.train_foreground)
+    if not settings.resolved:  # a direct call: a trial's settings come decided
+        settings = resolve_training(settings, dataset.train_foreground)
     config = {**(provenance or {}), "model": model_config.to_dict(), "train": settings.to_dict()}
     device = device or select_device()
     if settings.threads:

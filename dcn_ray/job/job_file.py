@@ -18,7 +18,7 @@ from dcn_ray.io.paths import input_file
 from dcn_ray.job.config import JobConfig, job_from_dict
 from dcn_ray.job.search_space import check_search
 from dcn_ray.job.strict_yaml import load_yaml, yaml_problem
-from dcn_ray.job.sweep_grid import variants
+from dcn_ray.job.sweep_grid import Variant, variants
 
 
 def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
@@ -27,6 +27,12 @@ def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
     Data paths written in the job file are relative to the job file; paths given
     with ``--set`` are relative to the working directory.
     """
+    return load_sweep(path, overrides)[0]
+
+
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[JobConfig, list[Variant]]:
+    """:func:`load_job`, with the configurations of its grid: expanded once, here, and passed along
+    (the checks, the dry run's listing and the planner take them)."""
     raw = read_job_file(path)
     for override in overrides:
         key, value = parse_override(override)
@@ -34,9 +40,9 @@ def load_job(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
             value = _absolute(Path(value))
         _set_key(raw, key, value)
     job = job_from_dict(raw)
-    variants(job)  # every combination of sweep.grid is a valid job (InputError naming it otherwise)
+    configurations = variants(job)  # every combination of sweep.grid is a valid job (InputError naming it otherwise)
     check_search(job)  # every key and bound of sweep.search's space, as a grid value is
-    return job
+    return job, configurations
 
 
 def read_job_file(path: str | Path) -> dict[str, Any]:

@@ -217,12 +217,9 @@ def _holds_mapping(value: Any) -> bool:
 def variants(job: JobConfig) -> list[Variant]:
     """Every configuration of the job, grid values (in the grid's order) outermost, kernels innermost.
 
-    Expanded once per job. Each value is checked alone as the job it makes (:func:`check_grid`);
+    Expanded once per command (:func:`dcn_ray.job.job_file.load_sweep`) and passed along. Each value is checked alone as the job it makes (:func:`check_grid`);
     a grid of at most FULL_CHECK combinations also has each combination checked as its whole job
     (InputError naming its values). Two configurations with one name are refused."""
-    for known, found in _expanded:
-        if known is job or known == job:
-            return found
     check_grid(job)
     axes = list(job.sweep.grid)
     count = math.prod(len(job.sweep.grid[a]) for a in axes)
@@ -258,12 +255,9 @@ def variants(job: JobConfig) -> list[Variant]:
                 )
             names[variant.name] = shown
             found.append(variant)
-    _expanded[:] = [(job, found)]
     return found
 
 
-#: The job expanded last and its variants (a dry run asks several times).
-_expanded: list[tuple[JobConfig, list[Variant]]] = []
 #: Grids of at most this many combinations have every combination checked as its whole job.
 FULL_CHECK = 1000
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from dcn_ray.core.proposals import plan_followups
 from dcn_ray.errors import InputError
 from dcn_ray.job.config import JobConfig, kernels_of
-from dcn_ray.job.sweep_grid import REDRAW_KEY, config_name, value_text, variants
+from dcn_ray.job.sweep_grid import REDRAW_KEY, Variant, config_name, value_text, variants
 from dcn_ray.job.train_config import preset_line
 from dcn_ray.kernels import BRANCHES, STRIDES, kernels_text
 from dcn_ray.tune.planner import RoundPlanner
@@ -26,18 +27,21 @@ CPU_SECONDS_PER_FULL_IMAGE = 15.0
 CPU_STEP_OVERHEAD_S = 0.08
 
 
-def planned_trials(job: JobConfig, gpu: float | None = None) -> list[str]:
+def planned_trials(
+    job: JobConfig, gpu: float | None = None, configurations: Sequence[Variant] | None = None
+) -> list[str]:
     """One line per configuration the sweep will run (the dry-run listing).
 
     ``gpu``: the GPU share a trial really gets where the sweep runs (0 on a machine without GPUs);
-    default: what the job asks for.
+    default: what the job asks for. ``configurations``: the job's grid as the command expanded it.
     """
     resources = job.sweep.resources
     gpu = resources.gpu if gpu is None else gpu
     seeds = ",".join(str(s) for s in job.seeds)
     if job.sweep.search.enabled:
         return planned_search(job, gpu)
-    configurations = variants(job)  # what the sweep runs is the planner's to say, not a copy of its rule
+    configurations = variants(job) if configurations is None else configurations
+    # what the sweep runs is the planner's to say, not a copy of its rule
     queued = RoundPlanner(configurations, job.seeds, job.sweep.followup).queue
     planned = list(
         dict.fromkeys((spec.family, spec.kernels, spec.grid_values) for spec in queued if spec.phase == "grid")
@@ -87,6 +91,7 @@ def planned_search(job: JobConfig, gpu: float) -> list[str]:
         *space,
         "each configuration runs once per seed; the searcher is told the mean over seeds of "
         f"{METRIC}; a configuration suggested again is told its result, not rerun",
+        "trials named search-CONFIGURATION-sSEED (phase search: reported and judged as grid configurations are)",
     ]
     scheduler = job.sweep.scheduler
     if scheduler.enabled:
@@ -120,7 +125,14 @@ def fixed_round(job: JobConfig) -> list[str]:
     ]
 
 
-def cpu_estimate(job: JobConfig, slots: int, *, load: float | None = None, cpus: int | None = None) -> str:
+def cpu_estimate(
+    job: JobConfig,
+    slots: int,
+    *,
+    load: float | None = None,
+    cpus: int | None = None,
+    configurations: Sequence[Variant] | None = None,
+) -> str:
     """A rough wall time of the grid trials on CPUs, ``slots`` at a time (the follow-ups add to it).
 
     The cost model was measured on 2 idle cores; it is scaled by this machine's load now
@@ -131,7 +143,9 @@ def cpu_estimate(job: JobConfig, slots: int, *, load: float | None = None, cpus:
     per_image = CPU_SECONDS_PER_FULL_IMAGE * (job.model.width / 64) ** 2 * (train.crop / 512) ** 2
     per_trial = train.steps * (CPU_STEP_OVERHEAD_S + train.batch_size * per_image)
     search = job.sweep.search
-    trials = (search.trials if search.enabled and search.trials else len(variants(job))) * len(job.seeds)
+    if not (search.enabled and search.trials):
+        configurations = variants(job) if configurations is None else configurations
+    trials = (search.trials if search.enabled and search.trials else len(configurations)) * len(job.seeds)
     load = os.getloadavg()[0] if load is None else load
     cpus = len(os.sched_getaffinity(0)) if cpus is None else cpus
     slots = max(slots, 1)
@@ -239,7 +253,7 @@ def data_lines(job: JobConfig, dataset) -> list[str]:
 MAPS_PER_CHANNEL = 8
 
 
-def check_trials(job: JobConfig) -> None:
+def check_trials(job: JobConfig, configurations: Sequence[Variant] | None = None) -> None:
     """Each configuration's data, crop and batch, checked before any state is made (InputError naming
     its grid values): the data files exist and hold slices the crop fits, and one training step's
     memory (a lower bound) fits this machine (or, for GPU trials, the largest GPU)."""
@@ -248,7 +262,7 @@ def check_trials(job: JobConfig) -> None:
     flat = job.flat()
     sides: dict[tuple, tuple[int, int]] = {}
     checked: set[tuple] = set()
-    for variant in variants(job):
+    for variant in variants(job) if configurations is None else configurations:
         given = dict(variant.params)
         get = lambda key: given.get(key, flat.get(key))  # noqa: E731
         keys = ("data.images", "data.labels", "data.roi", "data.synthetic.size", "train.crop", "train.batch_size")

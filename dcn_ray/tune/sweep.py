@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,7 +18,7 @@ import pyarrow as pa
 from dcn_ray.core.scores import HEADLINE_MODE
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.job.config import JobConfig, job_from_record, kernels_of
-from dcn_ray.job.sweep_grid import variants
+from dcn_ray.job.sweep_grid import Variant, variants
 from dcn_ray.results import report, search_report
 from dcn_ray.runtime import alive_nodes, ray_session, trial_resources
 from dcn_ray.track import atlas, uris
@@ -114,25 +114,44 @@ def _tuner(context: SweepContext, record: SweepRecord, storage: Storage, searche
 
 
 def run_sweep(
-    job: JobConfig, *, job_text: str, storage: str | None, address: str | None, write: Write, callbacks=()
+    job: JobConfig,
+    *,
+    job_text: str,
+    storage: str | None,
+    address: str | None,
+    write: Write,
+    callbacks=(),
+    configurations: Sequence[Variant] | None = None,
 ) -> SweepOutcome:
-    """Run the job's grid (and follow-ups) as a new sweep named ``job.name`` (held against a second one)."""
+    """Run the job's grid (and follow-ups) as a new sweep named ``job.name`` (held against a second one).
+
+    ``configurations``: the job's grid as the command expanded it (:func:`dcn_ray.job.job_file.load_sweep`);
+    expanded here, before Ray starts, when not given (every combination is a valid job)."""
+    configurations = variants(job) if configurations is None else configurations
     store = Storage.for_sweeps(storage)
     store.check_writable()  # before the lock, which writes in the storage
     with store.holding(job.name):
         return _run_sweep(
-            job, store, job_text=job_text, storage=storage, address=address, write=write, callbacks=callbacks
-        )
+            job, configurations, store, job_text=job_text, storage=storage, address=address, write=write,
+            callbacks=callbacks,
+        )  # fmt: skip
 
 
 def _run_sweep(
-    job: JobConfig, store: Storage, *, job_text: str, storage: str | None, address: str | None, write: Write, callbacks
+    job: JobConfig,
+    configurations: Sequence[Variant],
+    store: Storage,
+    *,
+    job_text: str,
+    storage: str | None,
+    address: str | None,
+    write: Write,
+    callbacks,
 ) -> SweepOutcome:
     store.refuse_existing(job.name)  # again, under the lock: another sweep may have started since
     store.check_writable()
     uri = uris.resolve_uri(job.tracking.uri)
     uris.check_store(uri)  # a database of another program is refused before MLflow adds its tables
-    variants(job)  # every grid combination is a valid job, before Ray starts
     data_summary, foreground = check_data(job)
     with ray_session(address):
         nodes = alive_nodes()
@@ -154,12 +173,12 @@ def _run_sweep(
         if store.is_local:
             tracking.log_parent_file(uri, parent, Path(store.folder(job.name)) / "job.yaml")
         context = SweepContext(job, uri, experiment_id, parent, storage_root=store.root, sweep=job.name)
-        searcher = GridThenFollowups(_planner(job, max_concurrent, uri, write))
+        searcher = GridThenFollowups(_planner(job, configurations, max_concurrent, uri, write))
         tuner = _tuner(context, record, store, searcher, list(callbacks), restore=False)
         return _finish(tuner, record, context, store, write)
 
 
-def _planner(job: JobConfig, max_concurrent: int, uri: str, write: Write):
+def _planner(job: JobConfig, configurations: Sequence[Variant], max_concurrent: int, uri: str, write: Write):
     """The grid with its follow-ups, or a search (``sweep.search``): what the sweep runs next."""
     where = f"up to {max_concurrent} at a time; MLflow {uri}, experiment '{job.experiment}'"
     if job.sweep.search.enabled:
@@ -169,7 +188,6 @@ def _planner(job: JobConfig, max_concurrent: int, uri: str, write: Write):
         planner = SearchPlanner(search, seeds, make, metric=METRIC, mode=HEADLINE_MODE, max_concurrent=in_flight)
         write(f"sweep '{job.name}': {planner.describe()[0]}, {where}")
         return planner
-    configurations = variants(job)
     planner = RoundPlanner(configurations, job.seeds, job.sweep.followup)
     write(
         f"sweep '{job.name}': {len(planner.queue)} trials queued ({len(configurations)} grid configuration(s) x "
