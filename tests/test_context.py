@@ -221,6 +221,15 @@ def test_a_context_model_trains_and_predicts_what_whole_stack_inference_gives(
     )
     assert code == 0, err
     np.testing.assert_array_equal(tifffile.imread(picked), predicted[[11, 0, 5]])
+    blocks = ["--chunk", "2,64,64", "--block", "64", "--slices", "3:8"]  # z blocks 3:5, 5:7, 7:8, halo beyond
+    code, _, err = run_cli(
+        capsys, ["predict", trained["path"], synthetic_stack[0], tmp_path / "p.ome.zarr", *common, *blocks]
+    )
+    assert code == 0, err
+    import zarr
+
+    part = zarr.open_array(store=str(tmp_path / "p.ome.zarr"), path="0", mode="r")[...]
+    np.testing.assert_allclose(part, predicted[3:8], atol=2e-6)
     # OME-Zarr in blocks of 2 x 64 x 64: the z halo reads the neighbours of the block's edge slices
     import zarr
 

@@ -302,9 +302,19 @@ def test_slices_segments_those_slices_alone_and_labels_are_cut_alike(model_file,
         code, stdout, err = run_cli(capsys, ["predict", model_file, images, tmp_path / "bad.tif", *common, *args])
         assert code == 2 and not stdout and err.startswith("dcn-ray: error: ") and err.count("\n") == 1, err
         assert words in err
-    code, _, err = run_cli(capsys, ["predict", model_file, images, tmp_path / "bad.ome.zarr", "--slices", "1:3"])
-    assert code == 2 and "for TIFF outputs" in err and err.count("\n") == 1, err
+    code, _, err = run_cli(capsys, ["predict", model_file, images, tmp_path / "bad.ome.zarr", "--slices", "1,3"])
+    assert code == 2 and "one range of slices" in err and err.count("\n") == 1, err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("bad")]
+    # an OME-Zarr output of the same range: the same values, scores and record
+    import zarr
+
+    store = tmp_path / "part.ome.zarr"
+    code, blocked, err = run_cli(
+        capsys, ["predict", model_file, images, store, *common, "--slices", "9:12", "--labels", labels]
+    )
+    assert code == 0 and blocked == predicted, err
+    np.testing.assert_array_equal(zarr.open_array(store=str(store), path="0", mode="r")[...], tifffile.imread(out))
+    assert zarr.open_group(str(store), mode="r").attrs["dcn_ray"]["slices"] == [9, 12]
 
 
 def test_labels_of_another_shape_are_refused(model_file, tmp_path, capsys):

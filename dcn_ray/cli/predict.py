@@ -118,8 +118,8 @@ def _chunk(text: str | None) -> tuple[int, int, int] | None:
     "Ground truth: also print the scores `dcn-ray score` gives (IoU, Dice, ...; V_rand or object F1 by --target)."
 )
 @slices_option(
-    "INPUT's slices to segment, as data.split writes them (20:28, 3,5,9): OUTPUT holds those alone, and "
-    "--labels (as deep as INPUT, or cut by --label-slices) are cut alike. TIFF outputs."
+    "INPUT's slices to segment, as data.split writes them (20:28, 3,5,9; one range for OME-Zarr): OUTPUT holds "
+    "those alone, and --labels (as deep as INPUT, or cut by --label-slices) are cut alike."
 )
 @click.option(
     "--label-slices",
@@ -189,7 +189,6 @@ def predict(
 
     keep_local_ray_on_loopback(address)
     from dcn_ray.core.evaluation import format_scores, parse_target
-    from dcn_ray.errors import InputError
     from dcn_ray.models import describe
     from dcn_ray.predict.stack import PredictOptions, check_paths, predict_stack
 
@@ -203,15 +202,10 @@ def predict(
     from dcn_ray.io.volumes import is_zarr_path, open_volume
 
     if is_zarr_path(output_path):
-        if slices is not None:
-            raise InputError(
-                f"--slices {slices}: for TIFF outputs; an OME-Zarr output covers the whole INPUT (give an OUTPUT "
-                "ending in .tif, or an INPUT of those slices)"
-            )
         _predict_volume(
             model, input_path, output_path, options, storage=storage, tracking_uri=tracking_uri,
             labels=labels_path, workers=workers, address=address, level=level, chunks=_chunk(chunk), block=block,
-            ngff=ngff, label_image=label_image, resume=resume, **given,
+            ngff=ngff, label_image=label_image, resume=resume, slices=slices, **given,
         )  # fmt: skip
         return
     _tiff_only(chunk=chunk, block=block, ngff=ngff != "0.4", label_image=label_image, resume=resume)
@@ -264,7 +258,7 @@ def _predict_volume(model: str, input_path: Path, output_path: Path, options, **
     from dcn_ray.track.sources import load_source
 
     storage, tracking_uri = settings.pop("storage"), settings.pop("tracking_uri")
-    paths = {"labels": settings["labels"], "level": settings["level"], "label_slices": settings["label_slices"]}
+    paths = {key: settings[key] for key in ("labels", "level", "label_slices", "slices")}
     check_volume_paths(input_path, output_path, model=model if Path(model).exists() else None, **paths)
     loaded = load_source(model, storage=storage, tracking_uri=tracking_uri)
     check_volume_paths(input_path, output_path, model=loaded.location, **paths)

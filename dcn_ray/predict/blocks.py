@@ -18,7 +18,8 @@ that a region pads at an inner border lie more than the radius away from its cor
 
 In z, a model of serial-section context N (:mod:`dcn_ray.core.context`) reads N slices beyond the
 core on each side (``z_halo``, clipped to the volume: the block's ``planes``); its slices' inputs
-are then those of the whole stack, reflection at the stack's ends included.
+are then those of the whole stack, reflection at the stack's ends included. A ``span`` of slices
+(``predict --slices 20:28``) starts the z grid at its first slice; the z halo still reads beyond it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from dcn_ray.errors import InputError
 
 Shape3 = tuple[int, int, int]
+#: The slices (first, stop) of a volume that an output holds; None: all of them.
+Span = tuple[int, int] | None
 #: The finest pixel grid of tiles, overlaps, chunks, halos and block starts (the DCN's size multiple).
 MULTIPLE = 8
 
@@ -124,12 +127,21 @@ def grid(shape: Shape3, block: Shape3) -> Shape3:
 
 
 def block_at(
-    index: Sequence[int], shape: Shape3, block: Shape3, halo: int, align: int = MULTIPLE, z_halo: int = 0
+    index: Sequence[int],
+    shape: Shape3,
+    block: Shape3,
+    halo: int,
+    align: int = MULTIPLE,
+    z_halo: int = 0,
+    span: Span = None,
 ) -> Block:
     """The block at grid position ``index``, its region on the ``align`` pixel grid, ``z_halo``
-    slices more on each side in z (a model's context)."""
-    core = tuple(slice(i * b, min(n, (i + 1) * b)) for i, b, n in zip(index, block, shape))
-    z, y, x = core
+    slices more on each side in z (a model's context). ``span`` (first, stop): the slices written,
+    a range of the volume (the grid starts at ``first``; the z halo still reads the volume beyond)."""
+    first, stop = span if span is not None else (0, shape[0])
+    z = slice(first + index[0] * block[0], min(stop, first + (index[0] + 1) * block[0]))
+    y, x = (slice(i * b, min(n, (i + 1) * b)) for i, b, n in zip(index[1:], block[1:], shape[1:]))
+    core = (z, y, x)
     return Block(
         index=tuple(index),  # type: ignore[arg-type]
         core=core,  # type: ignore[arg-type]
@@ -148,7 +160,10 @@ def iter_indices(counts: Shape3) -> Iterator[Shape3]:
                 yield z, y, x
 
 
-def iter_blocks(shape: Shape3, block: Shape3, halo: int, align: int = MULTIPLE, z_halo: int = 0) -> Iterator[Block]:
-    """Every block, in C order of the grid (Z slowest)."""
-    for index in iter_indices(grid(shape, block)):
-        yield block_at(index, shape, block, halo, align, z_halo)
+def iter_blocks(
+    shape: Shape3, block: Shape3, halo: int, align: int = MULTIPLE, z_halo: int = 0, span: Span = None
+) -> Iterator[Block]:
+    """Every block (of the slices ``span``, default all), in C order of the grid (Z slowest)."""
+    first, stop = span if span is not None else (0, shape[0])
+    for index in iter_indices(grid((stop - first, *shape[1:]), block)):  # type: ignore[arg-type]
+        yield block_at(index, shape, block, halo, align, z_halo, span)

@@ -246,16 +246,32 @@ class VolumePlan:
     align: int = blocking.MULTIPLE
     #: The model's serial-section context N: each block reads N slices more on each side in z.
     context: int = 0
+    #: The input's slices written (first, stop), the output's z 0 at ``first``; None: all of them.
+    span: tuple[int, int] | None = None
 
     def blocks(self, skip: Iterable[tuple[int, int, int]] = ()) -> Iterator[Block]:
         skipped = set(skip)
-        for block in blocking.iter_blocks(self.volume.shape, self.block, self.halo, self.align, self.context):
+        blocks = blocking.iter_blocks(self.volume.shape, self.block, self.halo, self.align, self.context, self.span)
+        for block in blocks:
             if block.index not in skipped:
                 yield block
 
     @property
+    def shape(self) -> tuple[int, int, int]:
+        """The output's (Z, Y, X): the volume's, or the slices of ``span``."""
+        if self.span is None:
+            return self.volume.shape
+        return (self.span[1] - self.span[0], *self.volume.shape[1:])
+
+    @property
     def grid(self) -> tuple[int, int, int]:
-        return blocking.grid(self.volume.shape, self.block)
+        return blocking.grid(self.shape, self.block)
+
+    def written(self, block: Block) -> tuple[slice, slice, slice]:
+        """Where ``block``'s core goes in the output (its z counted from the span's first slice)."""
+        z, y, x = block.core
+        first = self.span[0] if self.span is not None else 0
+        return slice(z.start - first, z.stop - first), y, x
 
     @property
     def dtype(self) -> str:
@@ -285,6 +301,6 @@ class BlockPredictor:
         values = encode(probability, options.output, options.threshold)
         if values.dtype == np.bool_:
             values = values.astype(np.uint8) * np.uint8(255)  # a mask is stored 0/255, as in TIFF
-        self.store.write(block.core, values, probability > options.threshold)
+        self.store.write(self.plan.written(block), values, probability > options.threshold)
         self.store.mark_done(block.index, region_digest(region))
         return block.voxels

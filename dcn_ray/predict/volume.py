@@ -34,7 +34,7 @@ from dcn_ray.predict import blocks as blocking
 from dcn_ray.predict.blocks import Block
 from dcn_ray.predict.engine import BlockPredictor, PredictOptions, VolumePlan, check_run
 from dcn_ray.predict.ray_pool import actor_pool
-from dcn_ray.predict.stack import model_target, read_truth, score_output
+from dcn_ray.predict.stack import chosen_slices, model_target, read_truth, score_output
 from dcn_ray.track.sources import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ BlockProgress = Callable[[int, int, int], None]
 #: Settings that must match for --resume to continue an unfinished store.
 RESUME_KEYS = (
     "model_sha256", "model_family", "model_kwargs", "input", "level", "shape", "chunks", "block", "halo", "output", "threshold", "tta", "tile",
-    "overlap", "ngff", "label_image",
+    "overlap", "ngff", "label_image", "slices",
 )  # fmt: skip
 #: What the input was: checked on --resume apart from the settings, to name the input.
 INPUT_KEY = "input_fingerprint"
@@ -70,13 +70,25 @@ def plan_volume(
     level: int = 0,
     chunks: tuple[int, int, int] | None = None,
     block: int | None = None,
+    span: tuple[int, int] | None = None,
 ) -> VolumePlan:
     align = blocking.grid_for(models.size_multiple(loaded.model))  # 16 for a U-Net of depth 4
     volume = open_volume(input_path, level)
     halo = blocking.halo_for(models.receptive_radius(loaded.model), align)
-    chunk = blocking.default_chunks(volume.shape, chunks, align)
-    shape = blocking.default_block(volume.shape, chunk, tile=options.tile, halo=halo, block=block)
-    return VolumePlan(volume, chunk, shape, halo, options, align, models.context_of(loaded.model))
+    written = volume.shape if span is None else (span[1] - span[0], *volume.shape[1:])
+    chunk = blocking.default_chunks(written, chunks, align)
+    shape = blocking.default_block(written, chunk, tile=options.tile, halo=halo, block=block)
+    return VolumePlan(volume, chunk, shape, halo, options, align, models.context_of(loaded.model), span)
+
+
+def slice_span(slices: str | None, depth: int) -> tuple[int, int] | None:
+    """``--slices`` of a ``depth``-slice input as the range (first, stop) an OME-Zarr output holds."""
+    chosen = chosen_slices(slices, depth)
+    if chosen is None:
+        return None
+    if chosen != list(range(chosen[0], chosen[0] + len(chosen))):
+        raise InputError(f"--slices {slices}: an OME-Zarr output holds one range of slices in order, e.g. 20:28")
+    return chosen[0], chosen[0] + len(chosen)
 
 
 def check_volume_paths(
@@ -87,14 +99,16 @@ def check_volume_paths(
     level: int = 0,
     model: str | Path | None = None,
     label_slices: str | None = None,
+    slices: str | None = None,
 ) -> tuple[int, int, int]:
-    """Before any work: the input (and ``labels``, same shape) can be read and the OME-Zarr
+    """Before any work: the input (and ``labels``, same shape, and ``slices``) can be read and the OME-Zarr
     ``output_path`` written (new, or a store dcn-ray wrote, which is replaced), touching no input
     (``model`` included); the input's (Z, Y, X)."""
     output_path = Path(output_path)
     if not is_zarr_path(output_path):
         raise InputError(f"{output_path}: an OME-Zarr output ends in .zarr (e.g. out.ome.zarr)")
     volume = open_volume(input_path, level, scan=False)
+    slice_span(slices, volume.shape[0])
     if labels is not None:
         matching_slices(volume_shape(labels, level), volume.shape, label_slices, labels)
     inputs = {"the input": input_path, "the --labels volume": labels, "the model file": model}
@@ -116,6 +130,7 @@ def predict_volume(
     label_image: bool = False,
     labels: str | Path | None = None,
     label_slices: str | None = None,
+    slices: str | None = None,
     target: str = "auto",
     score_progress: Callable[[int, int], None] | None = None,
     resume: bool = False,
@@ -127,18 +142,22 @@ def predict_volume(
     """Segment ``input_path`` (any format of :mod:`dcn_ray.io.volumes`) into the OME-Zarr ``output_path``.
 
     With ``labels`` (ground truth) the finished output is read back and scored as ``dcn-ray score``
-    scores it. ``ready`` is called once every check has passed, before the first block. See the
-    module doc for the rest.
+    scores it. ``slices`` (one range, as data.split writes it: 20:28) writes those slices of the input
+    alone (a context model reads their neighbours beyond); ``labels`` are cut alike. ``ready`` is called
+    once every check has passed, before the first block. See the module doc for the rest.
     """
     output_path = Path(output_path)
     if ngff not in omezarr.NGFF_VERSIONS:
         raise InputError(f"--ngff {ngff}: choose one of {', '.join(omezarr.NGFF_VERSIONS)}")
-    check_volume_paths(
-        input_path, output_path, labels=labels, level=level, model=loaded.location, label_slices=label_slices
-    )
+    paths = {"labels": labels, "level": level, "model": loaded.location, "label_slices": label_slices}
+    depth = check_volume_paths(input_path, output_path, slices=slices, **paths)[0]
     check_run(loaded.model, options, workers=workers, address=address)
-    plan = plan_volume(loaded, input_path, options, level=level, chunks=chunks, block=block)
-    truth = read_truth(labels, plan.volume.shape, loaded, level, label_slices) if labels is not None else None
+    span = slice_span(slices, depth)
+    plan = plan_volume(loaded, input_path, options, level=level, chunks=chunks, block=block, span=span)
+    predicted = None if span is None else list(range(*span))
+    truth = None
+    if labels is not None:
+        truth = read_truth(labels, plan.volume.shape, loaded, level, label_slices, predicted)
     target = model_target(loaded, target)
     settings = _settings(loaded, plan, level=level, ngff=ngff, label_image=label_image)
     store = omezarr.resumable_store(output_path, settings, RESUME_KEYS) if resume else None
@@ -155,7 +174,7 @@ def predict_volume(
         if resume:
             log.info("%s: no unfinished run to resume; starting a new one", output_path)
         store = omezarr.create_store(
-            output_path, shape=plan.volume.shape, chunks=plan.chunks, dtype=plan.dtype, grid=plan.grid,
+            output_path, shape=plan.shape, chunks=plan.chunks, dtype=plan.dtype, grid=plan.grid,
             axes=plan.volume.axes, scale=plan.volume.scale, ngff=ngff, label=label_image, settings=settings,
         )  # fmt: skip
     done = store.done_blocks() if not store.complete else set(blocking.iter_indices(plan.grid))
@@ -257,7 +276,8 @@ def _settings(loaded: LoadedModel, plan: VolumePlan, *, level: int, ngff: str, l
         "input_format": volume.kind if volume.version is None else f"{volume.kind} {volume.version}",
         INPUT_KEY: metadata_fingerprint(volume),
         "level": level,
-        "shape": list(volume.shape),
+        "shape": list(plan.shape),
+        "slices": None if plan.span is None else list(plan.span),  # the input's slices written (first, stop)
         "chunks": list(plan.chunks),
         "block": list(plan.block),
         "halo": plan.halo,
