@@ -29,8 +29,8 @@ def write_job(stack, folder: Path, name: str, uri: str) -> Path:
     raw = small_job(
         *stack,
         name=name,
-        train={"steps": 60, "eval_every": 30, "batch_size": 4, "crop": 64},
-        sweep={"kernels": [[4, 8, 16], [2, 8, 16], [6, 8, 16], [4, 8, 12]], "resources": {"gpu": 0, "cpu": 1}},
+        # two 1-CPU trials at once on two 1-CPU nodes: one on each (a trial's start-up takes seconds)
+        sweep={"kernels": [[4, 8, 16], [2, 8, 16]], "resources": {"gpu": 0, "cpu": 1}},
         tracking={"uri": uri, "experiment": name},
     )
     path = folder / f"{name}.yaml"
@@ -54,7 +54,7 @@ def assert_trials_on_both_nodes(uri: str, experiment: str) -> None:
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert sorted(r.data.tags["kernels"] for r in children) == ["2-8-16", "4-8-12", "4-8-16", "6-8-16"]
+    assert sorted(r.data.tags["kernels"] for r in children) == ["2-8-16", "4-8-16"]
     assert all(r.info.status == "FINISHED" and "val_iou" in r.data.metrics for r in children)
     assert len({r.data.tags["ray_node_id"] for r in children}) == 2, "the trials ran on both nodes"
 
