@@ -32,7 +32,7 @@ from dcn_ray.io import omezarr
 from dcn_ray.io.guard import refuse_overlaps
 from dcn_ray.io.paths import folder_written_whole, output_folder
 from dcn_ray.io.tiff_writer import write_stack
-from dcn_ray.io.volumes import input_slices, open_volume, read_label_values, volume_shape
+from dcn_ray.io.volumes import input_slices, is_zarr_path, open_volume, read_label_values, volume_shape
 from dcn_ray.predict.engine import PredictOptions, SlicePredictor
 from dcn_ray.track.sources import LoadedModel
 
@@ -89,17 +89,12 @@ def check_paths(
         raise InputError(f"--labels {labels} have shape {volume_shape(labels)} (Z, Y, X) but the stack has {shape}")
     inputs = {"the stack": stack, "the --labels file": labels, "the model file": model}
     refuse_overlaps(out, inputs)  # the folder is no input, holds none, lies inside none
-    files = [name for name in FILES[format] if not omezarr_name(name)]
-    output_folder(out, files, inputs)
+    output_folder(out, [name for name in FILES[format] if not is_zarr_path(name)], inputs)
     for name in FILES[format]:
-        if omezarr_name(name) and os.path.lexists(out / name):
+        if is_zarr_path(name) and os.path.lexists(out / name):
             refuse_overlaps(out / name, inputs)
             omezarr.check_output(out / name)
     return shape
-
-
-def omezarr_name(name: str) -> bool:
-    return name.endswith(".zarr")
 
 
 def suggest(
