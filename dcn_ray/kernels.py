@@ -48,6 +48,21 @@ def check_kernels(kernels: Sequence[object]) -> Kernels:
     return tuple(kernels)  # type: ignore[return-value]
 
 
+def branch_name(weak: object) -> str | None:
+    """The weak branch as dcn-ray passes it, its name: ``F1``-``F3``, or ``none`` when no branch is clearly
+    the weakest; None when unknown. A number (the branch's index, -1 for none: MLflow's metric
+    ``weak_branch``, an older sweep's results) is read as the name it stands for.
+
+    >>> branch_name("F3"), branch_name(2.0), branch_name(-1), branch_name(None), branch_name("not applicable (unet)")
+    ('F3', 'F3', 'none', None, None)
+    """
+    if isinstance(weak, str):
+        return weak if weak in (*BRANCHES, "none") else None
+    if isinstance(weak, bool) or not isinstance(weak, (int, float)) or weak != weak:
+        return None
+    return BRANCHES[int(weak)] if 0 <= weak < len(BRANCHES) else "none"
+
+
 def kernels_text(kernels: Sequence[int]) -> str:
     """The triple as the paper writes it: ``4-8-16``."""
     return "-".join(str(k) for k in kernels)

@@ -147,3 +147,23 @@ def test_a_dry_run_expands_the_grid_once_and_lists_search_trials_as_such(capsys,
     assert code == 0, err
     assert "random search: 3 configuration(s)" in out and "  model.kernels: choice ['4-8-16', '2-8-16']" in out
     assert "trials named search-CONFIGURATION-sSEED" in out
+
+
+def test_the_weak_branch_goes_by_name_from_the_trial_to_the_planner_and_the_results():
+    from dcn_ray.job.config import FollowupConfig
+    from dcn_ray.tune.spec import METRIC
+    from dcn_ray.tune.trial import already_finished
+
+    # a trial finished before a kill reports its MLflow metrics again: the metric's index becomes the name
+    assert already_finished({METRIC: 0.8, "weak_branch": 2.0}, None)["weak_branch"] == "F3"
+    assert already_finished({METRIC: 0.8, "weak_branch": -1.0}, None)["weak_branch"] == "none"
+
+    def votes(weak):  # three seeds of the reference, F3 clearly lowest over them; their own names as given
+        planner = RoundPlanner([(4, 8, 16)], (0, 1, 2), FollowupConfig(enabled=True, steps=1, seed=1))
+        for seed, named in enumerate(weak):
+            planner.next_trial(f"r{seed}")
+            calibrated = {"calibrated_F1": 0.9, "calibrated_F2": 0.9, "calibrated_F3": 0.5 + 0.01 * seed}
+            planner.complete(f"r{seed}", {METRIC: 0.8, "weak_branch": named, **calibrated}, False)
+        return planner.decisions[0].votes, planner.decisions[0].agreement
+
+    assert votes(["F3", "F3", "none"]) == votes([2, 2.0, -1]) == (("F3", "F3", "none"), "F3 (lowest in 2 of 3 seeds)")

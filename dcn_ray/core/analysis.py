@@ -33,6 +33,8 @@ class Analysis:
         return BRANCHES[self.weak] if self.weak is not None else "none"
 
     def metrics(self) -> dict[str, float]:
+        """The branch scores as MLflow metrics, and ``weak_branch`` as MLflow holds it: the index (-1 for
+        none; :func:`dcn_ray.kernels.branch_name` reads it back). Everywhere else the branch goes by name."""
         merged: dict[str, float] = {"weak_branch": float(self.weak if self.weak is not None else -1)}
         for score in self.scores:
             merged.update(score.as_metrics())

@@ -25,7 +25,7 @@ from dcn_ray.core.branches import weak_across_seeds
 from dcn_ray.core.proposals import plan_followups, propose_controls
 from dcn_ray.job.config import FollowupConfig
 from dcn_ray.job.sweep_grid import REDRAW_KEY, Variant, config_name
-from dcn_ray.kernels import BRANCHES, STRIDES, Kernels, kernels_text
+from dcn_ray.kernels import BRANCHES, STRIDES, Kernels, branch_name, kernels_text
 from dcn_ray.tune.spec import METRIC, TrialSpec
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class RoundPlanner:
         pending = {spec.kernels for spec in [*self.queue, *self.live.values()] if not spec.grid_values}
         # kernels alone (no grid values): a sham shares its reference's kernels, never a reference itself
         outcomes = [
-            Outcome(f.spec.kernels, f.spec.seed, int(f.result.get("weak_branch", -1)), f.result[METRIC],
+            Outcome(f.spec.kernels, f.spec.seed, branch_name(f.result.get("weak_branch")) or "none", f.result[METRIC],
                     str(f.result.get("mlflow_run_id", "")), calibrated_of(f.result))
             for f in self.done.values() if not f.error and METRIC in f.result and not f.spec.grid_values
         ]  # fmt: skip
@@ -197,8 +197,8 @@ class Outcome:
 
     kernels: Kernels
     seed: int
-    #: Weak branch index, -1 for none (no clear weak branch).
-    weak: int
+    #: The weak branch this seed names: ``F1``-``F3``, or ``none`` (no clear weak branch).
+    weak: str
     score: float
     run_id: str = ""
     #: The calibrated separations of F1, F2, F3 (NaN where unknown).
@@ -239,7 +239,7 @@ def decide_round(
     weak branch is ``settings.weak`` where the job fixed it (then ``reference`` may be empty and
     ``kernels`` names it). Deterministic for its inputs."""
     kernels = tuple(kernels) if kernels is not None else reference[0].kernels
-    votes = [o.weak for o in reference]
+    names = tuple(o.weak for o in reference)
     fixed = settings.weak is not None and number == 1  # later rounds' references are new: the rule decides
     weak = BRANCHES.index(settings.weak) if fixed else weak_across_seeds([o.calibrated for o in reference])
     seed = settings.seed + number - 1
@@ -253,7 +253,6 @@ def decide_round(
             random_controls=settings.random_controls, seed=seed, exclude=seen,
         )  # fmt: skip
         guided, controls, extras = plan.guided, plan.controls, plan.extras
-    names = tuple(BRANCHES[v] if v >= 0 else "none" for v in votes)
     sham = BRANCHES[weak] if settings.sham and weak is not None and guided else ""
     return RoundDecision(number, kernels, names, weak, tuple(guided), tuple(controls), tuple(extras), sham, fixed)
 
@@ -273,11 +272,10 @@ def replay_rounds(rows: Sequence[Mapping[str, Any]], settings: FollowupConfig) -
     """
     if not settings.enabled:
         return []
-    names = {name: index for index, name in enumerate(BRANCHES)}
     # rows of kernels alone: a sham (4-8-16~sham-F3) shares its reference's kernels, never a reference itself
     outcomes = [
         Outcome((int(r["k1"]), int(r["k2"]), int(r["k3"])), int(r.get("seed") or 0),
-                names.get(r.get("weak_branch") or "none", -1), float(r[METRIC]), str(r.get("mlflow_run_id") or ""),
+                branch_name(r.get("weak_branch")) or "none", float(r[METRIC]), str(r.get("mlflow_run_id") or ""),
                 calibrated_of(r))
         for r in rows if r.get("status") == "finished" and isinstance(r.get(METRIC), (int, float))
         and r.get("config") in (None, "", kernels_text((int(r["k1"]), int(r["k2"]), int(r["k3"]))))

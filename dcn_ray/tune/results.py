@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from dcn_ray.core.scores import TEST_HEADLINE
-from dcn_ray.kernels import BRANCHES, kernels_text
+from dcn_ray.kernels import BRANCHES, branch_name, kernels_text
 from dcn_ray.results import report
 from dcn_ray.tune.planner import RoundDecision
 from dcn_ray.tune.spec import METRIC, TrialSpec
@@ -59,19 +59,12 @@ def rows_of(grid) -> list[dict[str, Any]]:
                 **identity,
                 "status": status,
                 **{key: metrics.get(key) for key in report.METRIC_COLUMNS},
-                "weak_branch": _branch_name(weak),
+                "weak_branch": branch_name(weak),
                 "mlflow_run_id": metrics.get("mlflow_run_id"),
                 "trial_id": metrics.get("trial_id") or Path(result.path).name,
             }
         )
     return rows
-
-
-def _branch_name(weak: Any) -> str | None:
-    """``F3`` for a weak-branch index, ``none`` for -1 (no clear weak branch), None when unknown."""
-    if not isinstance(weak, (int, float)):
-        return None
-    return f"F{int(weak) + 1}" if weak >= 0 else "none"
 
 
 def search_rows(grid, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

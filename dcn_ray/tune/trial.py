@@ -24,6 +24,7 @@ from dcn_ray.core.device import select_device
 from dcn_ray.core.train import TrainResult, score_test_split, train
 from dcn_ray.job import sweep_grid
 from dcn_ray.job.config import JobConfig
+from dcn_ray.kernels import branch_name
 from dcn_ray.track import runs
 from dcn_ray.track.storage import Storage
 from dcn_ray.tune.spec import METRIC, TrialSpec
@@ -51,7 +52,12 @@ def already_finished(run_metrics: Mapping[str, float] | None, state: Mapping[str
     ``state``: the newest training state found for it (``final`` once analysed and reported).
     """
     if run_metrics is not None and METRIC in run_metrics:
-        return dict(run_metrics)
+        found = dict(run_metrics)
+        if (
+            "weak_branch" in found
+        ):  # MLflow holds the branch's index: the result carries its name, as a trial reports it
+            found["weak_branch"] = branch_name(found["weak_branch"])
+        return found
     if state is not None and "final" in state:
         return dict(state["final"])
     return None
@@ -153,6 +159,8 @@ def _train_and_analyse(
             "mlflow_run_id": run.run_id,
             "finished": 1,
         }
+        if models.family_of(model).branches:  # the weak branch by name (MLflow's metric holds its index)
+            final["weak_branch"] = weak_tag
         finished = {
             **checkpoint.finished_state_payload(result.model, step=result.steps, history=list(result.history)),
             "final": final,
