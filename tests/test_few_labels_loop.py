@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import yaml
 from conftest import run_cli, small_job
 from mlflow.tracking import MlflowClient
 from processes import SweepDriver
@@ -28,7 +29,12 @@ XVFB = shutil.which("xvfb-run")
 SPLIT = {"train": "0:8", "val": "9:12"}  # validation: slice 10 labelled, 9 and 11 not (a warning names them)
 
 
-def _sweep(name: str, images: Path, labels: Path, folder: Path, uri: str) -> tuple[str, dict]:
+def _sweep(capsys, name: str, images: Path, labels: Path, folder: Path, uri: str) -> tuple[str, dict]:
+    """`dcn-ray sweep FOLDER/job.yaml --storage FOLDER/runs`: its stderr and the child run's metrics.
+
+    With ``capsys`` the command runs in this process, on ``module_ray`` (no Python and Ray start-up of
+    its own); without, in a process of its own, its log lines on its stderr as a user sees them.
+    """
     raw = small_job(
         images, labels, name=name, data={"foreground": 1, "background": 2, "split": SPLIT},
         train={"steps": 12, "eval_every": 6, "crop": 48, "batch_size": 4},
@@ -36,8 +42,12 @@ def _sweep(name: str, images: Path, labels: Path, folder: Path, uri: str) -> tup
         tracking={"uri": uri, "experiment": name},
     )  # fmt: skip
     folder.mkdir()
-    with SweepDriver(raw, folder, folder / "runs") as driver:
-        code, err = driver.finish(timeout=600)
+    if capsys is None:
+        with SweepDriver(raw, folder, folder / "runs") as driver:
+            code, err = driver.finish(timeout=600)
+    else:
+        (folder / "job.yaml").write_text(yaml.safe_dump(raw))
+        code, _, err = run_cli(capsys, ["sweep", folder / "job.yaml", "--storage", folder / "runs"])
     assert code == 0, err
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name).experiment_id
@@ -46,12 +56,14 @@ def _sweep(name: str, images: Path, labels: Path, folder: Path, uri: str) -> tup
     return err, child.data.metrics
 
 
-def test_label_a_few_slices_sweep_suggest_label_sweep_again(synthetic_stack, mlflow_server, tmp_path, capsys):
+def test_label_a_few_slices_sweep_suggest_label_sweep_again(
+    module_ray, synthetic_stack, mlflow_server, tmp_path, capsys
+):
     images = synthetic_stack[0]
     truth = read_labels(synthetic_stack[1], 255)
     first = tmp_path / "labels-1.tif"  # napari's labels layer: 3 of 12 slices painted
     tifffile.imwrite(first, painted_slices(truth, (1, 5, 10)))
-    err, metrics = _sweep("few-1", images, first, tmp_path / "round1", mlflow_server.uri)
+    err, metrics = _sweep(None, "few-1", images, first, tmp_path / "round1", mlflow_server.uri)
     assert "data.split.val: slice(s) [9, 11] hold no labelled pixel and are not scored" in err
     assert 0.0 < metrics["best_val_iou"] <= 1.0 and "val_vrand" in metrics
 
@@ -70,15 +82,15 @@ def test_label_a_few_slices_sweep_suggest_label_sweep_again(synthetic_stack, mlf
     code, _, err = run_cli(capsys, ["sweep", tmp_path / "round1" / "job.yaml", "--dry-run",
                                        "--set", f"data.labels={second}"])  # fmt: skip
     assert code == 0 and "(4 of 8 slices hold labels)" in err, err
-    _, metrics = _sweep("few-2", images, second, tmp_path / "round2", mlflow_server.uri)
+    _, metrics = _sweep(capsys, "few-2", images, second, tmp_path / "round2", mlflow_server.uri)
     assert 0.0 < metrics["best_val_iou"] <= 1.0
 
 
-def test_scribbles_alone_train_through_sweep(synthetic_stack, mlflow_server, tmp_path):
+def test_scribbles_alone_train_through_sweep(module_ray, synthetic_stack, mlflow_server, tmp_path, capsys):
     truth = read_labels(synthetic_stack[1], 255)
     labels = tmp_path / "scribbles.tif"
     tifffile.imwrite(labels, scribbles(truth, 0.03, seed=1))
-    _, metrics = _sweep("scribbled", synthetic_stack[0], labels, tmp_path / "sweep", mlflow_server.uri)
+    _, metrics = _sweep(capsys, "scribbled", synthetic_stack[0], labels, tmp_path / "sweep", mlflow_server.uri)
     assert all(np.isfinite(metrics[key]) for key in ("best_val_iou", "val_dice", "train_loss"))
 
 
