@@ -4,12 +4,8 @@ what it suggests, sweep again; and napari opens suggest's map over the stack (TI
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +14,13 @@ import tifffile
 import yaml
 from conftest import run_cli, small_job
 from mlflow.tracking import MlflowClient
+from napari_view import needs_napari, run_viewer
 from processes import SweepDriver
 
 from dcn_ray.core.scribbles import painted_slices, scribbles
 from dcn_ray.io.tiff import read_labels
 
 pytestmark = pytest.mark.integration
-HAVE_NAPARI = all(importlib.util.find_spec(name) for name in ("napari", "PySide6"))
-XVFB = shutil.which("xvfb-run")
 SPLIT = {"train": "0:8", "val": "9:12"}  # validation: slice 10 labelled, 9 and 11 not (a warning names them)
 
 
@@ -111,8 +106,7 @@ viewer.close()
 """
 
 
-@pytest.mark.skipif(not HAVE_NAPARI, reason="napari is not installed: pip install -e '.[viewer]'")
-@pytest.mark.skipif(XVFB is None, reason="xvfb-run is not installed (Debian: xvfb); napari needs a screen with GL")
+@needs_napari
 def test_napari_opens_the_uncertainty_map_over_the_stack(synthetic_stack, tmp_path, capsys):
     from conftest import train_job
     from PIL import Image
@@ -132,14 +126,8 @@ def test_napari_opens_the_uncertainty_map_over_the_stack(synthetic_stack, tmp_pa
     assert code == 0, err
     top = json.loads((out / "ranking.json").read_text())["tiles"][0]["z"]
     shot = Path(os.environ.get("DCN_RAY_SCREENSHOTS", tmp_path)) / "napari-suggest.png"
-    script = tmp_path / "view.py"
-    script.write_text(VIEW)
-    done = subprocess.run(
-        [XVFB, "-a", "-s", "-screen 0 1280x1024x24", sys.executable, str(script), str(synthetic_stack[0]),
-         str(out / "uncertainty.tif"), str(out / "suggested.tif"), str(shot), str(top),
-         str(tmp_path / "zarr" / "uncertainty.ome.zarr")],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "QT_QPA_PLATFORM": "xcb"},
-    )  # fmt: skip
+    maps = [out / "uncertainty.tif", out / "suggested.tif", shot, top, tmp_path / "zarr" / "uncertainty.ome.zarr"]
+    done = run_viewer(VIEW, tmp_path, synthetic_stack[0], *maps)
     assert done.returncode == 0, done.stderr[-3000:]
     layers = json.loads(done.stdout.strip().splitlines()[-1])
     assert [(layer["kind"], layer["name"], layer["shape"]) for layer in layers] == [
