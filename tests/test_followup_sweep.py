@@ -12,7 +12,7 @@ from dcn_ray.kernels import BRANCHES
 pytestmark = pytest.mark.integration
 
 
-def test_followups_and_controls_are_derived_from_the_reference(synthetic_stack, mlflow_server, tmp_path):
+def test_followups_and_controls_are_derived_from_the_reference(module_ray, synthetic_stack, mlflow_server, tmp_path):
     grid = [[4, 8, 16], [2, 8, 16], [6, 8, 16]]
     raw = small_job(
         *synthetic_stack,
@@ -79,7 +79,9 @@ def test_followups_and_controls_are_derived_from_the_reference(synthetic_stack, 
     assert (tmp_path / "guided" / "iou_by_config.png").stat().st_size > 1000
 
 
-def test_a_sham_runs_beside_the_guided_arm_and_its_checkpoint_predicts(synthetic_stack, mlflow_server, tmp_path):
+def test_a_sham_runs_beside_the_guided_arm_and_its_checkpoint_predicts(
+    module_ray, synthetic_stack, mlflow_server, tmp_path
+):
     """The weak branch fixed in advance (a replication): guided, sham and reference run at once; the sham is its
     own configuration, its checkpoint rebuilds it (predict), and the verdict reports guided minus sham."""
     from dcn_ray.core import checkpoint
