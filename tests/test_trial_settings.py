@@ -8,6 +8,7 @@ No Ray, no torch.
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import pytest
 
@@ -167,3 +168,51 @@ def test_the_weak_branch_goes_by_name_from_the_trial_to_the_planner_and_the_resu
         return planner.decisions[0].votes, planner.decisions[0].agreement
 
     assert votes(["F3", "F3", "none"]) == votes([2, 2.0, -1]) == (("F3", "F3", "none"), "F3 (lowest in 2 of 3 seeds)")
+
+
+@pytest.mark.integration
+def test_a_search_over_model_kernels_trains_each_sampled_triple_in_phase_search(synthetic_stack, empty_store, tmp_path):
+    """random over ``model.kernels`` on a real local Ray and MLflow store: each trial's job trains the triple
+    it sampled (k1-k3 and ``model.kernels`` logged alike), named ``search-...``, reported as a configuration."""
+    from conftest import child_runs, small_job, sqlite_copy, sweep_on_local_ray
+
+    uri = sqlite_copy(empty_store, tmp_path)
+    space = {"model.kernels": {"choice": [[4, 8, 16], [2, 8, 16]]}, "train.lr": {"loguniform": [1.0e-3, 1.0e-2]}}
+    raw = small_job(
+        *synthetic_stack,
+        name="kernel-search",
+        train={"steps": 4, "eval_every": 2, "batch_size": 2, "crop": 32, "threads": 1},
+        sweep={
+            "kernels": [[4, 8, 16]],
+            "resources": {"gpu": 0, "cpu": 1},
+            "search": {"algorithm": "random", "trials": 2, "seed": 0, "space": space},
+        },
+        tracking={"uri": uri, "experiment": "kernel-search"},
+    )
+    outcome = sweep_on_local_ray(raw, tmp_path / "runs")
+    assert not outcome.interrupted and outcome.errored == 0
+    runs = child_runs(uri, "kernel-search")
+    assert 1 <= len(runs) <= 2 and all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        params, tags = run.data.params, run.data.tags
+        kernels = "-".join(params[k] for k in ("k1", "k2", "k3"))
+        assert params["model.kernels"] == f"[{params['k1']}, {params['k2']}, {params['k3']}]"
+        assert kernels in ("4-8-16", "2-8-16") and tags["config"].startswith(f"{kernels}_train.lr=")
+        assert run.info.run_name == f"search-{tags['config']}-s0" and params["phase"] == tags["phase"] == "search"
+    rows = outcome.table.to_pylist()
+    assert {r["phase"] for r in rows} == {"search"} and {r["status"] for r in rows} == {"finished"}
+    assert f"{len(runs)} configuration(s) tried" in (Path(outcome.folder) / "search.md").read_text()
+
+
+def test_a_spec_pickled_by_an_older_sweep_unpickles_as_the_same_trial():
+    """An older sweep's planner state (its searcher-state pickle) holds specs with kernels, family, grid_values."""
+    old_state = {
+        "kernels": (4, 8, 12), "seed": 1, "phase": "followup", "round": 1, "derived_from": "r", "reference": (4, 8, 16),
+        "reference_weak": "F3", "reference_scores": "", "family": "dcn", "grid_values": (),
+    }  # fmt: skip
+    restored = TrialSpec.__new__(TrialSpec)
+    restored.__setstate__(old_state)  # what pickle does with the state it finds
+    expected = TrialSpec.of((4, 8, 12), seed=1, phase="followup", round=1, derived_from="r", reference=(4, 8, 16),
+                            reference_weak="F3")  # fmt: skip
+    assert restored == expected and restored.name == "followup-4-8-12-s1" and hash(restored) == hash(expected)
+    assert pickle.loads(pickle.dumps(expected)) == expected

@@ -1,4 +1,5 @@
-"""``sweep.grid``: a grid over any job key, crossed with ``sweep.kernels`` (DCN only) and the seeds.
+"""``sweep.grid``: a grid over any job key, crossed with ``sweep.kernels`` (the values of ``model.kernels``, a
+DCN's key) and the seeds; a configuration's ``settings`` are flat job keys, and :func:`applied` makes a trial's job.
 
 A grid maps job keys (any key ``--set`` accepts, except the sweep's own settings, ``name``,
 ``tracking.*`` and ``train.seed``, whose axis is ``sweep.seeds``) to lists of values. Every

@@ -86,6 +86,18 @@ class TrialSpec:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, also a spec pickled before trials were job keys (an older sweep's planner state holds
+        its queued and finished trials with ``kernels``, ``family`` and ``grid_values``)."""
+        if "configuration" not in state:
+            identity = {key: state[key] for key in IDENTITY_KEYS if key in state}
+            old = TrialSpec.of(
+                state.get("kernels"), family=state.get("family", DEFAULT_FAMILY),
+                grid_values=tuple(state.get("grid_values", ())), **identity,
+            )  # fmt: skip
+            state = dict(old.__dict__)
+        self.__dict__.update(state)
+
     @classmethod
     def of(
         cls, kernels: Kernels | None, *, family: str = DEFAULT_FAMILY, grid_values: Params = (), **identity: Any
