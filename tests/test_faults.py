@@ -5,33 +5,19 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import ray
-import yaml
-from conftest import MlflowServer, small_job, sweep_on_local_ray
+from conftest import MlflowServer, child_runs, small_job, sweep_on_local_ray
 from mlflow.tracking import MlflowClient
-from processes import SweepDriver
+from processes import SweepDriver, resume
 
-from dcn_ray.job.config import job_from_dict
 from dcn_ray.track.runs import TrialRun, prepare_experiment, reconcile, start_parent_run
-from dcn_ray.tune.sweep import run_sweep
 
 pytestmark = pytest.mark.integration
-
-
-def child_runs(uri: str, experiment: str):
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    runs = client.search_runs([found.experiment_id], max_results=1000)
-    return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
@@ -104,6 +90,7 @@ def test_killed_driver_then_resume_reruns_nothing_finished(synthetic_stack, mlfl
             "followup": {"enabled": True, "steps": 2, "controls": 1, "weak": "F3", "sham": False},
         },
     )
+    raw["train"]["steps"] = 90  # three evaluations: a trial is still seen running, six of them cost less
     storage = tmp_path / "runs"
     with SweepDriver(raw, tmp_path, storage) as driver:
 
@@ -124,13 +111,7 @@ def test_killed_driver_then_resume_reruns_nothing_finished(synthetic_stack, mlfl
         for run_id, run in finished.items()
     }
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "dcn_ray", "resume", "killdriver", "--storage", str(storage)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    resumed = resume("killdriver", storage, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     after = child_runs(mlflow_server.uri, "killdriver")
@@ -157,7 +138,7 @@ def test_killed_driver_then_resume_continues_the_running_trial_where_it_stopped(
     raw = slow_job(
         synthetic_stack, "keepprogress", uri, sweep={"kernels": [[4, 8, 16]], "resources": {"gpu": 0, "cpu": 1}}
     )
-    raw["train"]["steps"] = 600
+    raw["train"]["steps"] = steps = 300  # killed after its third evaluation, at step 90 or a little later
     storage = tmp_path / "runs"
     # Tune's experiment snapshot lags behind the trial (at the kill it may know neither the trial nor
     # its newest checkpoint): only the storage has them. Deterministic here by a long snapshot period.
@@ -171,20 +152,14 @@ def test_killed_driver_then_resume_continues_the_running_trial_where_it_stopped(
         run = wait_for(evaluated_three_times, 240, "three evaluations of the trial", interval=0.05)
         driver.kill()
     stopped_at = val_iou_steps(uri, run.info.run_id)[-1]
-    assert stopped_at < 600, "the trial finished before the kill"
+    assert stopped_at < steps, "the trial finished before the kill"
     monkeypatch.delenv("TUNE_GLOBAL_CHECKPOINT_S")
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "dcn_ray", "resume", "keepprogress", "--storage", str(storage)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    resumed = resume("keepprogress", storage, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     (after,) = child_runs(uri, "keepprogress")
     assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
-    assert val_iou_steps(uri, after.info.run_id) == list(range(30, 601, 30)), "every step once, none twice"
+    assert val_iou_steps(uri, after.info.run_id) == list(range(30, steps + 1, 30)), "every step once, none twice"
     assert int(after.data.tags["resumed_from_step"]) >= stopped_at, "continued from its newest checkpoint"
 
 
@@ -200,7 +175,8 @@ def test_sweep_completes_when_a_node_is_lost(synthetic_stack, mlflow_server, tmp
         synthetic_stack,
         "lostnode",
         mlflow_server.uri,
-        sweep={"kernels": [[4, 8, 16], [2, 8, 16], [6, 8, 16]], "resources": {"gpu": 0, "cpu": 1}, "max_failures": 3},
+        # two trials at once, one on each 1-CPU node: the worker's is moved to the head
+        sweep={"kernels": [[4, 8, 16], [2, 8, 16]], "resources": {"gpu": 0, "cpu": 1}, "max_failures": 3},
     )
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1)
@@ -223,13 +199,7 @@ def test_sweep_completes_when_a_node_is_lost(synthetic_stack, mlflow_server, tmp
     try:
         ray.init(address=cluster.address, logging_level="ERROR")
         remover.start()
-        outcome = run_sweep(
-            job_from_dict(raw),
-            job_text=yaml.safe_dump(raw),
-            storage=str(tmp_path),
-            address=None,
-            write=lambda line: None,
-        )
+        outcome = sweep_on_local_ray(raw, tmp_path)  # on the cluster's Ray, initialized here
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -238,14 +208,14 @@ def test_sweep_completes_when_a_node_is_lost(synthetic_stack, mlflow_server, tmp
     assert "run" in removed, "no trial ran on the worker node"
     assert outcome.errored == 0 and set(outcome.table.column("status").to_pylist()) == {"finished"}
     runs = child_runs(mlflow_server.uri, "lostnode")
-    assert sorted(r.data.tags["kernels"] for r in runs) == ["2-8-16", "4-8-16", "6-8-16"]
+    assert sorted(r.data.tags["kernels"] for r in runs) == ["2-8-16", "4-8-16"]
     moved = next(r for r in runs if r.info.run_id == removed["run"])
     assert moved.info.status == "FINISHED" and moved.data.tags["ray_node_id"] != worker.node_id
     assert int(moved.data.tags["resumed_from_step"]) >= 30
 
 
-def test_metrics_wait_for_a_tracking_server_that_went_down(tmp_path):
-    server = MlflowServer(tmp_path / "server").start()
+def test_metrics_wait_for_a_tracking_server_that_went_down(empty_store, tmp_path):
+    server = MlflowServer(tmp_path / "server", empty_store).start()
     try:
         experiment = prepare_experiment(server.uri, "outage")
         parent = start_parent_run(server.uri, experiment, "outage", {})
