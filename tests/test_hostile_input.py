@@ -537,16 +537,16 @@ def test_a_model_that_is_a_fifo_is_refused_not_waited_on(work: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def finished_sweep(tmp_path_factory, synthetic_stack) -> Path:
+def finished_sweep(tmp_path_factory, synthetic_stack, empty_store) -> Path:
     """The storage of a real finished sweep 'done' (one trial), its MLflow store beside it."""
-    from conftest import sweep_on_local_ray
+    from conftest import sqlite_copy, sweep_on_local_ray
 
     folder = tmp_path_factory.mktemp("finished")
     raw = small_job(
         *synthetic_stack,
         name="done",
         sweep={"kernels": [[4, 8, 16]], "resources": {"gpu": 0, "cpu": 1}},
-        tracking={"uri": f"sqlite:///{folder / 'mlflow.db'}"},
+        tracking={"uri": sqlite_copy(empty_store, folder)},
     )
     outcome = sweep_on_local_ray(raw, folder / "runs")
     assert outcome.errored == 0

@@ -83,11 +83,11 @@ def test_the_score_is_on_unseen_seeds_and_the_grid_runs_in_its_order(replay):
 
 
 @pytest.mark.integration
-def test_a_grid_sweeps_mlflow_runs_become_a_table_the_strategies_replay(replay, synthetic_stack, tmp_path):
+def test_a_grid_sweeps_mlflow_runs_become_a_table_the_strategies_replay(replay, synthetic_stack, empty_store, tmp_path):
     """The pre-registered pipeline end to end on a tiny grid: dcn-ray sweep -> MLflow -> `table` -> `replay`."""
-    from conftest import small_job, sweep_on_local_ray
+    from conftest import small_job, sqlite_copy, sweep_on_local_ray
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_copy(empty_store, tmp_path)
     raw = small_job(
         *synthetic_stack,
         name="table",
