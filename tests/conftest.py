@@ -269,7 +269,8 @@ def empty_store(tmp_path_factory) -> Path:
     from mlflow.tracking import MlflowClient
 
     path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
+    with contextlib.chdir(path.parent):  # MLflow's Default experiment points at ./mlruns: here, not a checkout
+        MlflowClient(f"sqlite:///{path}").search_experiments()
     return path
 
 

@@ -401,11 +401,14 @@ def test_a_diverging_training_fails_naming_it(synthetic_stack) -> None:
         train_job(job, (4, 8, 16), load_data(job.data))
 
 
-def _sweep_with_model(storage: Path, tracking: Path, weights_poisoned: bool, *, diverged: bool = False) -> None:
-    """A finished sweep whose one trial has an MLflow run holding checkpoint/model.pt."""
+def _sweep_with_model(
+    storage: Path, tracking: Path, empty_store: Path, weights_poisoned: bool, *, diverged: bool = False
+) -> None:
+    """A finished sweep whose one trial has an MLflow run holding checkpoint/model.pt (a copied empty store)."""
+    from conftest import sqlite_copy
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tracking}"
+    uri = sqlite_copy(empty_store, tracking.parent, tracking.name)
     client = MlflowClient(uri)
     experiment = client.create_experiment("e", artifact_location=str(tracking.parent / "artifacts"))
     run = client.create_run(experiment, tags={"diverged": "training diverged by step 2"} if diverged else {})
@@ -423,12 +426,16 @@ def _sweep_with_model(storage: Path, tracking: Path, weights_poisoned: bool, *, 
 
 
 @pytest.mark.parametrize("broken", ["nan-weights", "diverged-tag"])
-def test_register_refuses_a_best_trial_that_diverged(tmp_path: Path, monkeypatch, capsys, broken: str) -> None:
+def test_register_refuses_a_best_trial_that_diverged(
+    tmp_path: Path, empty_store: Path, monkeypatch, capsys, broken: str
+) -> None:
     from mlflow.tracking import MlflowClient
 
     monkeypatch.chdir(tmp_path)
     tracking = tmp_path / "mlflow.db"
-    _sweep_with_model(tmp_path / "runs", tracking, broken == "nan-weights", diverged=broken == "diverged-tag")
+    _sweep_with_model(
+        tmp_path / "runs", tracking, empty_store, broken == "nan-weights", diverged=broken == "diverged-tag"
+    )
     capsys.readouterr()  # MLflow's own lines while the store was made
     code, out, err = run_cli(capsys, ["register", "done", "best", "--storage", tmp_path / "runs"])
     assert_one_error(code, err, "diverge", "nothing registered")
@@ -612,10 +619,11 @@ def test_sigkill_of_a_predict_workers_driver_leaves_no_ray_process(tmp_path: Pat
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_predict_of_a_registered_model_shows_no_download_bar(tmp_path: Path) -> None:
+def test_predict_of_a_registered_model_shows_no_download_bar(tmp_path: Path, empty_store: Path) -> None:
+    from conftest import sqlite_copy
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_copy(empty_store, tmp_path)
     client = MlflowClient(uri, registry_uri=uri)
     experiment = client.create_experiment("e", artifact_location=str(tmp_path / "artifacts"))
     run = client.create_run(experiment)
