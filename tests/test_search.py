@@ -329,6 +329,14 @@ def test_a_configuration_drawn_again_is_told_its_result_and_never_rerun():
     assert sorted((v["model.width"], s) for v, s in ran) == [(4, 0), (4, 1), (8, 0), (8, 1)]
 
 
+def test_draws_differing_only_in_kernels_a_family_ignores_are_one_configuration():
+    space = {"model.family": {"choice": ["unet"]}, "model.kernels": {"choice": [[4, 8, 16], [2, 8, 16]]}}
+    plan = planner("random", trials=6, space=space)
+    ran = drive(plan)
+    assert plan.suggested == 6 and list(plan.configurations) == ["model.family=unet"]
+    assert sorted(seed for _, seed in ran) == [0, 1] and all("model.kernels" not in v for v, _ in ran)
+
+
 def test_a_restored_planner_continues_the_same_search_without_repeating_or_losing_a_trial():
     import pickle
 

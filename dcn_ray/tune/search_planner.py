@@ -167,7 +167,7 @@ class SearchPlanner(Generic[Spec]):
             if not isinstance(config, Mapping):  # None (the concurrency limit) or FINISHED
                 return
             self.suggested += 1
-            values = search_algs.decode(self.search, config)
+            values = without_unused_kernels(search_algs.decode(self.search, config))
             name = configuration_name(values)
             known = self.configurations.get(name)
             if known is None:
@@ -188,6 +188,15 @@ class SearchPlanner(Generic[Spec]):
             else:
                 self.searcher.on_trial_complete(searcher_id, {self.metric: mean})
         configuration.waiting.clear()
+
+
+def without_unused_kernels(values: dict[str, Any]) -> dict[str, Any]:
+    """The sampled values less ``model.kernels`` where the sampled family has none: two draws that differ
+    only in a triple a U-Net ignores are one configuration (told its result, never run twice)."""
+    family = values.get(FAMILY_KEY)
+    if family is not None and not get(str(family)).uses_kernels:
+        return {key: value for key, value in values.items() if key != KERNELS_KEY}
+    return values
 
 
 def trial_spec(values: Mapping[str, Any], seed: int, *, family: str, kernels: tuple[int, ...] | None) -> TrialSpec:
