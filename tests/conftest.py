@@ -262,7 +262,8 @@ except ProcessLookupError:
 def empty_store(tmp_path_factory) -> Path:
     """An empty MLflow SQLite store whose tables MLflow made once for the session.
 
-    A new store costs MLflow's schema migrations, seconds per store on 2 cores (~0.1 s to copy):
+    A new store costs MLflow's schema migrations: 1-2 s here when the machine is quiet, 5-8 s when it is
+    loaded (each migration commits, and waits for the disk), against ~0.1 s to copy:
     tests that only need a store of their own take a copy (``sqlite_copy``); tests of how dcn-ray
     creates the store (the default ./mlflow.db, the README's commands) still let MLflow make it.
     """
