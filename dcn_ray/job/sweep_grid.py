@@ -100,8 +100,13 @@ class Variant:
     @property
     def settings(self) -> dict[str, Any]:
         """The configuration as flat job keys: ``{"model.family": "dcn", "model.kernels": (4, 8, 16), "train.lr": ...}``."""
-        kernels = {KERNELS_KEY: self.kernels} if self.kernels is not None else {}
-        return {"model.family": self.family, **kernels, **dict(self.params)}
+        return dict(configuration_keys(self.family, self.kernels, self.params))
+
+
+def configuration_keys(family: str, kernels: Kernels | None, params: Params) -> Params:
+    """A configuration as flat job keys in their one order: ``model.family``, ``model.kernels`` (a family
+    with kernels), then the varied values."""
+    return ((FAMILY_KEY, family), *(((KERNELS_KEY, kernels),) if kernels is not None else ()), *params)
 
 
 def with_params(job: JobConfig, params: Mapping[str, Any] | Params, family: str | None = None) -> JobConfig:

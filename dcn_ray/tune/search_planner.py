@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from dcn_ray.job.search_config import SearchConfig
-from dcn_ray.job.sweep_grid import FAMILY_KEY, KERNELS_KEY, value_text
+from dcn_ray.job.sweep_grid import FAMILY_KEY, KERNELS_KEY, configuration_keys, value_text
 from dcn_ray.models import get
 from dcn_ray.tune import search_algs
 from dcn_ray.tune.spec import TrialSpec
@@ -207,5 +207,4 @@ def trial_spec(values: Mapping[str, Any], seed: int, *, family: str, kernels: tu
     family = str(values.pop(FAMILY_KEY, family))
     own = values.pop(KERNELS_KEY, kernels) if get(family).uses_kernels else None
     values.pop(KERNELS_KEY, None)  # a family without kernels ignores a sampled triple
-    head = {FAMILY_KEY: family, **({KERNELS_KEY: own} if own is not None else {})}
-    return TrialSpec((*head.items(), *values.items()), seed=seed, phase="search")
+    return TrialSpec(configuration_keys(family, own, tuple(values.items())), seed=seed, phase="search")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from dcn_ray.core.scores import BEST_VAL_HEADLINE
-from dcn_ray.job.sweep_grid import FAMILY_KEY, KERNELS_KEY, Params, config_name, plain
+from dcn_ray.job.sweep_grid import FAMILY_KEY, KERNELS_KEY, Params, config_name, configuration_keys, plain
 from dcn_ray.kernels import Kernels, check_kernels, kernels_text
 from dcn_ray.models import DEFAULT_FAMILY, get
 
@@ -77,8 +77,7 @@ class TrialSpec:
             kernels = check_kernels(tuple(kernels or ()))
         elif kernels is not None:
             raise ValueError(f"a {family} trial has no kernels, got {kernels!r}")
-        head = ((FAMILY_KEY, family), *(((KERNELS_KEY, kernels),) if kernels is not None else ()))
-        object.__setattr__(self, "configuration", (*head, *values.items()))
+        object.__setattr__(self, "configuration", configuration_keys(family, kernels, tuple(values.items())))
         if self.reference is not None:
             object.__setattr__(self, "reference", check_kernels(tuple(self.reference)))
         if self.phase not in PHASES:
@@ -103,8 +102,7 @@ class TrialSpec:
         cls, kernels: Kernels | None, *, family: str = DEFAULT_FAMILY, grid_values: Params = (), **identity: Any
     ) -> TrialSpec:
         """The trial of a family, its kernels (None for a family without) and the values varied beside them."""
-        head = {FAMILY_KEY: family, **({KERNELS_KEY: kernels} if kernels is not None else {})}
-        return cls((*head.items(), *grid_values), **identity)
+        return cls(configuration_keys(family, kernels, tuple(grid_values)), **identity)
 
     @property
     def settings(self) -> dict[str, Any]:
