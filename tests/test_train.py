@@ -98,6 +98,14 @@ def test_same_seed_same_run(synthetic_stack):
     assert [h["train_loss"] for h in first.history] == pytest.approx([h["train_loss"] for h in second.history])
 
 
+def test_train_threads_hold_for_its_training_only(synthetic_stack):
+    """Tune reuses a trial's process for the next trial: one trial's train.threads must not become the next's."""
+    job = job_from_dict(small_job(*synthetic_stack, train={"steps": 2, "eval_every": 2, "threads": 1}))
+    assert torch.get_num_threads() == 2  # the two_threads fixture
+    train_job(job, (4, 8, 16), load_data(job.data))
+    assert torch.get_num_threads() == 2
+
+
 def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
     corrupt = tmp_path / "model.pt"
     corrupt.write_bytes(b"not a checkpoint at all")

@@ -171,10 +171,25 @@ def train(
     """
     if not settings.resolved:  # a direct call: a trial's settings come decided
         settings = resolve_training(settings, dataset.train_foreground)
-    config = {**(provenance or {}), "model": model_config.to_dict(), "train": settings.to_dict()}
-    device = device or select_device()
+    threads = torch.get_num_threads()
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    try:
+        return _train(model_config, settings, dataset, provenance, report, state, device or select_device())
+    finally:  # a process that trains again (Tune reuses trial processes) starts with the threads it had
+        torch.set_num_threads(threads)
+
+
+def _train(
+    model_config: ModelConfig,
+    settings: TrainConfig,
+    dataset: Dataset,
+    provenance: Mapping[str, Any] | None,
+    report: Reporter | None,
+    state: dict[str, Any] | None,
+    device: torch.device,
+) -> TrainResult:
+    config = {**(provenance or {}), "model": model_config.to_dict(), "train": settings.to_dict()}
     torch.manual_seed(settings.seed)
     model = build_model(model_config, seed=settings.seed).to(device)
     label = models.describe(model)  # in log lines

@@ -98,6 +98,7 @@ def _tuner(context: SweepContext, record: SweepRecord, storage: Storage, searche
             max_concurrent_trials=record.max_concurrent,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_dirname,
+            reuse_actors=True,  # one process start-up (torch, MLflow, Tune imports) per worker, not per trial
         ),
         run_config=tune.RunConfig(
             name=record.name,
