@@ -9,7 +9,7 @@ import pytest
 from dcn_ray.errors import InputError
 from dcn_ray.job.config import job_from_dict
 from dcn_ray.job.job_file import load_job
-from dcn_ray.job.sweep_grid import trial_job, variants
+from dcn_ray.job.sweep_grid import parent_params, trial_job, variants
 from dcn_ray.results.summary import configuration_results
 from dcn_ray.tune.checks import planned_trials
 from dcn_ray.tune.planner import RoundPlanner
@@ -66,6 +66,19 @@ def test_the_trial_identity_carries_the_values_to_tune_mlflow_and_the_job():
     assert (trained.model.family, trained.train.lr, trained.train.seed, trained.sweep.grid) == ("unet", 0.003, 1, {})
     with pytest.raises(ValueError, match="a unet trial has no kernels"):
         TrialSpec.of((4, 8, 16), family="unet")
+
+
+def test_the_parent_run_leaves_each_varied_key_to_its_trials():
+    """The parent run's params hold the job's settings, not one trial's value of a key the trials vary."""
+    grid_job = job(grid=FAMILY_GRID)
+    params = parent_params(grid_job, variants(grid_job))
+    assert not {"model.kernels", "model.family", "train.lr"} & set(params)
+    assert params["train.steps"] == grid_job.train.steps and params["sweep.kernels"] == [[4, 8, 16], [2, 8, 16]]
+    one_family = job(grid={"train.lr": [0.001, 0.003]})
+    assert parent_params(one_family, variants(one_family))["model.family"] == "dcn"
+    search = job(search={"algorithm": "random", "trials": 4, "space": {"train.crop": {"choice": [64, 128]}}})
+    assert "train.crop" not in parent_params(search, variants(search))
+    assert "train.lr" in parent_params(search, variants(search))
 
 
 def test_results_group_by_the_full_configuration():

@@ -111,6 +111,9 @@ def test_sweep_tracks_one_child_run_per_configuration(local_ray, synthetic_stack
     assert not [f for f in parent_files if f.endswith((".pkl", ".json"))]  # no Tune state (tuner.pkl, ...)
     assert any("job.yaml" == a.path for a in client.list_artifacts(parents[0].info.run_id))
     assert set(parents[0].data.params) <= set(children[0].data.params)  # one runs-view column per setting
+    # a key the trials vary is each child's own: the parent says what varies (sweep.kernels), not one value
+    assert "model.kernels" not in parents[0].data.params and "sweep.kernels" in parents[0].data.params
+    assert len({r.data.params["model.kernels"] for r in children}) > 1
 
 
 @pytest.mark.parametrize("local_ray", [1], indirect=True)

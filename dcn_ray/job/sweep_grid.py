@@ -109,6 +109,16 @@ def configuration_keys(family: str, kernels: Kernels | None, params: Params) -> 
     return ((FAMILY_KEY, family), *(((KERNELS_KEY, kernels),) if kernels is not None else ()), *params)
 
 
+def parent_params(job: JobConfig, configurations: Sequence[Variant]) -> dict[str, Any]:
+    """The sweep's settings as its parent run's params, less the keys its trials each set their own (the
+    kernels, the grid's and the search space's keys, a varied family): the job's own value there would
+    read as every trial's. ``sweep.kernels``, ``sweep.grid.*`` and ``sweep.search.*`` say what varies."""
+    varied = {KERNELS_KEY, *(key for c in configurations for key, _ in c.params), *job.sweep.search.space}
+    if len({c.family for c in configurations}) > 1:
+        varied.add(FAMILY_KEY)
+    return {key: value for key, value in job.flat().items() if key not in varied}
+
+
 def with_params(job: JobConfig, params: Mapping[str, Any] | Params, family: str | None = None) -> JobConfig:
     """``job`` with the values ``params`` (and ``model.family``) set, its grid emptied; validated."""
     raw = job.to_dict()

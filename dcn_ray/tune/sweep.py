@@ -18,7 +18,7 @@ import pyarrow as pa
 from dcn_ray.core.scores import HEADLINE_MODE
 from dcn_ray.errors import InputError, first_line
 from dcn_ray.job.config import JobConfig, job_from_record, kernels_of
-from dcn_ray.job.sweep_grid import Variant, variants
+from dcn_ray.job.sweep_grid import Variant, parent_params, variants
 from dcn_ray.results import report, search_report
 from dcn_ray.runtime import alive_nodes, ray_session, trial_resources
 from dcn_ray.track import atlas, uris
@@ -167,7 +167,7 @@ def _run_sweep(
         experiment_id = tracking.prepare_experiment(uri, job.experiment)
         # the children's keys: the runs view then has one column per setting, not a job.* copy of each
         settled = job.trained_on(foreground or 0.0)  # as its trials train
-        parent = tracking.start_parent_run(uri, experiment_id, job.name, settled.flat())
+        parent = tracking.start_parent_run(uri, experiment_id, job.name, parent_params(settled, configurations))
         record = SweepRecord(job.name, job.to_dict(), uri, experiment_id, parent, gpu, max_concurrent)
         store.write_text(job.name, "job.yaml", job_text)
         store.write_text(job.name, SWEEP_FILE, json.dumps(record.__dict__, indent=2))
