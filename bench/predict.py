@@ -1,4 +1,4 @@
-"""Benchmark `dcn-ray predict`: slices per second and peak memory on 2048 x 2048 stacks.
+"""Benchmark `dcn-ray predict` (or, with --suggest, `dcn-ray suggest`): slices per second and peak memory.
 
 Each case (Z = 4, then Z = 16 slices) runs in a fresh Python process that predicts the stack
 with a narrow DCN (width 4, random weights, batch norm in eval mode) on the CPU, tiled with
@@ -8,6 +8,7 @@ not grow with Z: the last lines print peak(Z=48) / peak(Z=16) and peak(Z=16) / p
 should be about 1 (the peak of a process varies by a few percent from run to run with the allocator).
 
     python bench/predict.py            # about three minutes on 2 cores
+    python bench/predict.py --suggest  # the same for suggest (8 TTA views a slice, 1024 x 1024 slices)
 """
 
 from __future__ import annotations
@@ -23,36 +24,48 @@ from pathlib import Path
 import numpy as np
 
 SIZE = 2048
+SUGGEST_SIZE = 1024  # suggest runs 8 views a slice
 DEPTHS = (4, 16, 48)
 WIDTH = 4
 
 
-def make_stack(path: Path, depth: int) -> None:
+def make_stack(path: Path, depth: int, size: int) -> None:
     from dcn_ray.io.tiff_writer import StackWriter
 
     rng = np.random.default_rng(depth)
     with StackWriter(path) as writer:
         for _ in range(depth):
-            writer.write(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8))
+            writer.write(rng.integers(0, 256, (size, size), dtype=np.uint8))
 
 
-def run_case(model: Path, stack: Path, output: Path) -> dict:
-    """In the child process: predict, then report the time and this process's peak RSS."""
+def run_case(model: Path, stack: Path, output: Path, command: str) -> dict:
+    """In the child process: predict (or suggest), then report the time and this process's peak RSS."""
     import torch
 
     from dcn_ray.predict.stack import PredictOptions, predict_stack
+    from dcn_ray.predict.suggest import SuggestOptions, suggest
     from dcn_ray.track.sources import load_source
 
     torch.set_num_threads(2)
-    result = predict_stack(load_source(str(model)), stack, output, PredictOptions(tile=512, tta=False, device="cpu"))
+    started = time.perf_counter()
+    if command == "suggest":
+        found = suggest(load_source(str(model)), stack, output, SuggestOptions(top=5), device="cpu")
+        slices = len(found.slices)
+    else:
+        result = predict_stack(
+            load_source(str(model)), stack, output, PredictOptions(tile=512, tta=False, device="cpu")
+        )
+        slices = result.slices
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return {"slices": result.slices, "seconds": result.seconds, "peak_mib": peak_kib / 1024}
+    return {"slices": slices, "seconds": time.perf_counter() - started, "peak_mib": peak_kib / 1024}
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--case":
-        print(json.dumps(run_case(*(Path(a) for a in sys.argv[2:]))))
+    if len(sys.argv) == 6 and sys.argv[1] == "--case":
+        print(json.dumps(run_case(*(Path(a) for a in sys.argv[2:5]), sys.argv[5])))
         return
+    command = "suggest" if "--suggest" in sys.argv[1:] else "predict"
+    size = SUGGEST_SIZE if command == "suggest" else SIZE
     started = time.perf_counter()
     peaks = {}
     with tempfile.TemporaryDirectory(prefix="dcn-bench-") as folder:
@@ -62,7 +75,7 @@ def main() -> None:
         random_dcn_file(folder / "model.pt", WIDTH)
         for depth in DEPTHS:
             stack = folder / f"stack{depth}.tif"
-            make_stack(stack, depth)
+            make_stack(stack, depth, size)
             child = subprocess.run(
                 [
                     sys.executable,
@@ -70,7 +83,8 @@ def main() -> None:
                     "--case",
                     str(folder / "model.pt"),
                     str(stack),
-                    str(folder / f"out{depth}.tif"),
+                    str(folder / (f"out{depth}" if command == "suggest" else f"out{depth}.tif")),
+                    command,
                 ],
                 check=True,
                 capture_output=True,
@@ -79,8 +93,9 @@ def main() -> None:
             case = json.loads(child.stdout.strip().splitlines()[-1])
             peaks[depth] = case["peak_mib"]
             print(
-                f"Z={depth:>2}: {case['slices']} slices of {SIZE} x {SIZE} in {case['seconds']:.1f} s = "
-                f"{case['slices'] / case['seconds']:.2f} slices/s (width {WIDTH}, CPU, no TTA), "
+                f"Z={depth:>2}: {command} {case['slices']} slices of {size} x {size} in {case['seconds']:.1f} s = "
+                f"{case['slices'] / case['seconds']:.2f} slices/s (width {WIDTH}, CPU, "
+                f"{'8 TTA views' if command == 'suggest' else 'no TTA'}), "
                 f"peak RSS {case['peak_mib']:.0f} MiB"
             )
     print(f"total {time.perf_counter() - started:.0f} s")

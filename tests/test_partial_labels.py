@@ -18,6 +18,7 @@ from dcn_ray.core.scores import baseline_scores, segmentation_scores
 from dcn_ray.core.scribbles import BACKGROUND, FOREGROUND, UNPAINTED, painted_slices, scribbles
 from dcn_ray.errors import InputError
 from dcn_ray.io.tiff import read_labels
+from dcn_ray.io.volumes import label_value_slices, read_label_values
 from dcn_ray.job.config import job_from_dict
 from dcn_ray.models.dcn import DCNOutput
 
@@ -65,6 +66,24 @@ def test_an_unlabelled_value_in_a_zarr_array(partial_stack, tmp_path):
     data = load_dataset(images, tmp_path / "labels.zarr", foreground=255, unlabelled=127, train="0:10", val="10")
     assert [z for z in range(10) if data.train_labelled[z].any()] == [1, 5] and data.val_labelled is None
     assert np.array_equal(data.train_masks, mask[:10] & (layer[:10] != UNPAINTED))
+
+
+def test_label_values_one_slice_at_a_time_are_the_whole_volume_s(partial_stack, tmp_path):
+    """suggest reads a labels layer slice by slice (stacks larger than memory): the same values, TIFF or zarr."""
+    import zarr
+
+    layer = tifffile.imread(partial_stack[1])
+    zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=layer.shape, dtype=layer.dtype)[:] = layer
+    for source in (partial_stack[1], tmp_path / "labels.zarr"):
+        pages = list(label_value_slices(source))
+        assert len(pages) == layer.shape[0] and np.array_equal(np.stack(pages), read_label_values(source))
+        assert np.array_equal(np.stack(pages), layer)
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((2, 8, 8, 3), np.uint8), photometric="rgb")
+    with pytest.raises(InputError, match="labels are RGB"):
+        next(label_value_slices(tmp_path / "rgb.tif"))
+    zarr.open_array(str(tmp_path / "float.zarr"), mode="w", shape=(2, 8, 8), dtype="float32")[:] = 0.5
+    with pytest.raises(InputError, match="needs integer label values"):
+        next(label_value_slices(tmp_path / "float.zarr"))
 
 
 def test_scribbles_are_strokes_inside_one_class(partial_stack):

@@ -56,7 +56,14 @@ class OutputStore:
         import zarr
 
         zarr.open_array(store=self.path, path=IMAGE, mode="r+")[core] = image
-        if self.label and mask is not None:
+        if mask is not None:
+            self.write_label(core, mask)
+
+    def write_label(self, core: tuple[slice, slice, slice], mask: np.ndarray) -> None:
+        """Write values of the label image alone (a store made with ``label=True``)."""
+        import zarr
+
+        if self.label:
             label = f"labels/{self.label_name}/0"
             zarr.open_array(store=self.path, path=label, mode="r+")[core] = mask.astype(self.label_dtype)
 

@@ -174,10 +174,23 @@ def read_label_values(path: PathLike) -> np.ndarray:
     """A single-channel label stack's stored values, (Z, Y, X) (a napari labels layer: 0 unpainted)."""
     path = Path(path)
     with open_stack(path) as (tif, layout), reading(path):
-        if layout.kind == "rgb":
-            raise InputError(f"{path}: labels are RGB; partly labelled data needs one label value per pixel")
+        _refuse_rgb_values(layout, path)
         raw = tif.series[0].asarray()
     return raw.reshape(layout.shape)
+
+
+def iter_label_values(path: PathLike) -> Iterator[np.ndarray]:
+    """:func:`read_label_values` one (Y, X) slice at a time (one page at a time where possible)."""
+    path = Path(path)
+    with open_stack(path) as (tif, layout):
+        _refuse_rgb_values(layout, path)
+        for raw in _raw_slices(tif, layout, path):
+            yield raw.reshape(layout.shape[1:])
+
+
+def _refuse_rgb_values(layout: Layout, path: Path) -> None:
+    if layout.kind == "rgb":
+        raise InputError(f"{path}: labels are RGB; partly labelled data needs one label value per pixel")
 
 
 def _coloured(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -15,7 +15,7 @@ from dcn_ray.io.paths import output_file, partial_prefix, remove_stale_partials
 from dcn_ray.io.tiff import PathLike
 
 _PAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
-_BIGTIFF_ABOVE = 3 * 2**30  # write_stack switches to BigTIFF above this many pixel bytes
+_BIGTIFF_ABOVE = 3 * 2**30  # stacks are written as BigTIFF above this many pixel bytes
 
 
 class StackWriter:
@@ -97,6 +97,11 @@ class StackWriter:
             tmp.unlink(missing_ok=True)
 
 
+def needs_bigtiff(nbytes: int) -> bool:
+    """Whether a stack of ``nbytes`` (uncompressed) is written as BigTIFF (classic TIFF ends at 4 GB)."""
+    return nbytes > _BIGTIFF_ABOVE
+
+
 def write_stack(path: PathLike, array: np.ndarray, *, metadata: dict | None = None) -> None:
     """Write a whole (Z, Y, X) or (Y, X) array atomically with StackWriter."""
     stack = np.asarray(array)
@@ -104,6 +109,6 @@ def write_stack(path: PathLike, array: np.ndarray, *, metadata: dict | None = No
         stack = stack[np.newaxis]
     if stack.ndim != 3 or 0 in stack.shape:
         raise ValueError(f"write_stack needs a non-empty (Z, Y, X) array, got shape {stack.shape}")
-    with StackWriter(path, metadata=metadata, bigtiff=stack.nbytes > _BIGTIFF_ABOVE) as writer:
+    with StackWriter(path, metadata=metadata, bigtiff=needs_bigtiff(stack.nbytes)) as writer:
         for page in stack:
             writer.write(page)

@@ -146,10 +146,25 @@ def read_label_values(source: str | Path, level: int = 0) -> np.ndarray:
     """A label volume's stored values, (Z, Y, X), for partly labelled data (:mod:`dcn_ray.core.partial`)."""
     if is_tiff(source):
         return tiff.read_label_values(source)
-    raw = open_volume(source, level, scan=False).raw()
-    if np.dtype(raw.dtype).kind not in "biu":
-        raise InputError(f"{source}: partly labelled data needs integer label values, got {raw.dtype}")
-    return raw
+    volume = _integer_labels(source, level)
+    return volume.raw()
+
+
+def label_value_slices(source: str | Path, level: int = 0) -> Iterator[np.ndarray]:
+    """:func:`read_label_values` one (Y, X) slice at a time: for volumes larger than memory."""
+    if is_tiff(source):
+        yield from tiff.iter_label_values(source)
+        return
+    volume = _integer_labels(source, level)
+    for z in range(volume.shape[0]):
+        yield volume.raw(slice(z, z + 1))[0]
+
+
+def _integer_labels(source: str | Path, level: int) -> Volume:
+    volume = open_volume(source, level, scan=False)
+    if np.dtype(volume.dtype).kind not in "biu":
+        raise InputError(f"{source}: partly labelled data needs integer label values, got {volume.dtype}")
+    return volume
 
 
 def is_tiff(source: str | Path) -> bool:

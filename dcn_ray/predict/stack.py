@@ -30,7 +30,7 @@ from dcn_ray.core.partial import read_truth as partial_truth
 from dcn_ray.errors import InputError
 from dcn_ray.io.paths import output_file
 from dcn_ray.io.predictions import read_prediction
-from dcn_ray.io.tiff_writer import StackWriter
+from dcn_ray.io.tiff_writer import StackWriter, needs_bigtiff
 from dcn_ray.io.volumes import input_slices, open_volume, volume_shape
 from dcn_ray.predict.engine import PredictOptions, SlicePredictor, check_run, encode
 from dcn_ray.predict.ray_pool import actor_pool
@@ -38,7 +38,6 @@ from dcn_ray.track.sources import LoadedModel
 
 log = logging.getLogger(__name__)
 
-_BIGTIFF_ABOVE = 3 * 2**30  # output bytes above which the TIFF is written as BigTIFF
 
 #: Maps slices (Y, X) float32 in [0, 1] to (foreground probability, name of who predicted it).
 SliceMapper = Callable[[Iterable[np.ndarray]], Iterator[tuple[np.ndarray, str]]]
@@ -134,7 +133,7 @@ def predict_stack(
     truth = read_truth(labels, shape, loaded, level, label_slices, chosen) if labels is not None else None
     depth = shape[0] if chosen is None else len(chosen)
     page_bytes = 4 if options.output == "float" else 1
-    bigtiff = depth * math.prod(shape[1:]) * page_bytes > _BIGTIFF_ABOVE
+    bigtiff = needs_bigtiff(depth * math.prod(shape[1:]) * page_bytes)
     names: list[str] = []
     with (
         _mapper(loaded, options, workers, address) as mapper,

@@ -17,7 +17,9 @@ square grid its mean score over the pixels not yet labelled. The outputs go into
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,8 +33,8 @@ from dcn_ray.errors import InputError
 from dcn_ray.io import omezarr
 from dcn_ray.io.guard import refuse_overlaps
 from dcn_ray.io.paths import folder_written_whole, output_folder
-from dcn_ray.io.tiff_writer import write_stack
-from dcn_ray.io.volumes import input_slices, is_zarr_path, open_volume, read_label_values, volume_shape
+from dcn_ray.io.tiff_writer import StackWriter, needs_bigtiff
+from dcn_ray.io.volumes import input_slices, is_zarr_path, label_value_slices, open_volume, volume_shape
 from dcn_ray.predict.engine import PredictOptions, SlicePredictor
 from dcn_ray.track.sources import LoadedModel
 
@@ -106,26 +108,16 @@ def suggest(
     labels: Path | None = None,
     device: str | None = None,
 ) -> Suggestion:
-    """Rank where to label next on ``stack`` (see the module docstring); write the folder ``out``."""
+    """Rank where to label next on ``stack`` (see the module docstring); write the folder ``out``.
+
+    One slice at a time: the map is written as each slice is scored and the tiles once ranked, so
+    memory holds a slice and the ranking's rows, never the stack, the map or the labels whole."""
     stack, out = Path(stack), Path(out)
     shape = check_paths(stack, out, labels=labels, model=loaded.location, format=options.format)
-    unlabelled = None if labels is None else read_label_values(labels) == options.unlabelled
     predictor = SlicePredictor(loaded.model, PredictOptions(tta=True, device=device))
-    score_map = np.zeros(shape, dtype=np.float32)
-    rows: list[dict] = []
     context = models.context_of(loaded.model)  # a model of context N reads each slice with its neighbours
-    slices = serial.windows(input_slices(stack), context, shape[0]) if context else input_slices(stack)
-    for z, image in enumerate(slices):
-        maps = pixel_scores(predictor.views(image))
-        score_map[z] = maps[options.score]
-        rows += region_rows(z, maps, None if unlabelled is None else unlabelled[z], options.region)
-    slices = ranked((r for r in rows if r["kind"] == "slice"), options.score)
-    tiles = ranked((r for r in rows if r["kind"] == "tile"), options.score)[: options.top]
-    painted = np.zeros(shape, dtype=np.uint16)
-    for tile in tiles:
-        painted[tile["z"], tile["y0"] : tile["y0"] + tile["height"], tile["x0"] : tile["x0"] + tile["width"]] = tile[
-            "rank"
-        ]
+    images = serial.windows(input_slices(stack), context, shape[0]) if context else input_slices(stack)
+    label_values = label_value_slices(labels) if labels is not None else itertools.repeat(None)
     settings = {
         "model": loaded.source,
         "model_location": loaded.location,
@@ -136,28 +128,78 @@ def suggest(
     }
     files = FILES[options.format]
     with folder_written_whole(out) as partial:
+        maps = _MapWriter(partial / files[2], stack, shape, options, settings)
+        rows: list[dict] = []
+        with maps:
+            for z, (image, values) in enumerate(zip(images, label_values)):
+                scores = pixel_scores(predictor.views(image))
+                maps.write_scores(z, scores[options.score])
+                unlabelled = None if values is None else values == options.unlabelled
+                rows += region_rows(z, scores, unlabelled, options.region)
+            slices = ranked((r for r in rows if r["kind"] == "slice"), options.score)
+            tiles = ranked((r for r in rows if r["kind"] == "tile"), options.score)[: options.top]
+            maps.write_tiles(tiles, partial / files[3] if options.format == "tiff" else None)
         _write_table(partial / files[0], slices + tiles)
         (partial / files[1]).write_text(json.dumps({"settings": settings, "slices": slices, "tiles": tiles}, indent=1))
-        if options.format == "ome-zarr":
-            _write_omezarr(partial / files[2], stack, score_map, painted, settings)
-        else:
-            write_stack(partial / files[2], score_map, metadata={"score": options.score, **settings})
-            write_stack(partial / files[3], painted, metadata={"what": "suggested tiles by rank", **settings})
     return Suggestion(slices, tiles, out)
 
 
-def _write_omezarr(path: Path, stack: Path, score_map: np.ndarray, painted: np.ndarray, settings: dict) -> None:
-    """The map as an OME-Zarr image (the stack's axes and scale), the ranked tiles as its label image."""
-    volume = open_volume(stack, scan=False)
-    chunks = (1, min(score_map.shape[1], 512), min(score_map.shape[2], 512))
-    store = omezarr.create_store(
-        path, shape=score_map.shape, chunks=chunks, dtype="float32", grid=(1, 1, 1), axes=volume.axes,
-        scale=volume.scale, ngff="0.4", label=True, settings={"what": "suggest", **settings},
-        label_name="suggested", label_dtype="uint16",
-    )  # fmt: skip
-    everything = (slice(None),) * 3
-    store.write(everything, score_map, painted)
-    omezarr.finish_store(store, path)
+class _MapWriter:
+    """The uncertainty map, slice by slice, then the ranked tiles: two TIFF stacks, or one OME-Zarr image
+    (the stack's axes and scale) with the tiles as its label image ``labels/suggested``."""
+
+    def __init__(self, path: Path, stack: Path, shape: tuple[int, int, int], options: SuggestOptions, settings: dict):
+        self.path, self.shape, self.settings = path, shape, settings
+        if options.format == "ome-zarr":
+            volume = open_volume(stack, scan=False)
+            self.store: omezarr.OutputStore | None = omezarr.create_store(
+                path, shape=shape, chunks=(1, min(shape[1], 512), min(shape[2], 512)), dtype="float32",
+                grid=(1, 1, 1), axes=volume.axes, scale=volume.scale, ngff="0.4", label=True,
+                settings={"what": "suggest", **settings}, label_name="suggested", label_dtype="uint16",
+            )  # fmt: skip
+            self.pages: StackWriter | None = None
+        else:
+            self.store = None
+            metadata = {"score": options.score, **settings}
+            self.pages = StackWriter(path, metadata=metadata, bigtiff=needs_bigtiff(math.prod(shape) * 4))
+
+    def __enter__(self) -> _MapWriter:
+        if self.pages is not None:
+            self.pages.__enter__()
+        return self
+
+    def __exit__(self, *failure) -> None:
+        if self.pages is not None:
+            self.pages.__exit__(*failure)
+
+    def write_scores(self, z: int, scores: np.ndarray) -> None:
+        if self.store is not None:
+            self.store.write((slice(z, z + 1), slice(None), slice(None)), scores[np.newaxis].astype(np.float32))
+        else:
+            self.pages.write(scores.astype(np.float32))
+
+    def write_tiles(self, tiles: list[dict], pages: Path | None) -> None:
+        """Each tile painted with its rank: into the store's label image, or as the stack ``pages``."""
+        if self.store is not None:
+            for tile in tiles:
+                rows, cols = _region(tile)
+                self.store.write_label(
+                    (slice(tile["z"], tile["z"] + 1), rows, cols),
+                    np.full((1, rows.stop - rows.start, cols.stop - cols.start), tile["rank"], np.uint16),
+                )
+            omezarr.finish_store(self.store, self.path)
+            return
+        metadata = {"what": "suggested tiles by rank", **self.settings}
+        with StackWriter(pages, metadata=metadata, bigtiff=needs_bigtiff(math.prod(self.shape) * 2)) as writer:
+            for z in range(self.shape[0]):
+                painted = np.zeros(self.shape[1:], dtype=np.uint16)
+                for tile in (t for t in tiles if t["z"] == z):
+                    painted[_region(tile)] = tile["rank"]
+                writer.write(painted)
+
+
+def _region(tile: dict) -> tuple[slice, slice]:
+    return slice(tile["y0"], tile["y0"] + tile["height"]), slice(tile["x0"], tile["x0"] + tile["width"])
 
 
 def _write_table(path: Path, rows: list[dict]) -> None:
