@@ -29,7 +29,10 @@ def write_job(stack, folder: Path, name: str, uri: str) -> Path:
     raw = small_job(
         *stack,
         name=name,
-        # two 1-CPU trials at once on two 1-CPU nodes: one on each (a trial's start-up takes seconds)
+        # two 1-CPU trials at once on two 1-CPU nodes: one on each. Each trains long enough (seconds) for the
+        # second's worker to start while the first runs: Tune gives a pending trial the worker of one that
+        # finished (reuse_actors), so two short trials may both run on one node, one after the other.
+        train={"steps": 1200, "eval_every": 600},  # about 11 s of training on an idle core, 4 x a worker's start
         sweep={"kernels": [[4, 8, 16], [2, 8, 16]], "resources": {"gpu": 0, "cpu": 1}},
         tracking={"uri": uri, "experiment": name},
     )
