@@ -146,8 +146,7 @@ def read_label_values(source: str | Path, level: int = 0) -> np.ndarray:
     """A label volume's stored values, (Z, Y, X), for partly labelled data (:mod:`dcn_ray.core.partial`)."""
     if is_tiff(source):
         return tiff.read_label_values(source)
-    volume = _integer_labels(source, level)
-    return volume.raw()
+    return _integer_labels(source, level).raw()
 
 
 def label_value_slices(source: str | Path, level: int = 0) -> Iterator[np.ndarray]:
